@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The copy engine behind convert, dd, compare (and later commit, rebase):
+ * N workers, bounded bytes in flight, driven by block status so holes are
+ * never read, zero detection, optional out-of-order writes. */
+#ifndef VDISK_COPY_H
+#define VDISK_COPY_H
+
+#include "vdisk/vdisk.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef void (*vd_progress_fn)(void *opaque, uint64_t done, uint64_t total);
+
+struct vd_copy_params {
+    vd_node **src;           /* sources, concatenated in order */
+    size_t nsrc;
+    uint64_t src_offset;     /* start in the concatenation (dd skip) */
+    uint64_t length;         /* bytes to copy; 0 = all from src_offset */
+    vd_node *dst;
+    uint64_t dst_offset;     /* where in dst the copy lands */
+    int workers;             /* -m, default 8 */
+    bool out_of_order;       /* -W */
+    uint64_t min_sparse;     /* -S in bytes; 0 = write every zero */
+    bool target_is_zero;     /* --target-is-zero or a fresh zero-init target */
+    bool no_zero_writes;     /* skip zero ranges entirely (target known zero) */
+    bool salvage;            /* --salvage: read errors give zeroes */
+    bool unallocated_only;   /* copy only what the top layer allocates (-B) */
+    uint64_t chunk;          /* bytes per request; 0 = engine default */
+    uint64_t max_in_flight;  /* bytes; 0 = engine default */
+    vd_progress_fn progress;
+    void *opaque;
+};
+
+/* Copy; -errno on the first failure (message names the failing side). */
+int vd_copy(const struct vd_copy_params *p);
+
+struct vd_compare_params {
+    vd_node *a, *b;
+    bool strict;             /* -s: allocation differences count */
+    int workers;
+    vd_progress_fn progress;
+    void *opaque;
+};
+/* 0 identical, 1 differ (*first_diff set), -errno on error.  With sizes
+ * that differ, the longer tail must be zero unless strict (qemu-img). */
+int vd_compare(const struct vd_compare_params *p, uint64_t *first_diff);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The driver interface: one versioned, append-only table of function
+ * pointers per driver, registered with VD_DRIVER_REGISTER.  Drivers never
+ * see an out-of-range, misaligned or over-long request: lib/core/io.c checks
+ * and splits before calling them. */
+#ifndef VDISK_DRIVER_H
+#define VDISK_DRIVER_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "vdisk/vdisk.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+enum vd_driver_kind { VD_DRV_FORMAT, VD_DRV_PROTOCOL, VD_DRV_FILTER };
+
+/* Result of a consistency check (qemu-img check's fields). */
+struct vd_check_result {
+    int64_t corruptions, leaks, check_errors;
+    int64_t corruptions_fixed, leaks_fixed;
+    int64_t image_end_offset;          /* 0: unknown */
+    uint64_t total_clusters, allocated_clusters;
+    uint64_t fragmented_clusters, compressed_clusters;
+};
+struct vd_json;
+struct vd_measure_info { uint64_t required, fully_allocated; bool has_bitmaps; uint64_t bitmaps; };
+
+struct vd_driver {
+    uint32_t struct_size;          /* sizeof(struct vd_driver) at build time */
+    const char *name;              /* "raw", "file", "qcow2", ... */
+    enum vd_driver_kind kind;
+    const char *protocol;          /* URI scheme / "proto:" prefix, or NULL */
+    size_t state_size;             /* bytes of zeroed per-node state */
+    const struct vd_opt_desc *open_opts;    /* options the node accepts */
+    const struct vd_opt_desc *create_opts;  /* -o options of create */
+
+    /* Score (0..100) that the image is ours from its first bytes/name. */
+    int (*probe)(const uint8_t *buf, size_t len, const char *filename);
+    /* Protocol drivers: turn a name into options (filename=...), optional. */
+    int (*parse_filename)(const char *name, vd_opts *opts);
+
+    /* n->file is already open for format drivers (unless drv opens its own
+     * children); opts holds the remaining options for this node. */
+    int (*open)(vd_node *n, vd_opts *opts, int flags);
+    void (*close)(vd_node *n);
+
+    int (*pread)(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);
+    int (*pwrite)(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
+    int (*pwrite_zeroes)(vd_node *n, uint64_t off, uint64_t len, int flags);
+    int (*discard)(vd_node *n, uint64_t off, uint64_t len);
+    int (*flush)(vd_node *n);
+    int (*block_status)(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                        uint64_t *map, vd_node **file);
+    int64_t (*getlength)(vd_node *n);
+    int64_t (*get_allocated_size)(vd_node *n);
+    int (*truncate)(vd_node *n, uint64_t size, bool exact, int prealloc);
+
+    /* Create the image named filename with options (already validated
+     * against create_opts plus "size"). */
+    int (*create)(const char *filename, vd_opts *opts);
+    /* Sizes for "measure": src may be NULL (then size_in is the size). */
+    int (*measure)(vd_opts *opts, vd_node *src, uint64_t size_in,
+                   struct vd_measure_info *out);
+    /* Format-specific info: fill the "format-specific" data object. */
+    int (*info)(vd_node *n, struct vd_json *data);
+    int (*check)(vd_node *n, struct vd_check_result *res, int fix);
+    /* Fault-injection: called by vd_event before named metadata writes. */
+    void (*event)(vd_node *n, const char *event);
+    /* Has the node all-zero content right after create/truncate? */
+    bool (*has_zero_init)(vd_node *n);
+};
+
+#define VD_DRIVER_REGISTER(drv)                                            \
+    __attribute__((constructor)) static void vd_register_##drv(void)      \
+    { vd_driver_register(&(drv)); }
+
+void vd_driver_register(const struct vd_driver *d);
+
+/* An open node.  Fields are set by lib/core/open.c; drivers may set the
+ * limits and backing_* fields in open. */
+struct vd_node {
+    const struct vd_driver *drv;
+    void *state;                   /* drv->state_size zeroed bytes */
+    char *filename;                /* the file name (protocol nodes), or the
+                                      child's for format nodes */
+    vd_node *file;                 /* protocol child of a format/filter node */
+    vd_node *backing;              /* backing node, or NULL */
+    int flags;                     /* VD_O_* */
+    bool read_only;
+    bool probed_raw;               /* probed as raw: sector 0 is protected */
+    uint32_t request_alignment;    /* power of two, >= 1 */
+    uint64_t max_transfer;         /* 0: the core's default cap */
+    char *backing_name;            /* as stored in the image */
+    char *backing_full_name;       /* resolved, for opening */
+    char *backing_format;
+    int64_t total_size;            /* cached length; set by the core */
+    pthread_mutex_t rmw_lock;      /* serialises read-modify-write */
+    vd_node *parent;               /* NULL for the top node */
+    _Atomic uint64_t st_rd_ops, st_wr_ops, st_zero_ops, st_discard_ops,
+        st_flush_ops, st_rd_bytes, st_wr_bytes;
+};
+
+/* Open a child node (for drivers that open their own, e.g. data-file,
+ * or a filter's "image").  Same semantics as vd_open. */
+int vd_open_child(vd_node **out, vd_node *parent, const char *name,
+                  const char *format, vd_opts *opts, int flags);
+/* Create the file under a format image with the protocol driver that name
+ * calls for (prefix, URI scheme, or file); opts are the protocol's create
+ * options (size, preallocation, ...). */
+int vd_protocol_create(const char *name, vd_opts *opts);
+
+/* Set n->backing_* from stored name/format, resolving the name against the
+ * directory of n's file. */
+int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* libvdisk public API: open images as node graphs and do byte-based I/O on
+ * them.  Every function returns 0 (or a count) on success and -errno on
+ * failure, leaving a message for vd_errmsg(). */
+#ifndef VDISK_VDISK_H
+#define VDISK_VDISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "vdisk/opts.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define VD_VERSION_STRING "0.1.0"
+
+typedef struct vd_node vd_node;
+
+/* ---- errors (lib/core/error.c) ---- */
+/* Record a message (printf-style) for this thread and return -err. */
+int vd_error(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prefix the current message with "prefix: " (printf-style). Returns -err. */
+int vd_error_prefix(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The last message recorded on this thread ("" if none). */
+const char *vd_errmsg(void);
+void vd_error_clear(void);
+
+/* ---- open flags ---- */
+#define VD_O_RDWR         0x0001 /* open for writing */
+#define VD_O_NO_BACKING   0x0002 /* do not open backing files */
+#define VD_O_FORCE_SHARE  0x0004 /* -U: read-only, take no lock */
+#define VD_O_NO_PROBE     0x0008 /* format must be given */
+#define VD_O_NO_LOCK      0x0010 /* take no image lock */
+#define VD_O_CREATE       0x0020 /* internal: node opened right after create */
+
+/* ---- I/O flags ---- */
+#define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */
+#define VD_REQ_MAY_UNMAP  0x0002 /* pwrite_zeroes: may punch a hole */
+#define VD_REQ_NO_FALLBACK 0x0004 /* pwrite_zeroes: fail with -ENOTSUP unless fast */
+
+/* ---- block status ---- */
+#define VD_BS_DATA          0x01 /* reads return data (not known zero) */
+#define VD_BS_ZERO          0x02 /* reads return zeroes */
+#define VD_BS_OFFSET_VALID  0x04 /* *map is the offset in *file */
+#define VD_BS_ALLOCATED     0x08 /* allocated in this layer (not backing) */
+#define VD_BS_RECURSE       0x10 /* driver only: ask *file at *map for DATA/ZERO */
+#define VD_BS_EOF           0x20 /* range reaches the end of the node */
+
+/* Open an image.  name may be a file name, "protocol:..." prefix, URI or
+ * "json:{...}"; it may be NULL when opts carry "driver"/"filename"
+ * (--image-opts).  format (may be NULL: probe) names the format driver.
+ * opts (may be NULL) is consumed: options for this node, dotted keys for
+ * children ("file.xxx", "backing.xxx"). */
+int vd_open(vd_node **out, const char *name, const char *format,
+            vd_opts *opts, int flags);
+/* Close a node and all its children. NULL is allowed. */
+void vd_close(vd_node *n);
+
+/* Create an image: format driver "fmt", file name, options (size= etc.). */
+int vd_create(const char *fmt, const char *name, vd_opts *opts);
+
+int vd_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);
+int vd_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
+int vd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
+int vd_discard(vd_node *n, uint64_t off, uint64_t len);
+int vd_flush(vd_node *n);
+/* Returns size in bytes or -errno. */
+int64_t vd_getlength(vd_node *n);
+/* Bytes the image takes on the host (all files), or -errno (-ENOTSUP). */
+int64_t vd_get_allocated_size(vd_node *n);
+/* Resize; prealloc is one of VD_PREALLOC_*. */
+int vd_truncate(vd_node *n, uint64_t size, bool exact, int prealloc);
+
+/* Block status of n itself: *pnum bytes from off share the returned VD_BS_*
+ * flags (>= 0).  *map and *file are set when VD_BS_OFFSET_VALID. */
+int vd_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                    uint64_t *map, vd_node **file);
+/* Block status through the backing chain: *depth is the chain depth of the
+ * layer that holds the data (0 = n) when something in the chain allocates
+ * it; when nothing does, the flags lack VD_BS_ALLOCATED and *depth is the
+ * depth of the bottom layer (as qemu-img map reports it). */
+int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
+                          uint64_t *pnum, uint64_t *map, vd_node **file,
+                          int *depth);
+
+/* Notify the graph below n of a named event (fault injection points). */
+void vd_event(vd_node *n, const char *event);
+
+/* ---- node accessors ---- */
+const char *vd_node_filename(const vd_node *n);
+const char *vd_node_format(const vd_node *n);     /* driver name */
+vd_node *vd_node_file(const vd_node *n);          /* protocol child */
+vd_node *vd_node_backing(const vd_node *n);
+bool vd_node_read_only(const vd_node *n);
+bool vd_node_probed_raw(const vd_node *n);
+uint32_t vd_node_request_alignment(const vd_node *n);
+/* The backing file name recorded in the image (NULL if none), as stored and
+ * as resolved against the image's directory, and its format (may be NULL). */
+const char *vd_node_backing_name(const vd_node *n);
+const char *vd_node_backing_full_name(const vd_node *n);
+const char *vd_node_backing_format(const vd_node *n);
+
+struct vd_stats {
+    uint64_t rd_ops, wr_ops, zero_ops, discard_ops, flush_ops;
+    uint64_t rd_bytes, wr_bytes;
+};
+void vd_node_stats(const vd_node *n, struct vd_stats *st);
+
+/* ---- preallocation modes ---- */
+enum { VD_PREALLOC_OFF, VD_PREALLOC_METADATA, VD_PREALLOC_FALLOC, VD_PREALLOC_FULL };
+/* Parse "off"/"metadata"/"falloc"/"full"; -EINVAL on anything else. */
+int vd_prealloc_parse(const char *s);
+const char *vd_prealloc_name(int mode);
+
+/* ---- drivers ---- */
+/* Look up a driver by name (format, protocol or filter); NULL if none. */
+const struct vd_driver *vd_driver_find(const char *name);
+/* Call fn for every registered driver, sorted by name. */
+void vd_driver_foreach(void (*fn)(const struct vd_driver *d, void *opaque), void *opaque);
+const char *vd_driver_name(const struct vd_driver *d);
+bool vd_driver_is_format(const struct vd_driver *d);
+/* Print "-o help" for creating with driver d (and its protocol) to stdout. */
+int vd_driver_print_create_opts(const char *fmt, const char *proto);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

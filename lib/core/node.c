@@ -1,0 +1,142 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Node accessors, image creation and small shared enums. */
+#include <errno.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/internal.h"
+
+const char *vd_node_filename(const vd_node *n) { return n->filename; }
+const char *vd_node_format(const vd_node *n) { return n->drv->name; }
+vd_node *vd_node_file(const vd_node *n) { return n->file; }
+vd_node *vd_node_backing(const vd_node *n) { return n->backing; }
+bool vd_node_read_only(const vd_node *n) { return n->read_only; }
+bool vd_node_probed_raw(const vd_node *n) { return n->probed_raw; }
+uint32_t vd_node_request_alignment(const vd_node *n) { return n->request_alignment; }
+const char *vd_node_backing_name(const vd_node *n) { return n->backing_name; }
+const char *vd_node_backing_full_name(const vd_node *n) { return n->backing_full_name; }
+const char *vd_node_backing_format(const vd_node *n) { return n->backing_format; }
+
+/* Copy the node's I/O counters. */
+void vd_node_stats(const vd_node *n, struct vd_stats *st)
+{
+    st->rd_ops = n->st_rd_ops;
+    st->wr_ops = n->st_wr_ops;
+    st->zero_ops = n->st_zero_ops;
+    st->discard_ops = n->st_discard_ops;
+    st->flush_ops = n->st_flush_ops;
+    st->rd_bytes = n->st_rd_bytes;
+    st->wr_bytes = n->st_wr_bytes;
+}
+
+static const char *const prealloc_names[] = { "off", "metadata", "falloc", "full" };
+
+/* Parse a preallocation mode name. */
+int vd_prealloc_parse(const char *s)
+{
+    for (int i = 0; i < 4; i++)
+        if (s && !strcmp(s, prealloc_names[i]))
+            return i;
+    return vd_error(EINVAL, "Invalid parameter '%s'", s ? s : "");
+}
+
+/* Name of a preallocation mode. */
+const char *vd_prealloc_name(int mode)
+{
+    return mode >= 0 && mode < 4 ? prealloc_names[mode] : "?";
+}
+
+/* Resolve a backing name against the directory of the image's file, as
+ * QEMU does for relative names (protocol names and json: stay as they are). */
+static char *resolve_backing(const char *image, const char *name)
+{
+    char *copy, *dir, *out;
+    const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
+
+    if (name[0] == '/' || (colon && (!slash || colon < slash)) || !image)
+        return strdup(name);
+    if (!(copy = strdup(image)))
+        return NULL;
+    dir = dirname(copy);
+    if (!strcmp(dir, ".") && !strchr(image, '/'))
+        out = strdup(name);
+    else if (asprintf(&out, "%s/%s", dir, name) < 0)
+        out = NULL;
+    free(copy);
+    return out;
+}
+
+/* Record the backing file name (and format) stored in n's image. */
+int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt)
+{
+    free(n->backing_name);
+    free(n->backing_full_name);
+    free(n->backing_format);
+    n->backing_name = n->backing_full_name = n->backing_format = NULL;
+    if (!name || !*name)
+        return 0;
+    n->backing_name = strdup(name);
+    n->backing_full_name = resolve_backing(n->filename, name);
+    n->backing_format = fmt && *fmt ? strdup(fmt) : NULL;
+    if (!n->backing_name || !n->backing_full_name || (fmt && *fmt && !n->backing_format))
+        return vd_error(ENOMEM, "out of memory");
+    return 0;
+}
+
+/* The protocol driver for a file name to create. */
+static const struct vd_driver *protocol_for_create(const char *name)
+{
+    const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
+    if (colon && (!slash || colon < slash)) {
+        const struct vd_driver *d = vd_driver_find_protocol(name, colon - name);
+        if (d)
+            return d;
+    }
+    return vd_driver_find("file");
+}
+
+/* Create the protocol-level file of an image. */
+int vd_protocol_create(const char *name, vd_opts *opts)
+{
+    const struct vd_driver *d = protocol_for_create(name);
+
+    if (!d || !d->create)
+        return vd_error(ENOTSUP, "Protocol driver '%s' does not support image creation",
+                        d ? d->name : "?");
+    if (d->protocol && !strncmp(name, d->protocol, strlen(d->protocol)) &&
+        name[strlen(d->protocol)] == ':' && !d->parse_filename)
+        name += strlen(d->protocol) + 1;
+    return d->create(name, opts);
+}
+
+/* Create an image of format fmt. */
+int vd_create(const char *fmt, const char *name, vd_opts *opts)
+{
+    const struct vd_driver *d = vd_driver_find(fmt);
+    int r;
+
+    if (!d || (d->kind == VD_DRV_FORMAT && !d->probe && !d->create))
+        return vd_error(EINVAL, "Unknown file format '%s'", fmt);
+    if (!d->create)
+        return vd_error(ENOTSUP, "Format driver '%s' does not support image creation", fmt);
+    if (d->kind == VD_DRV_FORMAT) {
+        const struct vd_driver *p = protocol_for_create(name);
+        /* Unknown options must be known to the format or its protocol. */
+        for (size_t i = 0; i < vd_opts_count(opts); i++) {
+            const char *k = vd_opts_key(opts, i);
+            bool ok = false;
+            for (const struct vd_opt_desc *t = d->create_opts; t && t->name; t++)
+                ok |= !strcmp(t->name, k);
+            for (const struct vd_opt_desc *t = p ? p->create_opts : NULL; t && t->name; t++)
+                ok |= !strcmp(t->name, k);
+            if (!ok)
+                return vd_error(EINVAL, "Invalid parameter '%s'", k);
+        }
+        return d->create(name, opts);
+    }
+    if ((r = vd_opts_validate(opts, d->create_opts, d->name)) < 0)
+        return r;
+    return d->create(name, opts);
+}
