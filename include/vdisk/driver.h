@@ -71,6 +71,13 @@ struct vd_driver {
     void (*event)(vd_node *n, const char *event);
     /* Has the node all-zero content right after create/truncate? */
     bool (*has_zero_init)(vd_node *n);
+    /* The format stores guest data as is, with no metadata (raw): it shares
+     * writes to its file like QEMU's raw; other formats take the metadata
+     * locks (write and resize, not shared). */
+    bool data_only;
+    /* Unallocated ranges fall through to a backing file (and read as zero
+     * when there is none). */
+    bool supports_backing;
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -44,6 +44,9 @@ const char *vd_opts_value(const vd_opts *o, size_t i);
 int vd_opts_parse(vd_opts *o, const char *str, const char *implied_key);
 /* True when str is "help" or "?" (or contains "help" as a whole key). */
 bool vd_opts_is_help(const char *str);
+/* qemu-img's check of a -o argument: false for "", a leading ',' or a
+ * trailing single ',' (the tool then says "Invalid option list: %s"). */
+bool vd_opts_list_valid(const char *str);
 /* Parse a JSON object (text after "json:") into o, nested keys joined
  * with '.', arrays as key.0, key.1, ...; booleans "on"/"off". */
 int vd_opts_parse_json(vd_opts *o, const char *json);

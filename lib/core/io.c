@@ -26,9 +26,15 @@ int64_t vd_refresh_length(vd_node *n)
 {
     int64_t len = n->drv->getlength ? n->drv->getlength(n)
                 : n->file ? vd_refresh_length(n->file) : 0;
-    if (len >= 0)
-        n->total_size = len;
-    return len;
+    uint64_t rounded;
+
+    if (len < 0)
+        return len;
+    /* Lengths are whole 512-byte sectors, as in QEMU. */
+    if (!round_up_checked((uint64_t)len, 512, &rounded) || rounded > INT64_MAX)
+        return vd_error(EFBIG, "image size %lld is too large", (long long)len);
+    n->total_size = (int64_t)rounded;
+    return n->total_size;
 }
 
 /* Is [off, off+len) inside the node? */
@@ -391,7 +397,7 @@ int vd_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
         int r2 = vd_block_status(f, m, *pnum, &p2, &m, &f);
         if (r2 < 0)
             return r2;
-        if (r2 & VD_BS_EOF) {     /* child shorter than the window: zeroes */
+        if (p2 == 0) {            /* child shorter than the window: zeroes */
             r2 = VD_BS_ZERO;
             p2 = *pnum;
         }
@@ -432,7 +438,7 @@ int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
         }
         if ((r & VD_BS_ALLOCATED) || !cur->backing) {
             r &= ~VD_BS_EOF;
-            if (!(r & VD_BS_ALLOCATED) && !cur->backing)
+            if (!(r & VD_BS_ALLOCATED) && cur->drv->supports_backing)
                 r |= VD_BS_ZERO;
             return r | (off + *pnum == top_size ? VD_BS_EOF : 0);
         }

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core/internal.h"
+#include "core/lock.h"
 #include "util/checked.h"
 
 /* Longest backing chain followed before giving up (loops, bombs). */
@@ -317,7 +318,8 @@ static int open_backing_and_driver(vd_node *n, vd_opts *opts, int flags, int dep
     if (!bo)
         return vd_error(ENOMEM, "out of memory");
     vd_opts_del(opts, "backing");
-    if ((r = run_driver_open(n, opts)) < 0) {
+    if ((r = run_driver_open(n, opts)) < 0 ||
+        (!n->drv->data_only && (r = vd_file_lock_for_metadata(n->file)) < 0)) {
         vd_opts_free(bo);
         return r;
     }

@@ -42,6 +42,8 @@ vd_json *vd_json_at(const vd_json *j, size_t i);   /* array or object value */
 const char *vd_json_key_at(const vd_json *obj, size_t i);
 const char *vd_json_str(const vd_json *j);
 int64_t vd_json_int(const vd_json *j);
+uint64_t vd_json_uint(const vd_json *j);          /* INT >= 0 too */
+double vd_json_double(const vd_json *j);          /* INT/UINT converted */
 bool vd_json_bool(const vd_json *j);
 
 /* Parse text; NULL and an error message (vd_errmsg) on bad input.  Depth
@@ -51,5 +53,7 @@ vd_json *vd_json_parse(const char *text, size_t len);
 void vd_json_print(const vd_json *j, FILE *f);
 /* Compact one-line form used in "json:{...}" file names; caller frees. */
 char *vd_json_to_compact(const vd_json *j);
+/* Pretty (as vd_json_print) or compact text in a new string; caller frees. */
+char *vd_json_to_string(const vd_json *j, bool pretty);
 
 #endif
