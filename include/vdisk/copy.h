@@ -31,10 +31,33 @@ struct vd_copy_params {
     uint64_t max_in_flight;  /* bytes; 0 = engine default */
     vd_progress_fn progress;
     void *opaque;
+    /* Added by the copy engine (append-only from here): */
+    uint64_t rate_limit;     /* -r: bytes per second of data written; 0 = none */
+    int write_flags;         /* extra VD_REQ_* for data writes */
+    /* --salvage: called once per unreadable 512-byte sector with a message
+     * "error while reading offset N: <strerror>"; may be NULL. */
+    void (*warn)(void *opaque, const char *msg);
 };
 
 /* Copy; -errno on the first failure (message names the failing side). */
 int vd_copy(const struct vd_copy_params *p);
+
+/* What vd_compare found, in the detail qemu-img compare reports. */
+enum vd_compare_kind {
+    VD_CMP_IDENTICAL,        /* 0 returned */
+    VD_CMP_CONTENT,          /* data differs at offset */
+    VD_CMP_SIZE,             /* strict: sizes differ */
+    VD_CMP_STATUS,           /* strict: block status differs at offset */
+    VD_CMP_ERR_STATUS,       /* block status of node failed (error) */
+    VD_CMP_ERR_READ,         /* reading node at offset failed (error) */
+};
+struct vd_compare_result {
+    enum vd_compare_kind kind;
+    int node;                /* 0: a, 1: b (the failing or longer one) */
+    uint64_t offset;         /* where the difference or failed read is */
+    bool size_differs;       /* the two lengths differ */
+    bool in_tail;            /* difference lies past the shorter length */
+};
 
 struct vd_compare_params {
     vd_node *a, *b;
@@ -42,6 +65,8 @@ struct vd_compare_params {
     int workers;
     vd_progress_fn progress;
     void *opaque;
+    /* Added by the copy engine (append-only from here): */
+    struct vd_compare_result *result;   /* optional: details */
 };
 /* 0 identical, 1 differ (*first_diff set), -errno on error.  With sizes
  * that differ, the longer tail must be zero unless strict (qemu-img). */

@@ -39,8 +39,9 @@ const char *vd_opts_key(const vd_opts *o, size_t i);
 const char *vd_opts_value(const vd_opts *o, size_t i);
 
 /* Parse "k=v,k2=v2" (",," escapes a comma in values) into o.  A first
- * element without '=' is the value of implied_key (if non-NULL) or an
- * error; a later element without '=' is "k=on" (bools). Later keys win. */
+ * element without '=' is the value of implied_key (if non-NULL); any other
+ * element without '=' is "k=on" (bools), as qemu-img -o lazy_refcounts.
+ * A trailing ',' is ignored. Later keys win. */
 int vd_opts_parse(vd_opts *o, const char *str, const char *implied_key);
 /* True when str is "help" or "?" (or contains "help" as a whole key). */
 bool vd_opts_is_help(const char *str);

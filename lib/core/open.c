@@ -57,9 +57,13 @@ static int check_leftover_opts(const vd_node *n, const vd_opts *opts)
 {
     for (size_t i = 0; i < vd_opts_count(opts); i++) {
         const char *k = vd_opts_key(opts, i);
-        if (!opt_in_table(common_opts, k) && !opt_in_table(n->drv->open_opts, k))
+        if (opt_in_table(common_opts, k) || opt_in_table(n->drv->open_opts, k))
+            continue;
+        if (n->drv->kind == VD_DRV_FORMAT)
             return vd_error(EINVAL, "Block format '%s' does not support the option '%s'",
                             n->drv->name, k);
+        return vd_error(EINVAL, "Block protocol '%s' doesn't support the option '%s'",
+                        n->drv->name, k);
     }
     return 0;
 }

@@ -138,7 +138,7 @@ int vd_driver_print_create_opts(const char *fmt, const char *proto)
         snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, opt_type_name(list[i]->type));
         printf("  %-22s - %s\n", left, list[i]->help ? list[i]->help : "");
     }
-    if (!p && d->kind == VD_DRV_FORMAT)
+    if (!p)
         printf("\nThe protocol level may support further options.\n"
                "Specify the target filename to include those options.\n");
     return 0;

@@ -660,7 +660,15 @@ static const struct vd_opt_desc bd_open_opts[] = {
     { NULL, 0, NULL, NULL },
 };
 
+/* The host size of what lies below a filter is not reported (QEMU prints
+ * "unavailable"). */
+static int64_t blkdebug_allocated_size(vd_node *n)
+{
+    return -ENOTSUP;
+}
+
 static const struct vd_driver blkdebug_driver = {
+    .get_allocated_size = blkdebug_allocated_size,
     .struct_size = sizeof(struct vd_driver),
     .name = "blkdebug",
     .kind = VD_DRV_FILTER,

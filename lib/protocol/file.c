@@ -252,6 +252,8 @@ static int lock_on_open(vd_node *n, struct file_state *s)
         return 0;
     if (!n->read_only)
         perm |= VD_PERM_WRITE;
+    if (!n->read_only && (n->flags & VD_O_RESIZE))
+        perm |= VD_PERM_RESIZE;
     r = vd_lock_change(s->fd, 0, VD_PERM_ALL, perm, VD_PERM_ALL, n->filename);
     if (r < 0)
         return r;

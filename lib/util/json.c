@@ -24,9 +24,11 @@ static vd_json *json_alloc(enum vd_json_type t)
     return j;
 }
 
-/* Constructors (NULL when out of memory). */
+/* An empty object (NULL when out of memory, as every constructor). */
 vd_json *vd_json_new_object(void) { return json_alloc(VD_JSON_OBJECT); }
+/* An empty array. */
 vd_json *vd_json_new_array(void) { return json_alloc(VD_JSON_ARRAY); }
+/* The null value. */
 vd_json *vd_json_new_null(void) { return json_alloc(VD_JSON_NULL); }
 
 /* A string value holding a copy of s (NULL s is the empty string). */
@@ -180,22 +182,25 @@ void vd_json_set(vd_json *obj, const char *key, vd_json *v)
     }
 }
 
-/* Shorthands for vd_json_set with a new scalar. */
+/* obj[key] = a copy of string s. */
 void vd_json_set_str(vd_json *obj, const char *key, const char *s)
 {
     vd_json_set(obj, key, vd_json_new_string(s));
 }
 
+/* obj[key] = signed integer v. */
 void vd_json_set_int(vd_json *obj, const char *key, int64_t v)
 {
     vd_json_set(obj, key, vd_json_new_int(v));
 }
 
+/* obj[key] = unsigned integer v. */
 void vd_json_set_uint(vd_json *obj, const char *key, uint64_t v)
 {
     vd_json_set(obj, key, vd_json_new_uint(v));
 }
 
+/* obj[key] = boolean v. */
 void vd_json_set_bool(vd_json *obj, const char *key, bool v)
 {
     vd_json_set(obj, key, vd_json_new_bool(v));

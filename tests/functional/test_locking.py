@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import BUILD, TOP, qimg, run, vimg
+from conftest import BUILD, TOP, needs_vdisk_format, qimg, run, vimg
 
 QEMU_NBD = shutil.which("qemu-nbd")
 QEMU_IO = shutil.which("qemu-io")
@@ -218,6 +218,7 @@ def test_no_lock_takes_nothing(hold, raw_img):
 
 
 def test_locking_off_option(nbd, qcow2_img):
+    needs_vdisk_format("qcow2")
     nbd("qcow2", qcow2_img)
     name = "driver=qcow2,file.filename=%s,file.locking=off" % qcow2_img
     r = vimg("info", "--image-opts", name)
@@ -227,6 +228,7 @@ def test_locking_off_option(nbd, qcow2_img):
 # ---- QEMU holds, vdisk is refused ----
 
 def test_vdisk_refused_by_qemu_nbd_qcow2(needs_qemu, nbd, qcow2_img):
+    needs_vdisk_format("qcow2")
     nbd("qcow2", qcow2_img)
     v = vimg("info", qcow2_img)
     q = qimg("info", qcow2_img)
@@ -237,6 +239,7 @@ def test_vdisk_refused_by_qemu_nbd_qcow2(needs_qemu, nbd, qcow2_img):
 
 
 def test_vdisk_force_share_opens(needs_qemu, nbd, qcow2_img):
+    needs_vdisk_format("qcow2")
     nbd("qcow2", qcow2_img)
     r = vimg("info", "-U", qcow2_img)
     assert r.returncode == 0, r.stderr

@@ -41,6 +41,7 @@ struct img_open_args {
     const char *fmt;        /* -f, or NULL */
     bool image_opts;        /* name is an option string */
     bool writable;
+    bool resize;            /* take the resize lock at open (resize) */
     bool force_share;       /* -U */
     bool no_backing;
     const char *cache;      /* -t / -T cache mode, or NULL */

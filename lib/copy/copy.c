@@ -1,0 +1,549 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The copy engine behind convert and dd: N worker threads, each with one
+ * buffer (so bytes in flight are bounded by workers x chunk), driven by block
+ * status so holes are never read, with zero detection at min_sparse
+ * granularity, optional out-of-order writes, salvage and a rate limit.
+ *
+ * Invariants:
+ *  1. Only the planner (plan_next, under st->lock) walks the source; it cuts
+ *     it into jobs in ascending order, each job one kind over one source and
+ *     numbered by seq in that order.
+ *  2. In order mode, the writes of job k start only once the writes of jobs
+ *     0..k-1 have finished (st->write_seq == k); reads run in parallel.
+ *  3. The first error wins: it is recorded once in st, every worker stops at
+ *     its next step, and the message is re-raised on the caller's thread. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vdisk/copy.h"
+#include "util/checked.h"
+
+#define COPY_DEFAULT_WORKERS 8
+#define COPY_MAX_WORKERS 64
+#define COPY_DEFAULT_CHUNK (2u << 20)
+#define COPY_ZERO_CHUNK (1ull << 30)
+#define COPY_SECTOR 512u
+
+/* What a job does with its range. */
+enum job_kind {
+    JOB_DATA,    /* read the source, write it (zero runs become zeroes) */
+    JOB_ZERO,    /* the source reads as zero: write zeroes */
+    JOB_FILL,    /* the source reads as zero, -S 0: write zero bytes */
+    JOB_SKIP,    /* nothing to write (planner only) */
+};
+
+/* One unit of work, cut by the planner. */
+struct copy_job {
+    enum job_kind kind;
+    vd_node *src;
+    uint64_t soff;   /* offset in src */
+    uint64_t pos;    /* offset in the concatenation (for messages) */
+    uint64_t doff;   /* offset in dst */
+    uint64_t len;
+    uint64_t seq;
+};
+
+/* A worker waiting for its turn to write (in order mode); each has its own
+ * condition so that a finished job wakes exactly the next writer. */
+struct copy_waiter {
+    pthread_cond_t cond;
+    uint64_t seq;
+    bool waiting;
+};
+
+/* Shared state of one vd_copy call. */
+struct copy_state {
+    const struct vd_copy_params *p;
+    pthread_mutex_t lock;
+    struct copy_waiter waiters[COPY_MAX_WORKERS];
+    int nworkers;                 /* ids handed out so far */
+    uint64_t *src_len;        /* length of every source */
+    /* planner cursor */
+    size_t si;                /* current source */
+    uint64_t soff, pos, end, doff;
+    uint64_t bs_start, bs_end; /* cached block status of src si */
+    enum job_kind bs_kind;
+    bool bs_valid;
+    uint64_t next_seq, write_seq;
+    /* settings */
+    uint64_t chunk;
+    bool skip_zero;           /* zero ranges need no write */
+    int zero_flags;
+    /* progress, errors, rate limit */
+    uint64_t done, total;
+    int err;
+    char msg[1024];
+    struct timespec start;
+    uint64_t rate_bytes;
+};
+
+/* Wake every waiting worker (on error); caller holds the lock. */
+static void wake_all_locked(struct copy_state *st)
+{
+    for (int i = 0; i < st->nworkers; i++)
+        pthread_cond_signal(&st->waiters[i].cond);
+}
+
+/* Record the first error (caller holds the lock) and wake every waiter. */
+static void set_error_locked(struct copy_state *st, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void set_error_locked(struct copy_state *st, int err, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!st->err) {
+        st->err = err < 0 ? err : -EIO;
+        va_start(ap, fmt);
+        vsnprintf(st->msg, sizeof(st->msg), fmt, ap);
+        va_end(ap);
+    }
+    wake_all_locked(st);
+}
+
+/* Record an I/O failure ("error while reading at byte N: ...") from a worker. */
+static void io_error(struct copy_state *st, int err, const char *what, uint64_t pos)
+{
+    pthread_mutex_lock(&st->lock);
+    set_error_locked(st, err, "error while %s at byte %llu: %s", what,
+                     (unsigned long long)pos, strerror(-err));
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* Account n finished bytes and report progress; caller holds the lock. */
+static void progress_locked(struct copy_state *st, uint64_t n)
+{
+    st->done += n;
+    if (st->p->progress)
+        st->p->progress(st->p->opaque, st->done, st->total);
+}
+
+/* The kind of a block-status answer for this copy. */
+static enum job_kind status_kind(const struct copy_state *st, int r, int depth)
+{
+    const struct vd_copy_params *p = st->p;
+    bool zero = (r & VD_BS_ZERO) || !(r & VD_BS_DATA);
+
+    /* -B: what the top layer does not allocate comes from the backing. */
+    if (p->unallocated_only && (depth != 0 || !(r & VD_BS_ALLOCATED)))
+        return JOB_SKIP;
+    if (!zero)
+        return JOB_DATA;
+    if (p->min_sparse == 0)
+        return JOB_FILL;
+    return st->skip_zero ? JOB_SKIP : JOB_ZERO;
+}
+
+/* Make sure the cached block status covers st->soff; <0 on error. */
+static int refresh_status(struct copy_state *st, vd_node *src, uint64_t limit)
+{
+    uint64_t pnum = 0;
+    int depth = 0, r;
+
+    if (st->bs_valid && st->soff >= st->bs_start && st->soff < st->bs_end)
+        return 0;
+    r = vd_block_status_above(src, st->soff, limit, &pnum, NULL, NULL, &depth);
+    if (r < 0) {
+        set_error_locked(st, r, "error while reading block status at offset %llu: %s",
+                         (unsigned long long)st->pos, strerror(-r));
+        return r;
+    }
+    if (pnum == 0 || pnum > limit) {   /* a driver that says nothing: read */
+        pnum = limit;
+        r = VD_BS_DATA;
+        depth = 0;
+    }
+    st->bs_start = st->soff;
+    st->bs_end = st->soff + pnum;
+    st->bs_kind = status_kind(st, r, depth);
+    st->bs_valid = true;
+    return 0;
+}
+
+/* Largest job length for kind at destination offset doff within n bytes. */
+static uint64_t job_length(const struct copy_state *st, enum job_kind kind,
+                           uint64_t doff, uint64_t n)
+{
+    uint64_t cap;
+
+    if (kind == JOB_SKIP)
+        return n;
+    if (kind == JOB_ZERO)
+        return VD_MIN(n, COPY_ZERO_CHUNK);
+    cap = st->chunk - doff % st->chunk;   /* end jobs on chunk boundaries */
+    return VD_MIN(n, cap);
+}
+
+/* Move the planner cursor n bytes forward. */
+static void advance(struct copy_state *st, uint64_t n)
+{
+    st->soff += n;
+    st->pos += n;
+    st->doff += n;
+}
+
+/* Cut the next job; 1 with *job set, 0 when done, <0 on error.  Skipped
+ * ranges are accounted here.  Caller holds the lock. */
+static int plan_next(struct copy_state *st, struct copy_job *job)
+{
+    while (st->pos < st->end && !st->err) {
+        uint64_t slen = st->src_len[st->si], limit, n;
+
+        if (st->soff >= slen) {
+            st->si++;
+            st->soff = 0;
+            st->bs_valid = false;
+            continue;
+        }
+        limit = VD_MIN(st->end - st->pos, slen - st->soff);
+        if (refresh_status(st, st->p->src[st->si], limit) < 0)
+            return st->err;
+        n = job_length(st, st->bs_kind, st->doff,
+                       VD_MIN(st->bs_end - st->soff, limit));
+        if (st->bs_kind == JOB_SKIP) {
+            advance(st, n);
+            progress_locked(st, n);
+            continue;
+        }
+        *job = (struct copy_job){ st->bs_kind, st->p->src[st->si], st->soff,
+                                  st->pos, st->doff, n, st->next_seq++ };
+        advance(st, n);
+        return 1;
+    }
+    return st->err ? st->err : 0;
+}
+
+/* Read one sector-sized piece at a time, zeroing and reporting the ones
+ * that fail (--salvage). */
+static void salvage_read(struct copy_state *st, const struct copy_job *job, char *buf)
+{
+    uint64_t o = 0;
+
+    while (o < job->len) {
+        uint64_t l = VD_MIN(COPY_SECTOR - (job->soff + o) % COPY_SECTOR, job->len - o);
+        int r = vd_pread(job->src, job->soff + o, l, buf + o, 0);
+
+        if (r < 0) {
+            char m[256];
+            memset(buf + o, 0, l);
+            snprintf(m, sizeof(m), "error while reading offset %llu: %s",
+                     (unsigned long long)(job->pos + o), strerror(-r));
+            pthread_mutex_lock(&st->lock);
+            if (st->p->warn)
+                st->p->warn(st->p->opaque, m);
+            pthread_mutex_unlock(&st->lock);
+        }
+        o += l;
+    }
+}
+
+/* Read a data job into buf; <0 on error (recorded). */
+static int read_job(struct copy_state *st, const struct copy_job *job, char *buf)
+{
+    int r = vd_pread(job->src, job->soff, job->len, buf, 0);
+
+    if (r >= 0)
+        return 0;
+    if (st->p->salvage) {
+        salvage_read(st, job, buf);
+        return 0;
+    }
+    io_error(st, r, "reading", job->pos);
+    return r;
+}
+
+/* Seconds since the copy started. */
+static double elapsed(const struct copy_state *st)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - st->start.tv_sec) +
+           (double)(now.tv_nsec - st->start.tv_nsec) / 1e9;
+}
+
+/* -r: sleep until writing n more bytes keeps within the rate limit. */
+static void throttle(struct copy_state *st, uint64_t n)
+{
+    double due, now;
+
+    if (!st->p->rate_limit)
+        return;
+    pthread_mutex_lock(&st->lock);
+    st->rate_bytes += n;
+    due = (double)st->rate_bytes / (double)st->p->rate_limit;
+    pthread_mutex_unlock(&st->lock);
+    now = elapsed(st);
+    if (due > now) {
+        double d = due - now;
+        struct timespec ts = { (time_t)d, (long)((d - (double)(time_t)d) * 1e9) };
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Write zeroes over [off, off+len) of the target unless it is known zero. */
+static int write_zero_range(struct copy_state *st, uint64_t off, uint64_t len)
+{
+    if (st->skip_zero)
+        return 0;
+    return vd_pwrite_zeroes(st->p->dst, off, len, st->zero_flags);
+}
+
+/* Write len bytes of data at off. */
+static int write_bytes(struct copy_state *st, uint64_t off, uint64_t len, const char *buf)
+{
+    throttle(st, len);
+    return vd_pwrite(st->p->dst, off, len, buf, st->p->write_flags);
+}
+
+/* Is [i, e) of the buffer one whole all-zero min_sparse block? */
+static bool sparse_block_zero(uint64_t doff, uint64_t ms, const char *buf,
+                              uint64_t i, uint64_t e)
+{
+    return e - i == ms && (doff + i) % ms == 0 && buffer_is_zero(buf + i, ms);
+}
+
+/* Write a data buffer: aligned all-zero min_sparse blocks become zero
+ * writes (or nothing on a zero target), the rest data, runs merged. */
+static int write_sparse(struct copy_state *st, uint64_t doff, uint64_t len, const char *buf)
+{
+    uint64_t ms = st->p->min_sparse, i = 0;
+
+    while (i < len) {
+        uint64_t j = VD_MIN(i + ms - (doff + i) % ms, len);
+        bool zero = sparse_block_zero(doff, ms, buf, i, j);
+        int r;
+
+        while (j < len) {
+            uint64_t nb = VD_MIN(j + ms - (doff + j) % ms, len);
+            if (sparse_block_zero(doff, ms, buf, j, nb) != zero)
+                break;
+            j = nb;
+        }
+        r = zero ? write_zero_range(st, doff + i, j - i)
+                 : write_bytes(st, doff + i, j - i, buf + i);
+        if (r < 0)
+            return r;
+        i = j;
+    }
+    return 0;
+}
+
+/* Do the writes of a job; <0 on error (recorded). */
+static int write_job(struct copy_state *st, const struct copy_job *job, char *buf)
+{
+    int r;
+
+    switch (job->kind) {
+    case JOB_DATA:
+        r = st->p->min_sparse ? write_sparse(st, job->doff, job->len, buf)
+                              : write_bytes(st, job->doff, job->len, buf);
+        break;
+    case JOB_FILL:
+        memset(buf, 0, job->len);
+        r = write_bytes(st, job->doff, job->len, buf);
+        break;
+    default:
+        r = write_zero_range(st, job->doff, job->len);
+        break;
+    }
+    if (r < 0)
+        io_error(st, r, "writing", job->pos);
+    return r;
+}
+
+/* In order mode: wait until every earlier job has written; false on error. */
+static bool wait_turn(struct copy_state *st, int id, uint64_t seq)
+{
+    struct copy_waiter *w = &st->waiters[id];
+    bool ok;
+
+    pthread_mutex_lock(&st->lock);
+    w->seq = seq;
+    w->waiting = true;
+    while (!st->p->out_of_order && st->write_seq != seq && !st->err)
+        pthread_cond_wait(&w->cond, &st->lock);
+    w->waiting = false;
+    ok = !st->err;
+    pthread_mutex_unlock(&st->lock);
+    return ok;
+}
+
+/* A job has written: wake the writer of the next one, report progress. */
+static void finish_job(struct copy_state *st, const struct copy_job *job)
+{
+    pthread_mutex_lock(&st->lock);
+    st->write_seq++;
+    progress_locked(st, job->len);
+    for (int i = 0; i < st->nworkers; i++) {
+        if (st->waiters[i].waiting && st->waiters[i].seq == st->write_seq) {
+            pthread_cond_signal(&st->waiters[i].cond);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&st->lock);
+}
+
+/* Run one job start to finish; <0 on error. */
+static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf)
+{
+    int r;
+
+    if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
+        return r;
+    if (!wait_turn(st, id, job->seq))
+        return -ECANCELED;
+    if ((r = write_job(st, job, buf)) < 0)
+        return r;
+    finish_job(st, job);
+    return 0;
+}
+
+/* Worker thread: take jobs until none are left or an error stops us. */
+static void *worker(void *opaque)
+{
+    struct copy_state *st = opaque;
+    struct copy_job job = { 0 };
+    void *buf = NULL;
+    int r, id;
+
+    pthread_mutex_lock(&st->lock);
+    id = st->nworkers++;
+    pthread_mutex_unlock(&st->lock);
+    if (posix_memalign(&buf, 4096, st->chunk)) {
+        pthread_mutex_lock(&st->lock);
+        set_error_locked(st, -ENOMEM, "cannot allocate a copy buffer: %s",
+                         strerror(ENOMEM));
+        pthread_mutex_unlock(&st->lock);
+        return NULL;
+    }
+    for (;;) {
+        pthread_mutex_lock(&st->lock);
+        r = plan_next(st, &job);
+        pthread_mutex_unlock(&st->lock);
+        if (r <= 0 || run_job(st, id, &job, buf) < 0)
+            break;
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Lengths of the sources and their total; <0 on error (message set). */
+static int measure_sources(struct copy_state *st, uint64_t *total)
+{
+    const struct vd_copy_params *p = st->p;
+
+    *total = 0;
+    for (size_t i = 0; i < p->nsrc; i++) {
+        int64_t l = vd_getlength(p->src[i]);
+        if (l < 0)
+            return vd_error_prefix((int)-l, "Could not get size of '%s'",
+                                   vd_node_filename(p->src[i]));
+        st->src_len[i] = (uint64_t)l;
+        if (ADD_OVERFLOW(*total, (uint64_t)l, total))
+            return vd_error(EFBIG, "total source size is too large");
+    }
+    return 0;
+}
+
+/* Place the planner cursor at src_offset and fix the end; <0 on error. */
+static int position_cursor(struct copy_state *st, uint64_t total)
+{
+    const struct vd_copy_params *p = st->p;
+    uint64_t off = p->src_offset, len = p->length;
+
+    if (off > total)
+        return vd_error(EINVAL, "copy start %llu is beyond the end of the source",
+                        (unsigned long long)off);
+    if (len == 0)
+        len = total - off;
+    if (!range_ok(off, len, total))
+        return vd_error(EINVAL, "copy range is beyond the end of the source");
+    st->pos = off;
+    st->end = off + len;
+    st->doff = p->dst_offset;
+    st->total = len;
+    while (st->si < p->nsrc && off >= st->src_len[st->si])
+        off -= st->src_len[st->si++];
+    st->soff = off;
+    return 0;
+}
+
+/* Number of workers and bytes per job from the parameters. */
+static void choose_sizes(struct copy_state *st, int *nworkers)
+{
+    const struct vd_copy_params *p = st->p;
+    int w = p->workers > 0 ? p->workers : COPY_DEFAULT_WORKERS;
+    uint64_t chunk = p->chunk ? p->chunk : COPY_DEFAULT_CHUNK;
+
+    w = VD_MIN(w, COPY_MAX_WORKERS);
+    if (p->max_in_flight && p->max_in_flight / (uint64_t)w < chunk)
+        chunk = p->max_in_flight / (uint64_t)w;
+    chunk = round_down(chunk, COPY_SECTOR);
+    st->chunk = chunk ? chunk : COPY_SECTOR;
+    *nworkers = w;
+}
+
+/* Start the workers, run them to completion. */
+static void run_workers(struct copy_state *st, int n)
+{
+    pthread_t tid[COPY_MAX_WORKERS];
+    int started = 0;
+
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&tid[started], NULL, worker, st) != 0)
+            break;
+        started++;
+    }
+    worker(st);                       /* the caller is a worker too */
+    for (int i = 0; i < started; i++)
+        pthread_join(tid[i], NULL);
+}
+
+/* Set up the state of a copy; <0 on error (message set). */
+static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int *nw)
+{
+    uint64_t total;
+    int r;
+
+    if (!p || !p->dst || (p->nsrc && !p->src))
+        return vd_error(EINVAL, "invalid copy parameters");
+    st->p = p;
+    st->src_len = vd_calloc_array(p->nsrc, sizeof(uint64_t));
+    if (!st->src_len)
+        return vd_error(ENOMEM, "out of memory");
+    if ((r = measure_sources(st, &total)) < 0 || (r = position_cursor(st, total)) < 0)
+        return r;
+    choose_sizes(st, nw);
+    st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only;
+    st->zero_flags = p->unallocated_only ? 0 : VD_REQ_MAY_UNMAP;
+    clock_gettime(CLOCK_MONOTONIC, &st->start);
+    return 0;
+}
+
+/* Copy; -errno on the first failure (message names the failing side). */
+int vd_copy(const struct vd_copy_params *p)
+{
+    struct copy_state st = { .lock = PTHREAD_MUTEX_INITIALIZER };
+    int nw = 1, r;
+
+    for (int i = 0; i < COPY_MAX_WORKERS; i++)
+        pthread_cond_init(&st.waiters[i].cond, NULL);
+    r = copy_setup(&st, p, &nw);
+    if (r == 0) {
+        if (p->progress)
+            p->progress(p->opaque, 0, st.total);
+        run_workers(&st, nw);
+        r = st.err;
+        if (r < 0)
+            vd_error(-r, "%s", st.msg);
+    }
+    free(st.src_len);
+    for (int i = 0; i < COPY_MAX_WORKERS; i++)
+        pthread_cond_destroy(&st.waiters[i].cond);
+    return r;
+}

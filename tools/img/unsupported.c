@@ -1,0 +1,557 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* vdisk-img amend, snapshot, rebase, commit and bitmap: the command lines
+ * are parsed and checked exactly as qemu-img does; the operations need
+ * driver hooks libvdisk does not have yet, so after opening the image they
+ * answer with qemu-img's own error for a format without the feature (raw). */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "vdisk/driver.h"
+#include "img.h"
+#include "cli.h"
+
+/* Open name (or an --image-opts string) with the given flags; NULL on error. */
+static vd_node *open_image(const char *name, const char *fmt, bool image_opts,
+                           bool writable, bool force_share, const char *cache)
+{
+    struct img_open_args a = {
+        .name = name, .fmt = fmt, .image_opts = image_opts,
+        .writable = writable, .force_share = force_share, .cache = cache,
+    };
+    return img_open(&a);
+}
+
+/* ---- amend ---- */
+
+/* Parsed command line of amend. */
+struct amend_args {
+    const char *fmt, *cache;
+    char *options;
+    bool image_opts;
+};
+
+/* Parse amend's options; -1 on error (printed). */
+static int amend_parse(int argc, char **argv, struct amend_args *aa)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'j' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "force", no_argument, NULL, 'F' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":ho:f:t:pq", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': img_help();
+        case 'o':
+            if (img_opts_append(&aa->options, optarg) < 0)
+                return -1;
+            break;
+        case 'f': aa->fmt = optarg; break;
+        case 't': aa->cache = optarg; break;
+        case 'I': aa->image_opts = true; break;
+        case 'p': case 'q': case 'j': case 'F': break;
+        default: img_getopt_error(c, argv); return -1;
+        }
+    }
+    if (!aa->options) {
+        img_usage_error("Must specify options (-o)");
+        return -1;
+    }
+    return 0;
+}
+
+/* The answer of a format driver without option amendment. */
+static int amend_refuse(const char *fmt)
+{
+    if (!vd_driver_find(fmt)) {
+        img_error("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    img_error("Format driver '%s' does not support option amendment", fmt);
+    return 1;
+}
+
+/* vdisk-img amend [options] -o options filename */
+int img_amend(int argc, char **argv)
+{
+    struct amend_args aa = { 0 };
+    vd_node *n;
+    int ret = 1;
+
+    if (amend_parse(argc, argv, &aa) < 0)
+        goto out;
+    if (optind != argc - 1) {
+        if (aa.fmt && vd_opts_is_help(aa.options) && optind == argc)
+            ret = amend_refuse(aa.fmt);
+        else
+            img_error("Expecting one image file name");
+        goto out;
+    }
+    if (img_check_cache(aa.cache, false) < 0 ||
+        img_check_image_opts_fmt(aa.image_opts, aa.fmt) < 0)
+        goto out;
+    n = open_image(argv[optind], aa.fmt, aa.image_opts, true, false, aa.cache);
+    if (n) {
+        ret = amend_refuse(vd_node_format(n));
+        vd_close(n);
+    }
+out:
+    free(aa.options);
+    return ret;
+}
+
+/* ---- snapshot ---- */
+
+enum snapshot_action { SN_NONE, SN_LIST, SN_APPLY, SN_CREATE, SN_DELETE };
+
+/* Parsed command line of snapshot. */
+struct snapshot_args {
+    enum snapshot_action action;
+    const char *name;
+    bool image_opts, force_share;
+};
+
+/* Record one of -l/-a/-c/-d; a second one is a usage error. */
+static int snapshot_set(struct snapshot_args *sa, enum snapshot_action act)
+{
+    if (sa->action != SN_NONE) {
+        img_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
+        return -1;
+    }
+    sa->action = act;
+    sa->name = optarg;
+    return 0;
+}
+
+/* Parse snapshot's options; -1 on error (printed). */
+static int snapshot_parse(int argc, char **argv, struct snapshot_args *sa)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'j' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c, r = 0;
+
+    while (r == 0 && (c = getopt_long(argc, argv, ":la:c:d:hqU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': img_help();
+        case 'l': r = snapshot_set(sa, SN_LIST); break;
+        case 'a': r = snapshot_set(sa, SN_APPLY); break;
+        case 'c': r = snapshot_set(sa, SN_CREATE); break;
+        case 'd': r = snapshot_set(sa, SN_DELETE); break;
+        case 'I': sa->image_opts = true; break;
+        case 'U': sa->force_share = true; break;
+        case 'q': case 'j': break;
+        default: img_getopt_error(c, argv); return -1;
+        }
+    }
+    if (r == 0 && optind != argc - 1) {
+        img_usage_error("Expecting one image file name");
+        return -1;
+    }
+    return r;
+}
+
+/* Report the action's failure on an image without snapshot support. */
+static int snapshot_refuse(const struct snapshot_args *sa)
+{
+    switch (sa->action) {
+    case SN_CREATE:
+        img_error("Could not create snapshot '%s': %d (%s)", sa->name,
+                  -ENOTSUP, strerror(ENOTSUP));
+        return 1;
+    case SN_APPLY:
+        img_error("Could not apply snapshot '%s': Block driver does not "
+                  "support snapshots", sa->name);
+        return 1;
+    case SN_DELETE:
+        img_error("Could not delete snapshot '%s': snapshot not found", sa->name);
+        return 1;
+    default:
+        return 0;               /* -l: no snapshots to list */
+    }
+}
+
+/* vdisk-img snapshot [-l | -a snap | -c snap | -d snap] filename */
+int img_snapshot(int argc, char **argv)
+{
+    struct snapshot_args sa = { SN_NONE, NULL, false, false };
+    bool writable;
+    vd_node *n;
+    int ret;
+
+    if (snapshot_parse(argc, argv, &sa) < 0)
+        return 1;
+    writable = sa.action != SN_LIST;
+    n = open_image(argv[optind], NULL, sa.image_opts, writable,
+                   sa.force_share, NULL);
+    if (!n)
+        return 1;
+    if (sa.action == SN_APPLY) {
+        /* QEMU reopens the image to apply a snapshot. */
+        vd_close(n);
+        n = open_image(argv[optind], NULL, sa.image_opts, true, false, NULL);
+        if (!n)
+            return 1;
+    }
+    ret = snapshot_refuse(&sa);
+    vd_close(n);
+    return ret;
+}
+
+/* ---- rebase ---- */
+
+/* Parsed command line of rebase. */
+struct rebase_args {
+    const char *fmt, *backing, *backing_fmt, *cache, *src_cache;
+    bool image_opts, force_share, unsafe, progress, quiet;
+};
+
+/* Parse rebase's options; -1 on error (printed). */
+static int rebase_parse(int argc, char **argv, struct rebase_args *ra)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'j' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "force-share", no_argument, NULL, 'U' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":hf:F:b:upt:T:qU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': img_help();
+        case 'f': ra->fmt = optarg; break;
+        case 'F': ra->backing_fmt = optarg; break;
+        case 'b': ra->backing = optarg; break;
+        case 'u': ra->unsafe = true; break;
+        case 'p': ra->progress = true; break;
+        case 't': ra->cache = optarg; break;
+        case 'T': ra->src_cache = optarg; break;
+        case 'q': ra->quiet = true; break;
+        case 'U': ra->force_share = true; break;
+        case 'I': ra->image_opts = true; break;
+        case 'j': break;
+        default: img_getopt_error(c, argv); return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        img_usage_error("Expecting one image file name");
+        return -1;
+    }
+    if (!ra->unsafe && !ra->backing) {
+        img_usage_error("Must specify backing file (-b) or use unsafe mode (-u)");
+        return -1;
+    }
+    if (img_check_image_opts_fmt(ra->image_opts, ra->fmt) < 0 ||
+        img_check_cache(ra->cache, false) < 0 || img_check_cache(ra->src_cache, true) < 0)
+        return -1;
+    return 0;
+}
+
+/* The backing name as a path: relative names are relative to the
+ * directory of the image (QEMU's rule).  Caller frees; NULL if no memory. */
+static char *backing_path(const char *image, const char *backing)
+{
+    const char *slash = strrchr(image, '/');
+    char *s;
+
+    if (backing[0] == '/' || !slash || strchr(backing, ':'))
+        return strdup(backing);
+    if (asprintf(&s, "%.*s%s", (int)(slash - image + 1), image, backing) < 0)
+        return NULL;
+    return s;
+}
+
+/* Safe mode opens the new backing file first; -1 (printed) if it fails. */
+static int rebase_open_backing(const struct rebase_args *ra, vd_node *n)
+{
+    char *path = backing_path(vd_node_filename(n), ra->backing);
+    vd_opts *o = vd_opts_new();
+    vd_node *b = NULL;
+    int r = -1;
+
+    if (!path || !o) {
+        img_error("Could not open new backing file '%s': %s", ra->backing,
+                  strerror(ENOMEM));
+        vd_opts_free(o);
+    } else if (vd_open(&b, path, ra->backing_fmt, o, VD_O_FORCE_SHARE) < 0) {
+        img_error("Could not open new backing file '%s': %s", ra->backing,
+                  vd_errmsg());
+    } else {
+        vd_close(b);
+        r = 0;
+    }
+    free(path);
+    return r;
+}
+
+/* Change the backing file: no driver can yet, so report qemu-img's error. */
+static int rebase_change(const struct rebase_args *ra)
+{
+    const char *b = ra->backing ? ra->backing : "(null)";
+
+    if (ra->backing && *ra->backing && !ra->backing_fmt)
+        img_error("Could not change the backing file to '%s': backing format "
+                  "must be specified", b);
+    else
+        img_error("Could not change the backing file to '%s': %s", b,
+                  strerror(ENOTSUP));
+    return 1;
+}
+
+/* vdisk-img rebase [options] -b backing_file [-F backing_fmt] filename */
+int img_rebase(int argc, char **argv)
+{
+    struct rebase_args ra = { 0 };
+    vd_node *n;
+    int ret = 1;
+
+    if (rebase_parse(argc, argv, &ra) < 0)
+        return 1;
+    n = open_image(argv[optind], ra.fmt, ra.image_opts, true, false, ra.cache);
+    if (!n)
+        return 1;
+    if (ra.backing_fmt && !vd_driver_find(ra.backing_fmt)) {
+        img_error("Invalid format name: '%s'", ra.backing_fmt);
+        goto out;
+    }
+    if (!ra.unsafe && ra.backing && *ra.backing && rebase_open_backing(&ra, n) < 0)
+        goto out;
+    img_progress_init(ra.progress && !ra.quiet);
+    img_progress(NULL, 1, 1);
+    ret = rebase_change(&ra);
+    img_progress_end();
+out:
+    vd_close(n);
+    return ret;
+}
+
+/* ---- commit ---- */
+
+/* Parsed command line of commit. */
+struct commit_args {
+    const char *fmt, *cache, *base;
+    bool image_opts, progress, quiet;
+};
+
+/* Parse commit's options; -1 on error (printed). */
+static int commit_parse(int argc, char **argv, struct commit_args *ca)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'j' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint64_t rate;
+    int c;
+
+    while ((c = getopt_long(argc, argv, ":f:ht:b:dpqr:", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h': img_help();
+        case 'f': ca->fmt = optarg; break;
+        case 't': ca->cache = optarg; break;
+        case 'b': ca->base = optarg; break;
+        case 'p': ca->progress = true; break;
+        case 'q': ca->quiet = true; break;
+        case 'I': ca->image_opts = true; break;
+        case 'd': case 'j': break;
+        case 'r':
+            if (img_cvtnum("rate limit", optarg, &rate) < 0)
+                return -1;
+            break;
+        default: img_getopt_error(c, argv); return -1;
+        }
+    }
+    if (optind != argc - 1) {
+        img_usage_error("Expecting one image file name");
+        return -1;
+    }
+    if (img_check_image_opts_fmt(ca->image_opts, ca->fmt) < 0 ||
+        img_check_cache(ca->cache, false) < 0)
+        return -1;
+    return 0;
+}
+
+/* Report why the commit cannot run. */
+static int commit_refuse(const struct commit_args *ca, vd_node *n, const char *name)
+{
+    if (ca->base) {
+        img_error("Did not find '%s' in the backing chain of '%s'", ca->base, name);
+        return 1;
+    }
+    if (!vd_node_backing(n)) {
+        img_error("Image does not have a backing file");
+        return 1;
+    }
+    img_error("Could not commit '%s': %s", name, strerror(ENOTSUP));
+    return 1;
+}
+
+/* vdisk-img commit [options] filename */
+int img_commit(int argc, char **argv)
+{
+    struct commit_args ca = { 0 };
+    vd_node *n;
+    int ret;
+
+    if (commit_parse(argc, argv, &ca) < 0)
+        return 1;
+    n = open_image(argv[optind], ca.fmt, ca.image_opts, true, false, ca.cache);
+    if (!n)
+        return 1;
+    img_progress_init(ca.progress && !ca.quiet);
+    ret = commit_refuse(&ca, n, argv[optind]);
+    img_progress_end();
+    vd_close(n);
+    return ret;
+}
+
+/* ---- bitmap ---- */
+
+#define BITMAP_MAX_OPS 64
+
+/* One --add/--remove/... action, in command-line order. */
+struct bitmap_op {
+    const char *name;              /* "add", "merge", ... */
+};
+
+/* Parsed command line of bitmap. */
+struct bitmap_args {
+    struct bitmap_op ops[BITMAP_MAX_OPS];
+    size_t nops;
+    const char *fmt, *src_file, *src_fmt;
+    bool image_opts, has_granularity, add;
+};
+
+/* Record an action; -1 (printed) when there are too many. */
+static int bitmap_push(struct bitmap_args *ba, const char *name)
+{
+    if (ba->nops == BITMAP_MAX_OPS) {
+        img_error("Too many bitmap operations");
+        return -1;
+    }
+    ba->ops[ba->nops++].name = name;
+    ba->add |= !strcmp(name, "add");
+    return 0;
+}
+
+/* Handle one option of bitmap; -1 on error (printed). */
+static int bitmap_opt(struct bitmap_args *ba, int c, char **argv)
+{
+    uint64_t g;
+
+    switch (c) {
+    case 'h': img_help();
+    case 'b': ba->src_file = optarg; return 0;
+    case 'f': ba->fmt = optarg; return 0;
+    case 'F': ba->src_fmt = optarg; return 0;
+    case 'I': ba->image_opts = true; return 0;
+    case 'j': return 0;
+    case 'g':
+        ba->has_granularity = true;
+        return img_cvtnum("granularity", optarg, &g);
+    case 'A': return bitmap_push(ba, "add");
+    case 'R': return bitmap_push(ba, "remove");
+    case 'C': return bitmap_push(ba, "clear");
+    case 'E': return bitmap_push(ba, "enable");
+    case 'D': return bitmap_push(ba, "disable");
+    case 'M': return bitmap_push(ba, "merge");
+    default: img_getopt_error(c, argv); return -1;
+    }
+}
+
+/* True when one of the actions is "merge". */
+static bool bitmap_has_merge(const struct bitmap_args *ba)
+{
+    for (size_t i = 0; i < ba->nops; i++)
+        if (!strcmp(ba->ops[i].name, "merge"))
+            return true;
+    return false;
+}
+
+/* Check the combination of options as qemu-img does; -1 (printed). */
+static int bitmap_check(const struct bitmap_args *ba, int argc)
+{
+    if (ba->nops == 0) {
+        img_error("Need at least one of --add, --remove, --clear, --enable, "
+                  "--disable, or --merge");
+        return -1;
+    }
+    if (ba->has_granularity && !ba->add) {
+        img_error("granularity only supported with --add");
+        return -1;
+    }
+    if (ba->src_fmt && !ba->src_file) {
+        img_error("-F only supported with -b");
+        return -1;
+    }
+    if (ba->src_file && !bitmap_has_merge(ba)) {
+        img_error("Merge bitmap source file only supported with --merge");
+        return -1;
+    }
+    if (optind != argc - 2) {
+        img_error("Expecting filename and bitmap name");
+        return -1;
+    }
+    return img_check_image_opts_fmt(ba->image_opts, ba->fmt);
+}
+
+/* The first action fails: no driver stores persistent bitmaps yet. */
+static int bitmap_refuse(const struct bitmap_args *ba, const char *bitmap)
+{
+    const char *op = ba->ops[0].name;
+
+    if (!strcmp(op, "add"))
+        img_error("Operation add on bitmap %s failed: Can't store persistent "
+                  "bitmaps to #block%03d: %s", bitmap, 100 + (int)(getpid() % 900),
+                  strerror(ENOTSUP));
+    else
+        img_error("Operation %s on bitmap %s failed: Dirty bitmap '%s' not found",
+                  op, bitmap, bitmap);
+    return 1;
+}
+
+/* vdisk-img bitmap (--merge SOURCE | --add | ...)... filename bitmap */
+int img_bitmap(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'j' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "add", no_argument, NULL, 'A' },
+        { "remove", no_argument, NULL, 'R' },
+        { "clear", no_argument, NULL, 'C' },
+        { "enable", no_argument, NULL, 'E' },
+        { "disable", no_argument, NULL, 'D' },
+        { "merge", required_argument, NULL, 'M' },
+        { NULL, 0, NULL, 0 },
+    };
+    struct bitmap_args ba = { .nops = 0 };
+    vd_node *n;
+    int c, ret;
+
+    while ((c = getopt_long(argc, argv, ":b:f:F:g:h", longopts, NULL)) != -1)
+        if (bitmap_opt(&ba, c, argv) < 0)
+            return 1;
+    if (bitmap_check(&ba, argc) < 0)
+        return 1;
+    n = open_image(argv[optind], ba.fmt, ba.image_opts, true, false, NULL);
+    if (!n)
+        return 1;
+    ret = bitmap_refuse(&ba, argv[optind + 1]);
+    vd_close(n);
+    return ret;
+}
