@@ -19,55 +19,15 @@ from conftest import BUILD, TOP, needs_vdisk_format, qimg, run, vimg
 QEMU_NBD = shutil.which("qemu-nbd")
 QEMU_IO = shutil.which("qemu-io")
 
-HELPER_SRC = r'''
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-#include "vdisk/vdisk.h"
-#include "core/lock.h"
-/* hold [-w] [-m] [-U] [-n] FILE: open FILE as raw, print "ready", wait for
- * stdin to close.  -m: take the permissions of a metadata format. */
-int main(int argc, char **argv)
-{
-    int flags = 0, meta = 0, i = 1;
-    vd_node *n;
-    char c;
-    for (; i < argc && argv[i][0] == '-'; i++) {
-        if (!strcmp(argv[i], "-w")) flags |= VD_O_RDWR;
-        else if (!strcmp(argv[i], "-m")) meta = 1;
-        else if (!strcmp(argv[i], "-U")) flags |= VD_O_FORCE_SHARE;
-        else if (!strcmp(argv[i], "-n")) flags |= VD_O_NO_LOCK;
-    }
-    if (i >= argc || vd_open(&n, argv[i], "raw", NULL, flags) < 0 ||
-        (meta && vd_file_lock_for_metadata(vd_node_file(n)) < 0)) {
-        fprintf(stderr, "%s\n", vd_errmsg());
-        return 1;
-    }
-    printf("ready\n");
-    fflush(stdout);
-    while (read(0, &c, 1) > 0)
-        ;
-    vd_close(n);
-    return 0;
-}
-'''
 
 
 @pytest.fixture(scope="session")
-def helper(tmp_path_factory):
-    """Build the lock-holding helper against the build's libvdisk."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    libdir = os.path.join(BUILD, "lib")
-    if not cc or not os.path.exists(os.path.join(libdir, "libvdisk.so")):
-        pytest.skip("needs a C compiler and %s/libvdisk.so" % libdir)
-    d = tmp_path_factory.mktemp("helper")
-    src, exe = d / "hold.c", d / "hold"
-    src.write_text(HELPER_SRC)
-    run([cc, "-std=gnu11", "-D_GNU_SOURCE", "-I", os.path.join(TOP, "include"),
-         "-I", os.path.join(TOP, "lib"), str(src), "-o", str(exe), "-L", libdir,
-         "-lvdisk", "-Wl,-rpath," + libdir], check=True)
-    return str(exe)
+def helper():
+    """The lock-holding helper meson builds beside the unit tests."""
+    exe = os.path.join(BUILD, "tests", "unit", "lock-holder")
+    if not os.path.exists(exe):
+        pytest.skip("%s is not built" % exe)
+    return exe
 
 
 class Holder:

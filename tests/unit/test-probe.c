@@ -10,12 +10,13 @@
 #include "vdisk/driver.h"
 #include "tap.h"
 
-static const char magic[8] = "FAKEIMG!";
+static const char magic[] = "FAKEIMG!";
+#define MAGIC_LEN (sizeof(magic) - 1)
 
 /* Score 100 for our magic, nothing otherwise. */
 static int fake_probe(const uint8_t *buf, size_t len, const char *filename)
 {
-    return len >= sizeof(magic) && !memcmp(buf, magic, sizeof(magic)) ? 100 : 0;
+    return len >= MAGIC_LEN && !memcmp(buf, magic, MAGIC_LEN) ? 100 : 0;
 }
 
 static int fake_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
@@ -54,17 +55,17 @@ static void test_sector0(const char *path)
         return;
     CHECK_EQ_STR(vd_node_format(n), "raw");
     CHECK(vd_node_probed_raw(n));
-    CHECK_EQ_INT(vd_pwrite(n, 0, sizeof(magic), magic, 0), -EPERM);
+    CHECK_EQ_INT(vd_pwrite(n, 0, MAGIC_LEN, magic, 0), -EPERM);
     CHECK(strstr(vd_errmsg(), "sector 0") != NULL);
     CHECK_EQ_INT(vd_pwrite(n, 0, 5, "other", 0), 0);
-    CHECK_EQ_INT(vd_pwrite(n, 4096, sizeof(magic), magic, 0), 0);
+    CHECK_EQ_INT(vd_pwrite(n, 4096, MAGIC_LEN, magic, 0), 0);
     vd_close(n);
     /* With the format given, the same write is allowed. */
     CHECK_EQ_INT(vd_open(&n, path, "raw", NULL, VD_O_RDWR), 0);
     if (!n)
         return;
     CHECK(!vd_node_probed_raw(n));
-    CHECK_EQ_INT(vd_pwrite(n, 0, sizeof(magic), magic, 0), 0);
+    CHECK_EQ_INT(vd_pwrite(n, 0, MAGIC_LEN, magic, 0), 0);
     vd_close(n);
 }
 
