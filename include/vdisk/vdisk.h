@@ -37,6 +37,7 @@ void vd_error_clear(void);
 #define VD_O_NO_LOCK      0x0010 /* take no image lock */
 #define VD_O_CREATE       0x0020 /* internal: node opened right after create */
 #define VD_O_RESIZE       0x0040 /* with VD_O_RDWR: take the resize lock at open */
+#define VD_O_NO_SHARE     0x0080 /* let no one else write or resize meanwhile */
 
 /* ---- I/O flags ---- */
 #define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */

@@ -25,7 +25,7 @@
 
 #define COPY_DEFAULT_WORKERS 8
 #define COPY_MAX_WORKERS 64
-#define COPY_DEFAULT_CHUNK (2u << 20)
+#define COPY_DEFAULT_CHUNK (1u << 20)
 #define COPY_ZERO_CHUNK (1ull << 30)
 #define COPY_SECTOR 512u
 

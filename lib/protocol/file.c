@@ -241,11 +241,12 @@ static int probe_alignment(vd_node *n, struct file_state *s)
 }
 
 /* Take the image locks QEMU's qemu-img/qemu-io take on a raw image:
- * consistent read (+ write when writable), sharing everything.  Format
+ * consistent read (+ write when writable), sharing everything unless
+ * VD_O_NO_SHARE (convert's sources: no other writer or resizer).  Format
  * drivers with metadata narrow this with vd_file_lock_for_metadata(). */
 static int lock_on_open(vd_node *n, struct file_state *s)
 {
-    uint64_t perm = VD_PERM_CONSISTENT_READ;
+    uint64_t perm = VD_PERM_CONSISTENT_READ, shared = VD_PERM_ALL;
     int r;
 
     if (!s->use_lock)
@@ -254,11 +255,13 @@ static int lock_on_open(vd_node *n, struct file_state *s)
         perm |= VD_PERM_WRITE;
     if (!n->read_only && (n->flags & VD_O_RESIZE))
         perm |= VD_PERM_RESIZE;
-    r = vd_lock_change(s->fd, 0, VD_PERM_ALL, perm, VD_PERM_ALL, n->filename);
+    if (n->flags & VD_O_NO_SHARE)
+        shared = VD_PERM_CONSISTENT_READ | VD_PERM_WRITE_UNCHANGED;
+    r = vd_lock_change(s->fd, 0, VD_PERM_ALL, perm, shared, n->filename);
     if (r < 0)
         return r;
     s->perm = perm;
-    s->shared = VD_PERM_ALL;
+    s->shared = shared;
     return 0;
 }
 

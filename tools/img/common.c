@@ -221,6 +221,8 @@ static int img_open_flags(const struct img_open_args *a)
         flags |= VD_O_RDWR | (a->resize ? VD_O_RESIZE : 0);
     if (a->force_share)
         flags |= VD_O_FORCE_SHARE;
+    else if (a->no_share)
+        flags |= VD_O_NO_SHARE;
     if (a->no_backing)
         flags |= VD_O_NO_BACKING;
     return flags;

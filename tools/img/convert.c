@@ -231,7 +231,7 @@ static int open_sources(struct convert_ctx *cx)
     for (int i = 0; i < ca->nsrc; i++) {
         struct img_open_args a = { .name = ca->srcs[i], .fmt = ca->fmt,
             .image_opts = ca->image_opts, .force_share = ca->force_share,
-            .cache = ca->src_cache, .quiet = ca->quiet };
+            .cache = ca->src_cache, .quiet = ca->quiet, .no_share = true };
         int64_t len;
 
         if (!(cx->src[i] = img_open(&a)))

@@ -42,6 +42,7 @@ struct img_open_args {
     bool image_opts;        /* name is an option string */
     bool writable;
     bool resize;            /* take the resize lock at open (resize) */
+    bool no_share;          /* others may not write meanwhile (convert's sources) */
     bool force_share;       /* -U */
     bool no_backing;
     const char *cache;      /* -t / -T cache mode, or NULL */
