@@ -25,7 +25,7 @@ check: deps
 
 bench: deps
 	$(MAKE) build
-	./bench/run $(BUILD)
+	VDISK_BUILDDIR=$(BUILD) ./bench/run
 
 install: $(BUILD)/build.ninja
 	meson configure $(BUILD) --prefix=$(PREFIX)
