@@ -37,6 +37,9 @@ struct vd_copy_params {
     /* --salvage: called once per unreadable 512-byte sector with a message
      * "error while reading offset N: <strerror>"; may be NULL. */
     void (*warn)(void *opaque, const char *msg);
+    /* -C: copy data ranges inside the host (vd_copy_range) where the nodes
+     * allow it, falling back to reads and writes where they do not. */
+    bool copy_offload;
 };
 
 /* Copy; -errno on the first failure (message names the failing side). */

@@ -78,6 +78,13 @@ struct vd_driver {
     /* Unallocated ranges fall through to a backing file (and read as zero
      * when there is none). */
     bool supports_backing;
+    /* Copy offloading (convert -C): a pass-through layer translates its side
+     * of the request and calls vd_copy_range on its child; the bottom layer
+     * (file) copies inside the host.  -ENOTSUP when it cannot. */
+    int (*copy_range_from)(vd_node *src, uint64_t soff, vd_node *dst,
+                           uint64_t doff, uint64_t len);
+    int (*copy_range_to)(vd_node *src, uint64_t soff, vd_node *dst,
+                         uint64_t doff, uint64_t len);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -89,6 +89,12 @@ int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
                           uint64_t *pnum, uint64_t *map, vd_node **file,
                           int *depth);
 
+/* Copy len bytes from src at soff to dst at doff inside the host, without
+ * passing through this process (copy_file_range); -ENOTSUP when the nodes
+ * cannot, and the caller then reads and writes. */
+int vd_copy_range(vd_node *src, uint64_t soff, vd_node *dst, uint64_t doff,
+                  uint64_t len);
+
 /* Notify the graph below n of a named event (fault injection points). */
 void vd_event(vd_node *n, const char *event);
 

@@ -13,6 +13,7 @@
  *  3. The first error wins: it is recorded once in st, every worker stops at
  *     its next step, and the message is re-raised on the caller's thread. */
 #include <errno.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -80,6 +81,7 @@ struct copy_state {
     char msg[1024];
     struct timespec start;
     uint64_t rate_bytes;
+    atomic_bool no_offload;       /* vd_copy_range said -ENOTSUP once */
 };
 
 /* Wake every waiting worker (on error); caller holds the lock. */
@@ -388,11 +390,36 @@ static void finish_job(struct copy_state *st, const struct copy_job *job)
     pthread_mutex_unlock(&st->lock);
 }
 
+/* -C: copy a data job inside the host.  1 when done, 0 to fall back to
+ * reading and writing, <0 on error (recorded). */
+static int offload_job(struct copy_state *st, int id, const struct copy_job *job)
+{
+    int r;
+
+    if (!st->p->copy_offload || job->kind != JOB_DATA || atomic_load(&st->no_offload))
+        return 0;
+    if (!wait_turn(st, id, job->seq))
+        return -ECANCELED;
+    r = vd_copy_range(job->src, job->soff, st->p->dst, job->doff, job->len);
+    if (r == -ENOTSUP) {
+        atomic_store(&st->no_offload, true);
+        return 0;
+    }
+    if (r < 0) {
+        io_error(st, r, "writing", job->pos);
+        return r;
+    }
+    finish_job(st, job);
+    return 1;
+}
+
 /* Run one job start to finish; <0 on error. */
 static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf)
 {
     int r;
 
+    if ((r = offload_job(st, id, job)) != 0)
+        return r < 0 ? r : 0;
     if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
         return r;
     if (!wait_turn(st, id, job->seq))

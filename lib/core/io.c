@@ -447,6 +447,26 @@ int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
     return vd_error(EIO, "block status: empty chain");
 }
 
+/* Offloaded copy: the source's layers translate first, then the target's. */
+int vd_copy_range(vd_node *src, uint64_t soff, vd_node *dst, uint64_t doff,
+                  uint64_t len)
+{
+    int r;
+
+    if (!len)
+        return 0;
+    if ((r = check_range(src, soff, len)) < 0 || (r = check_writable(dst)) < 0 ||
+        (r = check_range(dst, doff, len)) < 0)
+        return r;
+    if (src->request_alignment > 1 || dst->request_alignment > 1)
+        return -ENOTSUP;
+    if (src->drv->copy_range_from)
+        return src->drv->copy_range_from(src, soff, dst, doff, len);
+    if (dst->drv->copy_range_to)
+        return dst->drv->copy_range_to(src, soff, dst, doff, len);
+    return -ENOTSUP;
+}
+
 /* Pass a named event down to the node that handles it. */
 void vd_event(vd_node *n, const char *event)
 {

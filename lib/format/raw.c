@@ -66,6 +66,24 @@ static int file_offset(const struct raw_state *s, uint64_t off, uint64_t *out)
     return 0;
 }
 
+/* Offloaded copy from the window: shift into the file. */
+static int raw_copy_range_from(vd_node *src, uint64_t soff, vd_node *dst,
+                               uint64_t doff, uint64_t len)
+{
+    uint64_t off;
+    int r = file_offset(src->state, soff, &off);
+    return r < 0 ? r : vd_copy_range(src->file, off, dst, doff, len);
+}
+
+/* Offloaded copy into the window: shift into the file. */
+static int raw_copy_range_to(vd_node *src, uint64_t soff, vd_node *dst,
+                             uint64_t doff, uint64_t len)
+{
+    uint64_t off;
+    int r = file_offset(dst->state, doff, &off);
+    return r < 0 ? r : vd_copy_range(src, soff, dst->file, off, len);
+}
+
 /* Read through to the file (QEMU emits read_aio for blkdebug here). */
 static int raw_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 {
@@ -196,6 +214,8 @@ static const struct vd_opt_desc raw_create_opts[] = {
 
 static const struct vd_driver raw_driver = {
     .data_only = true,
+    .copy_range_from = raw_copy_range_from,
+    .copy_range_to = raw_copy_range_to,
     .struct_size = sizeof(struct vd_driver),
     .name = "raw",
     .kind = VD_DRV_FORMAT,

@@ -48,6 +48,12 @@ struct file_state {
 
 static const struct vd_driver file_driver, hdev_driver, cdrom_driver;
 
+/* Is n opened by one of the drivers of this file? */
+static bool is_file_node(const vd_node *n)
+{
+    return n->drv == &file_driver || n->drv == &hdev_driver || n->drv == &cdrom_driver;
+}
+
 /* ---- helpers ---- */
 
 /* Record an I/O error as just its strerror text (the tool adds where). */
@@ -431,6 +437,34 @@ static int file_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
         return io_error(-r);
     if ((flags & VD_REQ_FUA) && !s->no_flush && fdatasync(s->fd) < 0)
         return io_error(errno);
+    return 0;
+}
+
+/* Offloaded copy between two host files with copy_file_range. */
+static int file_copy_range_to(vd_node *src, uint64_t soff, vd_node *dst,
+                              uint64_t doff, uint64_t len)
+{
+    const struct file_state *s = src->state, *d = dst->state;
+
+    if (!is_file_node(src) || !is_file_node(dst) || soff > INT64_MAX ||
+        doff > INT64_MAX)
+        return -ENOTSUP;
+    while (len) {
+        loff_t so = (loff_t)soff, dof = (loff_t)doff;
+        ssize_t n = copy_file_range(s->fd, &so, d->fd, &dof, VD_MIN(len, (uint64_t)1 << 30), 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP ||
+                      errno == EINVAL || errno == EBADF))
+            return -ENOTSUP;
+        if (n < 0)
+            return vd_error(errno, "%s", strerror(errno));
+        if (n == 0)
+            return -ENOTSUP;      /* source shorter than expected: fall back */
+        soff += (uint64_t)n;
+        doff += (uint64_t)n;
+        len -= (uint64_t)n;
+    }
     return 0;
 }
 
@@ -854,11 +888,6 @@ static int cdrom_probe(const uint8_t *buf, size_t len, const char *filename)
 
 /* ---- permissions (lock.h) ---- */
 
-/* Is n opened by one of the drivers of this file? */
-static bool is_file_node(const vd_node *n)
-{
-    return n->drv == &file_driver || n->drv == &hdev_driver || n->drv == &cdrom_driver;
-}
 
 /* Change the permissions the file node under n (through filters) holds. */
 int vd_file_set_perm(vd_node *n, uint64_t perm, uint64_t shared)
@@ -936,6 +965,7 @@ static const struct vd_driver file_driver = {
     .pread = file_pread,
     .pwrite = file_pwrite,
     .pwrite_zeroes = file_pwrite_zeroes,
+    .copy_range_to = file_copy_range_to,
     .discard = file_discard,
     .flush = file_flush,
     .block_status = file_block_status,
@@ -961,6 +991,7 @@ static const struct vd_driver hdev_driver = {
     .pread = file_pread,
     .pwrite = file_pwrite,
     .pwrite_zeroes = file_pwrite_zeroes,
+    .copy_range_to = file_copy_range_to,
     .discard = file_discard,
     .flush = file_flush,
     .block_status = file_block_status,

@@ -316,3 +316,24 @@ def test_qcow2_source_and_backing(work, needs_qemu):
     v = differential("convert", "-n", "--target-is-zero", "-B", "z.raw", "-F", "raw",
                      "-O", "qcow2", "z.raw", "m.qcow2", cwd=work)
     assert v.returncode == 0 and "backing file" in v.stderr
+
+
+def test_copy_offload_copies_inside_the_host(work):
+    """-C copies data ranges with copy_file_range and keeps holes."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    log = work / "trace"
+    p = subprocess.run([strace, "-f", "-o", str(log), "-e", "trace=copy_file_range",
+                        VDISK_IMG, "convert", "-C", "-f", "raw", "-O", "raw",
+                        str(work / "m.raw"), str(work / "c.raw")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert same_content(work / "m.raw", work / "c.raw")
+    calls = [l for l in log.read_text().splitlines() if "copy_file_range(" in l]
+    assert calls and all("= -1" not in l for l in calls)
+    assert allocated(work / "c.raw") <= allocated(work / "m.raw")
+
+
+def test_copy_offload_rejects_sparse_option(work, needs_qemu):
+    differential("convert", "-C", "-S", "4k", "-O", "raw", "m.raw", "c.raw", cwd=work)

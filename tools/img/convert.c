@@ -438,6 +438,7 @@ static int run_copy(struct convert_ctx *cx, bool has_backing)
         .min_sparse = ca->min_sparse, .salvage = ca->salvage,
         .unallocated_only = has_backing, .rate_limit = ca->rate,
         .progress = img_progress, .warn = salvage_warn,
+        .copy_offload = ca->copy_range,
     };
 
     if (ca->no_create)
