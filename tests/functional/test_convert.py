@@ -337,3 +337,17 @@ def test_copy_offload_copies_inside_the_host(work):
 
 def test_copy_offload_rejects_sparse_option(work, needs_qemu):
     differential("convert", "-C", "-S", "4k", "-O", "raw", "m.raw", "c.raw", cwd=work)
+
+
+def test_sigusr1_reports_progress(work):
+    """Without -p, SIGUSR1 makes convert print one progress line."""
+    import signal
+    p = subprocess.Popen([VDISK_IMG, "convert", "-r", "2M", "-f", "raw", "-O", "raw",
+                          str(work / "m.raw"), str(work / "v.raw")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)
+    p.send_signal(signal.SIGUSR1)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "/100%)" in out
+    assert same_content(work / "m.raw", work / "v.raw")
