@@ -85,6 +85,17 @@ struct vd_driver {
                            uint64_t doff, uint64_t len);
     int (*copy_range_to)(vd_node *src, uint64_t soff, vd_node *dst,
                          uint64_t doff, uint64_t len);
+    /* Write one whole compressed cluster (off cluster-aligned, len the
+     * cluster size or the tail of the image); data that does not shrink is
+     * stored uncompressed.  NULL: the format cannot compress. */
+    int (*pwrite_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+    /* Cluster size qemu-img info prints at top level (0 / NULL: none). */
+    int64_t (*cluster_size)(vd_node *n);
+    /* The image's dirty flag (info's "dirty-flag"). */
+    bool (*is_dirty)(vd_node *n);
+    /* More URI schemes / prefixes this driver takes (NULL-terminated, may
+     * be NULL): "nbd+unix", "nbds", ... */
+    const char *const *protocol_aliases;
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -69,6 +69,12 @@ int vd_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);
 int vd_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
 int vd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
 int vd_discard(vd_node *n, uint64_t off, uint64_t len);
+/* Write one compressed cluster: off aligned to the format's cluster size,
+ * len the cluster size (or what is left of the image).  -ENOTSUP when the
+ * format cannot compress. */
+int vd_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+/* The format's cluster size (qemu-img info's cluster_size), 0 if none. */
+int64_t vd_node_cluster_size(vd_node *n);
 int vd_flush(vd_node *n);
 /* Returns size in bytes or -errno. */
 int64_t vd_getlength(vd_node *n);

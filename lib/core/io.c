@@ -319,6 +319,29 @@ int vd_discard(vd_node *n, uint64_t off, uint64_t len)
     return 0;
 }
 
+/* Write one compressed cluster through the driver's hook. */
+int vd_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
+{
+    int r;
+
+    if (!len)
+        return 0;
+    if ((r = check_writable(n)) < 0 || (r = check_range(n, off, len)) < 0)
+        return r;
+    if (!n->drv->pwrite_compressed)
+        return vd_error(ENOTSUP, "Compression is not supported for this image format ('%s')",
+                        n->drv->name);
+    atomic_fetch_add(&n->st_wr_ops, 1);
+    atomic_fetch_add(&n->st_wr_bytes, len);
+    return n->drv->pwrite_compressed(n, off, len, buf);
+}
+
+/* The driver's cluster size, 0 when it has none. */
+int64_t vd_node_cluster_size(vd_node *n)
+{
+    return n->drv->cluster_size ? n->drv->cluster_size(n) : 0;
+}
+
 /* Flush the node, then the nodes below it. */
 int vd_flush(vd_node *n)
 {

@@ -2,6 +2,7 @@
 /* The driver registry: drivers add themselves at load time with
  * VD_DRIVER_REGISTER; lookups by name, protocol prefix and probing. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,13 +31,24 @@ const struct vd_driver *vd_driver_find(const char *name)
     return NULL;
 }
 
-/* Find the protocol driver whose prefix is name[0..len). */
+/* Does prefix p equal name[0..len)? */
+static bool prefix_is(const char *p, const char *name, size_t len)
+{
+    return p && strlen(p) == len && !strncmp(p, name, len);
+}
+
+/* Find the protocol driver whose prefix (or an alias) is name[0..len). */
 const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len)
 {
     for (size_t i = 0; i < ndrivers; i++) {
-        const char *p = drivers[i]->protocol;
-        if (p && strlen(p) == len && !strncmp(p, name, len))
-            return drivers[i];
+        const struct vd_driver *d = drivers[i];
+        if (prefix_is(d->protocol, name, len))
+            return d;
+        if (d->struct_size <= offsetof(struct vd_driver, protocol_aliases))
+            continue;
+        for (const char *const *a = d->protocol_aliases; a && *a; a++)
+            if (prefix_is(*a, name, len))
+                return d;
     }
     return NULL;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "vdisk/driver.h"
+#include "vdisk/object.h"
 #include "img.h"
 #include "cli.h"
 
@@ -211,6 +212,25 @@ static int parse_global_options(int argc, char **argv)
     return optind;
 }
 
+/* Register every --object of the subcommand's arguments (before "--")
+ * up front, so that any open can find TLS credentials and secrets by id;
+ * the subcommands' own parsers skip them.  -1 (printed) on a bad one. */
+static int add_objects(int argc, char **argv)
+{
+    for (int i = 1; i < argc && strcmp(argv[i], "--"); i++) {
+        const char *spec = NULL;
+        if (!strcmp(argv[i], "--object") && i + 1 < argc)
+            spec = argv[++i];
+        else if (!strncmp(argv[i], "--object=", 9))
+            spec = argv[i] + 9;
+        if (spec && vd_object_add(spec) < 0) {
+            img_error("%s", vd_errmsg());
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     const struct img_command *cmd;
@@ -228,6 +248,8 @@ int main(int argc, char **argv)
         img_usage_error("Command not found: %s", argv[first]);
         return 1;
     }
+    if (add_objects(argc - first, argv + first) < 0)
+        return 1;
     optind = 0;                 /* restart getopt for the subcommand */
     return cmd->fn(argc - first, argv + first);
 }
