@@ -160,6 +160,10 @@ static int check_node(const struct check_args *ca, vd_node *n)
         else
             print_human(&r);
     }
+    if (r.check_errors) {
+        fflush(stdout);
+        img_error("Check failed");
+    }
     return exit_code(&r);
 }
 

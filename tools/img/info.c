@@ -59,6 +59,8 @@ static vd_json *image_info(vd_node *n)
         vd_json_set_str(o, "backing-filename-format", bfmt);
     vd_json_set_int(o, "virtual-size", len < 0 ? 0 : len);
     vd_json_set_str(o, "filename", vd_node_filename(n));
+    if (vd_node_cluster_size(n) > 0)
+        vd_json_set_int(o, "cluster-size", vd_node_cluster_size(n));
     vd_json_set_str(o, "format", vd_node_format(n));
     if (alloc >= 0)
         vd_json_set_int(o, "actual-size", alloc);
@@ -68,7 +70,7 @@ static vd_json *image_info(vd_node *n)
         vd_json_set_str(o, "full-backing-filename", bfull ? bfull : bname);
         vd_json_set_str(o, "backing-filename", bname);
     }
-    vd_json_set_bool(o, "dirty-flag", false);
+    vd_json_set_bool(o, "dirty-flag", n->drv->is_dirty && n->drv->is_dirty(n));
     return o;
 }
 
@@ -170,6 +172,8 @@ static void print_human(const vd_json *o)
     } else {
         printf("disk size: unavailable\n");
     }
+    if (vd_json_get(o, "cluster-size"))
+        printf("cluster_size: %" PRId64 "\n", vd_json_int(vd_json_get(o, "cluster-size")));
     print_backing(o);
     if (fs) {
         printf("Format specific information:\n");

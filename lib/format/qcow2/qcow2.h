@@ -1,0 +1,284 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* qcow2: declarations shared by the files of the driver (on-disk layout
+ * from QEMU's docs/interop/qcow2.txt, the per-node state, and the
+ * functions each subsystem offers the others). */
+#ifndef VD_QCOW2_H
+#define VD_QCOW2_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "util/checked.h"
+#include "vdisk/driver.h"
+
+/* ---- on-disk constants ---- */
+#define QC_MAGIC            0x514649fbu          /* "QFI\xfb" */
+#define QC_V2_HEADER_LEN    72u
+#define QC_V3_HEADER_LEN    104u
+#define QC_HEADER_LEN_OUT   112u                 /* what we write for v3 */
+#define QC_MIN_CLUSTER_BITS 9u
+#define QC_MAX_CLUSTER_BITS 21u
+#define QC_MAX_BACKING_NAME 1023u
+#define QC_MAX_L1_BYTES     (32u << 20)          /* QEMU's cap on the L1 table */
+#define QC_MAX_REFTABLE_BYTES (8u << 20)         /* QEMU's cap on the refcount table */
+#define QC_MAX_EXT_NAME     1023u
+
+/* Header field offsets (all big endian). */
+#define QH_SIZE             24
+#define QH_L1_SIZE          36
+#define QH_L1_OFFSET        40
+#define QH_REFTABLE_OFFSET  48
+#define QH_INCOMPAT         72
+#define QH_COMPAT           80
+#define QH_AUTOCLEAR        88
+
+/* Feature bits. */
+#define QC_INCOMPAT_DIRTY       (1ull << 0)
+#define QC_INCOMPAT_CORRUPT     (1ull << 1)
+#define QC_INCOMPAT_DATA_FILE   (1ull << 2)
+#define QC_INCOMPAT_COMPRESSION (1ull << 3)
+#define QC_INCOMPAT_EXTL2       (1ull << 4)
+#define QC_INCOMPAT_KNOWN       0x1full
+#define QC_COMPAT_LAZY          (1ull << 0)
+#define QC_AUTOCLEAR_BITMAPS    (1ull << 0)
+#define QC_AUTOCLEAR_DATA_RAW   (1ull << 1)
+
+/* Header extension types. */
+#define QC_EXT_END          0x00000000u
+#define QC_EXT_BACKING_FMT  0xe2792acau
+#define QC_EXT_FEATURES     0x6803f857u
+#define QC_EXT_BITMAPS      0x23852875u
+#define QC_EXT_CRYPTO       0x0537be77u
+#define QC_EXT_DATA_FILE    0x44415441u
+
+/* Table entries. */
+#define QC_OFFSET_MASK      0x00fffffffffffe00ull  /* bits 9-55 */
+#define QC_L1_RESERVED      0x7f000000000001ffull
+#define QC_COPIED           (1ull << 63)
+#define QC_COMPRESSED       (1ull << 62)
+#define QC_ZERO_FLAG        1ull
+#define QC_REFT_RESERVED    0x1ffull
+
+enum { QC_COMP_ZLIB = 0, QC_COMP_ZSTD = 1 };
+
+/* What one guest (sub)cluster maps to. */
+enum qc_type {
+    QC_UNALLOC,          /* read from backing (or zeroes) */
+    QC_UNALLOC_ALLOC,    /* ext L2: host cluster exists, subcluster unallocated */
+    QC_ZERO,             /* reads as zeroes, no host cluster */
+    QC_ZERO_ALLOC,       /* reads as zeroes, host cluster preallocated */
+    QC_NORMAL,           /* data in the host cluster */
+    QC_COMPRESSED_T,     /* compressed cluster */
+};
+
+/* ---- metadata cache (cache.c) ---- */
+struct qc_cache;
+
+/* One write in flight that allocates or fills guest clusters
+ * [first, last]; overlapping writers wait for it. */
+struct qc_inflight {
+    uint64_t first, last;
+    struct qc_inflight *next;
+};
+
+struct qcow2_state {
+    pthread_mutex_t lock;          /* all metadata below; never held across
+                                      guest data I/O */
+    pthread_cond_t inflight_cond;
+    struct qc_inflight *inflight;
+
+    /* Header, as read (host byte order). */
+    uint32_t version, cluster_bits, crypt_method, l1_size, reftable_clusters;
+    uint32_t nb_snapshots, refcount_order, header_length;
+    uint64_t size, l1_offset, reftable_offset, snapshots_offset;
+    uint64_t incompat, compat, autoclear;
+    uint64_t backing_offset;
+    uint32_t backing_len;
+    uint8_t compression_type;
+
+    /* Derived geometry. */
+    uint64_t cluster_size;
+    bool ext_l2;
+    uint32_t l2_entry_size;        /* 8, or 16 with extended L2 */
+    uint32_t l2_bits;              /* log2 of L2 entries per cluster */
+    uint64_t sc_size;              /* subcluster size (cluster size without ext L2) */
+    uint32_t sc_bits, sc_per_cluster;
+    uint32_t refcount_bits;
+    uint32_t refblock_bits;        /* log2 of refcounts per block */
+    uint64_t refcount_max;
+
+    /* Tables in memory. */
+    uint64_t *l1;                  /* l1_size entries, host order */
+    uint64_t *reftable;            /* reftable_size entries, host order */
+    uint64_t reftable_size;
+    struct qc_cache *l2_cache, *rc_cache;
+    uint32_t l2_slice_size;        /* bytes per L2 cache entry */
+    uint64_t free_cluster_index;   /* no free cluster below this */
+    uint64_t file_end;             /* bytes the file is known to have */
+
+    /* Header extensions kept for info and rewrites. */
+    char *backing_fmt, *data_file_name;
+    bool has_bitmaps_ext, has_crypto_ext;
+
+    vd_node *data;                 /* external data file (or n->file) */
+    bool data_external, data_raw;
+    bool lazy;                     /* lazy refcounts in force */
+    bool write_prepared;           /* autoclear/dirty handled */
+    bool corrupt;
+    char bad_layout[160];          /* why every access fails, "" if fine */
+    bool needs_repair;             /* opened dirty: refcounts untrusted */
+    uint64_t free_byte_offset;     /* next byte for compressed data, 0: none */
+    uint64_t max_compressed_off;   /* bound of compressed cluster offsets */
+    uint64_t x_mask;               /* compressed descriptor: offset mask */
+    uint32_t csize_shift;          /* compressed descriptor: sector count shift */
+    uint64_t csize_mask;
+};
+
+/* ---- helpers ---- */
+static inline uint64_t be64_get(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+static inline uint32_t be32_get(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint16_t be16_get(const uint8_t *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline void be64_put(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--, v >>= 8)
+        p[i] = (uint8_t)v;
+}
+static inline void be32_put(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void be16_put(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+
+static inline uint64_t qc_offset_in_cluster(const struct qcow2_state *s, uint64_t off)
+{
+    return off & (s->cluster_size - 1);
+}
+static inline uint64_t qc_l2_entries(const struct qcow2_state *s) { return 1ull << s->l2_bits; }
+
+/* ---- qcow2.c ---- */
+/* Record a corruption: message, corrupt bit when writable; returns -EIO. */
+int qcow2_corrupt(vd_node *n, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Write one 64-bit header field at byte offset off. */
+int qcow2_write_header_u64(vd_node *n, unsigned off, uint64_t v);
+/* Before the first write: clear unknown autoclear bits, set the dirty bit
+ * for lazy refcounts.  Lock held. */
+int qcow2_prepare_write(vd_node *n);
+/* Write back both caches in dependency order. Lock held. */
+int qcow2_flush_caches(vd_node *n);
+/* Pread from the file that zero-fills beyond its end (as QEMU reads). */
+int qcow2_read_padded(vd_node *f, uint64_t off, uint64_t len, void *buf);
+/* Make sure the file is at least end bytes long. Lock held. */
+int qcow2_grow_file(vd_node *n, vd_node *f, uint64_t end);
+/* check.c (declared in check.h): fix bit 1 leaks, bit 2 all errors. */
+int qcow2_check(vd_node *n, struct vd_check_result *res, int fix);
+
+/* ---- cache.c ---- */
+struct qc_cache *qc_cache_new(vd_node *file, uint32_t entry_size, uint64_t nentries,
+                              const char *load_event);
+void qc_cache_free(struct qc_cache *c);
+/* Get the table at off (entry_size bytes, big endian as on disk), reading
+ * it unless fresh (then it is zero-filled).  Returns a handle (>= 0): the
+ * entry stays pinned until qc_cache_put. */
+int qc_cache_get(struct qc_cache *c, uint64_t off, bool fresh, void **table);
+void qc_cache_put(struct qc_cache *c, int h);
+void qc_cache_mark_dirty(struct qc_cache *c, int h);
+/* Entries of c are written only after everything in dep is (with a flush
+ * of the file between). */
+int qc_cache_set_dependency(struct qc_cache *c, struct qc_cache *dep);
+int qc_cache_flush(struct qc_cache *c);
+/* Forget a cached table (its cluster is freed); no write-back. */
+void qc_cache_discard(struct qc_cache *c, uint64_t off);
+/* Drop clean entries unused for longer than secs seconds. */
+void qc_cache_clean(struct qc_cache *c, uint64_t secs);
+/* Number of entries the cache holds. */
+int qc_cache_capacity(const struct qc_cache *c);
+/* Set the event named before each write-back. */
+void qc_cache_set_write_event(struct qc_cache *c, const char *ev);
+
+/* ---- refcount.c ---- */
+int qcow2_refcount_init(vd_node *n);
+/* Refcount of a host cluster (0 when no refcount block covers it). */
+int qcow2_get_refcount(vd_node *n, uint64_t cluster, uint64_t *rc);
+/* Add delta to the refcounts of the clusters of [off, off+len). */
+int qcow2_update_refcount(vd_node *n, uint64_t off, uint64_t len, int64_t delta);
+/* Allocate count contiguous clusters; returns the host offset in *off. */
+int qcow2_alloc_clusters(vd_node *n, uint64_t count, uint64_t *off);
+/* Allocate len bytes (< one cluster) for compressed data, packed. */
+int qcow2_alloc_bytes(vd_node *n, uint64_t len, uint64_t *off);
+/* Drop one reference of the clusters of [off, off+len). */
+int qcow2_free_clusters(vd_node *n, uint64_t off, uint64_t len);
+/* Drop the reference held by an L2 entry (normal or compressed). */
+int qcow2_free_l2_entry(vd_node *n, uint64_t entry);
+/* Highest allocated cluster + 1, in bytes. */
+int qcow2_image_end(vd_node *n, uint64_t *end);
+
+/* ---- cluster.c ---- */
+struct qc_map {
+    enum qc_type type;
+    uint64_t host;                 /* host offset of the guest offset asked */
+    uint64_t entry, bitmap;        /* raw L2 entry (and ext L2 bitmap) */
+    uint64_t bytes;                /* bytes from the offset with this mapping */
+};
+/* Mapping of guest offset off, for up to len bytes. Lock held. */
+int qcow2_get_mapping(vd_node *n, uint64_t off, uint64_t len, struct qc_map *m);
+/* Pin the L2 slice holding guest cluster gc (allocating the L2 table when
+ * alloc); *slice and *idx name the entry; *h is the cache handle to put,
+ * or -1 (and *slice NULL) when the L2 table is unallocated. */
+int qcow2_get_l2_slice(vd_node *n, uint64_t gc, bool alloc, uint64_t **slice,
+                       uint32_t *idx, int *h);
+/* Entry accessors for a pinned slice (index in entries, not words). */
+uint64_t qc_l2_get(const struct qcow2_state *s, const uint64_t *slice, uint32_t i);
+uint64_t qc_l2_get_bitmap(const struct qcow2_state *s, const uint64_t *slice, uint32_t i);
+void qc_l2_set(struct qcow2_state *s, uint64_t *slice, uint32_t i, uint64_t entry,
+               uint64_t bitmap);
+/* Grow the L1 table to hold at least min_size entries. Lock held. */
+int qcow2_grow_l1(vd_node *n, uint64_t min_size);
+/* Decode a compressed descriptor. */
+void qc_compressed_range(const struct qcow2_state *s, uint64_t entry, uint64_t *off,
+                         uint64_t *len);
+
+/* ---- io.c ---- */
+int qcow2_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);
+int qcow2_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
+int qcow2_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
+int qcow2_discard(vd_node *n, uint64_t off, uint64_t len);
+int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                       uint64_t *map, vd_node **file);
+int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+/* Wait until no in-flight write overlaps guest clusters [first, last], then
+ * register one. Lock held. */
+void qcow2_inflight_begin(vd_node *n, struct qc_inflight *f, uint64_t first, uint64_t last);
+void qcow2_inflight_end(vd_node *n, struct qc_inflight *f);
+
+/* ---- compress.c ---- */
+/* Decompress src into exactly dst_len bytes. */
+int qcow2_decompress(int type, const void *src, size_t src_len, void *dst, size_t dst_len);
+/* Compress src into dst (at most dst_cap); returns the size, or -ENOSPC
+ * when it does not fit. */
+ssize_t qcow2_compress(int type, const void *src, size_t src_len, void *dst, size_t dst_cap);
+bool qcow2_zstd_available(void);
+
+/* ---- create.c ---- */
+int qcow2_create(const char *filename, vd_opts *opts);
+int qcow2_measure(vd_opts *opts, vd_node *src, uint64_t size_in,
+                  struct vd_measure_info *out);
+int qcow2_truncate(vd_node *n, uint64_t size, bool exact, int prealloc);
+/* Metadata bytes for a fully allocated image (QEMU's prealloc size). */
+uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refcount_order,
+                             bool ext_l2);
+/* Preallocate [from, to) of the guest (metadata, falloc or full). */
+int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+
+extern const struct vd_driver qcow2_driver;
+
+#endif

@@ -1,0 +1,431 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* qcow2: the guest write path (in place, or allocating with copy-on-write)
+ * and compressed cluster writes.
+ *
+ * NOTES ON WRITE ORDERING (the crash-safety invariants of the driver; the
+ * code that keeps each one names it):
+ *
+ *  1. Refcounts before references.  A host cluster's refcount is raised
+ *     (in the refcount cache) before any L2 entry names it, and the L2 cache
+ *     depends on the refcount cache: no L2 slice reaches the disk before
+ *     the refcount blocks it relies on, with a flush of the file between.
+ *  2. Data before references.  Guest data and the copied-on-write parts of
+ *     a newly allocated cluster are written before its L2 entry changes, so
+ *     an L2 entry never names a cluster whose contents were not written.
+ *  3. Tables before pointers.  A new L2 table is written and flushed before
+ *     the L1 entry naming it; a new L1 or refcount table and its refcount
+ *     blocks are written and flushed before the header names them; a new
+ *     refcount block is written and flushed before its table entry.
+ *  4. References before frees.  A refcount is lowered only after the L2
+ *     entry that held the reference changed, and the refcount cache then
+ *     depends on the L2 cache (the lowered count reaches the disk last).
+ *  5. Dirty bit first.  With lazy refcounts, invariants 1 and 4 are relaxed;
+ *     instead the dirty bit is on disk before the first metadata change,
+ *     and cleared only after everything was flushed at close.
+ *  6. Autoclear bits this driver does not maintain are cleared on disk
+ *     before the first change.
+ *  7. One writer per cluster.  A write, zero or discard registers its guest
+ *     clusters as in flight; an overlapping one waits.  The metadata lock
+ *     is never held across guest data I/O.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "format/qcow2/qcow2.h"
+
+#define QC_MAX_RUN 256u            /* clusters planned at once */
+
+/* The plan for one guest cluster of a write. */
+struct wclus {
+    uint64_t gc;
+    uint64_t old_entry, old_bitmap;
+    uint64_t host;                 /* host cluster written */
+    uint64_t new_bitmap;
+    uint64_t lo, hi;               /* the write's bytes in the cluster */
+    uint64_t wlo, whi;             /* bytes written to the host cluster */
+    bool fresh;                    /* host newly allocated (refcounted) */
+    bool update;                   /* the L2 entry changes */
+    bool free_old;                 /* drop the old entry's reference after */
+};
+
+/* Mask of subclusters [a, b) of a cluster touches (bytes). */
+static uint64_t sc_mask(const struct qcow2_state *s, uint64_t a, uint64_t b)
+{
+    uint64_t first = a >> s->sc_bits, last = (b - 1) >> s->sc_bits;
+    return (last >= 63 ? ~0ull : ((1ull << (last + 1)) - 1)) & ~((1ull << first) - 1);
+}
+
+/* Plan an extended-L2 cluster that keeps its host cluster (in place). */
+static void plan_ext_inplace(const struct qcow2_state *s, struct wclus *w)
+{
+    uint64_t touched = sc_mask(s, w->lo, w->hi), alloc = w->old_bitmap & 0xffffffffull;
+    uint64_t scs = s->sc_size;
+
+    w->host = w->old_entry & QC_OFFSET_MASK;
+    w->wlo = (alloc >> (w->lo >> s->sc_bits)) & 1 ? w->lo : round_down(w->lo, scs);
+    w->whi = (alloc >> ((w->hi - 1) >> s->sc_bits)) & 1 ? w->hi
+           : round_down(w->hi - 1, scs) + scs;
+    w->new_bitmap = (w->old_bitmap | touched) & ~(touched << 32);
+    w->update = w->new_bitmap != w->old_bitmap;
+}
+
+/* Plan an extended-L2 cluster that gets a new host cluster. */
+static void plan_ext_fresh(const struct qcow2_state *s, struct wclus *w, enum qc_type t)
+{
+    uint64_t touched = sc_mask(s, w->lo, w->hi), need = touched, first, last;
+
+    if (t == QC_COMPRESSED_T)
+        need = 0xffffffffull;
+    else if (w->old_entry & QC_OFFSET_MASK)
+        need |= w->old_bitmap & 0xffffffffull;    /* shared: keep its data */
+    first = (uint64_t)__builtin_ctzll(need);
+    last = 63 - (uint64_t)__builtin_clzll(need);
+    w->wlo = first << s->sc_bits;
+    w->whi = (last + 1) << s->sc_bits;
+    w->new_bitmap = t == QC_COMPRESSED_T ? need
+                  : (need | (w->old_bitmap & 0xffffffff00000000ull)) & ~(need << 32);
+    w->fresh = true;
+    w->update = true;
+    w->free_old = (w->old_entry & (QC_OFFSET_MASK | QC_COMPRESSED)) != 0;
+}
+
+/* Decide how cluster w is written (lock held, entry read). */
+static int plan_cluster(vd_node *n, struct wclus *w)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t e = w->old_entry, host = e & QC_OFFSET_MASK;
+    bool own = (e & QC_COPIED) && !(e & QC_COMPRESSED) &&
+               (host || s->data_external);
+    enum qc_type t = QC_UNALLOC;
+
+    if (e & QC_COMPRESSED)
+        t = QC_COMPRESSED_T;
+    if (s->ext_l2) {
+        if (own)
+            plan_ext_inplace(s, w);
+        else
+            plan_ext_fresh(s, w, t);
+    } else if (own && !(e & QC_ZERO_FLAG)) {
+        w->host = host;
+        w->wlo = w->lo;
+        w->whi = w->hi;
+    } else {
+        w->host = own ? host : 0;
+        w->fresh = !own;
+        w->wlo = 0;
+        w->whi = s->cluster_size;
+        w->update = true;
+        w->free_old = !own && (e & (QC_OFFSET_MASK | QC_COMPRESSED));
+        if (s->version < 3 && (e & QC_ZERO_FLAG))
+            return qcow2_corrupt(n, "Zero cluster entry found in pre-v3 image");
+    }
+    if (w->fresh && s->data_external) {
+        w->host = w->gc << s->cluster_bits;   /* data file: host = guest offset */
+        w->fresh = false;
+        w->free_old = false;
+    }
+    return 0;
+}
+
+/* Plan clusters [first, first+count) of one L2 slice; allocate the fresh
+ * ones contiguously (refcounts first: invariant 1). */
+static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice, nfresh = 0, host = 0;
+    uint32_t idx;
+    int h, r = 0;
+
+    if ((r = qcow2_get_l2_slice(n, off >> s->cluster_bits, false, &slice, &idx, &h)) < 0)
+        return r;
+    for (size_t k = 0; k < count; k++) {
+        uint64_t cstart;
+        memset(&w[k], 0, sizeof(w[k]));
+        w[k].gc = (off >> s->cluster_bits) + k;
+        cstart = w[k].gc << s->cluster_bits;
+        w[k].lo = VD_MAX(off, cstart) - cstart;
+        w[k].hi = VD_MIN(off + len, cstart + s->cluster_size) - cstart;
+        if (slice) {
+            w[k].old_entry = qc_l2_get(s, slice, idx + (uint32_t)k);
+            w[k].old_bitmap = qc_l2_get_bitmap(s, slice, idx + (uint32_t)k);
+        }
+        if ((r = plan_cluster(n, &w[k])) < 0)
+            break;
+        nfresh += w[k].fresh;
+    }
+    qc_cache_put(s->l2_cache, h);
+    if (r >= 0 && s->data_external)
+        r = qcow2_grow_file(n, s->data, w[count - 1].host + w[count - 1].whi);
+    if (r < 0 || !nfresh)
+        return r;
+    /* In pieces small enough to fit between refcount blocks, which sit
+     * at the start of the range they describe. */
+    uint64_t piece = VD_MAX(1ull, 1ull << (s->refblock_bits - 2)), left = 0, end = 0;
+    for (size_t k = 0; k < count; k++) {
+        if (!w[k].fresh)
+            continue;
+        if (!left) {
+            left = VD_MIN(piece, nfresh);
+            if ((r = qcow2_alloc_clusters(n, left, &host)) < 0) {
+                w[k].fresh = false;
+                for (size_t j = k + 1; j < count; j++)
+                    w[j].fresh = false;
+                return r;
+            }
+            nfresh -= left;
+        }
+        w[k].host = host;
+        host += s->cluster_size;
+        end = VD_MAX(end, host);
+        left--;
+    }
+    return qcow2_grow_file(n, n->file, end);
+}
+
+/* Write one cluster whose written range extends past the guest data:
+ * fill it from the current contents (copy-on-write, invariant 2). */
+static int write_cow_cluster(vd_node *n, const struct wclus *w, const char *data)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t base = w->gc << s->cluster_bits, l = w->whi - w->wlo;
+    char *buf = malloc(l);
+    int r = 0;
+
+    if (!buf)
+        return vd_error(ENOMEM, "out of memory");
+    vd_event(n->file, "cow_read");
+    if (w->lo > w->wlo)
+        r = qcow2_pread(n, base + w->wlo, w->lo - w->wlo, buf, 0);
+    if (r >= 0 && w->whi > w->hi)
+        r = qcow2_pread(n, base + w->hi, w->whi - w->hi, buf + (w->hi - w->wlo), 0);
+    if (r >= 0) {
+        memcpy(buf + (w->lo - w->wlo), data, w->hi - w->lo);
+        vd_event(n->file, "cow_write");
+        r = vd_pwrite(s->data, w->host + w->wlo, l, buf, 0);
+    }
+    free(buf);
+    return r;
+}
+
+/* Write the data of a planned run (lock not held). */
+static int write_run_data(vd_node *n, const struct wclus *w, size_t count, const char *buf)
+{
+    struct qcow2_state *s = n->state;
+    int r;
+
+    for (size_t k = 0; k < count;) {
+        const char *src = buf + (((w[k].gc << s->cluster_bits) + w[k].lo) -
+                                 ((w[0].gc << s->cluster_bits) + w[0].lo));
+        size_t j = k + 1;
+        uint64_t l;
+        if (w[k].wlo < w[k].lo || w[k].whi > w[k].hi) {
+            if ((r = write_cow_cluster(n, &w[k], src)) < 0)
+                return r;
+            k++;
+            continue;
+        }
+        l = w[k].hi - w[k].lo;
+        /* Merge following clusters that continue both buffer and host. */
+        while (j < count && w[j].wlo == 0 && w[j].lo == 0 && w[j - 1].whi == s->cluster_size &&
+               w[j].whi == w[j].hi && w[j].host == w[j - 1].host + s->cluster_size) {
+            l += w[j].hi;
+            j++;
+        }
+        vd_event(n->file, "write_aio");
+        if ((r = vd_pwrite(s->data, w[k].host + w[k].lo, l, src, 0)) < 0)
+            return r;
+        k = j;
+    }
+    return 0;
+}
+
+/* Link the written clusters into L2 (invariants 1 and 4); lock held. */
+static int link_run(vd_node *n, const struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice;
+    uint32_t idx;
+    bool any = false, fresh = false;
+    int h, r;
+
+    for (size_t k = 0; k < count; k++) {
+        any |= w[k].update;
+        fresh |= w[k].fresh;
+    }
+    if (!any)
+        return 0;
+    if ((r = qcow2_get_l2_slice(n, w[0].gc, true, &slice, &idx, &h)) < 0)
+        return r;
+    if (fresh && !s->lazy && (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0) {
+        qc_cache_put(s->l2_cache, h);
+        return r;
+    }
+    for (size_t k = 0; k < count; k++) {
+        if (!w[k].update)
+            continue;
+        qc_l2_set(s, slice, idx + (uint32_t)k, w[k].host | QC_COPIED,
+                  s->ext_l2 ? w[k].new_bitmap : 0);
+    }
+    qc_cache_mark_dirty(s->l2_cache, h);
+    qc_cache_put(s->l2_cache, h);
+    for (size_t k = 0; k < count; k++)
+        if (w[k].free_old && (r = qcow2_free_l2_entry(n, w[k].old_entry)) < 0)
+            return r;
+    return 0;
+}
+
+/* Give back the fresh clusters of a failed run; lock held. */
+static void unwind_run(vd_node *n, const struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+
+    for (size_t k = 0; k < count; k++)
+        if (w[k].fresh)
+            qcow2_update_refcount(n, w[k].host, s->cluster_size, -1);
+}
+
+/* Write [off, off+len) that lies in one L2 slice, at most QC_MAX_RUN
+ * clusters; lock held on entry and exit. */
+static int write_run(vd_node *n, uint64_t off, uint64_t len, const char *buf)
+{
+    struct qcow2_state *s = n->state;
+    size_t count = (size_t)(((off + len - 1) >> s->cluster_bits) - (off >> s->cluster_bits) + 1);
+    struct wclus *w = calloc(count, sizeof(*w));
+    struct qc_inflight f;
+    int r;
+
+    if (!w)
+        return vd_error(ENOMEM, "out of memory");
+    qcow2_inflight_begin(n, &f, off >> s->cluster_bits, (off + len - 1) >> s->cluster_bits);
+    r = plan_run(n, off, len, w, count);
+    if (r >= 0) {
+        pthread_mutex_unlock(&s->lock);
+        r = write_run_data(n, w, count, buf);
+        pthread_mutex_lock(&s->lock);
+        if (r >= 0)
+            r = link_run(n, w, count);
+        if (r < 0)
+            unwind_run(n, w, count);
+    }
+    qcow2_inflight_end(n, &f);
+    free(w);
+    return r;
+}
+
+/* Guest write. */
+int qcow2_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t per_slice = (uint64_t)(s->l2_slice_size / s->l2_entry_size) << s->cluster_bits;
+    const char *p = buf;
+    int r;
+
+    pthread_mutex_lock(&s->lock);
+    r = qcow2_prepare_write(n);
+    while (r >= 0 && len) {
+        uint64_t end = VD_MIN(off + len, (off / per_slice + 1) * per_slice);
+        uint64_t cap = round_down(off, s->cluster_size) + (uint64_t)QC_MAX_RUN * s->cluster_size;
+        uint64_t l = VD_MIN(end, cap) - off;
+        r = write_run(n, off, l, p);
+        off += l;
+        len -= l;
+        p += l;
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (r >= 0 && (flags & VD_REQ_FUA))
+        r = vd_flush(n);
+    return r;
+}
+
+/* ---- compressed writes ---- */
+
+/* Link a compressed cluster at host [coff, coff+clen) for guest cluster
+ * gc; the old entry's reference is dropped after.  Lock held. */
+static int link_compressed(vd_node *n, uint64_t gc, uint64_t coff, uint64_t clen)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t nsec = ((coff + clen - 1) >> 9) - (coff >> 9), *slice, old;
+    uint32_t idx;
+    int h, r;
+
+    if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
+        return r;
+    if (!s->lazy && (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0) {
+        qc_cache_put(s->l2_cache, h);
+        return r;
+    }
+    old = qc_l2_get(s, slice, idx);
+    vd_event(n->file, "l2_update_compressed");
+    qc_l2_set(s, slice, idx, QC_COMPRESSED | (nsec << s->csize_shift) | coff, 0);
+    qc_cache_mark_dirty(s->l2_cache, h);
+    qc_cache_put(s->l2_cache, h);
+    if (old & (QC_OFFSET_MASK | QC_COMPRESSED))
+        return qcow2_free_l2_entry(n, old);
+    return 0;
+}
+
+/* Store compressed bytes for cluster gc: allocate, write, link. */
+static int store_compressed(vd_node *n, uint64_t gc, const void *data, uint64_t clen)
+{
+    struct qcow2_state *s = n->state;
+    struct qc_inflight f;
+    uint64_t coff;
+    int r;
+
+    pthread_mutex_lock(&s->lock);
+    if ((r = qcow2_prepare_write(n)) < 0)
+        goto out;
+    qcow2_inflight_begin(n, &f, gc, gc);
+    r = qcow2_alloc_bytes(n, clen, &coff);
+    if (r >= 0)
+        r = qcow2_grow_file(n, n->file, coff + clen);
+    if (r >= 0) {
+        pthread_mutex_unlock(&s->lock);
+        vd_event(n->file, "write_compressed");
+        r = vd_pwrite(n->file, coff, clen, data, 0);
+        pthread_mutex_lock(&s->lock);
+        if (r >= 0)
+            r = link_compressed(n, gc, coff, clen);
+        if (r < 0)
+            qcow2_update_refcount(n, coff, clen, -1);
+    }
+    qcow2_inflight_end(n, &f);
+out:
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+/* Write one cluster compressed (zlib raw deflate or zstd); stored as a
+ * normal cluster when compression does not make it smaller. */
+int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
+{
+    struct qcow2_state *s = n->state;
+    uint8_t *in = NULL, *out = NULL;
+    ssize_t clen;
+    int r;
+
+    if (s->data_external)
+        return vd_error(ENOTSUP, "Compression is not supported with external data files");
+    if (!is_aligned(off, s->cluster_size) ||
+        (len != s->cluster_size && off + len != s->size) || len > s->cluster_size)
+        return vd_error(EINVAL, "Compressed writes must cover one whole cluster");
+    in = calloc(1, s->cluster_size);
+    out = malloc(s->cluster_size);
+    if (!in || !out) {
+        r = vd_error(ENOMEM, "out of memory");
+        goto out;
+    }
+    memcpy(in, buf, len);
+    clen = qcow2_compress(s->compression_type, in, s->cluster_size, out, s->cluster_size - 1);
+    if (clen == -ENOSPC)
+        r = qcow2_pwrite(n, off, len, buf, 0);
+    else if (clen < 0)
+        r = (int)clen;
+    else
+        r = store_compressed(n, off >> s->cluster_bits, out, (uint64_t)clen);
+out:
+    free(in);
+    free(out);
+    return r;
+}
