@@ -17,6 +17,11 @@
 
 /* Extents per NBD_REPLY_TYPE_BLOCK_STATUS chunk at most. */
 #define MAX_EXTENTS 65536
+/* Structured reads shorter than this are sent as one data chunk without
+ * asking for block status first (hole chunks are an optimisation the spec
+ * leaves to the server; for small reads the lookup costs more than the
+ * zeroes it saves). */
+#define SPARSE_READ_MIN 65536
 /* Buffer used by CACHE, which reads and drops. */
 #define CACHE_CHUNK (1u << 20)
 
@@ -213,7 +218,7 @@ static int do_read(struct vd_nbd_conn *c, const struct req *q)
 
     if (!buf)
         return send_error(c, q, NBD_ENOMEM, "out of memory");
-    if (c->structured && q->len && !(q->flags & NBD_CMD_FLAG_DF))
+    if (c->structured && q->len >= SPARSE_READ_MIN && !(q->flags & NBD_CMD_FLAG_DF))
         return read_sparse(c, q, buf);
     r = vd_pread(c->exp->node, node_off(c, q->off), q->len, buf, 0);
     if (r < 0)

@@ -335,16 +335,43 @@ def test_cli_errors_same_as_qemu_nbd(tmp_path, img, args):
 
 
 def test_pid_file_and_fork(tmp_path, img):
+    import time
     pid = tmp_path / "pid"
     sock = tmp_path / "s"
     p = run([VDISK_NBD, "--fork", "--pid-file", pid, "-k", sock, "-t", "-f", "raw", img],
             timeout=10)
-    assert p.returncode == 0 and os.path.exists(sock)
-    n = int(open(pid).read())
-    os.kill(n, 15)
+    n = int(open(pid).read()) if os.path.exists(pid) else None
+    try:
+        assert p.returncode == 0 and os.path.exists(sock) and n
+    finally:
+        if n:
+            os.kill(n, 15)
     for _ in range(200):
         if not os.path.exists(pid):
             break
-        import time
         time.sleep(0.025)
     assert not os.path.exists(pid) and not os.path.exists(sock)
+
+
+def test_manpage_names_every_help_option():
+    import re
+    from conftest import TOP
+    man = open(os.path.join(TOP, "docs", "vdisk-nbd.8")).read().replace("\\-", "-")
+    man = re.sub(r"\\f[BIRP]", "", man)
+    helptext = run([VDISK_NBD, "--help"]).stdout
+    opts = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", helptext))
+    missing = [o for o in sorted(opts) if o not in man]
+    assert not missing
+
+
+def test_snapshot_writes_are_discarded(serve, img):
+    import nbd
+    before = open(img, "rb").read()
+    v = vserve(serve, "-s", "-f", "raw", "-t", img)
+    h = nbd.NBD()
+    h.connect_uri(v.uri())
+    h.pwrite(b"\x77" * 65536, 0)
+    assert h.pread(65536, 0) == b"\x77" * 65536
+    h.shutdown()
+    assert v.stop() == 0
+    assert open(img, "rb").read() == before

@@ -33,6 +33,16 @@ def limit_memory():
 
 
 def run_limited(args, cwd):
+    """Run with memory capped at MEM_LIMIT.  AddressSanitizer reserves far
+    more address space than that, so sanitized builds (VDISK_SANITIZED set
+    by scripts/check) cap single allocations through ASan instead, and a
+    failed allocation returns NULL as it would under the limit."""
+    if os.environ.get("VDISK_SANITIZED"):
+        env = dict(os.environ)
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + \
+            ":allocator_may_return_null=1:max_allocation_size_mb=%d" % (MEM_LIMIT >> 20)
+        return subprocess.run([str(a) for a in args], capture_output=True, text=True,
+                              cwd=cwd, timeout=TIMEOUT, env=env)
     return subprocess.run([str(a) for a in args], capture_output=True, text=True,
                           cwd=cwd, timeout=TIMEOUT, preexec_fn=limit_memory)
 
