@@ -39,7 +39,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (write(fd, data, size) == (ssize_t)size) {
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
-        if (vd_open(&n, name, NULL, NULL, VD_O_NO_LOCK) == 0) {
+        if (vd_open(&n, name, NULL, NULL, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
             walk(n);
             vd_close(n);
         }
