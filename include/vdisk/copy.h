@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* The copy engine behind convert, dd, compare (and later commit, rebase):
+/* The copy engine behind convert, dd, compare, commit and rebase:
  * N workers, bounded bytes in flight, driven by block status so holes are
- * never read, zero detection, optional out-of-order writes. */
+ * never read, zero detection, optional out-of-order writes, compression. */
 #ifndef VDISK_COPY_H
 #define VDISK_COPY_H
 
@@ -40,6 +40,14 @@ struct vd_copy_params {
     /* -C: copy data ranges inside the host (vd_copy_range) where the nodes
      * allow it, falling back to reads and writes where they do not. */
     bool copy_offload;
+    /* -c: write whole target clusters with vd_pwrite_compressed (each
+     * worker compresses its own clusters); all-zero clusters are left out
+     * on a zero target.  dst_offset must be cluster aligned. */
+    bool compress;
+    /* commit: copy only what the layers of src[0]'s chain above base
+     * allocate (data as data, zero ranges as zero writes); base must be in
+     * that chain.  NULL: no such filter. */
+    vd_node *base;
 };
 
 /* Copy; -errno on the first failure (message names the failing side). */

@@ -96,6 +96,13 @@ struct vd_driver {
     /* More URI schemes / prefixes this driver takes (NULL-terminated, may
      * be NULL): "nbd+unix", "nbds", ... */
     const char *const *protocol_aliases;
+    /* Rewrite the backing file name (NULL: none) and format (may be NULL)
+     * stored in the image, and the node's backing_* fields.  NULL: the
+     * format records no backing file. */
+    int (*change_backing_file)(vd_node *n, const char *name, const char *fmt);
+    /* Make every block unallocated, so reads fall through to the backing
+     * file (commit empties the overlay).  NULL: the format cannot. */
+    int (*make_empty)(vd_node *n);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

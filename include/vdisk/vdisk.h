@@ -38,6 +38,7 @@ void vd_error_clear(void);
 #define VD_O_CREATE       0x0020 /* internal: node opened right after create */
 #define VD_O_RESIZE       0x0040 /* with VD_O_RDWR: take the resize lock at open */
 #define VD_O_NO_SHARE     0x0080 /* let no one else write or resize meanwhile */
+#define VD_O_CHECK        0x0100 /* opened to be checked: no repair at open */
 
 /* ---- I/O flags ---- */
 #define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */
@@ -100,6 +101,14 @@ int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
  * cannot, and the caller then reads and writes. */
 int vd_copy_range(vd_node *src, uint64_t soff, vd_node *dst, uint64_t doff,
                   uint64_t len);
+
+/* Record a new backing file name (NULL or "": none) and format (may be
+ * NULL) in n's image; the data is not touched (rebase, commit).  -ENOTSUP
+ * when the format has no backing files. */
+int vd_change_backing_file(vd_node *n, const char *name, const char *fmt);
+/* Make every block of n unallocated, so that reads fall through to its
+ * backing file (commit).  -ENOTSUP when the format cannot. */
+int vd_make_empty(vd_node *n);
 
 /* Notify the graph below n of a named event (fault injection points). */
 void vd_event(vd_node *n, const char *event);

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* The copy engine behind convert and dd: N worker threads, each with one
- * buffer (so bytes in flight are bounded by workers x chunk), driven by block
- * status so holes are never read, with zero detection at min_sparse
- * granularity, optional out-of-order writes, salvage and a rate limit.
+/* The copy engine behind convert, dd and commit: N worker threads, each
+ * with one buffer (so bytes in flight are bounded by workers x chunk),
+ * driven by block status so holes are never read, with zero detection at
+ * min_sparse granularity, optional out-of-order writes, salvage, a rate
+ * limit, and compressed output (each worker compresses its own clusters, so
+ * compression runs on every core).
  *
  * Invariants:
  *  1. Only the planner (plan_next, under st->lock) walks the source; it cuts
@@ -11,7 +13,12 @@
  *  2. In order mode, the writes of job k start only once the writes of jobs
  *     0..k-1 have finished (st->write_seq == k); reads run in parallel.
  *  3. The first error wins: it is recorded once in st, every worker stops at
- *     its next step, and the message is re-raised on the caller's thread. */
+ *     its next step, and the message is re-raised on the caller's thread.
+ *  4. With compression every job starts on a target cluster boundary and
+ *     ends on one (or at the end of the data), so no two jobs share a
+ *     cluster; data jobs may then span sources.  Compressed jobs write out
+ *     of order: each cluster is written once, so the order only decides
+ *     where in the file the compressed bytes land. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -42,6 +49,7 @@ enum job_kind {
 struct copy_job {
     enum job_kind kind;
     vd_node *src;
+    size_t si;       /* index of src */
     uint64_t soff;   /* offset in src */
     uint64_t pos;    /* offset in the concatenation (for messages) */
     uint64_t doff;   /* offset in dst */
@@ -75,6 +83,11 @@ struct copy_state {
     uint64_t chunk;
     bool skip_zero;           /* zero ranges need no write */
     int zero_flags;
+    bool ooo;                 /* writes need not wait for earlier jobs */
+    uint64_t cs;              /* -c: target cluster size */
+    uint64_t data_end;        /* target offset where the copied data ends */
+    uint64_t dst_size;        /* length of the target */
+    int base_depth;           /* commit: chain depth of p->base */
     /* progress, errors, rate limit */
     uint64_t done, total;
     int err;
@@ -130,6 +143,12 @@ static enum job_kind status_kind(const struct copy_state *st, int r, int depth)
     const struct vd_copy_params *p = st->p;
     bool zero = (r & VD_BS_ZERO) || !(r & VD_BS_DATA);
 
+    /* commit: only what the layers above the base allocate, zeroes too. */
+    if (p->base) {
+        if (!(r & VD_BS_ALLOCATED) || depth >= st->base_depth)
+            return JOB_SKIP;
+        return zero ? JOB_ZERO : JOB_DATA;
+    }
     /* -B: what the top layer does not allocate comes from the backing. */
     if (p->unallocated_only && (depth != 0 || !(r & VD_BS_ALLOCATED)))
         return JOB_SKIP;
@@ -180,6 +199,26 @@ static uint64_t job_length(const struct copy_state *st, enum job_kind kind,
     return VD_MIN(n, cap);
 }
 
+/* -c: a zero or skipped run keeps only the target clusters it covers
+ * whole; data (or a run shorter than a cluster) grows to whole clusters. */
+static void compress_shape(const struct copy_state *st, enum job_kind *kind, uint64_t *n)
+{
+    uint64_t cs = st->cs, end = st->doff + *n, e;
+
+    if (*kind == JOB_FILL)
+        *kind = JOB_DATA;              /* -S 0: zero clusters compressed too */
+    if (*kind != JOB_DATA) {
+        e = end == st->data_end ? end : round_down(end, cs);
+        if (e > st->doff) {
+            *n = e - st->doff;
+            return;
+        }
+        *kind = JOB_DATA;
+    }
+    e = VD_MIN(round_down(end + cs - 1, cs), st->data_end);
+    *n = e - st->doff;
+}
+
 /* Move the planner cursor n bytes forward. */
 static void advance(struct copy_state *st, uint64_t n)
 {
@@ -194,24 +233,28 @@ static int plan_next(struct copy_state *st, struct copy_job *job)
 {
     while (st->pos < st->end && !st->err) {
         uint64_t slen = st->src_len[st->si], limit, n;
+        enum job_kind kind;
 
-        if (st->soff >= slen) {
+        if (st->soff >= slen) {        /* a -c job may run past a source */
+            st->soff -= slen;
             st->si++;
-            st->soff = 0;
             st->bs_valid = false;
             continue;
         }
         limit = VD_MIN(st->end - st->pos, slen - st->soff);
         if (refresh_status(st, st->p->src[st->si], limit) < 0)
             return st->err;
-        n = job_length(st, st->bs_kind, st->doff,
-                       VD_MIN(st->bs_end - st->soff, limit));
-        if (st->bs_kind == JOB_SKIP) {
+        kind = st->bs_kind;
+        n = VD_MIN(st->bs_end - st->soff, limit);
+        if (st->p->compress)
+            compress_shape(st, &kind, &n);
+        n = job_length(st, kind, st->doff, n);
+        if (kind == JOB_SKIP) {
             advance(st, n);
             progress_locked(st, n);
             continue;
         }
-        *job = (struct copy_job){ st->bs_kind, st->p->src[st->si], st->soff,
+        *job = (struct copy_job){ kind, st->p->src[st->si], st->si, st->soff,
                                   st->pos, st->doff, n, st->next_seq++ };
         advance(st, n);
         return 1;
@@ -221,19 +264,20 @@ static int plan_next(struct copy_state *st, struct copy_job *job)
 
 /* Read one sector-sized piece at a time, zeroing and reporting the ones
  * that fail (--salvage). */
-static void salvage_read(struct copy_state *st, const struct copy_job *job, char *buf)
+static void salvage_read(struct copy_state *st, vd_node *src, uint64_t soff,
+                         uint64_t pos, uint64_t len, char *buf)
 {
     uint64_t o = 0;
 
-    while (o < job->len) {
-        uint64_t l = VD_MIN(COPY_SECTOR - (job->soff + o) % COPY_SECTOR, job->len - o);
-        int r = vd_pread(job->src, job->soff + o, l, buf + o, 0);
+    while (o < len) {
+        uint64_t l = VD_MIN(COPY_SECTOR - (soff + o) % COPY_SECTOR, len - o);
+        int r = vd_pread(src, soff + o, l, buf + o, 0);
 
         if (r < 0) {
             char m[256];
             memset(buf + o, 0, l);
             snprintf(m, sizeof(m), "error while reading offset %llu: %s",
-                     (unsigned long long)(job->pos + o), strerror(-r));
+                     (unsigned long long)(pos + o), strerror(-r));
             pthread_mutex_lock(&st->lock);
             if (st->p->warn)
                 st->p->warn(st->p->opaque, m);
@@ -243,19 +287,39 @@ static void salvage_read(struct copy_state *st, const struct copy_job *job, char
     }
 }
 
-/* Read a data job into buf; <0 on error (recorded). */
-static int read_job(struct copy_state *st, const struct copy_job *job, char *buf)
+/* Read len bytes of one source into buf; <0 on error (recorded). */
+static int read_piece(struct copy_state *st, vd_node *src, uint64_t soff,
+                      uint64_t pos, uint64_t len, char *buf)
 {
-    int r = vd_pread(job->src, job->soff, job->len, buf, 0);
+    int r = vd_pread(src, soff, len, buf, 0);
 
     if (r >= 0)
         return 0;
     if (st->p->salvage) {
-        salvage_read(st, job, buf);
+        salvage_read(st, src, soff, pos, len, buf);
         return 0;
     }
-    io_error(st, r, "reading", job->pos);
+    io_error(st, r, "reading", pos);
     return r;
+}
+
+/* Read a data job into buf, source by source; <0 on error (recorded). */
+static int read_job(struct copy_state *st, const struct copy_job *job, char *buf)
+{
+    uint64_t done = 0, soff = job->soff;
+    size_t si = job->si;
+    int r;
+
+    while (done < job->len && si < st->p->nsrc) {
+        uint64_t l = VD_MIN(job->len - done, st->src_len[si] - soff);
+        if (l && (r = read_piece(st, st->p->src[si], soff, job->pos + done, l,
+                                 buf + done)) < 0)
+            return r;
+        done += l;
+        si++;
+        soff = 0;
+    }
+    return 0;
 }
 
 /* Seconds since the copy started. */
@@ -309,41 +373,111 @@ static bool sparse_block_zero(uint64_t doff, uint64_t ms, const char *buf,
     return e - i == ms && (doff + i) % ms == 0 && buffer_is_zero(buf + i, ms);
 }
 
-/* Write a data buffer: aligned all-zero min_sparse blocks become zero
- * writes (or nothing on a zero target), the rest data, runs merged. */
-static int write_sparse(struct copy_state *st, uint64_t doff, uint64_t len, const char *buf)
+/* The zero and data runs of a data buffer, found right after the read so
+ * that the scan runs in parallel rather than in the ordered write step:
+ * runs alternate, the first is zero when first_zero, run k ends at end[k]. */
+struct sparse_map {
+    uint64_t *end;
+    size_t n, cap;
+    bool first_zero;
+};
+
+/* Find the runs of buf: aligned all-zero min_sparse blocks are zero, the
+ * rest data, neighbours of one kind merged. */
+static void scan_sparse(struct copy_state *st, uint64_t doff, uint64_t len, const char *buf,
+                        struct sparse_map *m)
 {
     uint64_t ms = st->p->min_sparse, i = 0;
 
-    while (i < len) {
+    m->n = 0;
+    while (i < len && m->n + 1 < m->cap) {
         uint64_t j = VD_MIN(i + ms - (doff + i) % ms, len);
         bool zero = sparse_block_zero(doff, ms, buf, i, j);
-        int r;
 
+        if (m->n == 0)
+            m->first_zero = zero;
         while (j < len) {
             uint64_t nb = VD_MIN(j + ms - (doff + j) % ms, len);
             if (sparse_block_zero(doff, ms, buf, j, nb) != zero)
                 break;
             j = nb;
         }
-        r = zero ? write_zero_range(st, doff + i, j - i)
-                 : write_bytes(st, doff + i, j - i, buf + i);
+        m->end[m->n++] = j;
+        i = j;
+    }
+    if (i < len) {                     /* out of room: the rest is data */
+        if (m->first_zero == !((m->n - 1) & 1))
+            m->n++;
+        m->end[m->n - 1] = len;
+    }
+}
+
+/* Write a scanned data buffer: zero runs become zero writes (or nothing on
+ * a zero target), data runs data. */
+static int write_sparse(struct copy_state *st, uint64_t doff, const char *buf,
+                        const struct sparse_map *m)
+{
+    uint64_t i = 0;
+
+    for (size_t k = 0; k < m->n; k++) {
+        bool zero = m->first_zero == !(k & 1);
+        int r = zero ? write_zero_range(st, doff + i, m->end[k] - i)
+                     : write_bytes(st, doff + i, m->end[k] - i, buf + i);
         if (r < 0)
             return r;
-        i = j;
+        i = m->end[k];
+    }
+    return 0;
+}
+
+/* Is a data job written through a sparse map? */
+static bool job_sparse(const struct copy_state *st, const struct copy_job *job)
+{
+    return job->kind == JOB_DATA && st->p->min_sparse && !st->p->compress && !st->p->base;
+}
+
+/* -c: one target cluster [off, off+l) of data; the part of the cluster
+ * past the data (a longer target) keeps what the target holds. */
+static int write_cluster_compressed(struct copy_state *st, uint64_t off, uint64_t l,
+                                    char *buf)
+{
+    uint64_t wl = VD_MIN(st->cs, st->dst_size - off);
+    int r;
+
+    if (wl > l && (r = vd_pread(st->p->dst, off + l, wl - l, buf + l, 0)) < 0)
+        return r;
+    if (st->p->min_sparse && buffer_is_zero(buf, wl))
+        return write_zero_range(st, off, l);
+    throttle(st, wl);
+    return vd_pwrite_compressed(st->p->dst, off, wl, buf);
+}
+
+/* -c: write a data job cluster by cluster, compressed. */
+static int write_compressed(struct copy_state *st, const struct copy_job *job, char *buf)
+{
+    for (uint64_t o = 0; o < job->len; o += st->cs) {
+        int r = write_cluster_compressed(st, job->doff + o,
+                                         VD_MIN(st->cs, job->len - o), buf + o);
+        if (r < 0)
+            return r;
     }
     return 0;
 }
 
 /* Do the writes of a job; <0 on error (recorded). */
-static int write_job(struct copy_state *st, const struct copy_job *job, char *buf)
+static int write_job(struct copy_state *st, const struct copy_job *job, char *buf,
+                     const struct sparse_map *m)
 {
     int r;
 
     switch (job->kind) {
     case JOB_DATA:
-        r = st->p->min_sparse ? write_sparse(st, job->doff, job->len, buf)
-                              : write_bytes(st, job->doff, job->len, buf);
+        if (st->p->compress)
+            r = write_compressed(st, job, buf);
+        else if (st->p->min_sparse && !st->p->base)
+            r = write_sparse(st, job->doff, buf, m);
+        else
+            r = write_bytes(st, job->doff, job->len, buf);
         break;
     case JOB_FILL:
         memset(buf, 0, job->len);
@@ -367,7 +501,7 @@ static bool wait_turn(struct copy_state *st, int id, uint64_t seq)
     pthread_mutex_lock(&st->lock);
     w->seq = seq;
     w->waiting = true;
-    while (!st->p->out_of_order && st->write_seq != seq && !st->err)
+    while (!st->ooo && st->write_seq != seq && !st->err)
         pthread_cond_wait(&w->cond, &st->lock);
     w->waiting = false;
     ok = !st->err;
@@ -414,7 +548,8 @@ static int offload_job(struct copy_state *st, int id, const struct copy_job *job
 }
 
 /* Run one job start to finish; <0 on error. */
-static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf)
+static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf,
+                   struct sparse_map *m)
 {
     int r;
 
@@ -422,9 +557,11 @@ static int run_job(struct copy_state *st, int id, const struct copy_job *job, ch
         return r < 0 ? r : 0;
     if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
         return r;
+    if (job_sparse(st, job))
+        scan_sparse(st, job->doff, job->len, buf, m);
     if (!wait_turn(st, id, job->seq))
         return -ECANCELED;
-    if ((r = write_job(st, job, buf)) < 0)
+    if ((r = write_job(st, job, buf, m)) < 0)
         return r;
     finish_job(st, job);
     return 0;
@@ -435,13 +572,17 @@ static void *worker(void *opaque)
 {
     struct copy_state *st = opaque;
     struct copy_job job = { 0 };
+    struct sparse_map m = { 0 };
     void *buf = NULL;
     int r, id;
 
     pthread_mutex_lock(&st->lock);
     id = st->nworkers++;
     pthread_mutex_unlock(&st->lock);
-    if (posix_memalign(&buf, 4096, st->chunk)) {
+    m.cap = st->p->min_sparse ? (size_t)(st->chunk / st->p->min_sparse + 3) : 2;
+    if (!(m.end = vd_calloc_array(m.cap, sizeof(*m.end))) ||
+        posix_memalign(&buf, 4096, VD_MAX(st->chunk, st->cs))) {
+        free(m.end);
         pthread_mutex_lock(&st->lock);
         set_error_locked(st, -ENOMEM, "cannot allocate a copy buffer: %s",
                          strerror(ENOMEM));
@@ -452,9 +593,10 @@ static void *worker(void *opaque)
         pthread_mutex_lock(&st->lock);
         r = plan_next(st, &job);
         pthread_mutex_unlock(&st->lock);
-        if (r <= 0 || run_job(st, id, &job, buf) < 0)
+        if (r <= 0 || run_job(st, id, &job, buf, &m) < 0)
             break;
     }
+    free(m.end);
     free(buf);
     return NULL;
 }
@@ -494,6 +636,8 @@ static int position_cursor(struct copy_state *st, uint64_t total)
     st->end = off + len;
     st->doff = p->dst_offset;
     st->total = len;
+    if (ADD_OVERFLOW(p->dst_offset, len, &st->data_end))
+        return vd_error(EINVAL, "copy range is beyond the end of the target");
     while (st->si < p->nsrc && off >= st->src_len[st->si])
         off -= st->src_len[st->si++];
     st->soff = off;
@@ -512,6 +656,8 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
         chunk = p->max_in_flight / (uint64_t)w;
     chunk = round_down(chunk, COPY_SECTOR);
     st->chunk = chunk ? chunk : COPY_SECTOR;
+    if (p->compress)                   /* whole clusters per job */
+        st->chunk = VD_MAX(round_down(st->chunk, st->cs), st->cs);
     *nworkers = w;
 }
 
@@ -531,6 +677,37 @@ static void run_workers(struct copy_state *st, int n)
         pthread_join(tid[i], NULL);
 }
 
+/* -c: the target's cluster size; dst_offset must sit on a cluster. */
+static int setup_compress(struct copy_state *st)
+{
+    const struct vd_copy_params *p = st->p;
+    int64_t cs = vd_node_cluster_size(p->dst);
+
+    st->cs = cs > 0 ? (uint64_t)cs : 65536;
+    if (!is_power_of_2(st->cs) || st->cs > (64u << 20))
+        return vd_error(EINVAL, "unusable target cluster size %llu",
+                        (unsigned long long)st->cs);
+    if (p->dst_offset % st->cs)
+        return vd_error(EINVAL, "compressed writes must start on a cluster boundary");
+    return 0;
+}
+
+/* commit: the depth of p->base in the chain of the first source. */
+static int setup_base(struct copy_state *st)
+{
+    vd_node *n = st->p->src[0];
+    int d = 0;
+
+    while (n && n != st->p->base) {
+        n = vd_node_backing(n);
+        d++;
+    }
+    if (!n || st->p->nsrc != 1)
+        return vd_error(EINVAL, "the base is not in the backing chain of the source");
+    st->base_depth = d;
+    return 0;
+}
+
 /* Set up the state of a copy; <0 on error (message set). */
 static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int *nw)
 {
@@ -545,9 +722,16 @@ static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int
         return vd_error(ENOMEM, "out of memory");
     if ((r = measure_sources(st, &total)) < 0 || (r = position_cursor(st, total)) < 0)
         return r;
+    if (p->compress && (r = setup_compress(st)) < 0)
+        return r;
+    if (p->base && (r = setup_base(st)) < 0)
+        return r;
     choose_sizes(st, nw);
-    st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only;
-    st->zero_flags = p->unallocated_only ? 0 : VD_REQ_MAY_UNMAP;
+    st->dst_size = (uint64_t)VD_MAX(vd_getlength(p->dst), 0);
+    st->ooo = p->out_of_order || p->compress;
+    st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only &&
+                    !p->base;
+    st->zero_flags = p->unallocated_only || p->base ? 0 : VD_REQ_MAY_UNMAP;
     clock_gettime(CLOCK_MONOTONIC, &st->start);
     return 0;
 }

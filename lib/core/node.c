@@ -85,6 +85,29 @@ int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt)
     return 0;
 }
 
+/* Change the backing file recorded in n's image (see vdisk.h). */
+int vd_change_backing_file(vd_node *n, const char *name, const char *fmt)
+{
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (fmt && *fmt && !(name && *name))
+        return vd_error(EINVAL, "a backing format needs a backing file");
+    if (!n->drv->change_backing_file)
+        return vd_error(ENOTSUP, "Operation not supported");
+    return n->drv->change_backing_file(n, name && *name ? name : NULL,
+                                       fmt && *fmt ? fmt : NULL);
+}
+
+/* Make every block of n unallocated (see vdisk.h). */
+int vd_make_empty(vd_node *n)
+{
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (!n->drv->make_empty)
+        return vd_error(ENOTSUP, "%s does not support emptying nodes", n->drv->name);
+    return n->drv->make_empty(n);
+}
+
 /* The protocol driver for a file name to create. */
 static const struct vd_driver *protocol_for_create(const char *name)
 {

@@ -431,6 +431,15 @@ static int handle_option(struct vd_nbd_conn *c, uint32_t opt, uint32_t len)
     }
 }
 
+/* Why a read in the handshake failed, in qemu-nbd's words (the handshake
+ * deadline shuts the channel, which reads as an early end of file). */
+static const char *read_reason(int r)
+{
+    if (r == -ECONNRESET || r == -ETIMEDOUT)
+        return "Unexpected end-of-file before all data were read";
+    return strerror(-r);
+}
+
 /* Send the greeting and read the client's flags. */
 static int greet(struct vd_nbd_conn *c)
 {
@@ -441,13 +450,32 @@ static int greet(struct vd_nbd_conn *c)
     vd_put_be64(g, NBD_MAGIC);
     vd_put_be64(g + 8, NBD_OPTS_MAGIC);
     vd_put_be16(g + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    if ((r = conn_write(c, g, sizeof(g))) < 0 || (r = conn_read(c, cf, 4)) < 0)
-        return vd_error(-r, "Failed to read flags");
+    if ((r = conn_write(c, g, sizeof(g))) < 0)
+        return vd_error(-r, "Failed to send greeting: %s", strerror(-r));
+    if ((r = conn_read(c, cf, 4)) < 0)
+        return vd_error(-r, "Failed to read flags: %s", read_reason(r));
     flags = vd_get_be32(cf);
     if (flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
         return vd_error(EINVAL, "Unknown client flags 0x%x received", flags);
     c->fixed = flags & NBD_FLAG_C_FIXED_NEWSTYLE;
     c->no_zeroes = flags & NBD_FLAG_C_NO_ZEROES;
+    return 0;
+}
+
+/* Read an option header (magic, option, length), naming the field an
+ * early end of input cut, as qemu-nbd does. */
+static int read_option_header(struct vd_nbd_conn *c, uint8_t *h)
+{
+    static const char *const field[] = { "opts magic", "option", "option length" };
+    static const size_t end[] = { 8, 12, 16 };
+    size_t got = 0;
+    int r;
+
+    for (int i = 0; i < 3; i++) {
+        if ((r = conn_read(c, h + got, end[i] - got)) < 0)
+            return vd_error(-r, "Failed to read %s: %s", field[i], read_reason(r));
+        got = end[i];
+    }
     return 0;
 }
 
@@ -460,11 +488,10 @@ int nbd_negotiate(struct vd_nbd_conn *c)
     if ((r = greet(c)) < 0)
         return r;
     for (;;) {
-        if ((r = conn_read(c, h, sizeof(h))) < 0)
-            return r == -ETIMEDOUT ? vd_error(ETIMEDOUT, "handshake timed out")
-                                   : vd_error(-r, "failed to read option");
+        if ((r = read_option_header(c, h)) < 0)
+            return r;
         if (vd_get_be64(h) != NBD_OPTS_MAGIC)
-            return vd_error(EINVAL, "Bad option magic");
+            return vd_error(EINVAL, "Bad magic received");
         r = handle_option(c, vd_get_be32(h + 8), vd_get_be32(h + 12));
         if (r < 0)
             return r;

@@ -104,9 +104,17 @@ static void conn_free(struct vd_nbd_conn *c)
 /* See server.h. */
 int vd_nbd_server_serve(struct vd_nbd_server *srv, int fd)
 {
+    return vd_nbd_server_serve_ex(srv, fd, NULL);
+}
+
+/* See server.h. */
+int vd_nbd_server_serve_ex(struct vd_nbd_server *srv, int fd, bool *transmitted)
+{
     struct vd_nbd_conn *c = conn_new(srv, fd);
     int r;
 
+    if (transmitted)
+        *transmitted = false;
     if (!c) {
         close(fd);
         return vd_error(ENOMEM, "out of memory");
@@ -118,6 +126,8 @@ int vd_nbd_server_serve(struct vd_nbd_server *srv, int fd)
     r = nbd_negotiate(c);
     if (r == 0 && c->exp) {
         c->deadline_ms = -1;
+        if (transmitted)
+            *transmitted = true;
         r = nbd_transmission(c);
     }
     conn_unregister(c);
@@ -156,6 +166,19 @@ static int conn_wait(struct vd_nbd_conn *c)
     return vd_wire_wait_readable(c->fd, c->deadline_ms);
 }
 
+/* One read() from fd that is not a socket (a pipe in tests). */
+static ssize_t conn_read_some(int fd, void *buf, size_t len)
+{
+    ssize_t n;
+
+    do {
+        n = read(fd, buf, len);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    return n == 0 ? -ECONNRESET : n;
+}
+
 /* Read exactly len bytes. */
 int conn_read(struct vd_nbd_conn *c, void *buf, size_t len)
 {
@@ -185,6 +208,27 @@ int conn_read(struct vd_nbd_conn *c, void *buf, size_t len)
         len -= (size_t)n;
     }
     return 0;
+}
+
+/* See server-int.h. */
+ssize_t conn_recv(struct vd_nbd_conn *c, void *buf, size_t len, bool nowait)
+{
+    ssize_t n;
+
+    if (c->tls) {
+        if (nowait && !vd_nbd_tls_pending(c->tls))
+            return 0;
+        n = vd_nbd_tls_recv(c->tls, buf, len);
+        return n == 0 ? -ECONNRESET : n;
+    }
+    do {
+        n = recv(c->fd, buf, len, nowait ? MSG_DONTWAIT : 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno == ENOTSOCK)
+        return nowait ? 0 : conn_read_some(c->fd, buf, len);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -errno;
+    return n == 0 ? -ECONNRESET : n;
 }
 
 /* Write exactly len bytes. */

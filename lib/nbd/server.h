@@ -52,6 +52,10 @@ void vd_nbd_server_destroy(struct vd_nbd_server *srv);
 /* Serve one client on fd until it leaves, then close fd.  0 when the
  * client ended cleanly, -errno (message in vd_errmsg()) otherwise. */
 int vd_nbd_server_serve(struct vd_nbd_server *srv, int fd);
+/* The same; *transmitted (may be NULL) tells whether the client got past
+ * the handshake into transmission (qemu-nbd ends without -t only after
+ * such a client leaves). */
+int vd_nbd_server_serve_ex(struct vd_nbd_server *srv, int fd, bool *transmitted);
 /* Serve exp on fd in the transmission phase directly, with no handshake
  * (the kernel client of /dev/nbdX was told size and flags by ioctl). */
 int vd_nbd_server_serve_kernel(struct vd_nbd_server *srv, int fd,

@@ -45,8 +45,9 @@ static bool have_file(const char *dir, const char *name)
     return path_in(p, sizeof(p), dir, name) && access(p, R_OK) == 0;
 }
 
-/* Load the x509 files of dir for the endpoint. */
-static int load_x509(struct vd_nbd_tls *t, const char *dir)
+/* Load the x509 files of dir for the endpoint; password (may be NULL)
+ * decrypts the private key. */
+static int load_x509(struct vd_nbd_tls *t, const char *dir, const char *password)
 {
     const char *cert = t->server ? "server-cert.pem" : "client-cert.pem";
     const char *key = t->server ? "server-key.pem" : "client-key.pem";
@@ -65,7 +66,8 @@ static int load_x509(struct vd_nbd_tls *t, const char *dir)
         return vd_error(EINVAL, "Cannot load CRL '%s': %s", crl, gnutls_strerror(r));
     if (!t->server && !have_file(dir, cert))
         return 0;                  /* a client may go without a certificate */
-    if ((r = gnutls_certificate_set_x509_key_file(t->x509, cp, kp, GNUTLS_X509_FMT_PEM)) < 0)
+    if ((r = gnutls_certificate_set_x509_key_file2(t->x509, cp, kp, GNUTLS_X509_FMT_PEM,
+                                                   password, 0)) < 0)
         return vd_error(EINVAL, "Cannot load certificate '%s' & key '%s': %s", cp, kp,
                         gnutls_strerror(r));
     return 0;
@@ -125,7 +127,7 @@ static int load_psk(struct vd_nbd_tls *t, const char *dir, const char *username)
 /* See tls.h. */
 int vd_nbd_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
                    const char *dir, bool server, bool verify_peer,
-                   const char *username)
+                   const char *username, const char *key_password)
 {
     struct vd_nbd_tls *t = calloc(1, sizeof(*t));
     int r;
@@ -136,7 +138,8 @@ int vd_nbd_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
     t->kind = kind;
     t->server = server;
     t->verify_peer = verify_peer;
-    r = kind == VD_NBD_TLS_X509 ? load_x509(t, dir) : load_psk(t, dir, username);
+    r = kind == VD_NBD_TLS_X509 ? load_x509(t, dir, key_password)
+                                : load_psk(t, dir, username);
     if (r < 0) {
         vd_nbd_tls_free(t);
         return r;

@@ -19,10 +19,11 @@ struct vd_nbd_tls_session;
 
 /* Load credentials from dir.  server: the endpoint; verify_peer: x509
  * peers must present a certificate signed by the CA; username: the PSK
- * identity a client presents (NULL: "qemu"). */
+ * identity a client presents (NULL: "qemu"); key_password: decrypts an
+ * encrypted x509 private key (NULL: the key is not encrypted). */
 int vd_nbd_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
                    const char *dir, bool server, bool verify_peer,
-                   const char *username);
+                   const char *username, const char *key_password);
 /* Require the peer identity (x509 distinguished name or PSK username) to
  * equal identity (authz-simple); NULL: anyone with valid credentials. */
 int vd_nbd_tls_set_authz(struct vd_nbd_tls *t, const char *identity);

@@ -242,6 +242,7 @@ int img_check(int argc, char **argv)
     a.image_opts = ca.image_opts;
     a.force_share = ca.force_share;
     a.writable = ca.fix != 0;
+    a.check = true;
     a.cache = ca.cache;
     if (!(n = img_open(&a)))
         return 1;

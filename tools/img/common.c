@@ -225,6 +225,8 @@ static int img_open_flags(const struct img_open_args *a)
         flags |= VD_O_NO_SHARE;
     if (a->no_backing)
         flags |= VD_O_NO_BACKING;
+    if (a->check)
+        flags |= VD_O_CHECK;
     return flags;
 }
 

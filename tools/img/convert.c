@@ -270,12 +270,9 @@ static int check_source_features(const struct convert_ctx *cx)
 /* Can the target format take compressed writes? */
 static bool compression_supported(const char *fmt)
 {
-#ifdef VD_REQ_COMPRESSED
-    return !strcmp(fmt, "qcow2") || !strcmp(fmt, "qcow") || !strcmp(fmt, "vmdk");
-#else
-    (void)fmt;
-    return false;
-#endif
+    const struct vd_driver *d = vd_driver_find(fmt);
+
+    return d && d->pwrite_compressed;
 }
 
 /* -B/-F as create options ("Backing file not supported ..."); -1 (printed). */
@@ -445,10 +442,7 @@ static int run_copy(struct convert_ctx *cx, bool has_backing)
         p.target_is_zero = ca->target_is_zero;
     else
         p.target_is_zero = !has_backing && fresh_target_zero(cx->dst);
-#ifdef VD_REQ_COMPRESSED
-    if (ca->compress)
-        p.write_flags = VD_REQ_COMPRESSED;
-#endif
+    p.compress = ca->compress;
     vd_error_clear();
     if (vd_copy(&p) < 0 || vd_flush(cx->dst) < 0) {
         img_error("%s", vd_errmsg());

@@ -45,6 +45,7 @@ struct img_open_args {
     bool no_share;          /* others may not write meanwhile (convert's sources) */
     bool force_share;       /* -U */
     bool no_backing;
+    bool check;             /* check: no repair of a dirty image at open */
     const char *cache;      /* -t / -T cache mode, or NULL */
     bool quiet;
 };

@@ -460,6 +460,11 @@ static int run_server(struct nbd_cli *cli)
 
     if (cli->tls_creds && !(tls = nbd_object_tls(cli->tls_creds, true, cli->tls_authz)))
         return EXIT_FAILURE;
+    if (((cli->device && !cli->verbose) || cli->fork) &&
+        nbd_detach(cli->verbose) < 0) {
+        vd_nbd_tls_free(tls);
+        return EXIT_FAILURE;
+    }
     if (!(n = open_image(cli))) {
         vd_nbd_tls_free(tls);
         return EXIT_FAILURE;

@@ -42,8 +42,20 @@ int nbd_find_partition(vd_node *n, int part, uint64_t *offset, uint64_t *size);
 /* -L (list.c): list the exports of the server named by the CLI. */
 int nbd_list(const struct nbd_cli *cli, struct vd_nbd_tls *tls);
 
+/* Background (daemon.c).  nbd_detach: fork; returns in the child (0),
+ * whose stderr goes to the waiting parent; -1 when fork fails.
+ * keep_stderr (-v): the child's messages go to the original stderr again
+ * once it lets the parent go.  Calling nbd_release_parent() without a
+ * detach makes stderr a copy of stdout. */
+int nbd_detach(bool keep_stderr);
+/* The child is serving: the parent exits 0 (unless messages came). */
+void nbd_release_parent(void);
+
 /* Listening and serving (serve.c). */
 int nbd_serve(const struct nbd_cli *cli, struct vd_nbd_server *srv, vd_node *node);
+/* Write our pid into path, as qemu-nbd --pid-file: 0, or -1 with the
+ * error printed. */
+int nbd_write_pid_file(const char *path);
 
 /* Kernel client (kernel.c): -c and -d. */
 int nbd_kernel_connect(const struct nbd_cli *cli, struct vd_nbd_server *srv,

@@ -1,11 +1,20 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* --object: the QEMU user-creatable objects vdisk-nbd understands:
- * secret, tls-creds-x509, tls-creds-psk and authz-simple, kept by id. */
+ * secret, tls-creds-x509, tls-creds-psk and authz-simple, kept by id.
+ * Secrets and credentials are also given to libvdisk's registry, where
+ * drivers look them up (an nbds:// image's tls-creds, an image's
+ * key-secret); a secret also decrypts an x509 key (passwordid=). */
 #include <errno.h>
+#include <gnutls/gnutls.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nbd.h"
+#include "vdisk/object.h"
+
+/* A secret's value at most (file= is read up to this). */
+#define SECRET_MAX (64u << 10)
 
 #define MAX_OBJECTS 64
 
@@ -66,6 +75,17 @@ static int check_object(const char *type, vd_opts *o)
     return 0;
 }
 
+/* Give a secret or TLS credentials to libvdisk's registry too: 0, or -1
+ * with the error printed. */
+static int register_in_library(const char *type, const char *def)
+{
+    if (!strcmp(type, "authz-simple"))
+        return 0;
+    if (vd_object_add(def) < 0)
+        return nbd_err("%s", vd_errmsg()), -1;
+    return 0;
+}
+
 /* See nbd.h: "type,id=ID,key=value,...". */
 int nbd_object_add(const char *def)
 {
@@ -90,7 +110,7 @@ int nbd_object_add(const char *def)
         nbd_err("attempt to add duplicate property '%s' to object (type 'container')", id);
     } else if (nobjects >= MAX_OBJECTS) {
         nbd_err("too many objects");
-    } else if (check_object(type, o) == 0) {
+    } else if (check_object(type, o) == 0 && register_in_library(type, def) == 0) {
         objects[nobjects].type = strdup(type);
         objects[nobjects].id = strdup(id);
         objects[nobjects].props = o;
@@ -116,12 +136,88 @@ static const char *authz_identity(const char *id)
     return vd_opts_get(ob->props, "identity");
 }
 
+/* The contents of file, NUL-terminated (at most SECRET_MAX bytes): *len
+ * set; NULL with the error printed. */
+static char *read_secret_file(const char *file, size_t *len)
+{
+    FILE *f = fopen(file, "rb");
+    char *buf = f ? malloc(SECRET_MAX + 1) : NULL;
+
+    if (!buf) {
+        nbd_err("Unable to read %s: %s", file, strerror(f ? ENOMEM : errno));
+        if (f)
+            fclose(f);
+        return NULL;
+    }
+    *len = fread(buf, 1, SECRET_MAX, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* Decode base64 text in place: 0, or -1 with the error printed. */
+static int decode_base64(const char *id, char **val, size_t *len)
+{
+    gnutls_datum_t in = { (unsigned char *)*val, (unsigned)*len }, out;
+    char *p;
+
+    if (gnutls_base64_decode2(&in, &out) < 0) {
+        nbd_err("Secret '%s' is not valid base64 data", id);
+        return -1;
+    }
+    p = malloc(out.size + 1);
+    if (p) {
+        memcpy(p, out.data, out.size);
+        p[out.size] = 0;
+    }
+    gnutls_free(out.data);
+    if (!p)
+        return nbd_err("out of memory"), -1;
+    free(*val);
+    *val = p;
+    *len = strlen(p);
+    return 0;
+}
+
+/* The value of secret object id (data= or file=, format raw or base64),
+ * malloc'd; NULL with the error printed (QEMU's messages). */
+static char *secret_value(const char *id)
+{
+    struct object *ob = find_object(id);
+    const char *data, *file, *format;
+    size_t len = 0;
+    char *val;
+
+    if (!ob)
+        return nbd_err("No secret with id '%s'", id), NULL;
+    if (strcmp(ob->type, "secret"))
+        return nbd_err("Object with id '%s' is not a secret", id), NULL;
+    if (vd_opts_get(ob->props, "keyid"))
+        return nbd_err("secret '%s': keyid (an encrypted secret) is not supported", id),
+               NULL;
+    data = vd_opts_get(ob->props, "data");
+    file = vd_opts_get(ob->props, "file");
+    format = vd_opts_get(ob->props, "format");
+    if (data && !(val = strdup(data)))
+        return nbd_err("out of memory"), NULL;
+    if (data)
+        len = strlen(val);
+    else if (!(val = read_secret_file(file, &len)))
+        return NULL;
+    if (format && !strcmp(format, "base64") && decode_base64(id, &val, &len) < 0) {
+        free(val);
+        return NULL;
+    }
+    return val;
+}
+
 /* See nbd.h. */
 struct vd_nbd_tls *nbd_object_tls(const char *id, bool server, const char *authz_id)
 {
     struct object *ob = find_object(id);
-    const char *endpoint, *dir, *ident = NULL;
+    const char *endpoint, *dir, *ident = NULL, *pwid;
     struct vd_nbd_tls *t = NULL;
+    char *password = NULL;
     bool verify = true, is_server;
 
     if (!ob || (strcmp(ob->type, "tls-creds-x509") && strcmp(ob->type, "tls-creds-psk"))) {
@@ -148,13 +244,17 @@ struct vd_nbd_tls *nbd_object_tls(const char *id, bool server, const char *authz
     }
     if (authz_id && !(ident = authz_identity(authz_id)))
         return NULL;
+    if ((pwid = vd_opts_get(ob->props, "passwordid")) &&
+        !strcmp(ob->type, "tls-creds-x509") && !(password = secret_value(pwid)))
+        return NULL;
     if (vd_nbd_tls_new(&t, strcmp(ob->type, "tls-creds-psk") ? VD_NBD_TLS_X509
                        : VD_NBD_TLS_PSK, dir, server, verify,
-                       vd_opts_get(ob->props, "username")) < 0 ||
+                       vd_opts_get(ob->props, "username"), password) < 0 ||
         vd_nbd_tls_set_authz(t, ident) < 0) {
-        nbd_err("Failed to get TLS creds: %s", vd_errmsg());
+        nbd_err("%s", vd_errmsg());       /* QEMU reports these at --object */
         vd_nbd_tls_free(t);
-        return NULL;
+        t = NULL;
     }
+    free(password);
     return t;
 }

@@ -32,6 +32,7 @@ struct listener {
     pthread_mutex_t lock;
     pthread_cond_t done;
     int clients;                          /* being served */
+    bool served;                          /* one got past its handshake */
     bool verbose;
     bool bound_unix;                      /* unlink the socket at exit */
 };
@@ -133,8 +134,8 @@ static int listen_tcp(struct listener *l, const char *host, const char *port)
     return 0;
 }
 
-/* Write our pid into path, as qemu-nbd --pid-file. */
-static int write_pid_file(const char *path)
+/* See nbd.h. */
+int nbd_write_pid_file(const char *path)
 {
     FILE *f = fopen(path, "w");
 
@@ -143,26 +144,6 @@ static int write_pid_file(const char *path)
     fprintf(f, "%d\n", (int)getpid());
     if (fclose(f) != 0)
         return nbd_err("Could not write '%s': %s", path, strerror(errno)), -1;
-    return 0;
-}
-
-/* --fork: the parent waits for the child's word that it is serving, then
- * exits; returns in the child with *ready_fd to write that word to. */
-static int do_fork(int *ready_fd)
-{
-    int p[2];
-    pid_t pid;
-    char c;
-
-    if (pipe2(p, O_CLOEXEC) < 0 || (pid = fork()) < 0)
-        return nbd_err("Failed to fork: %s", strerror(errno)), -1;
-    if (pid > 0) {
-        close(p[1]);
-        _exit(read(p[0], &c, 1) == 1 ? EXIT_SUCCESS : EXIT_FAILURE);
-    }
-    close(p[0]);
-    setsid();
-    *ready_fd = p[1];
     return 0;
 }
 
@@ -176,14 +157,16 @@ static void *client_thread(void *opaque)
 {
     struct client *cl = opaque;
     struct listener *l = cl->l;
+    bool transmitted;
     int r;
 
     vd_error_clear();
-    r = vd_nbd_server_serve(l->srv, cl->fd);
+    r = vd_nbd_server_serve_ex(l->srv, cl->fd, &transmitted);
     if (r < 0)
         nbd_err("option negotiation failed: %s", vd_errmsg());
     free(cl);
     pthread_mutex_lock(&l->lock);
+    l->served |= transmitted;
     l->clients--;
     pthread_cond_broadcast(&l->done);
     pthread_mutex_unlock(&l->lock);
@@ -223,13 +206,14 @@ static void accept_client(struct listener *l, int lfd)
     pthread_attr_destroy(&attr);
 }
 
-/* Clients being served now. */
-static int client_count(struct listener *l)
+/* Clients being served now; *served: whether one got past its handshake. */
+static int client_count(struct listener *l, bool *served)
 {
     int n;
 
     pthread_mutex_lock(&l->lock);
     n = l->clients;
+    *served = l->served;
     pthread_mutex_unlock(&l->lock);
     return n;
 }
@@ -246,14 +230,16 @@ static bool drain_wakeups(void)
     return stop;
 }
 
-/* Poll the listeners (while there is room for a client) and the pipe. */
+/* Poll the listeners (while there is room for a client) and the pipe.
+ * Without -t, end when the last client leaves after one that got past its
+ * handshake (a client that fails or aborts negotiation does not count, as
+ * with qemu-nbd). */
 static void main_loop(struct listener *l, const struct nbd_cli *cli)
 {
-    bool served = false;
-
     for (;;) {
         struct pollfd pfd[MAX_LISTEN + 1];
-        int n = 0, clients = client_count(l);
+        bool served;
+        int n = 0, clients = client_count(l, &served);
         bool room = cli->shared == 0 || clients < cli->shared;
 
         if (!cli->persistent && served && clients == 0)
@@ -268,7 +254,6 @@ static void main_loop(struct listener *l, const struct nbd_cli *cli)
         for (int i = 1; i < n; i++) {
             if (pfd[i].revents & POLLIN) {
                 accept_client(l, pfd[i].fd);
-                served = true;
                 break;                     /* re-check room first */
             }
         }
@@ -298,30 +283,16 @@ static int open_listeners(struct listener *l, const struct nbd_cli *cli)
 int nbd_serve(const struct nbd_cli *cli, struct vd_nbd_server *srv, vd_node *node)
 {
     struct listener l = { .srv = srv, .verbose = cli->verbose };
-    int ready_fd = -1, r = EXIT_FAILURE;
+    int r = EXIT_FAILURE;
 
     pthread_mutex_init(&l.lock, NULL);
     pthread_cond_init(&l.done, NULL);
     if (setup_signals() < 0 || open_listeners(&l, cli) < 0)
         goto out;
-    if (cli->fork && do_fork(&ready_fd) < 0)
+    if (cli->pid_file && nbd_write_pid_file(cli->pid_file) < 0)
         goto out;
-    if (cli->pid_file && write_pid_file(cli->pid_file) < 0)
-        goto out;
-    if (ready_fd >= 0) {
-        ssize_t w = write(ready_fd, "r", 1);
-        (void)w;
-        close(ready_fd);
-        ready_fd = -1;
-        int devnull = open("/dev/null", O_RDWR);
-        if (devnull >= 0) {
-            dup2(devnull, STDIN_FILENO);
-            dup2(devnull, STDOUT_FILENO);
-            if (!cli->verbose)
-                dup2(devnull, STDERR_FILENO);
-            close(devnull);
-        }
-    }
+    if (cli->fork)
+        nbd_release_parent();            /* main.c detached before the open */
     main_loop(&l, cli);
     for (int i = 0; i < l.nfds; i++)
         close(l.fds[i]);
@@ -335,8 +306,6 @@ out:
         unlink(cli->sockpath);
     if (cli->pid_file && r == EXIT_SUCCESS)
         unlink(cli->pid_file);
-    if (ready_fd >= 0)
-        close(ready_fd);
     pthread_cond_destroy(&l.done);
     pthread_mutex_destroy(&l.lock);
     return r;

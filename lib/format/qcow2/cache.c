@@ -1,11 +1,18 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* qcow2: a write-back cache of metadata tables (L2 slices, refcount
  * blocks), kept in on-disk byte order.  Entries are found by host offset
- * through a hash, evicted least-recently-used, and written back in offset
- * order.  A cache may depend on another: none of its entries reaches the
- * file before everything dirty in the other one has, with a flush of the
- * file in between (this is how "refcounts before L2" is kept).  Callers
- * hold the driver's metadata lock. */
+ * through a hash and written back in offset order.  A cache may depend on
+ * another: none of its entries reaches the file before everything dirty in
+ * the other one has, with a flush of the file in between (this is how
+ * "refcounts before L2" is kept).  Callers hold the driver's metadata lock.
+ *
+ * Replacement is scan resistant (the 2Q idea): a table read for the first
+ * time joins a small "cold" list and is evicted from there, least recently
+ * used first; only a table read again soon after its eviction (its offset
+ * is still in a small "ghost" array) joins the "hot" list, which has the
+ * rest of the room.  So a walk over every table of a large image (map,
+ * convert) keeps a few tables in memory instead of filling the whole cache,
+ * and the tables a workload returns to stay.  Finding a victim is O(1). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,14 +20,22 @@
 
 #include "format/qcow2/qcow2.h"
 
+enum { L_NONE, L_COLD, L_HOT };
+
 struct qc_entry {
     uint64_t off;                  /* 0: slot unused */
     void *table;                   /* NULL until first used */
     bool dirty;
     int pins;
-    uint64_t lru;
     time_t used;                   /* last use, for cache-clean-interval */
     int hnext;                     /* next in hash chain, -1 */
+    int prev, next;                /* neighbours in its list (or free stack) */
+    int list;                      /* L_NONE (free), L_COLD or L_HOT */
+};
+
+/* A doubly linked list of entries, most recently used at head. */
+struct qc_list {
+    int head, tail, count;
 };
 
 struct qc_cache {
@@ -30,8 +45,11 @@ struct qc_cache {
     struct qc_entry *e;
     int *bucket;
     uint32_t nbuckets;             /* power of two */
-    uint64_t tick;
+    uint64_t *ghost;               /* nbuckets offsets of evicted cold tables */
+    struct qc_list lists[3];       /* [L_NONE]: unused slots (head only) */
+    int cold_max;
     struct qc_cache *depends;
+    bool flush_first;              /* flush the file before the next write-back */
     const char *load_event, *write_event;
 };
 
@@ -61,15 +79,66 @@ struct qc_cache *qc_cache_new(vd_node *file, uint32_t entry_size, uint64_t nentr
     c->n = (int)nentries;
     c->nbuckets = nb;
     c->load_event = load_event;
+    c->cold_max = (int)VD_MAX(nentries / 8, VD_MIN(nentries, 16u));
     c->e = vd_calloc_array(nentries, sizeof(*c->e));
     c->bucket = vd_calloc_array(nb, sizeof(int));
-    if (!c->e || !c->bucket) {
+    c->ghost = vd_calloc_array(nb, sizeof(uint64_t));
+    if (!c->e || !c->bucket || !c->ghost) {
         qc_cache_free(c);
         return NULL;
     }
     for (uint32_t i = 0; i < nb; i++)
         c->bucket[i] = -1;
+    for (int i = 0; i < 3; i++)
+        c->lists[i] = (struct qc_list){ -1, -1, 0 };
+    for (int i = c->n - 1; i >= 0; i--) {
+        c->e[i].hnext = -1;
+        c->e[i].next = c->lists[L_NONE].head;
+        c->lists[L_NONE].head = i;
+    }
     return c;
+}
+
+/* Take entry i out of its list. */
+static void list_remove(struct qc_cache *c, int i)
+{
+    struct qc_entry *e = &c->e[i];
+    struct qc_list *l = &c->lists[e->list];
+
+    if (e->list == L_NONE) {       /* the free stack: only ever popped */
+        l->head = e->next;
+        return;
+    }
+    if (e->prev >= 0)
+        c->e[e->prev].next = e->next;
+    else
+        l->head = e->next;
+    if (e->next >= 0)
+        c->e[e->next].prev = e->prev;
+    else
+        l->tail = e->prev;
+    l->count--;
+}
+
+/* Put entry i at the head (most recently used) of list which. */
+static void list_push(struct qc_cache *c, int i, int which)
+{
+    struct qc_entry *e = &c->e[i];
+    struct qc_list *l = &c->lists[which];
+
+    e->list = which;
+    e->prev = -1;
+    e->next = l->head;
+    if (which == L_NONE) {
+        l->head = i;
+        return;
+    }
+    if (l->head >= 0)
+        c->e[l->head].prev = i;
+    else
+        l->tail = i;
+    l->head = i;
+    l->count++;
 }
 
 /* Free the cache (dirty entries are lost: flush first). */
@@ -81,6 +150,7 @@ void qc_cache_free(struct qc_cache *c)
         free(c->e[i].table);
     free(c->e);
     free(c->bucket);
+    free(c->ghost);
     free(c);
 }
 
@@ -111,6 +181,8 @@ static void unhash(struct qc_cache *c, int i)
     c->e[i].off = 0;
     c->e[i].hnext = -1;
     c->e[i].dirty = false;
+    list_remove(c, i);
+    list_push(c, i, L_NONE);
 }
 
 static int flush_dependency(struct qc_cache *c);
@@ -125,6 +197,9 @@ static int write_entry(struct qc_cache *c, int i)
         return 0;
     if (c->depends && (r = flush_dependency(c)) < 0)
         return r;
+    if (c->flush_first && (r = vd_flush(c->file)) < 0)
+        return r;
+    c->flush_first = false;
     if (c->write_event)
         vd_event(c->file, c->write_event);
     r = vd_pwrite(c->file, e->off, c->entry_size, e->table, 0);
@@ -144,7 +219,20 @@ static int flush_dependency(struct qc_cache *c)
     if ((r = vd_flush(c->file)) < 0)
         return r;
     c->depends = NULL;
+    c->flush_first = false;
     return 0;
+}
+
+/* See qcow2.h. */
+int qc_cache_write_dependency(struct qc_cache *c)
+{
+    return c->depends ? flush_dependency(c) : 0;
+}
+
+/* See qcow2.h. */
+void qc_cache_depends_on_flush(struct qc_cache *c)
+{
+    c->flush_first = true;
 }
 
 /* Make entries of c wait for everything dirty in dep. */
@@ -188,27 +276,51 @@ int qc_cache_flush(struct qc_cache *c)
     return r;
 }
 
-/* A slot for a new table: unused, else the least recently used unpinned
- * entry (written back first). */
-static int find_victim(struct qc_cache *c, int *out)
+/* The least recently used unpinned entry of list which, or -1. */
+static int lru_unpinned(const struct qc_cache *c, int which)
+{
+    int i = c->lists[which].tail;
+
+    while (i >= 0 && c->e[i].pins)
+        i = c->e[i].prev;
+    return i;
+}
+
+/* A slot for a new table that goes to list which: an unused one while the
+ * list has room, else the least recently used unpinned entry (written back
+ * first; a cold one leaves its offset in the ghost array). */
+static int find_victim(struct qc_cache *c, int which, int *out)
 {
     int best = -1, r;
 
-    for (int i = 0; i < c->n; i++) {
-        if (!c->e[i].off) {
-            best = i;
-            break;
-        }
-        if (!c->e[i].pins && (best < 0 || c->e[i].lru < c->e[best].lru))
-            best = i;
+    if (c->lists[L_NONE].head >= 0 && (which == L_HOT || c->lists[L_COLD].count < c->cold_max)) {
+        *out = c->lists[L_NONE].head;
+        list_remove(c, *out);
+        c->e[*out].list = L_NONE;
+        return 0;
     }
+    if (which == L_COLD && c->lists[L_COLD].count >= c->cold_max)
+        best = lru_unpinned(c, L_COLD);
+    /* A dirty table would cost a write and a flush now: grow instead. */
+    if (best >= 0 && c->e[best].dirty && c->lists[L_NONE].head >= 0)
+        best = c->lists[L_NONE].head;
+    if (best < 0)
+        best = lru_unpinned(c, L_HOT);
+    if (best < 0)
+        best = lru_unpinned(c, L_COLD);
+    if (best < 0 && c->lists[L_NONE].head >= 0)
+        best = c->lists[L_NONE].head;
     if (best < 0)
         return vd_error(ENOSPC, "qcow2: metadata cache is full (too many pinned tables)");
-    if (c->e[best].off) {
+    if (c->e[best].list != L_NONE) {
         if ((r = write_entry(c, best)) < 0)
             return r;
+        if (c->e[best].list == L_COLD)
+            c->ghost[bucket_of(c, c->e[best].off)] = c->e[best].off;
         unhash(c, best);
     }
+    list_remove(c, best);
+    c->e[best].list = L_NONE;
     *out = best;
     return 0;
 }
@@ -237,19 +349,40 @@ static int load_entry(struct qc_cache *c, int i, uint64_t off, bool fresh)
     return 0;
 }
 
+/* Which list a table that is not cached joins: hot when it was evicted
+ * from the cold list a short while ago. */
+static int list_for(struct qc_cache *c, uint64_t off)
+{
+    uint64_t *g = &c->ghost[bucket_of(c, off)];
+
+    if (*g != off)
+        return L_COLD;
+    *g = 0;
+    return L_HOT;
+}
+
 /* See qcow2.h. */
 int qc_cache_get(struct qc_cache *c, uint64_t off, bool fresh, void **table)
 {
-    int i = lookup(c, off), r;
+    int i = lookup(c, off), r, which;
 
     if (i < 0) {
-        if ((r = find_victim(c, &i)) < 0 || (r = load_entry(c, i, off, fresh)) < 0)
+        which = list_for(c, off);
+        if ((r = find_victim(c, which, &i)) < 0)
             return r;
-    } else if (fresh) {
-        memset(c->e[i].table, 0, c->entry_size);
+        if ((r = load_entry(c, i, off, fresh)) < 0) {
+            list_push(c, i, L_NONE);
+            return r;
+        }
+        list_push(c, i, which);
+    } else {
+        if (fresh)
+            memset(c->e[i].table, 0, c->entry_size);
+        which = c->e[i].list;
+        list_remove(c, i);
+        list_push(c, i, which);
     }
     c->e[i].pins++;
-    c->e[i].lru = ++c->tick;
     c->e[i].used = time(NULL);
     *table = c->e[i].table;
     return i;

@@ -73,6 +73,12 @@
 /* The in-memory refcount array never exceeds this. */
 #define MAX_IMRT_BYTES        (UINT64_C(1) << 30)
 
+/* Refcount blocks kept in memory at once (at most this many bytes): the
+ * COPIED pass looks up the refcounts of data clusters in L2 order, which
+ * jumps between blocks. */
+#define RB_SLOTS              16
+#define RB_SLOTS_BYTES        (1u << 20)
+
 /* The fix bits of the check hook. */
 #define FIX_LEAKS  1
 #define FIX_ERRORS 2
@@ -113,10 +119,14 @@ struct qchk {
     /* in-memory refcounts of nb clusters (refblock layout) */
     uint8_t *imrt;
     int64_t nb;
-    /* one refcount block, written back when dirty */
+    /* the current refcount block (one of the slots), written back when
+     * dirty before another becomes current; only it may be dirty */
     uint8_t *rb;
     uint64_t rb_off;
     bool rb_valid, rb_dirty;
+    uint8_t *rb_mem;                 /* rb_nslots blocks */
+    uint64_t rb_slot_off[RB_SLOTS];  /* 0: slot empty */
+    unsigned rb_nslots;
     uint8_t *l2;                     /* one L2 table */
     bool signalled;
 };
@@ -199,6 +209,14 @@ static int write_at(struct qchk *q, uint64_t off, uint64_t len, const void *buf)
     if (end > file_len(q) &&
         (r = vd_truncate(q->file, end, false, VD_PREALLOC_OFF)) < 0)
         return r;
+    for (unsigned i = 0; i < q->rb_nslots; i++) {
+        uint64_t so = q->rb_slot_off[i];
+        if (so && buf != q->rb_mem + (uint64_t)i * q->cs && so < end && off < so + q->cs) {
+            q->rb_slot_off[i] = 0;
+            if (q->rb_valid && q->rb_off == so)
+                q->rb_valid = false;
+        }
+    }
     return vd_pwrite(q->file, off, len, buf, 0);
 }
 
@@ -344,20 +362,33 @@ static int rb_flush(struct qchk *q)
     return 0;
 }
 
-/* Make the refcount block at off the cached one. */
+/* Forget every kept refcount block. */
+static void rb_forget(struct qchk *q)
+{
+    q->rb_valid = false;
+    memset(q->rb_slot_off, 0, sizeof(q->rb_slot_off));
+}
+
+/* Make the refcount block at off the current one (read unless kept). */
 static int rb_load(struct qchk *q, uint64_t off)
 {
+    unsigned slot = (unsigned)((off >> q->cluster_bits) % q->rb_nslots);
     int r;
 
     if (q->rb_valid && q->rb_off == off)
         return 0;
     if ((r = rb_flush(q)) < 0)
         return r;
-    q->rb_valid = false;
+    q->rb = q->rb_mem + (uint64_t)slot * q->cs;
+    q->rb_off = off;
+    q->rb_valid = q->rb_slot_off[slot] == off;
+    if (q->rb_valid)
+        return 0;
+    q->rb_slot_off[slot] = 0;
     vd_event(q->file, "refblock_load");
     if ((r = read_at(q, off, q->cs, q->rb)) < 0)
         return r;
-    q->rb_off = off;
+    q->rb_slot_off[slot] = off;
     q->rb_valid = true;
     return 0;
 }
@@ -1196,7 +1227,7 @@ static int rebuild_refcounts(struct qchk *q, struct vd_check_result *res)
     report("Rebuilding refcount structure\n");
     if ((r = rb_flush(q)) < 0)
         return r;
-    q->rb_valid = false;
+    rb_forget(q);
     r = write_refblocks(q, res, &t, 0, q->nb);
     /* Each pass places the table, then rewrites the refcount blocks its
      * clusters fall in; a grown table needs a new place. */
@@ -1461,7 +1492,8 @@ static int load(struct qchk *q, struct vd_check_result *sres)
         sres->check_errors++;
         return r;
     }
-    if (!(q->rb = malloc(q->cs)) || !(q->l2 = malloc(q->cs))) {
+    q->rb_nslots = (unsigned)VD_MAX(1u, VD_MIN((uint64_t)RB_SLOTS, RB_SLOTS_BYTES / q->cs));
+    if (!(q->rb_mem = vd_calloc_array(q->rb_nslots, q->cs)) || !(q->l2 = malloc(q->cs))) {
         sres->check_errors++;
         return vd_error(ENOMEM, "qcow2: out of memory");
     }
@@ -1474,7 +1506,7 @@ static void release(struct qchk *q)
     free(q->rt);
     free(q->snaps);
     free(q->imrt);
-    free(q->rb);
+    free(q->rb_mem);
     free(q->l2);
 }
 

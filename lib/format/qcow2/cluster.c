@@ -166,9 +166,14 @@ static int alloc_l2(vd_node *n, uint64_t i)
         qc_cache_discard(s->l2_cache, new_off + o);
     if ((r = qcow2_grow_file(n, n->file, new_off + s->cluster_size)) < 0)
         goto out;
+    /* Refcounts first (invariant 1), and with them the L2 updates that
+     * dropped references (invariant 4): new_off may be a cluster freed
+     * just now, which no table on disk may still name when it is
+     * overwritten.  Lazy refcounts too. */
+    if ((r = qc_cache_flush(s->rc_cache)) < 0)
+        goto out;
     vd_event(n->file, "l2_alloc_write");
     if ((r = vd_pwrite(n->file, new_off, s->cluster_size, buf, 0)) < 0 ||
-        (!s->lazy && (r = qc_cache_flush(s->rc_cache)) < 0) ||
         (r = vd_flush(n->file)) < 0)
         goto out;
     s->l1[i] = new_off | QC_COPIED;

@@ -12,23 +12,60 @@
 
 /* ---- in-flight writes ---- */
 
+/* Does f conflict with a write in flight (shared ones only conflict with
+ * exclusive ones)? */
+static bool inflight_busy(const struct qcow2_state *s, const struct qc_inflight *f)
+{
+    for (const struct qc_inflight *p = s->inflight; p; p = p->next)
+        if (p->first <= f->last && f->first <= p->last && !(p->shared && f->shared))
+            return true;
+    return false;
+}
+
 /* See qcow2.h. */
-void qcow2_inflight_begin(vd_node *n, struct qc_inflight *f, uint64_t first, uint64_t last)
+bool qcow2_inflight_try_shared(vd_node *n, struct qc_inflight *f, uint64_t first,
+                               uint64_t last)
 {
     struct qcow2_state *s = n->state;
 
-    for (;;) {
-        bool busy = false;
-        for (struct qc_inflight *p = s->inflight; p && !busy; p = p->next)
-            busy = p->first <= last && first <= p->last;
-        if (!busy)
-            break;
-        pthread_cond_wait(&s->inflight_cond, &s->lock);
-    }
     f->first = first;
     f->last = last;
+    f->shared = true;
+    for (const struct qc_inflight *p = s->inflight_waiters; p; p = p->next)
+        if (p->first <= last && first <= p->last)
+            return false;          /* queued writers go first */
+    if (inflight_busy(s, f))
+        return false;
     f->next = s->inflight;
     s->inflight = f;
+    return true;
+}
+
+/* See qcow2.h.  A waiter sleeps on its own condition until a finishing
+ * writer registers its range for it (so a finish wakes only the writers it
+ * lets go, never all of them). */
+void qcow2_inflight_begin(vd_node *n, struct qc_inflight *f, uint64_t first, uint64_t last)
+{
+    struct qcow2_state *s = n->state;
+    struct qc_inflight **pp;
+
+    f->first = first;
+    f->last = last;
+    f->shared = false;
+    if (!inflight_busy(s, f)) {
+        f->next = s->inflight;
+        s->inflight = f;
+        return;
+    }
+    pthread_cond_init(&f->cond, NULL);
+    f->granted = false;
+    f->next = NULL;
+    for (pp = &s->inflight_waiters; *pp; pp = &(*pp)->next)
+        ;
+    *pp = f;
+    while (!f->granted)
+        pthread_cond_wait(&f->cond, &s->lock);
+    pthread_cond_destroy(&f->cond);
 }
 
 /* See qcow2.h. */
@@ -42,7 +79,19 @@ void qcow2_inflight_end(vd_node *n, struct qc_inflight *f)
             break;
         }
     }
-    pthread_cond_broadcast(&s->inflight_cond);
+    /* Hand the freed range to the waiters it unblocks, oldest first. */
+    for (struct qc_inflight **pp = &s->inflight_waiters; *pp;) {
+        struct qc_inflight *w = *pp;
+        if (inflight_busy(s, w)) {
+            pp = &w->next;
+            continue;
+        }
+        *pp = w->next;
+        w->next = s->inflight;
+        s->inflight = w;
+        w->granted = true;
+        pthread_cond_signal(&w->cond);
+    }
 }
 
 /* ---- reads ---- */
@@ -241,7 +290,10 @@ static int zero_run(vd_node *n, const struct zop *z, uint64_t ustart, uint64_t u
 
     if ((r = qcow2_get_l2_slice(n, gc, false, &slice, &idx, &h)) < 0)
         return r;
-    if (!slice && (z->discard ? !(s->version >= 3 && n->backing) : !n->backing))
+    /* (a backing file named but not opened, as convert -B opens its
+     * target, still shows through unallocated clusters) */
+    if (!slice && (z->discard ? !(s->version >= 3 && n->backing)
+                              : !(n->backing || n->backing_name)))
         return 0;                  /* unallocated and reads as wanted */
     if (!slice) {
         if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)

@@ -20,6 +20,7 @@
 #define QC_MAX_BITMAPS 65535u
 #define QC_MAX_BITMAP_DIR (64u << 20)
 #define QC_DEFAULT_SLICE 4096u
+#define QC_GROW_AHEAD (32ull << 20)
 
 /* Score 100 on the magic with a version of at least 2 (1 is qcow). */
 static int qcow2_probe(const uint8_t *buf, size_t len, const char *filename)
@@ -45,16 +46,34 @@ int qcow2_grow_file(vd_node *n, vd_node *f, uint64_t end)
 {
     struct qcow2_state *s = n->state;
     int64_t cur = vd_getlength(f);
-    int r;
+    uint64_t ahead = end;
+    int r = 0;
 
-    if (cur >= 0 && (uint64_t)cur >= end)
-        return 0;
-    if ((r = vd_truncate(f, end, true, VD_PREALLOC_OFF)) < 0)
-        return vd_error_prefix(r, "qcow2: could not grow the image file to %llu bytes",
-                               (unsigned long long)end);
+    if (cur < 0 || (uint64_t)cur < end) {
+        /* The image file grows QC_GROW_AHEAD at a time (one resize per
+         * many allocations); qcow2_close cuts the unused tail. */
+        if (f == n->file && round_up_checked(end, QC_GROW_AHEAD, &ahead) && ahead > end &&
+            ahead <= INT64_MAX && vd_truncate(f, ahead, true, VD_PREALLOC_OFF) >= 0)
+            s->grown_to = ahead;
+        else if ((r = vd_truncate(f, end, true, VD_PREALLOC_OFF)) < 0)
+            return vd_error_prefix(r, "qcow2: could not grow the image file to %llu bytes",
+                                   (unsigned long long)end);
+    }
     if (f == n->file && end > s->file_end)
         s->file_end = end;
     return 0;
+}
+
+/* Cut what qcow2_grow_file added past file_end (nothing else changed the
+ * length since); lock held or no other user. */
+static void trim_grown_tail(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+
+    if (s->grown_to && (uint64_t)vd_getlength(n->file) == s->grown_to &&
+        s->file_end < s->grown_to)
+        vd_truncate(n->file, s->file_end, true, VD_PREALLOC_OFF);
+    s->grown_to = 0;
 }
 
 /* See qcow2.h. */
@@ -574,6 +593,23 @@ static void drop_known_opts(vd_opts *opts)
         vd_opts_del(opts, keys[i]);
 }
 
+static int qcow2_check_hook(vd_node *n, struct vd_check_result *res, int fix);
+
+/* A dirty image (lazy refcounts, not closed cleanly) opened read-write:
+ * rebuild its refcounts and clear the dirty bit before anything else, as
+ * QEMU does; "check" opens (VD_O_CHECK) leave that to the check itself. */
+static int repair_dirty(vd_node *n)
+{
+    struct vd_check_result res;
+    int r = qcow2_check_hook(n, &res, 3);
+
+    if (r < 0)
+        return vd_error_prefix(r, "Could not repair dirty image");
+    if (res.check_errors || res.corruptions)
+        return vd_error(EIO, "Could not repair dirty image");
+    return 0;
+}
+
 /* Parse and validate everything; load L1 and refcount tables. */
 static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
 {
@@ -606,7 +642,7 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
         (r = open_data_file(n, opts, flags)) < 0)
         goto out;
     s->needs_repair = (s->incompat & QC_INCOMPAT_DIRTY) && !n->read_only;
-    r = 0;
+    r = s->needs_repair && !(flags & VD_O_CHECK) ? repair_dirty(n) : 0;
 out:
     free(c);
     return r;
@@ -701,6 +737,8 @@ static void qcow2_close(vd_node *n)
         int r = qcow2_flush_caches(n);
         if (r >= 0 && s->data_external)
             r = vd_flush(s->data);
+        if (r >= 0)
+            trim_grown_tail(n);
         if (r >= 0 && s->write_prepared)
             mark_clean(n);
     }
@@ -979,5 +1017,7 @@ const struct vd_driver qcow2_driver = {
     .pwrite_compressed = qcow2_pwrite_compressed,
     .cluster_size = qcow2_cluster_size,
     .is_dirty = qcow2_is_dirty,
+    .change_backing_file = qcow2_change_backing_file,
+    .make_empty = qcow2_make_empty,
 };
 VD_DRIVER_REGISTER(qcow2_driver)

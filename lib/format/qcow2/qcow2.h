@@ -75,10 +75,14 @@ enum qc_type {
 struct qc_cache;
 
 /* One write in flight that allocates or fills guest clusters
- * [first, last]; overlapping writers wait for it. */
+ * [first, last]; overlapping writers wait for it (queued, each on its own
+ * condition, and handed the range when it is free). */
 struct qc_inflight {
     uint64_t first, last;
     struct qc_inflight *next;
+    pthread_cond_t cond;           /* while queued */
+    bool granted;
+    bool shared;                   /* in-place write: overlaps other shared ones */
 };
 
 struct qcow2_state {
@@ -86,6 +90,7 @@ struct qcow2_state {
                                       guest data I/O */
     pthread_cond_t inflight_cond;
     struct qc_inflight *inflight;
+    struct qc_inflight *inflight_waiters;  /* queued, oldest first */
 
     /* Header, as read (host byte order). */
     uint32_t version, cluster_bits, crypt_method, l1_size, reftable_clusters;
@@ -115,6 +120,8 @@ struct qcow2_state {
     uint32_t l2_slice_size;        /* bytes per L2 cache entry */
     uint64_t free_cluster_index;   /* no free cluster below this */
     uint64_t file_end;             /* bytes the file is known to have */
+    uint64_t grown_to;             /* file length after growing it ahead of
+                                      file_end (cut back at close), 0: none */
 
     /* Header extensions kept for info and rewrites. */
     char *backing_fmt, *data_file_name;
@@ -195,6 +202,11 @@ void qc_cache_mark_dirty(struct qc_cache *c, int h);
 /* Entries of c are written only after everything in dep is (with a flush
  * of the file between). */
 int qc_cache_set_dependency(struct qc_cache *c, struct qc_cache *dep);
+/* Entries of c are written only after a flush of the file (what they
+ * will point to, written just before, must be stable first). */
+void qc_cache_depends_on_flush(struct qc_cache *c);
+/* Write back (and flush) what c depends on now, if anything. */
+int qc_cache_write_dependency(struct qc_cache *c);
 int qc_cache_flush(struct qc_cache *c);
 /* Forget a cached table (its cluster is freed); no write-back. */
 void qc_cache_discard(struct qc_cache *c, uint64_t off);
@@ -259,6 +271,10 @@ int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *
  * register one. Lock held. */
 void qcow2_inflight_begin(vd_node *n, struct qc_inflight *f, uint64_t first, uint64_t last);
 void qcow2_inflight_end(vd_node *n, struct qc_inflight *f);
+/* Register a shared in-place write (see write.c, invariant 7) unless an
+ * exclusive one holds or waits for part of [first, last]. Lock held. */
+bool qcow2_inflight_try_shared(vd_node *n, struct qc_inflight *f, uint64_t first,
+                               uint64_t last);
 
 /* ---- compress.c ---- */
 /* Decompress src into exactly dst_len bytes. */
@@ -278,6 +294,10 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refc
                              bool ext_l2);
 /* Preallocate [from, to) of the guest (metadata, falloc or full). */
 int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+
+/* ---- backing.c ---- */
+int qcow2_change_backing_file(vd_node *n, const char *name, const char *fmt);
+int qcow2_make_empty(vd_node *n);
 
 extern const struct vd_driver qcow2_driver;
 

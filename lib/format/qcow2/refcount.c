@@ -338,19 +338,23 @@ int qcow2_update_refcount(vd_node *n, uint64_t off, uint64_t len, int64_t delta)
 
     if (!len)
         return 0;
-    if (delta < 0 && !s->lazy &&
-        (r = qc_cache_set_dependency(s->rc_cache, s->l2_cache)) < 0)
+    /* Invariant 4; kept with lazy refcounts too, so that a freed cluster
+     * is not reused while a table on disk still names it. */
+    if (delta < 0 && (r = qc_cache_set_dependency(s->rc_cache, s->l2_cache)) < 0)
         return r;
     return update_range(n, off >> s->cluster_bits, (off + len - 1) >> s->cluster_bits, delta);
 }
 
-/* First run of count free clusters at or after *start. */
-static int find_free(vd_node *n, uint64_t count, uint64_t *start)
+/* First run of count free clusters at or after *start; *first_free is
+ * the first free cluster seen (a shorter run may come before the one
+ * found). */
+static int find_free(vd_node *n, uint64_t count, uint64_t *start, uint64_t *first_free)
 {
     struct qcow2_state *s = n->state;
     uint64_t cl = *start, run = 0, rc;
     int r;
 
+    *first_free = UINT64_MAX;
     while (run < count) {
         if (((cl + 1) << s->cluster_bits) > QC_OFFSET_MASK + 1)
             return vd_error(EFBIG, "qcow2: image file is full");
@@ -360,6 +364,7 @@ static int find_free(vd_node *n, uint64_t count, uint64_t *start)
             cl += run + 1;
             run = 0;
         } else {
+            *first_free = VD_MIN(*first_free, cl + run);
             run++;
         }
     }
@@ -375,10 +380,15 @@ int qcow2_alloc_clusters(vd_node *n, uint64_t count, uint64_t *off)
     int r;
 
     vd_event(n->file, "cluster_alloc");
+    /* Invariant 4: a cluster freed since the L2 tables were last written
+     * may still be named on disk; write them before it is reused. */
+    if ((r = qc_cache_write_dependency(s->rc_cache)) < 0)
+        return r;
     for (int tries = 0; tries < 4096; tries++) {
-        uint64_t before = s->reftable_size, first, last;
-        cl = VD_MAX(s->free_cluster_index, 1);
-        if ((r = find_free(n, count, &cl)) < 0)
+        uint64_t before = s->reftable_size, first, last, first_free;
+        uint64_t index = s->free_cluster_index;
+        cl = VD_MAX(index, 1);
+        if ((r = find_free(n, count, &cl, &first_free)) < 0)
             return r;
         /* Blocks for the run may land inside it: look again if any appear. */
         first = cl >> s->refblock_bits;
@@ -398,8 +408,10 @@ int qcow2_alloc_clusters(vd_node *n, uint64_t count, uint64_t *off)
             continue;
         if ((r = update_range(n, cl, cl + count - 1, 1)) < 0)
             return r;
-        if (cl == VD_MAX(s->free_cluster_index, 1))
-            s->free_cluster_index = cl + count;
+        /* Nothing below first_free is free: the scan saw it all used
+         * (keeps later scans from walking the used part again). */
+        if (s->free_cluster_index == index)
+            s->free_cluster_index = first_free == cl ? cl + count : first_free;
         *off = cl << s->cluster_bits;
         return 0;
     }

@@ -10,8 +10,13 @@
  *     depends on the refcount cache: no L2 slice reaches the disk before
  *     the refcount blocks it relies on, with a flush of the file between.
  *  2. Data before references.  Guest data and the copied-on-write parts of
- *     a newly allocated cluster are written before its L2 entry changes, so
- *     an L2 entry never names a cluster whose contents were not written.
+ *     a newly allocated cluster are written before its L2 entry changes,
+ *     and the L2 cache waits for a flush of the file before it writes the
+ *     entry back, so an L2 entry never names a cluster whose contents did
+ *     not reach the disk (nor one past the end of the file).  The
+ *     copy-on-write parts of a fresh cluster that lies wholly past what the
+ *     file held before (file_end; zeroes since the file grew) need no
+ *     write when they would be zeroes (plan_run).
  *  3. Tables before pointers.  A new L2 table is written and flushed before
  *     the L1 entry naming it; a new L1 or refcount table and its refcount
  *     blocks are written and flushed before the header names them; a new
@@ -26,7 +31,9 @@
  *     before the first change.
  *  7. One writer per cluster.  A write, zero or discard registers its guest
  *     clusters as in flight; an overlapping one waits.  The metadata lock
- *     is never held across guest data I/O.
+ *     is never held across guest data I/O.  Only writes that change no
+ *     metadata (in place into clusters the image owns) share clusters with
+ *     each other (plan_shared), never with anything else.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -128,12 +135,13 @@ static int plan_cluster(vd_node *n, struct wclus *w)
     return 0;
 }
 
-/* Plan clusters [first, first+count) of one L2 slice; allocate the fresh
- * ones contiguously (refcounts first: invariant 1). */
-static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, size_t count)
+/* Plan the clusters of [off, off+len) (one L2 slice) without allocating;
+ * *nfresh counts those that need a new host cluster. */
+static int plan_entries(vd_node *n, uint64_t off, uint64_t len, struct wclus *w,
+                        size_t count, uint64_t *nfresh)
 {
     struct qcow2_state *s = n->state;
-    uint64_t *slice, nfresh = 0, host = 0;
+    uint64_t *slice;
     uint32_t idx;
     int h, r = 0;
 
@@ -152,12 +160,31 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
         }
         if ((r = plan_cluster(n, &w[k])) < 0)
             break;
-        nfresh += w[k].fresh;
+        *nfresh += w[k].fresh;
     }
     qc_cache_put(s->l2_cache, h);
     if (r >= 0 && s->data_external)
         r = qcow2_grow_file(n, s->data, w[count - 1].host + w[count - 1].whi);
-    if (r < 0 || !nfresh)
+    return r;
+}
+
+/* Would the copy-on-write parts of planned cluster w read as zeroes (no
+ * host data before, and no backing file or a zero cluster)? */
+static bool cow_reads_zero(vd_node *n, const struct wclus *w)
+{
+    return !(w->old_entry & (QC_OFFSET_MASK | QC_COMPRESSED)) &&
+           ((w->old_entry & QC_ZERO_FLAG) || !n->backing);
+}
+
+/* Plan clusters [first, first+count) of one L2 slice; allocate the fresh
+ * ones contiguously (refcounts first: invariant 1). */
+static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t nfresh = 0, host = 0, zero_from = s->file_end;
+    int r;
+
+    if ((r = plan_entries(n, off, len, w, count, &nfresh)) < 0 || !nfresh)
         return r;
     /* In pieces small enough to fit between refcount blocks, which sit
      * at the start of the range they describe. */
@@ -179,8 +206,36 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
         host += s->cluster_size;
         end = VD_MAX(end, host);
         left--;
+        /* Past what the file held: it reads as zeroes already (inv. 2). */
+        if (!s->ext_l2 && w[k].host >= zero_from && cow_reads_zero(n, &w[k])) {
+            w[k].wlo = w[k].lo;
+            w[k].whi = w[k].hi;
+        }
     }
     return qcow2_grow_file(n, n->file, end);
+}
+
+/* Register [off, off+len) as a shared in-place write when every cluster
+ * is written in place and no metadata changes (invariant 7): 1 when done,
+ * 0 when the write needs the exclusive path.  Lock held. */
+static int plan_shared(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, size_t count,
+                       struct qc_inflight *f)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t nfresh = 0;
+    int r;
+
+    if (!qcow2_inflight_try_shared(n, f, off >> s->cluster_bits,
+                                   (off + len - 1) >> s->cluster_bits))
+        return 0;
+    r = plan_entries(n, off, len, w, count, &nfresh);
+    for (size_t k = 0; r >= 0 && k < count; k++)
+        if (w[k].fresh || w[k].update || w[k].wlo < w[k].lo || w[k].whi > w[k].hi)
+            r = -EAGAIN;
+    if (r >= 0)
+        return 1;
+    qcow2_inflight_end(n, f);
+    return r == -EAGAIN ? 0 : r;
 }
 
 /* Write one cluster whose written range extends past the guest data:
@@ -261,6 +316,10 @@ static int link_run(vd_node *n, const struct wclus *w, size_t count)
         qc_cache_put(s->l2_cache, h);
         return r;
     }
+    /* Invariant 2 across a power loss: the data is stable before the
+     * entry that names it (the refcount dependency flushes too, but not
+     * with lazy refcounts nor for clusters that keep their host). */
+    qc_cache_depends_on_flush(s->l2_cache);
     for (size_t k = 0; k < count; k++) {
         if (!w[k].update)
             continue;
@@ -297,8 +356,14 @@ static int write_run(vd_node *n, uint64_t off, uint64_t len, const char *buf)
 
     if (!w)
         return vd_error(ENOMEM, "out of memory");
-    qcow2_inflight_begin(n, &f, off >> s->cluster_bits, (off + len - 1) >> s->cluster_bits);
-    r = plan_run(n, off, len, w, count);
+    if ((r = plan_shared(n, off, len, w, count, &f)) < 0) {
+        free(w);
+        return r;
+    }
+    if (r == 0) {
+        qcow2_inflight_begin(n, &f, off >> s->cluster_bits, (off + len - 1) >> s->cluster_bits);
+        r = plan_run(n, off, len, w, count);
+    }
     if (r >= 0) {
         pthread_mutex_unlock(&s->lock);
         r = write_run_data(n, w, count, buf);
@@ -355,6 +420,7 @@ static int link_compressed(vd_node *n, uint64_t gc, uint64_t coff, uint64_t clen
         qc_cache_put(s->l2_cache, h);
         return r;
     }
+    qc_cache_depends_on_flush(s->l2_cache);    /* invariant 2 */
     old = qc_l2_get(s, slice, idx);
     vd_event(n->file, "l2_update_compressed");
     qc_l2_set(s, slice, idx, QC_COMPRESSED | (nsec << s->csize_shift) | coff, 0);

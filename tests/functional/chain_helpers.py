@@ -1,0 +1,120 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""Helpers of the commit and rebase tests: build the same backing chain
+twice (once for qemu-img, once for vdisk-img), run the same command on each
+and compare what they print and the images they leave."""
+import json
+import os
+import re
+import shutil
+import subprocess
+
+from conftest import QEMU_IMG, VDISK_IMG, qimg, run, same_output
+
+QEMU_IO = shutil.which("qemu-io")
+MB = 1 << 20
+
+
+def qio(img, *cmds, fmt=None, cwd=None):
+    """Run qemu-io commands on img."""
+    args = [QEMU_IO]
+    if fmt:
+        args += ["-f", fmt]
+    for c in cmds:
+        args += ["-c", c]
+    p = subprocess.run(args + [str(img)], capture_output=True, text=True, cwd=cwd)
+    assert p.returncode == 0, p.stderr
+
+
+def make_chain(d, spec):
+    """Create images in directory d from spec: a list of
+    (name, fmt, size, backing name or None, [qemu-io commands])."""
+    os.makedirs(d, exist_ok=True)
+    for name, fmt, size, backing, cmds in spec:
+        args = ["create", "-q", "-f", fmt]
+        if backing:
+            bfmt = [f for n, f, _, _, _ in spec if n == backing][0]
+            args += ["-b", backing, "-F", bfmt]
+        p = subprocess.run([QEMU_IMG] + args + [name, str(size)], capture_output=True,
+                           text=True, cwd=d)
+        assert p.returncode == 0, p.stderr
+        if cmds:
+            qio(name, *cmds, fmt=fmt, cwd=d)
+
+
+def run_both(tmp_path, spec, args, cwd_sub=None):
+    """Build spec in tmp/q and tmp/v, run qemu-img args in q and vdisk-img
+    args in v; returns (qemu result, vdisk result, q dir, v dir)."""
+    res = []
+    for side, prog in (("q", QEMU_IMG), ("v", VDISK_IMG)):
+        d = str(tmp_path / side)
+        make_chain(d, spec)
+        cwd = os.path.join(d, cwd_sub) if cwd_sub else d
+        os.makedirs(cwd, exist_ok=True)
+        res.append(subprocess.run([prog] + [str(a) for a in args], capture_output=True,
+                                  text=True, cwd=cwd, timeout=300))
+    return res[0], res[1], str(tmp_path / "q"), str(tmp_path / "v")
+
+
+def same_messages(q, v):
+    """Same stdout, stderr (up to the program name) and exit code."""
+    assert same_output(v.stdout, q.stdout), (q.stdout, v.stdout)
+    assert same_output(v.stderr, q.stderr), (q.stderr, v.stderr)
+    assert v.returncode == q.returncode, (q.returncode, v.returncode)
+
+
+def chain_info(d, top):
+    """info --backing-chain of top, without the host-dependent disk size."""
+    p = subprocess.run([QEMU_IMG, "info", "--backing-chain", top], capture_output=True,
+                       text=True, cwd=d)
+    assert p.returncode == 0, p.stderr
+    return re.sub(r"(?m)^disk size: .*\n", "", p.stdout)
+
+
+def alone(path, fmt):
+    """A json: name opening path without its backing file."""
+    return 'json:{"driver": "%s", "backing": null, "file": {"driver": "file", ' \
+           '"filename": "%s"}}' % (fmt, path)
+
+
+def opens(path):
+    """Does the image open with its backing chain?"""
+    return qimg("info", "--backing-chain", path).returncode == 0
+
+
+def allocation(path, fmt):
+    """qemu-img map of path without host offsets (layouts may differ)."""
+    if fmt == "raw":
+        p = qimg("map", "--output=json", "-f", fmt, path)
+    else:
+        p = qimg("map", "--output=json", path if opens(path) else alone(path, fmt))
+    assert p.returncode == 0, p.stderr
+    out = []
+    for e in json.loads(p.stdout):
+        e.pop("offset", None)
+        if out and all(out[-1][k] == e[k] for k in e if k not in ("start", "length")):
+            out[-1]["length"] += e["length"]
+        else:
+            out.append(e)
+    return out
+
+
+def same_images(qd, vd, spec, top=None):
+    """Every image of spec: identical content (read alone, as a raw file
+    reads for raw), qemu-img check clean; info --backing-chain of top equal."""
+    for name, fmt, _, _, _ in spec:
+        qf, vf = os.path.join(qd, name), os.path.join(vd, name)
+        if fmt == "raw" or (opens(qf) and opens(vf)):
+            p = qimg("compare", "-f", fmt, "-F", fmt, qf, vf)
+        else:
+            p = qimg("compare", alone(qf, fmt), alone(vf, fmt))
+        assert p.returncode == 0, (name, p.stdout, p.stderr)
+        if fmt != "raw":
+            p = qimg("check", vf if opens(vf) else alone(vf, fmt))
+            assert p.returncode == 0, (name, p.stdout, p.stderr)
+        assert allocation(qf, fmt) == allocation(vf, fmt), name
+    if top and opens(os.path.join(qd, top)):
+        assert chain_info(qd, top) == chain_info(vd, top)
+    elif top:
+        assert [qimg("info", alone(os.path.join(d, top), "qcow2")).stdout.replace(d, "")
+                for d in (qd, vd)] == [qimg("info", alone(os.path.join(qd, top), "qcow2"))
+                                      .stdout.replace(qd, "")] * 2
