@@ -103,6 +103,18 @@ struct vd_driver {
     /* Make every block unallocated, so reads fall through to the backing
      * file (commit empties the overlay).  NULL: the format cannot. */
     int (*make_empty)(vd_node *n);
+    /* Internal snapshots (NULL: the format has none).  snapshot_list
+     * returns the count and a malloc'd array (vd_snapshot_list_free);
+     * snapshot_create records the current state under sn->name (the driver
+     * picks the id); snapshot_goto reverts to the snapshot whose id, else
+     * name, is id_or_name; snapshot_delete and snapshot_load name it by id
+     * and/or name (NULL: any); snapshot_load makes a read-only node read
+     * the snapshot instead of the current state. */
+    int (*snapshot_list)(vd_node *n, struct vd_snapshot_info **out);
+    int (*snapshot_create)(vd_node *n, const struct vd_snapshot_info *sn);
+    int (*snapshot_goto)(vd_node *n, const char *id_or_name);
+    int (*snapshot_delete)(vd_node *n, const char *id, const char *name);
+    int (*snapshot_load)(vd_node *n, const char *id, const char *name);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

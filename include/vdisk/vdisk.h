@@ -44,6 +44,7 @@ void vd_error_clear(void);
 #define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */
 #define VD_REQ_MAY_UNMAP  0x0002 /* pwrite_zeroes: may punch a hole */
 #define VD_REQ_NO_FALLBACK 0x0004 /* pwrite_zeroes: fail with -ENOTSUP unless fast */
+#define VD_REQ_NOWAIT     0x0008 /* pread: fail with -EAGAIN instead of blocking on uncached data */
 
 /* ---- block status ---- */
 #define VD_BS_DATA          0x01 /* reads return data (not known zero) */
@@ -109,6 +110,35 @@ int vd_change_backing_file(vd_node *n, const char *name, const char *fmt);
 /* Make every block of n unallocated, so that reads fall through to its
  * backing file (commit).  -ENOTSUP when the format cannot. */
 int vd_make_empty(vd_node *n);
+
+/* ---- internal snapshots (lib/core/node.c) ---- */
+/* One internal snapshot, as qemu-img snapshot -l shows it. */
+struct vd_snapshot_info {
+    char *id, *name;
+    uint64_t vm_state_size;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec;
+    uint64_t icount;               /* UINT64_MAX: not recorded */
+    uint64_t disk_size;            /* guest size when it was taken */
+};
+/* The snapshots of n: returns the count (0 for formats without any) and a
+ * malloc'd array in *out (NULL when 0); free with vd_snapshot_list_free. */
+int vd_snapshot_list(vd_node *n, struct vd_snapshot_info **out);
+void vd_snapshot_list_free(struct vd_snapshot_info *list, int count);
+/* Take a snapshot named sn->name with sn's date, clock and VM state size
+ * (the id is chosen by the driver). */
+int vd_snapshot_create(vd_node *n, const struct vd_snapshot_info *sn);
+/* Revert n to the snapshot with id (else name) id_or_name; -ENOENT. */
+int vd_snapshot_goto(vd_node *n, const char *id_or_name);
+/* Delete the snapshot matching id and name (either may be NULL); -ENOENT. */
+int vd_snapshot_delete(vd_node *n, const char *id, const char *name);
+/* Make the read-only node n read the snapshot matching id and name
+ * (either may be NULL) instead of its current state; -ENOENT. */
+int vd_snapshot_load(vd_node *n, const char *id, const char *name);
+/* vd_snapshot_load from a qemu-img -l / qemu-nbd -l parameter:
+ * "snapshot.id=ID,snapshot.name=NAME" (either key may be left out), or an
+ * id or name (tried as an id first). */
+int vd_snapshot_load_param(vd_node *n, const char *param);
 
 /* Notify the graph below n of a named event (fault injection points). */
 void vd_event(vd_node *n, const char *event);

@@ -63,6 +63,14 @@ struct copy_waiter {
     pthread_cond_t cond;
     uint64_t seq;
     bool waiting;
+    /* In order mode a worker whose job is read parks it here; the worker
+     * that writes the job before writes it too (so ordered writes go on
+     * without a thread switch) and sets done. */
+    bool parked, done;
+    int result;
+    const struct copy_job *job;
+    char *buf;
+    const struct sparse_map *map;
 };
 
 /* Shared state of one vd_copy call. */
@@ -547,6 +555,75 @@ static int offload_job(struct copy_state *st, int id, const struct copy_job *job
     return 1;
 }
 
+/* Park a read job until its turn; 1 when it is ours to write, else the
+ * result of the worker that wrote it (or -ECANCELED).  Lock held. */
+static int park_job(struct copy_state *st, struct copy_waiter *w, const struct copy_job *job,
+                    char *buf, const struct sparse_map *m)
+{
+    w->seq = job->seq;
+    w->job = job;
+    w->buf = buf;
+    w->map = m;
+    w->done = false;
+    w->parked = w->waiting = true;
+    while (w->parked && st->write_seq != job->seq && !st->err)
+        pthread_cond_wait(&w->cond, &st->lock);
+    w->waiting = false;
+    if (w->parked) {
+        w->parked = false;
+        return st->err ? -ECANCELED : 1;
+    }
+    while (!w->done)                   /* taken: wait until written */
+        pthread_cond_wait(&w->cond, &st->lock);
+    return w->result;
+}
+
+/* Write job (in order mode once its turn comes), then every parked job
+ * that follows it; 0 or <0 on error (recorded). */
+static int ordered_write(struct copy_state *st, int id, const struct copy_job *job, char *buf,
+                         const struct sparse_map *m)
+{
+    struct copy_waiter *taken = NULL, *next;
+    int r;
+
+    pthread_mutex_lock(&st->lock);
+    r = st->ooo || st->write_seq == job->seq ? (st->err ? -ECANCELED : 1)
+                                             : park_job(st, &st->waiters[id], job, buf, m);
+    pthread_mutex_unlock(&st->lock);
+    if (r <= 0)
+        return r;
+    for (;;) {
+        r = write_job(st, job, buf, m);
+        pthread_mutex_lock(&st->lock);
+        if (r >= 0) {
+            st->write_seq++;
+            progress_locked(st, job->len);
+        }
+        if (taken) {
+            taken->done = true;
+            taken->result = r;
+            pthread_cond_signal(&taken->cond);
+        }
+        next = NULL;
+        for (int i = 0; r >= 0 && !st->ooo && i < st->nworkers; i++)
+            if (st->waiters[i].waiting && st->waiters[i].seq == st->write_seq)
+                next = &st->waiters[i];
+        if (!next || !next->parked || st->err) {
+            if (next)
+                pthread_cond_signal(&next->cond);
+            pthread_mutex_unlock(&st->lock);
+            return r < 0 ? r : 0;
+        }
+        next->parked = false;
+        next->waiting = false;
+        taken = next;
+        job = next->job;
+        buf = next->buf;
+        m = next->map;
+        pthread_mutex_unlock(&st->lock);
+    }
+}
+
 /* Run one job start to finish; <0 on error. */
 static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf,
                    struct sparse_map *m)
@@ -559,12 +636,7 @@ static int run_job(struct copy_state *st, int id, const struct copy_job *job, ch
         return r;
     if (job_sparse(st, job))
         scan_sparse(st, job->doff, job->len, buf, m);
-    if (!wait_turn(st, id, job->seq))
-        return -ECANCELED;
-    if ((r = write_job(st, job, buf, m)) < 0)
-        return r;
-    finish_job(st, job);
-    return 0;
+    return ordered_write(st, id, job, buf, m);
 }
 
 /* Worker thread: take jobs until none are left or an error stops us. */

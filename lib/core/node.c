@@ -163,3 +163,106 @@ int vd_create(const char *fmt, const char *name, vd_opts *opts)
         return r;
     return d->create(name, opts);
 }
+
+/* ---- internal snapshots ---- */
+
+/* The snapshots of n (see vdisk.h). */
+int vd_snapshot_list(vd_node *n, struct vd_snapshot_info **out)
+{
+    *out = NULL;
+    if (!n->drv->snapshot_list)
+        return 0;
+    return n->drv->snapshot_list(n, out);
+}
+
+/* Free a list from vd_snapshot_list. */
+void vd_snapshot_list_free(struct vd_snapshot_info *list, int count)
+{
+    for (int i = 0; list && i < count; i++) {
+        free(list[i].id);
+        free(list[i].name);
+    }
+    free(list);
+}
+
+/* Take a snapshot (see vdisk.h). */
+int vd_snapshot_create(vd_node *n, const struct vd_snapshot_info *sn)
+{
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (!n->drv->snapshot_create)
+        return vd_error(ENOTSUP, "Block format '%s' used by device '' does not support "
+                        "internal snapshots", n->drv->name);
+    if (!sn->name || strlen(sn->name) > UINT16_MAX)
+        return vd_error(EINVAL, "snapshot name too long");
+    return n->drv->snapshot_create(n, sn);
+}
+
+/* Revert to a snapshot; the guest size may change with it. */
+int vd_snapshot_goto(vd_node *n, const char *id_or_name)
+{
+    int r;
+
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (!n->drv->snapshot_goto)
+        return vd_error(ENOTSUP, "Block driver does not support snapshots");
+    if ((r = n->drv->snapshot_goto(n, id_or_name)) < 0)
+        return r;
+    return vd_refresh_length(n) < 0 ? -EIO : 0;
+}
+
+/* Delete a snapshot (see vdisk.h). */
+int vd_snapshot_delete(vd_node *n, const char *id, const char *name)
+{
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (!n->drv->snapshot_delete)
+        return vd_error(ENOTSUP, "Block format '%s' used by device '' does not support "
+                        "internal snapshots", n->drv->name);
+    if (!id && !name)
+        return vd_error(EINVAL, "snapshot id or name required");
+    return n->drv->snapshot_delete(n, id, name);
+}
+
+/* Read a snapshot instead of the current state (see vdisk.h). */
+int vd_snapshot_load(vd_node *n, const char *id, const char *name)
+{
+    int r;
+
+    if (!n->drv->snapshot_load)
+        return vd_error(ENOTSUP, "Block format '%s' used by device '' does not support "
+                        "temporarily loading internal snapshots", n->drv->name);
+    if (!n->read_only)
+        return vd_error(EINVAL, "Device is not readonly");
+    if (!id && !name)
+        return vd_error(EINVAL, "snapshot id or name required");
+    if ((r = n->drv->snapshot_load(n, id, name)) < 0)
+        return r;
+    return vd_refresh_length(n) < 0 ? -EIO : 0;
+}
+
+/* vd_snapshot_load from "snapshot.id=..,snapshot.name=.." or an id/name. */
+int vd_snapshot_load_param(vd_node *n, const char *param)
+{
+    vd_opts *o;
+    int r;
+
+    if (strncmp(param, "snapshot.", 9)) {
+        r = vd_snapshot_load(n, param, NULL);
+        return r == -ENOENT ? vd_snapshot_load(n, NULL, param) : r;
+    }
+    if (!(o = vd_opts_new()))
+        return vd_error(ENOMEM, "out of memory");
+    r = vd_opts_parse(o, param, NULL);
+    for (size_t i = 0; r >= 0 && i < vd_opts_count(o); i++) {
+        const char *k = vd_opts_key(o, i);
+        if (strcmp(k, "snapshot.id") && strcmp(k, "snapshot.name"))
+            r = vd_error(EINVAL, "Invalid parameter '%s'", k);
+    }
+    if (r >= 0)
+        r = vd_snapshot_load(n, vd_opts_get(o, "snapshot.id"),
+                             vd_opts_get(o, "snapshot.name"));
+    vd_opts_free(o);
+    return r;
+}

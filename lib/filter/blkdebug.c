@@ -46,7 +46,7 @@ struct bd_state {
     int64_t state;                 /* starts at 1, as QEMU */
 };
 
-/* Event names of QEMU 7.2 (BlkdebugEvent). */
+/* Event names of QEMU 7.2 (BlkdebugEvent), then vdisk's additions. */
 static const char *const bd_events[] = {
     "l1_update", "l1_grow_alloc_table", "l1_grow_write_table",
     "l1_grow_activate_table", "l2_load", "l2_update", "l2_update_compressed",
@@ -61,7 +61,9 @@ static const char *const bd_events[] = {
     "pwritev_rmw_after_head", "pwritev_rmw_tail", "pwritev_rmw_after_tail",
     "pwritev", "pwritev_zero", "pwritev_done", "empty_image_prepare",
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write",
-    "cluster_alloc_space", "none", NULL,
+    "cluster_alloc_space", "none",
+    /* vdisk's own points, where QEMU has no event name. */
+    "header_update", NULL,
 };
 
 static const char *const bd_iotypes[] = {

@@ -4,7 +4,14 @@
  * read-only, contexts) and running one valid request against the export's
  * node, appending its whole reply (every chunk) to a reply buffer.  READ
  * data is read straight into that buffer behind its chunk header, so a
- * reply needs no copy before it is written to the socket. */
+ * reply needs no copy before it is written to the socket.
+ *
+ * Replies take one of three forms, fixed by the handshake: simple (16-byte
+ * header), structured chunks (20 bytes) or, with extended headers, chunks
+ * with a 32-byte header that repeats the request's offset and has a 64-bit
+ * length; an extended connection never sends a simple reply (success
+ * without data is an NBD_REPLY_TYPE_NONE chunk) and reports block status
+ * as NBD_REPLY_TYPE_BLOCK_STATUS_EXT (64-bit extent lengths). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +31,6 @@
 #define CACHE_CHUNK (1u << 20)
 /* Smallest allocation of a reply buffer. */
 #define RBUF_MIN 4096
-
-#define CTX_ID_BASE  0
-#define CTX_ID_DEPTH 1
 
 /* See server-int.h. */
 uint8_t *rbuf_room(struct rbuf *b, size_t n)
@@ -73,41 +77,60 @@ static void simple_header(uint8_t *h, uint64_t cookie, uint32_t err)
     vd_put_be64(h + 8, cookie);
 }
 
-/* Write a structured chunk header at h for a payload of plen bytes. */
-static void chunk_header(uint8_t *h, uint64_t cookie, uint16_t flags,
-                         uint16_t type, uint32_t plen)
+/* Bytes of a chunk header on c: structured or extended. */
+static size_t hdr_len(const struct vd_nbd_conn *c)
 {
-    vd_put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
-    vd_put_be16(h + 4, flags);
-    vd_put_be16(h + 6, type);
-    vd_put_be64(h + 8, cookie);
-    vd_put_be32(h + 16, plen);
+    return c->extended ? sizeof(struct nbd_extended_reply)
+                       : sizeof(struct nbd_structured_reply);
 }
 
-/* Append a simple reply without data. */
-static int put_simple(const struct req *q, struct rbuf *o, uint32_t err)
+/* Write the chunk header of q's reply at h for a payload of plen bytes
+ * (plen fits 32 bits: payloads are at most NBD_MAX_PAYLOAD plus a chunk's
+ * fixed fields). */
+static void chunk_header(const struct vd_nbd_conn *c, uint8_t *h, const struct req *q,
+                         uint16_t flags, uint16_t type, size_t plen)
 {
-    uint8_t *h = rbuf_room(o, 16);
+    vd_put_be32(h, c->extended ? NBD_EXTENDED_REPLY_MAGIC : NBD_STRUCTURED_REPLY_MAGIC);
+    vd_put_be16(h + 4, flags);
+    vd_put_be16(h + 6, type);
+    vd_put_be64(h + 8, q->cookie);
+    if (c->extended) {
+        vd_put_be64(h + 16, q->off);
+        vd_put_be64(h + 24, plen);
+    } else {
+        vd_put_be32(h + 16, (uint32_t)plen);
+    }
+}
+
+/* Append one chunk: header, then its payload p. */
+static int put_chunk(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
+                     uint16_t flags, uint16_t type, const void *p, size_t plen)
+{
+    size_t hl = hdr_len(c);
+    uint8_t *h = rbuf_room(o, hl + plen);
 
     if (!h)
         return -ENOMEM;
-    simple_header(h, q->cookie, err);
-    o->len += 16;
+    chunk_header(c, h, q, flags, type, plen);
+    if (plen)
+        memcpy(h + hl, p, plen);
+    o->len += hl + plen;
     return 0;
 }
 
-/* Append one structured chunk: header, then its payload p. */
-static int put_chunk(const struct req *q, struct rbuf *o, uint16_t flags,
-                     uint16_t type, const void *p, size_t plen)
+/* Append a reply without data: simple, or a final NONE chunk where simple
+ * replies are not allowed (extended headers). */
+static int put_simple(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
+                      uint32_t err)
 {
-    uint8_t *h = rbuf_room(o, 20 + plen);
+    uint8_t *h;
 
-    if (!h)
+    if (c->extended)
+        return put_chunk(c, q, o, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0);
+    if (!(h = rbuf_room(o, 16)))
         return -ENOMEM;
-    chunk_header(h, q->cookie, flags, type, (uint32_t)plen);
-    if (plen)
-        memcpy(h + 20, p, plen);
-    o->len += 20 + plen;
+    simple_header(h, q->cookie, err);
+    o->len += 16;
     return 0;
 }
 
@@ -119,12 +142,12 @@ int nbd_put_error(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
     size_t ml = msg ? VD_MIN(strlen(msg), (size_t)NBD_MAX_STRING) : 0;
 
     if (!c->structured)
-        return put_simple(q, o, err);
+        return put_simple(c, q, o, err);
     vd_put_be32(ph, err);
     vd_put_be16(ph + 4, (uint16_t)ml);
     if (ml)
         memcpy(ph + 6, msg, ml);
-    return put_chunk(q, o, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, ph, 6 + ml);
+    return put_chunk(c, q, o, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_ERROR, ph, 6 + ml);
 }
 
 /* Append an error reply that ends q's reply early: 1, or -errno. */
@@ -142,7 +165,13 @@ static int put_status(struct vd_nbd_conn *c, const struct req *q,
 {
     if (r < 0)
         return nbd_put_error(c, q, o, nbd_errno(r), vd_errmsg());
-    return put_simple(q, o, 0);
+    return put_simple(c, q, o, 0);
+}
+
+/* Did a read of q fail only because VD_REQ_NOWAIT kept it from waiting? */
+static bool nowait_miss(const struct req *q, int r)
+{
+    return r == -EAGAIN && (q->rflags & VD_REQ_NOWAIT);
 }
 
 /* Offset in the node of export offset off (validated in range). */
@@ -156,29 +185,30 @@ static uint64_t node_off(const struct vd_nbd_conn *c, uint64_t off)
 static int put_data(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
                     uint64_t off, size_t len, bool last)
 {
-    uint8_t *h = rbuf_room(o, 28 + len);
+    size_t hl = hdr_len(c);
+    uint8_t *h = rbuf_room(o, hl + 8 + len);
     int r;
 
     if (!h)
         return put_fail(c, q, o, NBD_ENOMEM, "out of memory");
-    if ((r = vd_pread(c->exp->node, node_off(c, off), len, h + 28, 0)) < 0)
-        return put_fail(c, q, o, nbd_errno(r), vd_errmsg());
-    chunk_header(h, q->cookie, last ? NBD_REPLY_FLAG_DONE : 0,
-                 NBD_REPLY_TYPE_OFFSET_DATA, (uint32_t)(8 + len));
-    vd_put_be64(h + 20, off);
-    o->len += 28 + len;
+    if ((r = vd_pread(c->exp->node, node_off(c, off), len, h + hl + 8, q->rflags)) < 0)
+        return nowait_miss(q, r) ? r : put_fail(c, q, o, nbd_errno(r), vd_errmsg());
+    chunk_header(c, h, q, last ? NBD_REPLY_FLAG_DONE : 0,
+                 NBD_REPLY_TYPE_OFFSET_DATA, 8 + len);
+    vd_put_be64(h + hl, off);
+    o->len += hl + 8 + len;
     return 0;
 }
 
 /* Append an OFFSET_HOLE chunk. */
-static int put_hole(const struct req *q, struct rbuf *o, uint64_t off,
-                    uint32_t len, bool last)
+static int put_hole(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
+                    uint64_t off, uint32_t len, bool last)
 {
     uint8_t ph[12];
 
     vd_put_be64(ph, off);
     vd_put_be32(ph + 8, len);
-    return put_chunk(q, o, last ? NBD_REPLY_FLAG_DONE : 0,
+    return put_chunk(c, q, o, last ? NBD_REPLY_FLAG_DONE : 0,
                      NBD_REPLY_TYPE_OFFSET_HOLE, ph, 12);
 }
 
@@ -225,7 +255,7 @@ static int read_sparse(struct vd_nbd_conn *c, const struct req *q, struct rbuf *
         uint64_t n = next_segment(c, q->off + pos, q->len - pos, &hole);
         bool last = pos + n == q->len;
         if (hole)
-            r = put_hole(q, o, q->off + pos, (uint32_t)n, last);
+            r = put_hole(c, q, o, q->off + pos, (uint32_t)n, last);
         else
             r = put_data(c, q, o, q->off + pos, n, last);
         pos += n;
@@ -244,11 +274,11 @@ static int do_read(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o)
     if (c->structured && q->len)
         return put_data(c, q, o, q->off, q->len, true);
     if (c->structured)
-        return put_chunk(q, o, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0);
+        return put_chunk(c, q, o, NBD_REPLY_FLAG_DONE, NBD_REPLY_TYPE_NONE, NULL, 0);
     if (!(h = rbuf_room(o, 16 + (size_t)q->len)))
         return nbd_put_error(c, q, o, NBD_ENOMEM, "out of memory");
-    if ((r = vd_pread(c->exp->node, node_off(c, q->off), q->len, h + 16, 0)) < 0)
-        return nbd_put_error(c, q, o, nbd_errno(r), vd_errmsg());
+    if ((r = vd_pread(c->exp->node, node_off(c, q->off), q->len, h + 16, q->rflags)) < 0)
+        return nowait_miss(q, r) ? r : nbd_put_error(c, q, o, nbd_errno(r), vd_errmsg());
     simple_header(h, q->cookie, 0);
     o->len += 16 + (size_t)q->len;
     return 0;
@@ -328,25 +358,59 @@ static uint32_t extent_flags(bool depth_ctx, int st, int depth)
     return (st & VD_BS_DATA ? 0 : NBD_STATE_HOLE) | (st & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
 }
 
-/* Append (length, flags) for one extent to the n already at o->p + at,
- * merging with the last one when the flags match; the new count, or -1
- * when REQ_ONE stops here, or -ENOMEM. */
-static int add_extent(const struct req *q, struct rbuf *o, size_t at, int n,
-                      uint32_t len, uint32_t fl)
+/* Bytes of one block status descriptor on c: (length, flags) as 32-bit
+ * fields, or as 64-bit ones with extended headers. */
+static size_t desc_len(const struct vd_nbd_conn *c)
 {
-    uint8_t *last = o->p + at + 8 * (size_t)(n - 1), *e;
+    return c->extended ? 16 : 8;
+}
 
-    if (n && vd_get_be32(last + 4) == fl) {
-        vd_put_be32(last, vd_get_be32(last) + len);
-        return n;
+/* Store descriptor (len, fl) at e. */
+static void put_desc(const struct vd_nbd_conn *c, uint8_t *e, uint64_t len, uint32_t fl)
+{
+    if (c->extended) {
+        vd_put_be64(e, len);
+        vd_put_be64(e + 8, fl);
+    } else {
+        vd_put_be32(e, (uint32_t)len);
+        vd_put_be32(e + 4, fl);
     }
-    if (n && (q->flags & NBD_CMD_FLAG_REQ_ONE))
-        return -1;
-    if (!rbuf_room(o, at + 8 * (size_t)(n + 1) - o->len))
+}
+
+/* The length and flags of descriptor e. */
+static uint64_t desc_get(const struct vd_nbd_conn *c, const uint8_t *e, uint32_t *fl)
+{
+    if (c->extended) {
+        *fl = (uint32_t)vd_get_be64(e + 8);
+        return vd_get_be64(e);
+    }
+    *fl = vd_get_be32(e + 4);
+    return vd_get_be32(e);
+}
+
+/* Append (length, flags) for one extent to the n already at o->p + at,
+ * merging with the last one when the flags match (merged lengths stay
+ * within the request, so they fit a compact descriptor); the new count,
+ * or -1 when REQ_ONE stops here, or -ENOMEM. */
+static int add_extent(const struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
+                      size_t at, int n, uint64_t len, uint32_t fl)
+{
+    size_t ds = desc_len(c);
+    uint8_t *last = o->p + at + ds * (size_t)(n - 1);
+    uint32_t lfl;
+
+    if (n) {
+        uint64_t llen = desc_get(c, last, &lfl);
+        if (lfl == fl) {
+            put_desc(c, last, llen + len, fl);
+            return n;
+        }
+        if (q->flags & NBD_CMD_FLAG_REQ_ONE)
+            return -1;
+    }
+    if (!rbuf_room(o, at + ds * (size_t)(n + 1) - o->len))
         return -ENOMEM;
-    e = o->p + at + 8 * (size_t)n;
-    vd_put_be32(e, len);
-    vd_put_be32(e + 4, fl);
+    put_desc(c, o->p + at + ds * (size_t)n, len, fl);
     return n + 1;
 }
 
@@ -367,7 +431,7 @@ static int collect_extents(struct vd_nbd_conn *c, const struct req *q,
             return n ? n : st;
         if (pnum == 0 || pnum > q->len - pos)
             break;
-        k = add_extent(q, o, at, n, (uint32_t)pnum, extent_flags(depth_ctx, st, depth));
+        k = add_extent(c, q, o, at, n, pnum, extent_flags(depth_ctx, st, depth));
         if (k == -1)
             break;
         if (k < 0)
@@ -378,39 +442,48 @@ static int collect_extents(struct vd_nbd_conn *c, const struct req *q,
     return n;
 }
 
-/* Append one BLOCK_STATUS chunk for a context: 0, or (put_fail) an
- * error chunk instead. */
+/* Append one status chunk for a context (BLOCK_STATUS, or BLOCK_STATUS_EXT
+ * with its descriptor count): 0, or (put_fail) an error chunk instead. */
 static int put_extents(struct vd_nbd_conn *c, const struct req *q, bool depth_ctx,
                        bool last, struct rbuf *o)
 {
-    size_t at = o->len + 24;
+    size_t fixed = c->extended ? 8 : 4, at = o->len + hdr_len(c) + fixed;
+    size_t plen;
     uint8_t *h;
     int n;
 
-    if (!rbuf_room(o, 24 + 8))
+    if (!rbuf_room(o, at - o->len + desc_len(c)))
         return put_fail(c, q, o, NBD_ENOMEM, "out of memory");
     n = collect_extents(c, q, depth_ctx, o, at);
     if (n < 0)
         return put_fail(c, q, o, nbd_errno(n), vd_errmsg());
     if (n == 0)
         return put_fail(c, q, o, NBD_EIO, "no block status");
+    plen = fixed + desc_len(c) * (size_t)n;
     h = o->p + o->len;
-    chunk_header(h, q->cookie, last ? NBD_REPLY_FLAG_DONE : 0,
-                 NBD_REPLY_TYPE_BLOCK_STATUS, 4 + 8 * (uint32_t)n);
-    vd_put_be32(h + 20, depth_ctx ? CTX_ID_DEPTH : CTX_ID_BASE);
-    o->len += 24 + 8 * (size_t)n;
+    chunk_header(c, h, q, last ? NBD_REPLY_FLAG_DONE : 0,
+                 c->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT : NBD_REPLY_TYPE_BLOCK_STATUS,
+                 plen);
+    h += hdr_len(c);
+    vd_put_be32(h, depth_ctx ? CTX_ID_DEPTH : CTX_ID_BASE);
+    if (c->extended)
+        vd_put_be32(h + 4, (uint32_t)n);
+    o->len += hdr_len(c) + plen;
     return 0;
 }
 
-/* NBD_CMD_BLOCK_STATUS: one chunk per selected context. */
+/* NBD_CMD_BLOCK_STATUS: one chunk per context asked for (all selected
+ * ones, or those the payload named). */
 static int do_block_status(struct vd_nbd_conn *c, const struct req *q,
                            struct rbuf *o)
 {
+    bool base = c->meta_base && (q->ctx & CTX_BASE);
+    bool depth = c->meta_depth && (q->ctx & CTX_DEPTH);
     int r = 0;
 
-    if (c->meta_base)
-        r = put_extents(c, q, false, !c->meta_depth, o);
-    if (r == 0 && c->meta_depth)
+    if (base)
+        r = put_extents(c, q, false, !depth, o);
+    if (r == 0 && depth)
         r = put_extents(c, q, true, true, o);
     return r;
 }
@@ -433,18 +506,26 @@ static int run_cmd(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o)
 /* See server-int.h. */
 int nbd_run(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o)
 {
+    size_t start = o->len;
     int r = run_cmd(c, q, o);
 
+    if (nowait_miss(q, r))
+        o->len = start;
     return r < 0 ? r : 0;
 }
 
-/* Flags each command accepts besides FUA (valid on all). */
+/* Flags each command accepts besides FUA (valid on all).  With extended
+ * headers WRITE carries its data as a payload and BLOCK_STATUS may carry
+ * a list of context ids as one (NBD_FLAG_BLOCK_STAT_PAYLOAD). */
 static uint16_t allowed_flags(const struct vd_nbd_conn *c, uint16_t type)
 {
+    uint16_t payload = c->extended ? NBD_CMD_FLAG_PAYLOAD_LEN : 0;
+
     switch (type) {
     case NBD_CMD_READ: return c->structured ? NBD_CMD_FLAG_DF : 0;
+    case NBD_CMD_WRITE: return payload;
     case NBD_CMD_WRITE_ZEROES: return NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
-    case NBD_CMD_BLOCK_STATUS: return NBD_CMD_FLAG_REQ_ONE;
+    case NBD_CMD_BLOCK_STATUS: return NBD_CMD_FLAG_REQ_ONE | payload;
     default: return 0;
     }
 }
@@ -460,6 +541,8 @@ uint32_t nbd_validate(const struct vd_nbd_conn *c, const struct req *q,
     *msg = "invalid request";
     if (q->type > NBD_CMD_BLOCK_STATUS || q->type == NBD_CMD_DISC)
         return *msg = "unsupported command", NBD_EINVAL;
+    if (q->payload && q->type != NBD_CMD_WRITE)
+        return *msg = "this command takes no payload", NBD_EINVAL;
     if (q->flags & ~(NBD_CMD_FLAG_FUA | allowed_flags(c, q->type)))
         return *msg = "unsupported flags for this command", NBD_EINVAL;
     if (writes && e->read_only)

@@ -23,6 +23,12 @@
 /* Option payloads we parse are read whole into memory up to this. */
 #define OPT_MAX_READ (1u << 20)
 
+/* Metadata context ids, and the bits of struct req's ctx for them. */
+#define CTX_ID_BASE  0
+#define CTX_ID_DEPTH 1
+#define CTX_BASE  (1u << CTX_ID_BASE)
+#define CTX_DEPTH (1u << CTX_ID_DEPTH)
+
 /* Reply bytes being built: whole chunks are appended, then the lot goes
  * out in one write under the send lock. */
 struct rbuf {
@@ -36,7 +42,10 @@ struct req {
     struct vd_nbd_conn *c;
     uint16_t flags, type;
     uint64_t cookie, off;          /* off: in the export */
-    uint32_t len;
+    uint64_t len;                  /* effect length (WRITE: = payload) */
+    uint64_t payload;              /* bytes following the header */
+    unsigned ctx;                  /* BLOCK_STATUS: CTX_* bits to answer */
+    int rflags;                    /* READ: vd_pread flags (VD_REQ_NOWAIT) */
     uint64_t bytes;                /* buffered bytes counted in flight */
     const void *data;              /* WRITE payload */
     void *own;                     /* payload buffer owned by a worker request */
@@ -51,8 +60,8 @@ struct vd_nbd_conn {
     struct vd_nbd_tls_session *tls;
     int64_t deadline_ms;           /* handshake deadline; -1: none */
 
-    /* Negotiated in the handshake. */
-    bool fixed, no_zeroes, structured;
+    /* Negotiated in the handshake.  extended implies structured. */
+    bool fixed, no_zeroes, structured, extended;
     bool meta_base, meta_depth;    /* selected contexts */
     char *meta_export;             /* export they were selected for */
     const struct vd_nbd_export *exp;
@@ -62,6 +71,9 @@ struct vd_nbd_conn {
     size_t in_start, in_end;       /* unconsumed bytes: in[in_start, in_end) */
     struct rbuf out;               /* replies of requests run by the reader */
     atomic_uint slow;              /* average cost score of READ/WRITE */
+    bool nowait_works;             /* a VD_REQ_NOWAIT read said -EAGAIN */
+    unsigned nowait_hits;          /* their average success, of NOWAIT_SCALE */
+    unsigned nowait_tries;         /* READs seen while it was low */
 
     /* Transmission: worker threads. */
     pthread_mutex_t send_lock;     /* one write of whole chunks at a time */
@@ -106,7 +118,9 @@ uint32_t nbd_validate(const struct vd_nbd_conn *c, const struct req *q,
 int nbd_put_error(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o,
                   uint32_t err, const char *msg);
 /* Run a valid request and append its whole reply to o: 0, or -errno when
- * not even an error reply could be built (the connection must end). */
+ * not even an error reply could be built (the connection must end), or
+ * -EAGAIN (o unchanged) when a READ with VD_REQ_NOWAIT in q->rflags
+ * would have blocked. */
 int nbd_run(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o);
 
 #endif

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* NBD server handshake: the fixed newstyle greeting and the option haggling
  * (EXPORT_NAME, ABORT, LIST, STARTTLS, INFO, GO, STRUCTURED_REPLY,
- * LIST_META_CONTEXT, SET_META_CONTEXT).  Every length a client sends is
+ * LIST_META_CONTEXT, SET_META_CONTEXT, EXTENDED_HEADERS).  Every length a client sends is
  * checked against the payload it came with before anything is parsed;
  * strings are at most NBD_MAX_STRING bytes; payloads are read whole only
  * up to OPT_MAX_READ, skipped up to OPT_MAX_SKIP, and beyond that the
@@ -18,9 +18,6 @@
 
 /* Results of one option besides -errno. */
 enum { OPT_NEXT, OPT_TRANSMIT, OPT_ABORT };
-
-#define CTX_ID_BASE  0
-#define CTX_ID_DEPTH 1
 
 /* Send one option reply with an optional payload. */
 static int opt_reply(struct vd_nbd_conn *c, uint32_t opt, uint32_t type,
@@ -110,12 +107,25 @@ static const struct vd_nbd_export *find_export(struct vd_nbd_conn *c,
     return NULL;
 }
 
-/* Flags for this client: DF only with structured replies. */
+/* Are metadata contexts selected for export e? */
+static bool meta_selected(const struct vd_nbd_conn *c, const struct vd_nbd_export *e)
+{
+    return (c->meta_base || c->meta_depth) && c->meta_export &&
+           !strcmp(c->meta_export, e->name);
+}
+
+/* Flags for this client: DF only with structured replies (or extended
+ * headers); the BLOCK_STATUS payload form only with extended headers and
+ * contexts selected for e. */
 static uint16_t client_flags(struct vd_nbd_conn *c, const struct vd_nbd_export *e)
 {
     uint16_t f = vd_nbd_export_flags(e);
 
-    return c->structured ? f : (uint16_t)(f & ~NBD_FLAG_SEND_DF);
+    if (!c->structured)
+        f &= (uint16_t)~NBD_FLAG_SEND_DF;
+    if (c->extended && meta_selected(c, e))
+        f |= NBD_FLAG_BLOCK_STAT_PAYLOAD;
+    return f;
 }
 
 /* Forget the selected metadata contexts. */
@@ -133,7 +143,8 @@ static void meta_check_export(struct vd_nbd_conn *c, const struct vd_nbd_export 
         meta_clear(c);
 }
 
-/* NBD_OPT_EXPORT_NAME: errors can only be told by hanging up. */
+/* NBD_OPT_EXPORT_NAME: errors can only be told by hanging up.  A client
+ * that negotiated extended headers must use NBD_OPT_GO instead. */
 static int opt_export_name(struct vd_nbd_conn *c, uint32_t len)
 {
     const struct vd_nbd_export *e;
@@ -141,6 +152,8 @@ static int opt_export_name(struct vd_nbd_conn *c, uint32_t len)
     char name[NBD_MAX_STRING + 1];
     int r;
 
+    if (c->extended)
+        return vd_error(EINVAL, "NBD_OPT_EXPORT_NAME after extended headers were negotiated");
     if (len > NBD_MAX_STRING)
         return vd_error(EINVAL, "export name of %u bytes is too long", len);
     if ((r = conn_read(c, name, len)) < 0)
@@ -276,11 +289,28 @@ static int opt_structured(struct vd_nbd_conn *c, uint32_t len)
     if (len)
         return opt_skip_error(c, NBD_OPT_STRUCTURED_REPLY, len, NBD_REP_ERR_INVALID,
                               "NBD_OPT_STRUCTURED_REPLY must not have a payload");
+    if (c->extended)
+        return opt_error(c, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_EXT_HEADER_REQD,
+                         "extended headers already negotiated");
     if (c->structured)
         return opt_error(c, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ERR_INVALID,
                          "structured reply already negotiated");
     c->structured = true;
     return opt_reply(c, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NULL, 0);
+}
+
+/* NBD_OPT_EXTENDED_HEADERS: 32-byte request and reply headers from the
+ * transmission on; they imply (and may follow) structured replies. */
+static int opt_extended(struct vd_nbd_conn *c, uint32_t len)
+{
+    if (len)
+        return opt_skip_error(c, NBD_OPT_EXTENDED_HEADERS, len, NBD_REP_ERR_INVALID,
+                              "NBD_OPT_EXTENDED_HEADERS must not have a payload");
+    if (c->extended)
+        return opt_error(c, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ERR_INVALID,
+                         "extended headers already negotiated");
+    c->extended = c->structured = true;
+    return opt_reply(c, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, NULL, 0);
 }
 
 /* Which contexts does query q (ql bytes) name?  A LIST may name a whole
@@ -386,7 +416,7 @@ static int opt_starttls(struct vd_nbd_conn *c, uint32_t len)
         return r;
     if ((r = conn_start_tls(c)) < 0)
         return r;
-    c->structured = false;
+    c->structured = c->extended = false;
     meta_clear(c);
     return OPT_NEXT;
 }
@@ -422,6 +452,8 @@ static int handle_option(struct vd_nbd_conn *c, uint32_t opt, uint32_t len)
         return opt_info_go(c, opt, len);
     case NBD_OPT_STRUCTURED_REPLY:
         return opt_structured(c, len);
+    case NBD_OPT_EXTENDED_HEADERS:
+        return opt_extended(c, len);
     case NBD_OPT_LIST_META_CONTEXT:
     case NBD_OPT_SET_META_CONTEXT:
         return opt_meta(c, opt, len);

@@ -2,8 +2,11 @@
 /* NBD server transmission phase: the connection's reader thread and its
  * workers.
  *
- * The reader reads requests ahead into a buffer (many per recv), checks
- * each completely (nbd_validate) and then either
+ * The reader reads requests ahead into a buffer (many per recv): compact
+ * 28-byte headers, or 32-byte extended ones (64-bit lengths, payloads
+ * flagged by NBD_CMD_FLAG_PAYLOAD_LEN) once extended headers were
+ * negotiated.  It checks each request completely (nbd_validate) and then
+ * either
  *   - runs it itself, appending the reply to a batch that goes out in one
  *     write once no complete request is left to read (or the batch is
  *     large): cheap READ/WRITE/BLOCK_STATUS while the export answers fast,
@@ -36,7 +39,7 @@
 /* Read-ahead buffer: a write payload up to IN_PAYLOAD_MAX is read into it
  * whole and written from there. */
 #define IN_PAYLOAD_MAX (512u << 10)
-#define IN_BUF_SIZE (IN_PAYLOAD_MAX + 28)
+#define IN_BUF_SIZE (IN_PAYLOAD_MAX + sizeof(struct nbd_extended_request))
 /* The reader's batch of replies is sent once it holds this much. */
 #define OUT_FLUSH (256u << 10)
 /* Requests larger than this always go to a worker. */
@@ -47,6 +50,12 @@
 #define SLOW_BASE_NS 20000
 /* A worker request keeps buffers up to this for the next one. */
 #define SPARE_KEEP (4u << 20)
+/* Success rate of VD_REQ_NOWAIT reads: full scale, and the level under
+ * which a slow export's READs go straight to the workers, with one in
+ * NOWAIT_PROBE still tried to notice when the cache warms up. */
+#define NOWAIT_SCALE 1024
+#define NOWAIT_LOW (NOWAIT_SCALE / 2)
+#define NOWAIT_PROBE 16
 
 /* Monotonic nanoseconds. */
 static uint64_t now_ns(void)
@@ -62,9 +71,9 @@ static uint64_t now_ns(void)
  * sample).  A sample counts at most 4 budgets, so one request that lost
  * the CPU for a while does not make the export look slow; three that
  * really blocked do. */
-static void note_cost(struct vd_nbd_conn *c, uint32_t len, uint64_t ns)
+static void note_cost(struct vd_nbd_conn *c, uint64_t len, uint64_t ns)
 {
-    uint64_t score = ns * SLOW_SCORE / (SLOW_BASE_NS + (uint64_t)len);
+    uint64_t score = ns * SLOW_SCORE / (SLOW_BASE_NS + len);
     unsigned old = atomic_load_explicit(&c->slow, memory_order_relaxed);
     int64_t avg = (int64_t)old + ((int64_t)VD_MIN(score, 4u * SLOW_SCORE) - (int64_t)old) / 8;
 
@@ -282,6 +291,9 @@ static int hand_off(struct vd_nbd_conn *c, const struct req *q)
     w->cookie = q->cookie;
     w->off = q->off;
     w->len = q->len;
+    w->payload = q->payload;
+    w->ctx = q->ctx;
+    w->rflags = 0;
     w->bytes = bytes;
     w->out.len = 0;
     w->data = NULL;
@@ -301,8 +313,27 @@ static int hand_off(struct vd_nbd_conn *c, const struct req *q)
     return 0;
 }
 
+/* Fold the outcome of a VD_REQ_NOWAIT read into the average (1/8 weight). */
+static void note_nowait(struct vd_nbd_conn *c, bool hit)
+{
+    int d = (hit ? NOWAIT_SCALE : 0) - (int)c->nowait_hits;
+
+    c->nowait_hits = (unsigned)((int)c->nowait_hits + d / 8);
+}
+
+/* While the export is slow, is a READ worth trying here?  Only once the
+ * export has shown that it answers VD_REQ_NOWAIT (a read said -EAGAIN),
+ * and while such reads mostly find their data (a miss costs a failed
+ * read before the handoff), or as a probe. */
+static bool nowait_worth(struct vd_nbd_conn *c)
+{
+    if (!c->nowait_works)
+        return false;
+    return c->nowait_hits >= NOWAIT_LOW || ++c->nowait_tries % NOWAIT_PROBE == 0;
+}
+
 /* Should the reader run q itself? */
-static bool run_here(const struct vd_nbd_conn *c, const struct req *q)
+static bool run_here(struct vd_nbd_conn *c, const struct req *q)
 {
     if (timed(q)) {
         if (q->len > INLINE_MAX || (q->flags & NBD_CMD_FLAG_FUA))
@@ -312,10 +343,14 @@ static bool run_here(const struct vd_nbd_conn *c, const struct req *q)
     } else if (q->type != NBD_CMD_BLOCK_STATUS) {
         return false;
     }
-    return atomic_load_explicit(&c->slow, memory_order_relaxed) < SLOW_SCORE;
+    if (atomic_load_explicit(&c->slow, memory_order_relaxed) < SLOW_SCORE)
+        return true;
+    return q->type == NBD_CMD_READ && nowait_worth(c);
 }
 
-/* Run q on the reader, its payload (if any) read into the buffer. */
+/* Run q on the reader, its payload (if any) read into the buffer.  A
+ * READ does not wait for the disk: data not in the cache (-EAGAIN) is
+ * read by a worker instead. */
 static int run_inline(struct vd_nbd_conn *c, struct req *q)
 {
     uint64_t t0;
@@ -327,8 +362,15 @@ static int run_inline(struct vd_nbd_conn *c, struct req *q)
         q->data = c->in + c->in_start;
     }
     vd_error_clear();
+    q->rflags = q->type == NBD_CMD_READ ? VD_REQ_NOWAIT : 0;
     t0 = now_ns();
     r = nbd_run(c, q, &c->out);
+    if (q->rflags)
+        note_nowait(c, r != -EAGAIN);
+    if (r == -EAGAIN && q->rflags) {
+        c->nowait_works = true;
+        return hand_off(c, q);
+    }
     if (timed(q))
         note_cost(c, q->len, now_ns() - t0);
     if (q->type == NBD_CMD_WRITE)
@@ -338,45 +380,133 @@ static int run_inline(struct vd_nbd_conn *c, struct req *q)
     return c->out.len >= OUT_FLUSH ? send_out(c, &c->out) : 0;
 }
 
-/* Decode a request header. */
-static void parse_request(const uint8_t *h, struct req *q)
+/* Decode a compact request header (28 bytes): only WRITE has a payload. */
+static void parse_compact(const uint8_t *h, struct req *q)
 {
     q->flags = vd_get_be16(h + 4);
     q->type = vd_get_be16(h + 6);
     q->cookie = vd_get_be64(h + 8);
     q->off = vd_get_be64(h + 16);
     q->len = vd_get_be32(h + 24);
+    q->payload = q->type == NBD_CMD_WRITE ? q->len : 0;
 }
 
-/* Refuse a request: drop its write payload, then reply with the error. */
+/* Decode an extended request header (32 bytes): the 64-bit length is the
+ * payload's with NBD_CMD_FLAG_PAYLOAD_LEN, else an effect length.  A WRITE
+ * without the flag breaks a MUST of the spec; its length can only mean the
+ * data behind it (the compact form), so it is read as that rather than
+ * taking the data for the next requests. */
+static void parse_extended(const uint8_t *h, struct req *q)
+{
+    q->flags = vd_get_be16(h + 4);
+    q->type = vd_get_be16(h + 6);
+    q->cookie = vd_get_be64(h + 8);
+    q->off = vd_get_be64(h + 16);
+    q->len = vd_get_be64(h + 24);
+    q->payload = (q->flags & NBD_CMD_FLAG_PAYLOAD_LEN) || q->type == NBD_CMD_WRITE
+               ? q->len : 0;
+}
+
+/* Refuse a request: drop its payload, then reply with the error. */
 static int refuse(struct vd_nbd_conn *c, const struct req *q, uint32_t err,
                   const char *msg)
 {
     int r;
 
-    if (q->type == NBD_CMD_WRITE && (r = in_take(c, NULL, q->len)) < 0)
+    if (q->payload && (r = in_take(c, NULL, q->payload)) < 0)
         return r;
     if ((r = nbd_put_error(c, q, &c->out, err, msg)) < 0)
         return conn_fail(c, r);
     return 0;
 }
 
+/* The contexts a BLOCK_STATUS payload names (64-bit effect length, then
+ * distinct selected context ids), read from the input: 0 with q->len and
+ * q->ctx set, 1 when it is malformed (q->payload: what is left of it to
+ * drop), -errno. */
+static int read_bs_payload(struct vd_nbd_conn *c, struct req *q)
+{
+    const uint8_t *p;
+    uint64_t n = q->payload;
+    unsigned ctx = 0;
+    int r;
+
+    if (n < 12 || n > 8 + 4 * 2 || n % 4)
+        return 1;
+    if ((r = in_need(c, (size_t)n)) < 0)
+        return r;
+    p = c->in + c->in_start;
+    c->in_start += (size_t)n;
+    q->payload = 0;
+    for (size_t i = 8; i < n; i += 4) {
+        uint32_t id = vd_get_be32(p + i);
+        unsigned bit = id == CTX_ID_BASE && c->meta_base ? CTX_BASE
+                     : id == CTX_ID_DEPTH && c->meta_depth ? CTX_DEPTH : 0;
+        if (!bit || (ctx & bit))
+            return 1;
+        ctx |= bit;
+    }
+    q->len = vd_get_be64(p);
+    q->ctx = ctx;
+    return 0;
+}
+
+/* Read the next request header and its BLOCK_STATUS payload, if any: 1
+ * with q filled in, 0 at the end of input, 2 when q was refused already,
+ * -errno.  A header of the other form than was negotiated, or a payload
+ * beyond NBD_MAX_PAYLOAD on an extended connection, leaves the stream
+ * undecodable or too costly to skip: the connection ends. */
+static int read_request(struct vd_nbd_conn *c, struct req *q)
+{
+    size_t hl = c->extended ? sizeof(struct nbd_extended_request)
+                            : sizeof(struct nbd_request);
+    uint32_t magic, want = c->extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC;
+    const uint8_t *h;
+    int r;
+
+    /* The magic first: a header of the wrong form may be shorter. */
+    if ((in_avail(c) < 4 && (r = in_need(c, 4)) < 0) ||
+        (vd_get_be32(c->in + c->in_start) == want && in_avail(c) < hl &&
+         (r = in_need(c, hl)) < 0))
+        return r == -ECONNRESET || atomic_load(&c->srv->shutdown) ? 0 : r;
+    h = c->in + c->in_start;
+    if ((magic = vd_get_be32(h)) != want)
+        return vd_error(EINVAL, "invalid request magic 0x%08x%s", magic,
+                        magic == NBD_REQUEST_MAGIC || magic == NBD_EXTENDED_REQUEST_MAGIC
+                        ? (c->extended ? " (compact request after extended headers)"
+                                       : " (extended request without extended headers)")
+                        : "");
+    if (c->extended)
+        parse_extended(h, q);
+    else
+        parse_compact(h, q);
+    c->in_start += hl;
+    q->ctx = CTX_BASE | CTX_DEPTH;
+    if (c->extended && q->payload > NBD_MAX_PAYLOAD)
+        return vd_error(EINVAL, "request payload of %llu bytes is too large",
+                        (unsigned long long)q->payload);
+    if (q->type == NBD_CMD_BLOCK_STATUS && q->payload) {
+        if ((r = read_bs_payload(c, q)) <= 0)
+            return r < 0 ? r : 1;
+        if ((r = refuse(c, q, NBD_EINVAL, "invalid block status payload")) < 0)
+            return r;
+        return 2;
+    }
+    return 1;
+}
+
 /* Read and handle one request: 1 to go on, 0 at the end, -errno. */
 static int handle_one(struct vd_nbd_conn *c)
 {
     struct req q = { .c = c };
-    const uint8_t *h;
     const char *msg;
     uint32_t err;
     int r;
 
-    if (in_avail(c) < 28 && (r = in_need(c, 28)) < 0)
-        return r == -ECONNRESET || atomic_load(&c->srv->shutdown) ? 0 : r;
-    h = c->in + c->in_start;
-    if (vd_get_be32(h) != NBD_REQUEST_MAGIC)
-        return vd_error(EINVAL, "invalid request magic 0x%08x", vd_get_be32(h));
-    parse_request(h, &q);
-    c->in_start += 28;
+    if ((r = read_request(c, &q)) <= 0)
+        return r;
+    if (r == 2)
+        return 1;
     if (q.type == NBD_CMD_DISC)
         return 0;
     if ((err = nbd_validate(c, &q, &msg)))

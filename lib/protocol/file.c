@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/lock.h"
@@ -43,7 +44,7 @@ struct file_state {
     bool force_share;              /* -U: share every permission */
     uint64_t perm, shared;         /* permissions the lock bytes express */
     /* Operations found unsupported, not tried again. */
-    atomic_bool no_zero_range, no_punch, no_zeroout;
+    atomic_bool no_zero_range, no_punch, no_zeroout, no_nowait;
 };
 
 static const struct vd_driver file_driver, hdev_driver, cdrom_driver;
@@ -328,6 +329,29 @@ static void file_close(vd_node *n)
 
 /* ---- data I/O ---- */
 
+/* VD_REQ_NOWAIT: one preadv2(RWF_NOWAIT) of the whole range from the page
+ * cache.  -EAGAIN when it would block, when only part was cached (or the
+ * file ends early: the blocking read knows what to do there) and when the
+ * file cannot be read that way; the caller then reads without the flag. */
+static int file_pread_nowait(struct file_state *s, uint64_t off, uint64_t len, void *buf)
+{
+    struct iovec iov = { buf, (size_t)len };
+    ssize_t r;
+
+    if (!s->regular || s->direct || len > SSIZE_MAX || atomic_load(&s->no_nowait))
+        return -EAGAIN;
+    do {
+        r = preadv2(s->fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno != EAGAIN && is_unsupported(errno)) {
+        atomic_store(&s->no_nowait, true);
+        return -EAGAIN;
+    }
+    if (r < 0)
+        return errno == EAGAIN ? -EAGAIN : io_error(errno);
+    return (uint64_t)r == len ? 0 : -EAGAIN;
+}
+
 /* Read; bytes past the end of the file read as zeroes (short reads at EOF,
  * also an unaligned tail under O_DIRECT). */
 static int file_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
@@ -335,6 +359,8 @@ static int file_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int fla
     struct file_state *s = n->state;
     char *p = buf;
 
+    if (flags & VD_REQ_NOWAIT)
+        return file_pread_nowait(s, off, len, buf);
     while (len) {
         size_t want = (size_t)VD_MIN(len, (uint64_t)SSIZE_MAX);
         ssize_t r = pread(s->fd, p, want, (off_t)off);

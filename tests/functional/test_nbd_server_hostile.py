@@ -58,7 +58,7 @@ def go_payload(name=b"", infos=()):
 @pytest.mark.parametrize("case", [
     "name_len_ffffffff", "name_len_past_payload", "info_count_mismatch",
     "unknown_export", "meta_before_structured", "unknown_option",
-    "list_with_payload", "structured_twice", "extended_headers", "starttls_without_tls",
+    "list_with_payload", "structured_twice", "extended_with_payload", "starttls_without_tls",
     "meta_query_overflow",
 ])
 def test_bad_options_are_answered(server, case):
@@ -89,9 +89,9 @@ def test_bad_options_are_answered(server, case):
         assert read_rep(s)[1] == REP_ACK
         send_opt(s, OPT_STRUCTURED)
         expect = ERR_INVALID
-    elif case == "extended_headers":
-        send_opt(s, OPT_EXTENDED)
-        expect = ERR_UNSUP
+    elif case == "extended_with_payload":
+        send_opt(s, OPT_EXTENDED, b"x")
+        expect = ERR_INVALID
     elif case == "starttls_without_tls":
         send_opt(s, OPT_STARTTLS)
         expect = ERR_POLICY

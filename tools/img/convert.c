@@ -84,7 +84,7 @@ static int check_snapshot_param(const char *s)
     vd_opts *o;
     int r = 0;
 
-    if (!strchr(s, '='))
+    if (strncmp(s, "snapshot.", 9))
         return 0;
     if (!(o = vd_opts_new()))
         return -1;
@@ -249,15 +249,18 @@ static int open_sources(struct convert_ctx *cx)
     return 0;
 }
 
-/* -l and --bitmaps need source features libvdisk does not offer yet. */
+/* -l: read the source's internal snapshot; --bitmaps needs source
+ * features libvdisk does not offer yet. */
 static int check_source_features(const struct convert_ctx *cx)
 {
     const struct convert_args *ca = cx->ca;
 
-    if (ca->snapshot) {
-        img_error("Failed to load snapshot: Block format '%s' used by device '' "
-                  "does not support temporarily loading internal snapshots",
-                  vd_node_format(cx->src[0]));
+    if (ca->snapshot && ca->nsrc > 1) {
+        img_error("No support for concatenating multiple snapshot");
+        return -1;
+    }
+    if (ca->snapshot && vd_snapshot_load_param(cx->src[0], ca->snapshot) < 0) {
+        img_error("Failed to load snapshot: %s", vd_errmsg());
         return -1;
     }
     if (ca->bitmaps) {

@@ -67,4 +67,11 @@ int img_parse_size_arg(const char *s, uint64_t *out);
 /* --output argument: 0 human, 1 json, -1 (error printed) otherwise. */
 int img_parse_output(const char *s);
 
+/* snapshot.c: the snapshots of n as info's JSON "snapshots" array (*out
+ * NULL when there are none); returns the count or -errno. */
+int img_snapshots_json(vd_node *n, vd_json **out);
+/* Print "Snapshot list:" and the table of such an array (nothing when
+ * list is NULL or empty). */
+void img_print_snapshots(const vd_json *list);
+
 #endif

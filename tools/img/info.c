@@ -47,7 +47,7 @@ static vd_json *format_specific(vd_node *n)
 /* Collect one image's info as QEMU's ImageInfo, keys in QEMU's order. */
 static vd_json *image_info(vd_node *n)
 {
-    vd_json *o = vd_json_new_object(), *fs;
+    vd_json *o = vd_json_new_object(), *fs, *snaps = NULL;
     const char *bname = vd_node_backing_name(n);
     const char *bfull = vd_node_backing_full_name(n);
     const char *bfmt = vd_node_backing_format(n);
@@ -57,6 +57,13 @@ static vd_json *image_info(vd_node *n)
         return NULL;
     if (bname && bfmt)
         vd_json_set_str(o, "backing-filename-format", bfmt);
+    if (img_snapshots_json(n, &snaps) < 0) {
+        img_error("%s", vd_errmsg());
+        vd_json_free(o);
+        return NULL;
+    }
+    if (snaps)
+        vd_json_set(o, "snapshots", snaps);
     vd_json_set_int(o, "virtual-size", len < 0 ? 0 : len);
     vd_json_set_str(o, "filename", vd_node_filename(n));
     if (vd_node_cluster_size(n) > 0)
@@ -175,6 +182,7 @@ static void print_human(const vd_json *o)
     if (vd_json_get(o, "cluster-size"))
         printf("cluster_size: %" PRId64 "\n", vd_json_int(vd_json_get(o, "cluster-size")));
     print_backing(o);
+    img_print_snapshots(vd_json_get(o, "snapshots"));
     if (fs) {
         printf("Format specific information:\n");
         dump_value(vd_json_get(fs, "data"), 1);
@@ -228,7 +236,14 @@ static int collect(const struct info_args *ia, const char *filename, vd_json *li
             ret = -1;
             break;
         }
-        vd_json_append(list, image_info(node));
+        vd_json *info = image_info(node);
+        if (!info) {
+            vd_close(node);
+            name = NULL;
+            ret = -1;
+            break;
+        }
+        vd_json_append(list, info);
         next = ia->chain ? vd_node_backing_full_name(node) : NULL;
         nfmt = vd_node_backing_format(node);
         free(fmt);

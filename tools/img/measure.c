@@ -72,10 +72,8 @@ static vd_node *open_source(const struct measure_args *m)
     };
     vd_node *n = img_open(&a);
 
-    if (n && m->snapshot) {
-        img_error("Failed to load snapshot: Block format '%s' used by device "
-                  "'' does not support temporarily loading internal snapshots",
-                  vd_node_format(n));
+    if (n && m->snapshot && vd_snapshot_load_param(n, m->snapshot) < 0) {
+        img_error("Failed to load snapshot: %s", vd_errmsg());
         vd_close(n);
         return NULL;
     }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* vdisk-img amend, snapshot and bitmap: the command lines
+/* vdisk-img amend and bitmap: the command lines
  * are parsed and checked exactly as qemu-img does; the operations need
  * driver hooks libvdisk does not have yet, so after opening the image they
  * answer with qemu-img's own error for a format without the feature (raw). */
@@ -104,108 +104,6 @@ int img_amend(int argc, char **argv)
     }
 out:
     free(aa.options);
-    return ret;
-}
-
-/* ---- snapshot ---- */
-
-enum snapshot_action { SN_NONE, SN_LIST, SN_APPLY, SN_CREATE, SN_DELETE };
-
-/* Parsed command line of snapshot. */
-struct snapshot_args {
-    enum snapshot_action action;
-    const char *name;
-    bool image_opts, force_share;
-};
-
-/* Record one of -l/-a/-c/-d; a second one is a usage error. */
-static int snapshot_set(struct snapshot_args *sa, enum snapshot_action act)
-{
-    if (sa->action != SN_NONE) {
-        img_usage_error("Cannot mix '-l', '-a', '-c', '-d'");
-        return -1;
-    }
-    sa->action = act;
-    sa->name = optarg;
-    return 0;
-}
-
-/* Parse snapshot's options; -1 on error (printed). */
-static int snapshot_parse(int argc, char **argv, struct snapshot_args *sa)
-{
-    static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "object", required_argument, NULL, 'j' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
-        { NULL, 0, NULL, 0 },
-    };
-    int c, r = 0;
-
-    while (r == 0 && (c = getopt_long(argc, argv, ":la:c:d:hqU", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'h': img_help();
-        case 'l': r = snapshot_set(sa, SN_LIST); break;
-        case 'a': r = snapshot_set(sa, SN_APPLY); break;
-        case 'c': r = snapshot_set(sa, SN_CREATE); break;
-        case 'd': r = snapshot_set(sa, SN_DELETE); break;
-        case 'I': sa->image_opts = true; break;
-        case 'U': sa->force_share = true; break;
-        case 'q': case 'j': break;
-        default: img_getopt_error(c, argv); return -1;
-        }
-    }
-    if (r == 0 && optind != argc - 1) {
-        img_usage_error("Expecting one image file name");
-        return -1;
-    }
-    return r;
-}
-
-/* Report the action's failure on an image without snapshot support. */
-static int snapshot_refuse(const struct snapshot_args *sa)
-{
-    switch (sa->action) {
-    case SN_CREATE:
-        img_error("Could not create snapshot '%s': %d (%s)", sa->name,
-                  -ENOTSUP, strerror(ENOTSUP));
-        return 1;
-    case SN_APPLY:
-        img_error("Could not apply snapshot '%s': Block driver does not "
-                  "support snapshots", sa->name);
-        return 1;
-    case SN_DELETE:
-        img_error("Could not delete snapshot '%s': snapshot not found", sa->name);
-        return 1;
-    default:
-        return 0;               /* -l: no snapshots to list */
-    }
-}
-
-/* vdisk-img snapshot [-l | -a snap | -c snap | -d snap] filename */
-int img_snapshot(int argc, char **argv)
-{
-    struct snapshot_args sa = { SN_NONE, NULL, false, false };
-    bool writable;
-    vd_node *n;
-    int ret;
-
-    if (snapshot_parse(argc, argv, &sa) < 0)
-        return 1;
-    writable = sa.action != SN_LIST;
-    n = open_image(argv[optind], NULL, sa.image_opts, writable,
-                   sa.force_share, NULL);
-    if (!n)
-        return 1;
-    if (sa.action == SN_APPLY) {
-        /* QEMU reopens the image to apply a snapshot. */
-        vd_close(n);
-        n = open_image(argv[optind], NULL, sa.image_opts, true, false, NULL);
-        if (!n)
-            return 1;
-    }
-    ret = snapshot_refuse(&sa);
-    vd_close(n);
     return ret;
 }
 

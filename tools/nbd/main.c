@@ -416,12 +416,11 @@ static int export_window(const struct nbd_cli *cli, vd_node *n, struct vd_nbd_ex
     return 0;
 }
 
-/* Features qemu-nbd has that need image support vdisk lacks. */
+/* -l loads an internal snapshot; bitmaps need image support vdisk lacks. */
 static int check_image_features(const struct nbd_cli *cli, vd_node *n)
 {
-    if (cli->snapshot_param) {
-        nbd_err("Failed to load snapshot: Block format '%s' used by device '' does not "
-                "support temporarily loading internal snapshots", vd_node_format(n));
+    if (cli->snapshot_param && vd_snapshot_load_param(n, cli->snapshot_param) < 0) {
+        nbd_err("Failed to load snapshot: %s", vd_errmsg());
         return -1;
     }
     if (cli->bitmap) {

@@ -639,7 +639,8 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
     drop_known_opts(opts);
     if ((r = load_table(n, s->l1_offset, s->l1_size, &s->l1)) < 0 ||
         (r = qcow2_refcount_init(n)) < 0 ||
-        (r = open_data_file(n, opts, flags)) < 0)
+        (r = open_data_file(n, opts, flags)) < 0 ||
+        (r = qcow2_snapshot_open(n, opts, flags)) < 0)
         goto out;
     s->needs_repair = (s->incompat & QC_INCOMPAT_DIRTY) && !n->read_only;
     r = s->needs_repair && !(flags & VD_O_CHECK) ? repair_dirty(n) : 0;
@@ -750,6 +751,7 @@ static void qcow2_close(vd_node *n)
     free(s->reftable);
     free(s->backing_fmt);
     free(s->data_file_name);
+    qcow2_snapshot_close(n);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->inflight_cond);
 }
@@ -954,6 +956,8 @@ static const struct vd_opt_desc qcow2_open_opts[] = {
     { "pass-discard-other", VD_OPT_BOOL, "Generate discard requests when other clusters "
       "are freed", NULL },
     { "overlap-check", VD_OPT_STRING, "Selects which overlap checks to perform", NULL },
+    { "snapshot.id", VD_OPT_STRING, "Read this internal snapshot (read-only)", NULL },
+    { "snapshot.name", VD_OPT_STRING, "Read this internal snapshot (read-only)", NULL },
     { NULL, 0, NULL, NULL },
 };
 
@@ -1019,5 +1023,10 @@ const struct vd_driver qcow2_driver = {
     .is_dirty = qcow2_is_dirty,
     .change_backing_file = qcow2_change_backing_file,
     .make_empty = qcow2_make_empty,
+    .snapshot_list = qcow2_snapshot_list,
+    .snapshot_create = qcow2_snapshot_create,
+    .snapshot_goto = qcow2_snapshot_goto,
+    .snapshot_delete = qcow2_snapshot_delete,
+    .snapshot_load = qcow2_snapshot_load,
 };
 VD_DRIVER_REGISTER(qcow2_driver)

@@ -139,6 +139,23 @@ struct qcow2_state {
     uint64_t x_mask;               /* compressed descriptor: offset mask */
     uint32_t csize_shift;          /* compressed descriptor: sector count shift */
     uint64_t csize_mask;
+
+    /* Internal snapshots (snapshot.c): the table as read at open. */
+    struct qc_snapshot *snaps;     /* nb_snapshots entries */
+    uint64_t snaps_bytes;          /* bytes of the table on disk */
+    char snap_error[200];          /* why the table is unusable, "" if fine */
+    bool snap_loaded;              /* reads come from a snapshot's L1 */
+};
+
+/* One snapshot table entry (host order). */
+struct qc_snapshot {
+    uint64_t l1_offset;
+    uint32_t l1_size;
+    char *id, *name;
+    uint32_t date_sec, date_nsec;
+    uint64_t vm_clock_nsec, vm_state_size, disk_size, icount;
+    uint8_t *extra_unknown;        /* extra data past the known fields, kept */
+    uint32_t extra_unknown_len;
 };
 
 /* ---- helpers ---- */
@@ -294,6 +311,17 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refc
                              bool ext_l2);
 /* Preallocate [from, to) of the guest (metadata, falloc or full). */
 int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+
+/* ---- snapshot.c ---- */
+/* At open: read the snapshot table; the options snapshot.id/snapshot.name
+ * (read-only nodes) make reads use that snapshot. */
+int qcow2_snapshot_open(vd_node *n, vd_opts *opts, int flags);
+void qcow2_snapshot_close(vd_node *n);
+int qcow2_snapshot_list(vd_node *n, struct vd_snapshot_info **out);
+int qcow2_snapshot_create(vd_node *n, const struct vd_snapshot_info *sn);
+int qcow2_snapshot_goto(vd_node *n, const char *id_or_name);
+int qcow2_snapshot_delete(vd_node *n, const char *id, const char *name);
+int qcow2_snapshot_load(vd_node *n, const char *id, const char *name);
 
 /* ---- backing.c ---- */
 int qcow2_change_backing_file(vd_node *n, const char *name, const char *fmt);

@@ -427,15 +427,25 @@ int qcow2_alloc_bytes(vd_node *n, uint64_t len, uint64_t *off)
     int r;
 
     vd_event(n->file, "cluster_alloc_bytes");
-    if (fb && qc_offset_in_cluster(s, fb) + len <= s->cluster_size &&
-        qcow2_get_refcount(n, fb >> s->cluster_bits, &rc) == 0 && rc > 0 &&
-        rc < s->refcount_max) {
+    if (fb && (qcow2_get_refcount(n, fb >> s->cluster_bits, &rc) < 0 || rc == 0 ||
+               rc >= s->refcount_max))
+        fb = 0;
+    if (fb && qc_offset_in_cluster(s, fb) + len <= s->cluster_size) {
         if ((r = update_range(n, fb >> s->cluster_bits, fb >> s->cluster_bits, 1)) < 0)
             return r;
         *off = fb;
     } else {
-        if ((r = qcow2_alloc_clusters(n, 1, off)) < 0)
+        uint64_t nc;
+        if ((r = qcow2_alloc_clusters(n, 1, &nc)) < 0)
             return r;
+        *off = nc;
+        /* A fresh cluster right after the partly used one: let the data
+         * span both (the descriptor allows it), as qemu packs them. */
+        if (fb && nc == fb - qc_offset_in_cluster(s, fb) + s->cluster_size) {
+            if ((r = update_range(n, fb >> s->cluster_bits, fb >> s->cluster_bits, 1)) < 0)
+                return r;
+            *off = fb;
+        }
     }
     s->free_byte_offset = *off + len;
     if (!qc_offset_in_cluster(s, s->free_byte_offset))
@@ -458,7 +468,7 @@ int qcow2_free_l2_entry(vd_node *n, uint64_t entry)
 
     if (entry & QC_COMPRESSED) {
         qc_compressed_range(s, entry, &off, &len);
-        return qcow2_free_clusters(n, off & ~511ull, len);
+        return qcow2_free_clusters(n, off, len);   /* [off, off+len) as referenced */
     }
     off = entry & QC_OFFSET_MASK;
     if (!off || s->data_external)

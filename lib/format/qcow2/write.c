@@ -23,7 +23,10 @@
  *     refcount block is written and flushed before its table entry.
  *  4. References before frees.  A refcount is lowered only after the L2
  *     entry that held the reference changed, and the refcount cache then
- *     depends on the L2 cache (the lowered count reaches the disk last).
+ *     depends on the L2 cache (the lowered count reaches the disk last);
+ *     a freed cluster is reused only after that L2 change reached the disk
+ *     (qcow2_alloc_clusters writes the dependency first, lazy refcounts
+ *     included).
  *  5. Dirty bit first.  With lazy refcounts, invariants 1 and 4 are relaxed;
  *     instead the dirty bit is on disk before the first metadata change,
  *     and cleared only after everything was flushed at close.
