@@ -465,6 +465,29 @@ out:
     return r;
 }
 
+#define QC_SAMPLE 4096
+
+/* Is the cluster plainly incompressible?  Three 4 KiB samples (start,
+ * middle, end) that each fail to shrink at all predict that the whole
+ * cluster will not fit in cluster_size - 1 either (random or already
+ * compressed data); compressing it fully would only burn CPU before
+ * storing it uncompressed. */
+static bool looks_incompressible(const struct qcow2_state *s, const uint8_t *in)
+{
+    uint8_t tmp[QC_SAMPLE];
+    uint64_t cs = s->cluster_size;
+
+    if (cs < 4 * QC_SAMPLE)
+        return false;
+    for (int i = 0; i < 3; i++) {
+        uint64_t at = i == 0 ? 0 : i == 1 ? cs / 2 : cs - QC_SAMPLE;
+        if (qcow2_compress(s->compression_type, in + at, QC_SAMPLE, tmp,
+                           QC_SAMPLE - 1) != -ENOSPC)
+            return false;
+    }
+    return true;
+}
+
 /* Write one cluster compressed (zlib raw deflate or zstd); stored as a
  * normal cluster when compression does not make it smaller. */
 int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
@@ -486,7 +509,8 @@ int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *
         goto out;
     }
     memcpy(in, buf, len);
-    clen = qcow2_compress(s->compression_type, in, s->cluster_size, out, s->cluster_size - 1);
+    clen = looks_incompressible(s, in) ? -ENOSPC :
+           qcow2_compress(s->compression_type, in, s->cluster_size, out, s->cluster_size - 1);
     if (clen == -ENOSPC)
         r = qcow2_pwrite(n, off, len, buf, 0);
     else if (clen < 0)
