@@ -34,6 +34,7 @@
 #define COPY_DEFAULT_WORKERS 8
 #define COPY_MAX_WORKERS 64
 #define COPY_DEFAULT_CHUNK (1u << 20)
+#define COPY_COMPRESS_CHUNK (256u << 10)
 #define COPY_ZERO_CHUNK (1ull << 30)
 #define COPY_SECTOR 512u
 
@@ -728,8 +729,9 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
         chunk = p->max_in_flight / (uint64_t)w;
     chunk = round_down(chunk, COPY_SECTOR);
     st->chunk = chunk ? chunk : COPY_SECTOR;
-    if (p->compress)                   /* whole clusters per job */
-        st->chunk = VD_MAX(round_down(st->chunk, st->cs), st->cs);
+    if (p->compress)   /* whole clusters per job; CPU-bound, so small jobs */
+        st->chunk = VD_MAX(round_down(VD_MIN(st->chunk, COPY_COMPRESS_CHUNK), st->cs),
+                           st->cs);
     *nworkers = w;
 }
 
