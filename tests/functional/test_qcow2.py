@@ -320,3 +320,27 @@ def test_hostile_header(tmp_path, field, value, msg):
     assert p.returncode == 1 and p.stderr.strip()
     if msg:
         assert msg in p.stderr
+
+
+def test_cache_clean_interval_keeps_data(tmp_path):
+    """cache-clean-interval=1 drops idle cache entries while the image is
+    open: unflushed (dirty) tables must survive it and clean ones reload."""
+    img = tmp_path / "c.qcow2"
+    qimg("create", "-f", "qcow2", img, "64M", check=True)
+    name = 'json:{"driver": "qcow2", "cache-clean-interval": 1, ' \
+           '"file": {"driver": "file", "filename": "%s"}}' % img
+    p = subprocess.run([VDISK_IO, name,
+                        "write", "0x5a", "0", "65536", "--",
+                        "write", "0x6b", str(32 << 20), "65536", "--",
+                        "sleep", "2500", "--",
+                        "read", "0x5a", "0", "65536", "--",
+                        "write", "0x7c", str(16 << 20), "4096", "--",
+                        "sleep", "2500", "--",
+                        "read", "0x6b", str(32 << 20), "65536", "--",
+                        "read", "0x7c", str(16 << 20), "4096"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    check_clean(img)
+    q = run([QEMU_IO, "-c", "read -P 0x5a 0 64k", "-c", "read -P 0x6b 32M 64k",
+             "-c", "read -P 0x7c 16M 4k", str(img)])
+    assert q.returncode == 0 and "Pattern verification failed" not in q.stdout

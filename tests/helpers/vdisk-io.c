@@ -2,13 +2,15 @@
 /* vdisk-io: a tiny qemu-io for tests: open an image read/write through
  * libvdisk and run commands on it:
  *   write BYTE OFF LEN | zero OFF LEN [unmap] | discard OFF LEN |
- *   compress BYTE OFF LEN | truncate SIZE | read BYTE OFF LEN | flush
+ *   compress BYTE OFF LEN | truncate SIZE | read BYTE OFF LEN | flush |
+ *   sleep MS
  * Usage: vdisk-io [-f FMT] IMAGE CMD ARGS... [-- CMD ARGS...]
  * Exit 0 when every command succeeded, 1 (message on stderr) otherwise. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "vdisk/vdisk.h"
 
@@ -79,6 +81,10 @@ static int run(vd_node *n, char **a, int na)
         used = 2;
     } else if (!strcmp(c, "flush")) {
         r = vd_flush(n);
+    } else if (!strcmp(c, "sleep") && a[1]) {
+        usleep((useconds_t)(num(a[1]) * 1000));   /* milliseconds */
+        r = 0;
+        used = 2;
     } else {
         vd_error(EINVAL, "unknown command or missing arguments: %s", c);
     }

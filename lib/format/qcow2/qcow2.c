@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "format/qcow2/check.h"
 #include "format/qcow2/qcow2.h"
@@ -465,6 +466,8 @@ static int cache_sizes(vd_node *n, vd_opts *opts, uint64_t *l2, uint64_t *rc,
     return 0;
 }
 
+static int start_cleaner(struct qcow2_state *s);
+
 /* Create the L2 and refcount caches. */
 static int open_caches(vd_node *n, vd_opts *opts)
 {
@@ -478,6 +481,7 @@ static int open_caches(vd_node *n, vd_opts *opts)
     if (interval > UINT32_MAX)
         return vd_error(EINVAL, "Cache clean interval too big");
     s->l2_slice_size = (uint32_t)slice;
+    s->clean_interval = (uint32_t)interval;
     s->l2_cache = qc_cache_new(n->file, (uint32_t)slice, l2 / slice, "l2_load");
     s->rc_cache = qc_cache_new(n->file, (uint32_t)s->cluster_size, rc / s->cluster_size,
                                "refblock_load");
@@ -485,7 +489,53 @@ static int open_caches(vd_node *n, vd_opts *opts)
         return vd_error(ENOMEM, "out of memory");
     qc_cache_set_write_event(s->l2_cache, "l2_update");
     qc_cache_set_write_event(s->rc_cache, "refblock_update_part");
+    return start_cleaner(s);
+}
+
+/* Cleaner thread: every interval, drop cache entries unused that long. */
+static void *cleaner_main(void *opaque)
+{
+    struct qcow2_state *s = opaque;
+    struct timespec t;
+
+    pthread_mutex_lock(&s->lock);
+    while (!s->cleaner_stop) {
+        clock_gettime(CLOCK_REALTIME, &t);
+        t.tv_sec += s->clean_interval;
+        if (pthread_cond_timedwait(&s->cleaner_cond, &s->lock, &t) == ETIMEDOUT &&
+            !s->cleaner_stop) {
+            qc_cache_clean(s->l2_cache, s->clean_interval);
+            qc_cache_clean(s->rc_cache, s->clean_interval);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
+/* Start the cleaner when cache-clean-interval is not 0. */
+static int start_cleaner(struct qcow2_state *s)
+{
+    pthread_cond_init(&s->cleaner_cond, NULL);
+    s->cleaner_cond_ok = true;
+    if (!s->clean_interval)
+        return 0;
+    if (pthread_create(&s->cleaner, NULL, cleaner_main, s))
+        return vd_error(EAGAIN, "qcow2: cannot start the cache cleaner thread");
+    s->cleaner_running = true;
     return 0;
+}
+
+/* Stop the cleaner thread (before the caches go). */
+static void stop_cleaner(struct qcow2_state *s)
+{
+    if (s->cleaner_running) {
+        pthread_mutex_lock(&s->lock);
+        s->cleaner_stop = true;
+        pthread_cond_signal(&s->cleaner_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->cleaner, NULL);
+        s->cleaner_running = false;
+    }
 }
 
 /* ---- data file ---- */
@@ -734,6 +784,7 @@ static void qcow2_close(vd_node *n)
 {
     struct qcow2_state *s = n->state;
 
+    stop_cleaner(s);
     if (!n->read_only && s->l2_cache && s->rc_cache) {
         int r = qcow2_flush_caches(n);
         if (r >= 0 && s->data_external)
@@ -754,6 +805,8 @@ static void qcow2_close(vd_node *n)
     qcow2_snapshot_close(n);
     pthread_mutex_destroy(&s->lock);
     pthread_cond_destroy(&s->inflight_cond);
+    if (s->cleaner_cond_ok)
+        pthread_cond_destroy(&s->cleaner_cond);
 }
 
 static int64_t qcow2_getlength(vd_node *n)

@@ -145,6 +145,11 @@ struct qcow2_state {
     uint64_t snaps_bytes;          /* bytes of the table on disk */
     char snap_error[200];          /* why the table is unusable, "" if fine */
     bool snap_loaded;              /* reads come from a snapshot's L1 */
+    /* cache-clean-interval: a thread drops cache entries unused that long. */
+    uint32_t clean_interval;
+    bool cleaner_running, cleaner_stop, cleaner_cond_ok;
+    pthread_t cleaner;
+    pthread_cond_t cleaner_cond;
 };
 
 /* One snapshot table entry (host order). */
