@@ -435,6 +435,10 @@ int nbdc_start_reader(struct nbdc_conn *c)
 static size_t encode_request(const struct nbdc_conn *c, uint8_t *h, uint16_t flags,
                              uint16_t type, uint64_t cookie, uint64_t off, uint64_t len)
 {
+    /* With extended headers a write's length is its payload length, which
+     * the spec requires the client to flag. */
+    if (c->info.extended && type == NBD_CMD_WRITE)
+        flags |= NBD_CMD_FLAG_PAYLOAD_LEN;
     vd_put_be32(h, c->info.extended ? NBD_EXTENDED_REQUEST_MAGIC : NBD_REQUEST_MAGIC);
     vd_put_be16(h + 4, flags);
     vd_put_be16(h + 6, type);

@@ -1,11 +1,11 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* NBD server handshake: the fixed newstyle greeting and the option haggling
  * (EXPORT_NAME, ABORT, LIST, STARTTLS, INFO, GO, STRUCTURED_REPLY,
- * LIST_META_CONTEXT, SET_META_CONTEXT, EXTENDED_HEADERS).  Every length a client sends is
- * checked against the payload it came with before anything is parsed;
- * strings are at most NBD_MAX_STRING bytes; payloads are read whole only
- * up to OPT_MAX_READ, skipped up to OPT_MAX_SKIP, and beyond that the
- * client is dropped. */
+ * LIST_META_CONTEXT, SET_META_CONTEXT, EXTENDED_HEADERS).  Every length
+ * a client sends is checked against the payload it came with before
+ * anything is parsed; strings are at most NBD_MAX_STRING bytes; payloads
+ * are read whole only up to OPT_MAX_READ, skipped up to OPT_MAX_SKIP, and
+ * beyond that the client is dropped. */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>

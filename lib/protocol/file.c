@@ -332,7 +332,8 @@ static void file_close(vd_node *n)
 /* VD_REQ_NOWAIT: one preadv2(RWF_NOWAIT) of the whole range from the page
  * cache.  -EAGAIN when it would block, when only part was cached (or the
  * file ends early: the blocking read knows what to do there) and when the
- * file cannot be read that way; the caller then reads without the flag. */
+ * file cannot be read that way; the caller then reads without the flag.
+ * No message is recorded for -EAGAIN: it asks for a retry, not an error. */
 static int file_pread_nowait(struct file_state *s, uint64_t off, uint64_t len, void *buf)
 {
     struct iovec iov = { buf, (size_t)len };

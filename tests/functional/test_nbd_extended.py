@@ -607,8 +607,6 @@ def test_vdisk_img_uses_extended_headers(proxied, img, tmp_path):
     assert writes
 
 
-@pytest.mark.xfail(strict=True, reason="vdisk's NBD client sends extended WRITE "
-                   "requests without NBD_CMD_FLAG_PAYLOAD_LEN (lib/nbd/client-io.c)")
 def test_vdisk_img_writes_flag_their_payload(proxied, img, tmp_path):
     p = proxied("-f", "raw", "-t", "-e", "8", img)
     src = tmp_path / "src.raw"
