@@ -671,7 +671,6 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
     int r;
 
     pthread_mutex_init(&s->lock, NULL);
-    pthread_cond_init(&s->inflight_cond, NULL);
     if (file_len < 0)
         return (int)file_len;
     s->file_end = (uint64_t)file_len;
@@ -804,7 +803,6 @@ static void qcow2_close(vd_node *n)
     free(s->data_file_name);
     qcow2_snapshot_close(n);
     pthread_mutex_destroy(&s->lock);
-    pthread_cond_destroy(&s->inflight_cond);
     if (s->cleaner_cond_ok)
         pthread_cond_destroy(&s->cleaner_cond);
 }

@@ -88,7 +88,6 @@ struct qc_inflight {
 struct qcow2_state {
     pthread_mutex_t lock;          /* all metadata below; never held across
                                       guest data I/O */
-    pthread_cond_t inflight_cond;
     struct qc_inflight *inflight;
     struct qc_inflight *inflight_waiters;  /* queued, oldest first */
 
