@@ -51,6 +51,9 @@ struct qc_cache {
     struct qc_cache *depends;
     bool flush_first;              /* flush the file before the next write-back */
     const char *load_event, *write_event;
+    int (*check)(void *, uint64_t, uint64_t);
+    int (*flush_data)(void *);
+    void *hook_ctx;
 };
 
 /* Hash bucket of a table offset. */
@@ -197,9 +200,13 @@ static int write_entry(struct qc_cache *c, int i)
         return 0;
     if (c->depends && (r = flush_dependency(c)) < 0)
         return r;
+    if (c->flush_first && c->flush_data && (r = c->flush_data(c->hook_ctx)) < 0)
+        return r;
     if (c->flush_first && (r = vd_flush(c->file)) < 0)
         return r;
     c->flush_first = false;
+    if (c->check && (r = c->check(c->hook_ctx, e->off, c->entry_size)) < 0)
+        return r;
     if (c->write_event)
         vd_event(c->file, c->write_event);
     r = vd_pwrite(c->file, e->off, c->entry_size, e->table, 0);
@@ -215,6 +222,8 @@ static int flush_dependency(struct qc_cache *c)
     int r = qc_cache_flush(c->depends);
 
     if (r < 0)
+        return r;
+    if (c->flush_first && c->flush_data && (r = c->flush_data(c->hook_ctx)) < 0)
         return r;
     if ((r = vd_flush(c->file)) < 0)
         return r;
@@ -424,6 +433,15 @@ void qc_cache_clean(struct qc_cache *c, uint64_t secs)
             e->table = NULL;
         }
     }
+}
+
+/* See qcow2.h. */
+void qc_cache_set_hooks(struct qc_cache *c, int (*check)(void *, uint64_t, uint64_t),
+                        int (*flush_data)(void *), void *ctx)
+{
+    c->check = check;
+    c->flush_data = flush_data;
+    c->hook_ctx = ctx;
 }
 
 /* Number of entries the cache holds. */

@@ -52,7 +52,8 @@ static int write_l1_entry(vd_node *n, uint64_t i)
 
     be64_put(b, s->l1[i]);
     vd_event(n->file, "l1_update");
-    return vd_pwrite(n->file, s->l1_offset + 8 * i, 8, b, 0);
+    int r = qcow2_overlap_check(n, QC_OL_ACTIVE_L1, s->l1_offset + 8 * i, 8);
+    return r < 0 ? r : vd_pwrite(n->file, s->l1_offset + 8 * i, 8, b, 0);
 }
 
 /* Switch the header to a new L1 table: size and offset in one write. */
@@ -64,6 +65,22 @@ static int activate_l1(vd_node *n, uint64_t off, uint32_t size)
     be64_put(b + 4, off);
     vd_event(n->file, "l1_grow_activate_table");
     return vd_pwrite(n->file, QH_L1_SIZE, 12, b, 0);
+}
+
+/* Write a new L1 table (bytes, on-disk order) at new_off and flush it. */
+static int write_new_l1(vd_node *n, uint64_t new_off, const uint8_t *buf, uint64_t bytes)
+{
+    struct qcow2_state *s = n->state;
+    int r;
+
+    if ((r = qcow2_grow_file(n, n->file, new_off + bytes)) < 0 ||
+        (r = qc_cache_flush(s->rc_cache)) < 0 ||
+        (r = qcow2_overlap_check(n, 0, new_off, bytes)) < 0)
+        return r;
+    vd_event(n->file, "l1_grow_write_table");
+    if ((r = vd_pwrite(n->file, new_off, bytes, buf, 0)) < 0)
+        return r;
+    return vd_flush(n->file);
 }
 
 /* See qcow2.h. */
@@ -90,18 +107,16 @@ int qcow2_grow_l1(vd_node *n, uint64_t min_size)
     for (uint64_t i = 0; i < min_size; i++)
         be64_put(buf + 8 * i, t[i]);
     vd_event(n->file, "l1_grow_alloc_table");
-    r = qcow2_alloc_clusters(n, bytes / s->cluster_size, &new_off);
-    if (r >= 0)
-        r = qcow2_grow_file(n, n->file, new_off + bytes);
-    if (r >= 0)
-        r = qc_cache_flush(s->rc_cache);
-    if (r >= 0) {
-        vd_event(n->file, "l1_grow_write_table");
-        r = vd_pwrite(n->file, new_off, bytes, buf, 0);
+    if ((r = qcow2_alloc_clusters(n, bytes / s->cluster_size, &new_off)) < 0) {
+        free(buf);
+        free(t);
+        return r;
     }
-    if (r >= 0 && (r = vd_flush(n->file)) >= 0 &&
-        (r = activate_l1(n, new_off, (uint32_t)min_size)) >= 0)
+    r = write_new_l1(n, new_off, buf, bytes);
+    if (r >= 0 && (r = activate_l1(n, new_off, (uint32_t)min_size)) >= 0)
         r = vd_flush(n->file);
+    else if (r < 0)
+        qcow2_update_refcount(n, new_off, bytes, -1);    /* never named: give back */
     free(buf);
     if (r < 0) {
         free(t);
@@ -146,7 +161,7 @@ static int l2_offset(vd_node *n, uint64_t i, uint64_t *off)
 static int alloc_l2(vd_node *n, uint64_t i)
 {
     struct qcow2_state *s = n->state;
-    uint64_t old, new_off;
+    uint64_t old, new_off, prev;
     uint8_t *buf;
     int r;
 
@@ -160,29 +175,34 @@ static int alloc_l2(vd_node *n, uint64_t i)
         vd_event(n->file, "l2_alloc_cow_read");
         if ((r = qc_cache_flush(s->l2_cache)) < 0 ||
             (r = qcow2_read_padded(n->file, old, s->cluster_size, buf)) < 0)
-            goto out;
+            goto unwind;
     }
     for (uint64_t o = 0; o < s->cluster_size; o += s->l2_slice_size)
         qc_cache_discard(s->l2_cache, new_off + o);
     if ((r = qcow2_grow_file(n, n->file, new_off + s->cluster_size)) < 0)
-        goto out;
+        goto unwind;
     /* Refcounts first (invariant 1), and with them the L2 updates that
      * dropped references (invariant 4): new_off may be a cluster freed
      * just now, which no table on disk may still name when it is
      * overwritten.  Lazy refcounts too. */
     if ((r = qc_cache_flush(s->rc_cache)) < 0)
-        goto out;
+        goto unwind;
     vd_event(n->file, "l2_alloc_write");
-    if ((r = vd_pwrite(n->file, new_off, s->cluster_size, buf, 0)) < 0 ||
+    if ((r = qcow2_overlap_check(n, 0, new_off, s->cluster_size)) < 0 ||
+        (r = vd_pwrite(n->file, new_off, s->cluster_size, buf, 0)) < 0 ||
         (r = vd_flush(n->file)) < 0)
-        goto out;
+        goto unwind;
+    prev = s->l1[i];
     s->l1[i] = new_off | QC_COPIED;
     if ((r = write_l1_entry(n, i)) < 0) {
-        s->l1[i] = old ? old : 0;
+        s->l1[i] = prev;           /* the entry on disk is unknown: leak, not free */
         goto out;
     }
     if (old)
         r = qcow2_free_clusters(n, old, s->cluster_size);
+    goto out;
+unwind:
+    qcow2_update_refcount(n, new_off, s->cluster_size, -1);    /* never named */
 out:
     free(buf);
     return r;

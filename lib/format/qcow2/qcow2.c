@@ -338,6 +338,8 @@ static int ext_bitmaps(struct qcow2_state *s, const uint8_t *d, uint32_t len,
         !range_ok(doff, dsize, file_len))
         return vd_error(EINVAL, "bitmaps_ext: Invalid bitmap directory");
     s->has_bitmaps_ext = true;
+    s->bitmap_dir_offset = doff;
+    s->bitmap_dir_size = dsize;
     return 0;
 }
 
@@ -468,6 +470,42 @@ static int cache_sizes(vd_node *n, vd_opts *opts, uint64_t *l2, uint64_t *rc,
 
 static int start_cleaner(struct qcow2_state *s);
 
+/* L2 cache write-back: nothing but L2 tables may be overwritten. */
+static int l2_write_check(void *ctx, uint64_t off, uint64_t len)
+{
+    return qcow2_overlap_check(ctx, QC_OL_ACTIVE_L2, off, len);
+}
+
+/* Refcount cache write-back: nothing but refcount blocks may be overwritten. */
+static int rb_write_check(void *ctx, uint64_t off, uint64_t len)
+{
+    return qcow2_overlap_check(ctx, QC_OL_REFCOUNT_BLOCK, off, len);
+}
+
+/* Before L2 entries that name new data reach the disk: make an external
+ * data file stable too (invariant 2 of write.c). */
+static int flush_data_file(void *ctx)
+{
+    vd_node *n = ctx;
+    struct qcow2_state *s = n->state;
+
+    return s->data_external && s->data ? vd_flush(s->data) : 0;
+}
+
+/* Events and hooks of freshly made caches. */
+static int setup_caches(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+
+    if (!s->l2_cache || !s->rc_cache)
+        return vd_error(ENOMEM, "out of memory");
+    qc_cache_set_write_event(s->l2_cache, "l2_update");
+    qc_cache_set_write_event(s->rc_cache, "refblock_update_part");
+    qc_cache_set_hooks(s->l2_cache, l2_write_check, flush_data_file, n);
+    qc_cache_set_hooks(s->rc_cache, rb_write_check, NULL, n);
+    return 0;
+}
+
 /* Create the L2 and refcount caches. */
 static int open_caches(vd_node *n, vd_opts *opts)
 {
@@ -485,10 +523,8 @@ static int open_caches(vd_node *n, vd_opts *opts)
     s->l2_cache = qc_cache_new(n->file, (uint32_t)slice, l2 / slice, "l2_load");
     s->rc_cache = qc_cache_new(n->file, (uint32_t)s->cluster_size, rc / s->cluster_size,
                                "refblock_load");
-    if (!s->l2_cache || !s->rc_cache)
-        return vd_error(ENOMEM, "out of memory");
-    qc_cache_set_write_event(s->l2_cache, "l2_update");
-    qc_cache_set_write_event(s->rc_cache, "refblock_update_part");
+    if ((r = setup_caches(n)) < 0)
+        return r;
     return start_cleaner(s);
 }
 
@@ -629,7 +665,7 @@ static int open_misc_opts(vd_node *n, vd_opts *opts)
         return vd_error(EINVAL, "Lazy refcounts require a qcow2 image with at least "
                         "qemu 1.1 compatibility level");
     s->lazy = lazy;
-    return 0;
+    return qcow2_overlap_opts(n, opts);
 }
 
 /* Remove the options this driver consumed. */
@@ -946,10 +982,8 @@ static int reload_metadata(vd_node *n)
     s->l1 = s->reftable = NULL;
     s->l2_cache = qc_cache_new(n->file, s->l2_slice_size, l2, "l2_load");
     s->rc_cache = qc_cache_new(n->file, (uint32_t)s->cluster_size, rc, "refblock_load");
-    if (!s->l2_cache || !s->rc_cache)
-        return vd_error(ENOMEM, "out of memory");
-    qc_cache_set_write_event(s->l2_cache, "l2_update");
-    qc_cache_set_write_event(s->rc_cache, "refblock_update_part");
+    if ((r = setup_caches(n)) < 0)
+        return r;
     s->file_end = (uint64_t)vd_getlength(n->file);
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
@@ -1006,7 +1040,28 @@ static const struct vd_opt_desc qcow2_open_opts[] = {
       "related space is freed", NULL },
     { "pass-discard-other", VD_OPT_BOOL, "Generate discard requests when other clusters "
       "are freed", NULL },
-    { "overlap-check", VD_OPT_STRING, "Selects which overlap checks to perform", NULL },
+    { "overlap-check", VD_OPT_STRING, "Selects which overlap checks to perform from a "
+      "range of templates (none, constant, cached, all)", NULL },
+    { "overlap-check.template", VD_OPT_STRING, "Selects which overlap checks to perform "
+      "from a range of templates (none, constant, cached, all)", NULL },
+    { "overlap-check.main-header", VD_OPT_BOOL, "Check for unintended writes into the "
+      "main qcow2 header", NULL },
+    { "overlap-check.active-l1", VD_OPT_BOOL, "Check for unintended writes into the "
+      "active L1 table", NULL },
+    { "overlap-check.active-l2", VD_OPT_BOOL, "Check for unintended writes into an "
+      "active L2 table", NULL },
+    { "overlap-check.refcount-table", VD_OPT_BOOL, "Check for unintended writes into the "
+      "refcount table", NULL },
+    { "overlap-check.refcount-block", VD_OPT_BOOL, "Check for unintended writes into a "
+      "refcount block", NULL },
+    { "overlap-check.snapshot-table", VD_OPT_BOOL, "Check for unintended writes into the "
+      "snapshot table", NULL },
+    { "overlap-check.inactive-l1", VD_OPT_BOOL, "Check for unintended writes into an "
+      "inactive L1 table", NULL },
+    { "overlap-check.inactive-l2", VD_OPT_BOOL, "Check for unintended writes into an "
+      "inactive L2 table", NULL },
+    { "overlap-check.bitmap-directory", VD_OPT_BOOL, "Check for unintended writes into "
+      "the bitmap directory", NULL },
     { "snapshot.id", VD_OPT_STRING, "Read this internal snapshot (read-only)", NULL },
     { "snapshot.name", VD_OPT_STRING, "Read this internal snapshot (read-only)", NULL },
     { NULL, 0, NULL, NULL },

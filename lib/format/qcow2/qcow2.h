@@ -71,6 +71,20 @@ enum qc_type {
     QC_COMPRESSED_T,     /* compressed cluster */
 };
 
+/* Kinds of metadata for the overlap check (overlap.c), in QEMU's order. */
+enum {
+    QC_OL_MAIN_HEADER = 1u << 0,
+    QC_OL_ACTIVE_L1 = 1u << 1,
+    QC_OL_ACTIVE_L2 = 1u << 2,
+    QC_OL_REFCOUNT_TABLE = 1u << 3,
+    QC_OL_REFCOUNT_BLOCK = 1u << 4,
+    QC_OL_SNAPSHOT_TABLE = 1u << 5,
+    QC_OL_INACTIVE_L1 = 1u << 6,
+    QC_OL_INACTIVE_L2 = 1u << 7,
+    QC_OL_BITMAP_DIRECTORY = 1u << 8,
+    QC_OL_KINDS = 9,
+};
+
 /* ---- metadata cache (cache.c) ---- */
 struct qc_cache;
 
@@ -115,6 +129,7 @@ struct qcow2_state {
     uint64_t *l1;                  /* l1_size entries, host order */
     uint64_t *reftable;            /* reftable_size entries, host order */
     uint64_t reftable_size;
+    uint64_t reftable_used;        /* entries up to the last nonzero one */
     struct qc_cache *l2_cache, *rc_cache;
     uint32_t l2_slice_size;        /* bytes per L2 cache entry */
     uint64_t free_cluster_index;   /* no free cluster below this */
@@ -125,6 +140,8 @@ struct qcow2_state {
     /* Header extensions kept for info and rewrites. */
     char *backing_fmt, *data_file_name;
     bool has_bitmaps_ext, has_crypto_ext;
+    uint64_t bitmap_dir_offset, bitmap_dir_size;
+    unsigned overlap_checks;       /* QC_OL_* kinds checked before writes */
 
     vd_node *data;                 /* external data file (or n->file) */
     bool data_external, data_raw;
@@ -235,6 +252,12 @@ void qc_cache_discard(struct qc_cache *c, uint64_t off);
 void qc_cache_clean(struct qc_cache *c, uint64_t secs);
 /* Number of entries the cache holds. */
 int qc_cache_capacity(const struct qc_cache *c);
+/* Hooks run before each write-back: check(ctx, off, len) may refuse it
+ * (the overlap check); flush_data(ctx) runs where the cache flushes its
+ * file first, for data the entries will point to that lives elsewhere
+ * (an external data file).  Either may be NULL. */
+void qc_cache_set_hooks(struct qc_cache *c, int (*check)(void *, uint64_t, uint64_t),
+                        int (*flush_data)(void *), void *ctx);
 /* Set the event named before each write-back. */
 void qc_cache_set_write_event(struct qc_cache *c, const char *ev);
 
@@ -315,6 +338,16 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refc
                              bool ext_l2);
 /* Preallocate [from, to) of the guest (metadata, falloc or full). */
 int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+
+/* ---- overlap.c ---- */
+/* Read the overlap-check options (and remove them from opts). */
+int qcow2_overlap_opts(vd_node *n, vd_opts *opts);
+/* Refuse a write of [off, off+len) to the image file that meets metadata
+ * of a checked kind not in ign (QC_OL_* bits): the image is marked
+ * corrupt and -EIO returned.  Lock held. */
+int qcow2_overlap_check(vd_node *n, unsigned ign, uint64_t off, uint64_t len);
+/* Recount reftable_used after the refcount table changed. */
+void qcow2_reftable_used_update(struct qcow2_state *s);
 
 /* ---- snapshot.c ---- */
 /* At open: read the snapshot table; the options snapshot.id/snapshot.name

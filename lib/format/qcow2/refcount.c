@@ -60,6 +60,7 @@ int qcow2_refcount_init(vd_node *n)
     for (uint64_t i = 0; i < entries; i++)
         s->reftable[i] = be64_get((const uint8_t *)&s->reftable[i]);
     s->reftable_size = entries;
+    qcow2_reftable_used_update(s);
     return 0;
 }
 
@@ -122,9 +123,12 @@ static int set_reftable_entry(vd_node *n, uint64_t i, uint64_t v)
 
     vd_event(n->file, "refblock_alloc_hookup");
     be64_put(b, v);
-    if ((r = vd_pwrite(n->file, s->reftable_offset + 8 * i, 8, b, 0)) < 0)
+    if ((r = qcow2_overlap_check(n, QC_OL_REFCOUNT_TABLE, s->reftable_offset + 8 * i, 8)) < 0 ||
+        (r = vd_pwrite(n->file, s->reftable_offset + 8 * i, 8, b, 0)) < 0)
         return r;
     s->reftable[i] = v;
+    if (i >= s->reftable_used)
+        s->reftable_used = i + 1;
     return 0;
 }
 
@@ -148,7 +152,9 @@ static int alloc_refblock_in_place(vd_node *n, uint64_t i)
         return h;
     rb_set(s, b, 0, 1);
     vd_event(n->file, "refblock_alloc_write");
-    r = vd_pwrite(n->file, off, s->cluster_size, b, 0);
+    r = qcow2_overlap_check(n, QC_OL_REFCOUNT_BLOCK, off, s->cluster_size);
+    if (r >= 0)
+        r = vd_pwrite(n->file, off, s->cluster_size, b, 0);
     qc_cache_put(s->rc_cache, h);
     if (r < 0 || (r = vd_flush(n->file)) < 0)
         return r;
@@ -200,7 +206,10 @@ static int write_new_refblocks(vd_node *n, uint64_t a0, uint64_t first_new, uint
             if (c >= base && c < base + per)
                 rb_set(s, b, c - base, 1);
         qc_cache_discard(s->rc_cache, (a0 + k) << s->cluster_bits);
-        r = vd_pwrite(n->file, (a0 + k) << s->cluster_bits, s->cluster_size, b, 0);
+        r = qcow2_overlap_check(n, QC_OL_REFCOUNT_BLOCK, (a0 + k) << s->cluster_bits,
+                                s->cluster_size);
+        if (r >= 0)
+            r = vd_pwrite(n->file, (a0 + k) << s->cluster_bits, s->cluster_size, b, 0);
     }
     free(b);
     return r;
@@ -217,7 +226,9 @@ static int write_new_reftable(vd_node *n, uint64_t *t, uint64_t entries, uint64_
     for (uint64_t i = 0; i < entries; i++)
         be64_put(buf + 8 * i, t[i]);
     vd_event(n->file, "refblock_alloc_write_table");
-    r = vd_pwrite(n->file, table_off, entries * 8, buf, 0);
+    r = qcow2_overlap_check(n, 0, table_off, entries * 8);
+    if (r >= 0)
+        r = vd_pwrite(n->file, table_off, entries * 8, buf, 0);
     free(buf);
     return r;
 }
@@ -274,6 +285,7 @@ static int grow_reftable(vd_node *n, uint64_t need)
     s->reftable_size = entries;
     s->reftable_offset = (a0 + nb) << s->cluster_bits;
     s->reftable_clusters = (uint32_t)nt;
+    qcow2_reftable_used_update(s);
     return qcow2_update_refcount(n, old_off, old_size * 8, -1);
 }
 

@@ -393,7 +393,9 @@ static int write_l1(vd_node *n, const uint64_t *l1, uint32_t size, uint64_t off)
 
     if (!buf)
         return vd_error(ENOMEM, "out of memory");
-    r = size ? vd_pwrite(n->file, off, (uint64_t)size * 8, buf, 0) : 0;
+    r = size ? qcow2_overlap_check(n, QC_OL_ACTIVE_L1, off, (uint64_t)size * 8) : 0;
+    if (r >= 0 && size)
+        r = vd_pwrite(n->file, off, (uint64_t)size * 8, buf, 0);
     free(buf);
     return r;
 }
@@ -406,7 +408,8 @@ static int alloc_write(vd_node *n, const void *buf, uint64_t len, uint64_t *off)
     int r;
 
     if ((r = qcow2_alloc_clusters(n, count, off)) < 0 ||
-        (r = qcow2_grow_file(n, n->file, *off + count * s->cluster_size)) < 0)
+        (r = qcow2_grow_file(n, n->file, *off + count * s->cluster_size)) < 0 ||
+        (r = qcow2_overlap_check(n, 0, *off, len)) < 0)
         return r;
     return vd_pwrite(n->file, *off, len, buf, 0);
 }

@@ -179,16 +179,42 @@ static bool cow_reads_zero(vd_node *n, const struct wclus *w)
            ((w->old_entry & QC_ZERO_FLAG) || !n->backing);
 }
 
+/* Make sure the L2 table of the run exists (and is the image's own) before
+ * its data clusters are allocated, so it lies in front of them in the file
+ * as QEMU places it.  Lock held. */
+static int prepare_l2(vd_node *n, const struct wclus *w)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice;
+    uint32_t idx;
+    int h, r = qcow2_get_l2_slice(n, w->gc, true, &slice, &idx, &h);
+
+    if (r >= 0)
+        qc_cache_put(s->l2_cache, h);
+    return r;
+}
+
 /* Plan clusters [first, first+count) of one L2 slice; allocate the fresh
- * ones contiguously (refcounts first: invariant 1). */
+ * ones contiguously (refcounts first: invariant 1).  On failure no cluster
+ * is left marked fresh without its own allocation (unwind_run gives back
+ * the rest). */
 static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, size_t count)
 {
     struct qcow2_state *s = n->state;
-    uint64_t nfresh = 0, host = 0, zero_from = s->file_end;
+    uint64_t nfresh = 0, host = 0, zero_from;
     int r;
 
-    if ((r = plan_entries(n, off, len, w, count, &nfresh)) < 0 || !nfresh)
+    r = plan_entries(n, off, len, w, count, &nfresh);
+    if (r >= 0 && nfresh)
+        r = prepare_l2(n, &w[0]);
+    if (r < 0) {
+        for (size_t k = 0; k < count; k++)
+            w[k].fresh = false;
         return r;
+    }
+    if (!nfresh)
+        return 0;
+    zero_from = s->file_end;
     /* In pieces small enough to fit between refcount blocks, which sit
      * at the start of the range they describe. */
     uint64_t piece = VD_MAX(1ull, 1ull << (s->refblock_bits - 2)), left = 0, end = 0;
@@ -216,6 +242,26 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
         }
     }
     return qcow2_grow_file(n, n->file, end);
+}
+
+/* The overlap check of a planned run's host ranges: guest data lands on
+ * no metadata (contiguous ranges checked at once).  Lock held. */
+static int check_run(vd_node *n, const struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+    int r = 0;
+
+    if (s->data_external)
+        return 0;
+    for (size_t k = 0; k < count && r >= 0;) {
+        uint64_t start = w[k].host + w[k].wlo, end = w[k].host + w[k].whi;
+        size_t j = k + 1;
+        for (; j < count && w[j].host + w[j].wlo == end; j++)
+            end = w[j].host + w[j].whi;
+        r = qcow2_overlap_check(n, 0, start, end - start);
+        k = j;
+    }
+    return r;
 }
 
 /* Register [off, off+len) as a shared in-place write when every cluster
@@ -365,8 +411,11 @@ static int write_run(vd_node *n, uint64_t off, uint64_t len, const char *buf)
     }
     if (r == 0) {
         qcow2_inflight_begin(n, &f, off >> s->cluster_bits, (off + len - 1) >> s->cluster_bits);
-        r = plan_run(n, off, len, w, count);
+        if ((r = plan_run(n, off, len, w, count)) < 0)
+            unwind_run(n, w, count);
     }
+    if (r >= 0)
+        r = check_run(n, w, count);    /* a hit: the image is corrupt now, keep all */
     if (r >= 0) {
         pthread_mutex_unlock(&s->lock);
         r = write_run_data(n, w, count, buf);
@@ -449,6 +498,8 @@ static int store_compressed(vd_node *n, uint64_t gc, const void *data, uint64_t 
     r = qcow2_alloc_bytes(n, clen, &coff);
     if (r >= 0)
         r = qcow2_grow_file(n, n->file, coff + clen);
+    if (r >= 0)
+        r = qcow2_overlap_check(n, 0, coff, clen);
     if (r >= 0) {
         pthread_mutex_unlock(&s->lock);
         vd_event(n->file, "write_compressed");
