@@ -973,6 +973,8 @@ static int reload_metadata(vd_node *n)
     s->l1_offset = be64_get(h + 40);
     s->reftable_offset = be64_get(h + 48);
     s->reftable_clusters = be32_get(h + 56);
+    s->nb_snapshots = be32_get(h + 60);
+    s->snapshots_offset = be64_get(h + 64);
     if (s->version >= 3)
         s->incompat = be64_get(h + 72);
     qc_cache_free(s->l2_cache);
@@ -988,7 +990,7 @@ static int reload_metadata(vd_node *n)
     s->free_cluster_index = 0;
     s->free_byte_offset = 0;
     if ((r = load_table(n, s->l1_offset, s->l1_size, &s->l1)) < 0 ||
-        (r = qcow2_refcount_init(n)) < 0)
+        (r = qcow2_refcount_init(n)) < 0 || (r = qcow2_snapshot_reload(n)) < 0)
         return r;
     s->needs_repair = false;
     s->corrupt = s->incompat & QC_INCOMPAT_CORRUPT;

@@ -354,6 +354,9 @@ void qcow2_reftable_used_update(struct qcow2_state *s);
  * (read-only nodes) make reads use that snapshot. */
 int qcow2_snapshot_open(vd_node *n, vd_opts *opts, int flags);
 void qcow2_snapshot_close(vd_node *n);
+/* Read the snapshot table again (after a repair rewrote the header); an
+ * unreadable one is remembered in snap_error. */
+int qcow2_snapshot_reload(vd_node *n);
 int qcow2_snapshot_list(vd_node *n, struct vd_snapshot_info **out);
 int qcow2_snapshot_create(vd_node *n, const struct vd_snapshot_info *sn);
 int qcow2_snapshot_goto(vd_node *n, const char *id_or_name);

@@ -894,6 +894,19 @@ out:
 
 /* ---- open ---- */
 
+/* See qcow2.h. */
+int qcow2_snapshot_reload(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+    int r;
+
+    qcow2_snapshot_close(n);
+    s->snap_error[0] = 0;
+    if ((r = read_table(n)) < 0)
+        snprintf(s->snap_error, sizeof(s->snap_error), "%s", vd_errmsg());
+    return 0;
+}
+
 /* See qcow2.h.  A table QEMU refuses fails the open; in check mode
  * (VD_O_CHECK) the image opens and the snapshot operations fail. */
 int qcow2_snapshot_open(vd_node *n, vd_opts *opts, int flags)

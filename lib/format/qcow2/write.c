@@ -37,6 +37,12 @@
  *     is never held across guest data I/O.  Only writes that change no
  *     metadata (in place into clusters the image owns) share clusters with
  *     each other (plan_shared), never with anything else.
+ *  8. No blind writes.  Every write into the image file (guest data,
+ *     copy-on-write, compressed data, L2 slices, refcount blocks, table
+ *     entries, new tables) first passes the metadata-overlap check
+ *     (overlap.c, check_run here); a hit marks the image corrupt instead.
+ *     An external data file holds no metadata and is flushed, like the
+ *     image file, before L2 entries naming its new data are written back.
  */
 #include <errno.h>
 #include <stdlib.h>
