@@ -148,8 +148,9 @@ static int parse_create(vd_opts *o, struct qc_create *c)
                         "same time if extended_l2 is on");
     if (c->backing && strlen(c->backing) > QC_MAX_BACKING_NAME)
         return vd_error(EINVAL, "Backing file name too long");
-    if (c->size > INT64_MAX)
+    if (c->size > INT64_MAX - 511)
         return vd_error(EFBIG, "Image size too large");
+    c->size = div_round_up(c->size, 512) * 512;   /* whole sectors, as QEMU stores it */
     return 0;
 }
 
@@ -295,32 +296,103 @@ static vd_opts *proto_opts(vd_opts *o)
     return p;
 }
 
-/* Create the external data file, sized as the image. */
+/* Create the external data file.  As QEMU: empty when the image is
+ * preallocated (data_file_raw implies metadata), so that preallocation
+ * grows it with its own mode; else sized as the image, as QEMU's plain
+ * truncate leaves it. */
 static int create_data_file(const char *image, const struct qc_create *c)
 {
     vd_opts *p = vd_opts_new();
+    bool grown_later = c->prealloc != VD_PREALLOC_OFF || c->data_raw;
     char sz[32];
     int r;
 
     if (!p)
         return vd_error(ENOMEM, "out of memory");
-    snprintf(sz, sizeof(sz), "%llu", (unsigned long long)c->size);
+    snprintf(sz, sizeof(sz), "%llu", grown_later ? 0ull : (unsigned long long)c->size);
     vd_opts_set(p, "size", sz);
     r = vd_protocol_create(c->data_file, p);
     vd_opts_free(p);
     return r < 0 ? vd_error_prefix(r, "Could not create data file") : 0;
 }
 
-/* Open the new image and preallocate it. */
+/* Write len zero bytes at off of f (real data, as a copy-on-write does). */
+static int write_zero_data(vd_node *f, uint64_t off, uint64_t len)
+{
+    void *z = calloc(1, len);
+    int r;
+
+    if (!z)
+        return vd_error(ENOMEM, "out of memory");
+    r = vd_pwrite(f, off, len, z, 0);
+    free(z);
+    return r;
+}
+
+/* The tail write into a data file comes before any grow and extends the
+ * file itself.  vdisk grows the file first, which writes its first block
+ * when it was empty (QEMU's new-file rule): punch that block again, as
+ * QEMU's extending write leaves it a hole (4096: the file driver's first
+ * block). */
+static int data_file_tail(vd_node *d, uint64_t size, uint64_t tail)
+{
+    int64_t cur = vd_getlength(d);
+    uint64_t first = VD_MIN(round_down(size, 4096), 4096), end;
+    int r = cur < 0 ? (int)cur : 0;
+
+    if (ADD_OVERFLOW(size, tail, &end) || end > INT64_MAX)
+        return vd_error(EFBIG, "Image size too large");
+    if (r >= 0 && (uint64_t)cur < end)
+        r = vd_truncate(d, end, false, VD_PREALLOC_OFF);
+    if (r >= 0)
+        r = write_zero_data(d, size, tail);
+    if (r >= 0 && cur == 0 && first)
+        r = vd_discard(d, 0, first);
+    return r;
+}
+
+/* QEMU maps the clusters of metadata preallocation (and of any
+ * preallocation with a data file) like a guest write of [0, size): the
+ * copy-on-write writes zeroes from the guest end to the end of its
+ * subcluster.  With a data file that write comes before the file is grown
+ * (host offsets are guest offsets), so the grow then finds it long enough
+ * and preallocates nothing. */
+static int write_cow_tail(vd_node *n, uint64_t size, bool mapped)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t tail = is_aligned(size, s->sc_size) ? 0 : s->sc_size - (size & (s->sc_size - 1));
+    uint64_t pnum, map = 0;
+    vd_node *f = NULL;
+    int r;
+
+    if (!tail || size == 0)
+        return 0;
+    if (s->data_external)
+        return mapped ? 0 : data_file_tail(s->data, size, tail);
+    if (!mapped)
+        return 0;
+    r = vd_block_status(n, size - 1, 1, &pnum, &map, &f);
+    if (r < 0 || !(r & VD_BS_OFFSET_VALID) || !f)
+        return r < 0 ? r : 0;
+    return write_zero_data(f, map + 1, tail);
+}
+
+/* Open the new image and preallocate it (data_file_raw alone implies
+ * metadata preallocation, as in QEMU). */
 static int prealloc_new(const char *filename, const struct qc_create *c)
 {
+    int mode = c->data_raw && c->prealloc == VD_PREALLOC_OFF ? VD_PREALLOC_METADATA
+                                                            : c->prealloc;
     vd_node *n = NULL;
     int r = vd_open(&n, filename, "qcow2", NULL, VD_O_RDWR | VD_O_NO_BACKING | VD_O_CREATE);
 
     if (r < 0)
         return r;
-    r = qcow2_preallocate(n, 0, c->size, c->data_raw && c->prealloc == VD_PREALLOC_OFF
-                                         ? VD_PREALLOC_METADATA : c->prealloc);
+    r = write_cow_tail(n, c->size, false);
+    if (r >= 0)
+        r = qcow2_preallocate(n, 0, c->size, mode);
+    if (r >= 0 && mode == VD_PREALLOC_METADATA)
+        r = write_cow_tail(n, c->size, true);
     if (r >= 0)
         r = vd_flush(n);
     vd_close(n);
@@ -389,57 +461,302 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cs, uint32_t order, bool ex
     return meta + aligned;
 }
 
-/* Guest bytes a copy of src needs, cluster-rounded (QEMU's walk). */
+/* Whether qcow2 node n looks metadata-preallocated by QEMU's test: at
+ * least max(10/9 of the file's allocated clusters, that + 2) clusters of
+ * the file have a refcount.  Only such images have their data file asked
+ * for holes in QEMU's block status; false on any error, as there. */
+static bool qc_looks_preallocated(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+    int64_t len = vd_getlength(n->file), alloc = vd_get_allocated_size(n->file);
+    uint64_t real, threshold, end, count = 0, rc;
+
+    if (len < 0 || alloc < 0)
+        return false;
+    real = (uint64_t)alloc / s->cluster_size;   /* < 2^55: no overflow below */
+    threshold = VD_MAX(real * 10 / 9, real + 2);
+    end = div_round_up((uint64_t)len, s->cluster_size);
+    pthread_mutex_lock(&s->lock);
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
+        if (qcow2_get_refcount(n, i, &rc) < 0) {
+            count = 0;
+            break;
+        }
+        count += rc != 0;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return count >= threshold;
+}
+
+/* Layers of the source's backing chain, with what is known of each. */
+struct src_chain {
+    vd_node *top;
+    size_t len;
+    signed char *prealloc;         /* per depth: 0 unknown, 1 no, 2 yes */
+};
+
+/* Status of one answer as QEMU's qcow2 gives it: "data reading as zeroes"
+ * (a hole of the data file under a data cluster) stays zero only when
+ * that layer looks metadata-preallocated; otherwise it is plain data. */
+static int qemu_view(struct src_chain *c, int depth, int st)
+{
+    vd_node *n = c->top;
+
+    if ((st & (VD_BS_DATA | VD_BS_ZERO)) != (VD_BS_DATA | VD_BS_ZERO) ||
+        depth < 0 || (size_t)depth >= c->len)
+        return st;
+    for (int i = 0; i < depth; i++)
+        n = n->backing;
+    if (n->drv != &qcow2_driver)
+        return st;
+    if (!c->prealloc[depth])
+        c->prealloc[depth] = qc_looks_preallocated(n) ? 2 : 1;
+    return c->prealloc[depth] == 2 ? st : st & ~VD_BS_ZERO;
+}
+
+/* Guest bytes a copy of src needs (QEMU's walk): every target cluster
+ * that any allocated, non-zero data extent of the chain touches counts
+ * whole; zero and unallocated extents count nothing. */
 static int source_required(vd_node *src, uint64_t cs, uint64_t ssize, uint64_t *req)
 {
-    uint64_t off = 0, pnum;
+    struct src_chain c = { .top = src };
+    uint64_t off = 0, pnum, end;
+    int depth, r = 0;
 
+    for (vd_node *n = src; n; n = n->backing)
+        c.len++;
+    if (!(c.prealloc = calloc(c.len, 1)))
+        return vd_error(ENOMEM, "out of memory");
     *req = 0;
     while (off < ssize) {
-        uint64_t map;
-        vd_node *f;
-        int depth;
-        int r = vd_block_status_above(src, off, ssize - off, &pnum, &map, &f, &depth);
-        if (r < 0)
-            return r;
-        if (!pnum)
+        r = vd_block_status_above(src, off, ssize - off, &pnum, NULL, NULL, &depth);
+        if (r < 0 || !pnum)
             break;
+        r = qemu_view(&c, depth, r);
         if (!(r & VD_BS_ZERO) && (r & VD_BS_DATA) && (r & VD_BS_ALLOCATED)) {
-            pnum = div_round_up(off + pnum, cs) * cs - off;
-            *req += off % cs + pnum;
+            end = div_round_up(off + pnum, cs) * cs;   /* off + pnum <= ssize < 2^63 */
+            *req += end - round_down(off, cs);
+            pnum = end - off;
         }
         off += pnum;
     }
+    free(c.prealloc);
+    return r < 0 ? r : 0;
+}
+
+/* What measure reads of -o.  QEMU's measure parses these few itself, in
+ * this order and with these messages (not create's), and ignores the
+ * other create options. */
+struct qc_measure_opts {
+    uint64_t size, cluster_size;
+    uint32_t version, refcount_order;
+    int prealloc;
+    bool ext_l2, backing;
+};
+
+/* extended_l2 and cluster_size (at least 16k with extended L2). */
+static int measure_geometry(vd_opts *o, struct qc_measure_opts *m)
+{
+    uint64_t cs;
+    int r;
+
+    if ((r = vd_opts_get_bool(o, "extended_l2", false, &m->ext_l2)) < 0 ||
+        (r = vd_opts_get_size(o, "cluster_size", 65536, &cs)) < 0)
+        return r;
+    if (cs < 512 || cs > (2u << 20) || !is_power_of_2(cs))
+        return vd_error(EINVAL, "Cluster size must be a power of two between 512 and 2048k");
+    if (m->ext_l2 && cs < 16384)
+        return vd_error(EINVAL, "Extended L2 entries are only supported with cluster sizes "
+                        "of at least 16384 bytes");
+    m->cluster_size = cs;
     return 0;
+}
+
+/* compat (only "0.10" and "1.1" here), then refcount_bits against it. */
+static int measure_version(vd_opts *o, struct qc_measure_opts *m)
+{
+    const char *v = vd_opts_get(o, "compat");
+    uint64_t rb;
+    int r;
+
+    if (!v || !strcmp(v, "1.1"))
+        m->version = 3;
+    else if (!strcmp(v, "0.10"))
+        m->version = 2;
+    else
+        return vd_error(EINVAL, "Invalid compatibility level: '%s'", v);
+    if ((r = vd_opts_get_u64(o, "refcount_bits", 16, &rb)) < 0)
+        return r;
+    if (rb > 64 || !is_power_of_2(rb))
+        return vd_error(EINVAL, "Refcount width must be a power of two and may not exceed "
+                        "64 bits");
+    if (m->version < 3 && rb != 16)
+        return vd_error(EINVAL, "Different refcount widths than 16 bits require "
+                        "compatibility level 1.1 or above (use compat=1.1 or greater)");
+    m->refcount_order = (uint32_t)__builtin_ctzll(rb);
+    return 0;
+}
+
+/* preallocation, backing_file, and LUKS (whose header vdisk cannot size
+ * yet; other encryption options do not change the numbers). */
+static int measure_misc(vd_opts *o, struct qc_measure_opts *m)
+{
+    const char *pa = vd_opts_get(o, "preallocation"), *ef = vd_opts_get(o, "encrypt.format");
+
+    m->prealloc = VD_PREALLOC_OFF;
+    if (pa && (m->prealloc = vd_prealloc_parse(pa)) < 0)
+        return vd_error(EINVAL, "invalid parameter value: %s", pa);
+    m->backing = vd_opts_get(o, "backing_file") != NULL;
+    if (ef && !strcmp(ef, "luks"))
+        return vd_error(ENOTSUP, "qcow2 LUKS encryption (encrypt.format=luks) is not yet "
+                        "supported by vdisk");
+    return 0;
+}
+
+/* The size to check: --size without a source, else -o size.  QEMU rounds
+ * it up to a cluster with wrap-around (a size within a cluster of 2^64
+ * becomes 0), then refuses more L2 tables than a 32 MiB L1 table holds. */
+static int measure_size(vd_opts *o, uint64_t size_in, bool has_src,
+                        struct qc_measure_opts *m)
+{
+    uint64_t esz = m->ext_l2 ? 16 : 8, l2_tables;
+    int r;
+
+    m->size = size_in;
+    if (has_src && (r = vd_opts_get_size(o, "size", 0, &m->size)) < 0)
+        return r;
+    if (!round_up_checked(m->size, m->cluster_size, &m->size))
+        m->size = 0;
+    l2_tables = div_round_up(m->size / m->cluster_size, m->cluster_size / esz);
+    if (l2_tables > (32u << 20) / 8)
+        return vd_error(EFBIG, "The image size is too large (try using a larger cluster "
+                        "size)");
+    return 0;
+}
+
+/* All of -o as QEMU's measure reads it. */
+static int parse_measure(vd_opts *o, uint64_t size_in, bool has_src,
+                         struct qc_measure_opts *m)
+{
+    int r;
+
+    memset(m, 0, sizeof(*m));
+    if ((r = measure_geometry(o, m)) < 0 || (r = measure_version(o, m)) < 0 ||
+        (r = measure_misc(o, m)) < 0)
+        return r;
+    return measure_size(o, size_in, has_src, m);
+}
+
+/* A walk over the source's bitmap directory, summing QEMU's estimate of
+ * what the bitmaps take in the target. */
+struct bm_walk {
+    const uint8_t *dir;
+    uint64_t dsize, len, cs;       /* directory bytes, bitmap length, target cluster */
+    uint64_t dir_bytes, total;     /* target directory bytes; bitmaps and tables */
+    bool overflow;
+};
+
+/* Account the entry at p: its bitmap fully allocated plus its table, and
+ * its directory entry (without extra data).  Returns the entry's size in
+ * the source directory; 0 when malformed or the sum overflows (flagged). */
+static uint64_t bitmap_entry(struct bm_walk *w, uint64_t p)
+{
+    uint64_t nlen, xlen, bits, clusters, bytes;
+
+    if (w->dsize - p < 24)
+        return 0;
+    nlen = be16_get(w->dir + p + 18);
+    xlen = be32_get(w->dir + p + 20);
+    if (24 + nlen + xlen > w->dsize - p)
+        return 0;
+    bits = div_round_up(w->len, 1ull << VD_MIN(w->dir[p + 17], 63u));
+    clusters = div_round_up(div_round_up(bits, 8), w->cs);   /* < 2^61 / cs */
+    bytes = clusters * w->cs + div_round_up(clusters * 8, w->cs) * w->cs;
+    if ((w->overflow = ADD_OVERFLOW(w->total, bytes, &w->total)))
+        return 0;
+    w->dir_bytes += (24 + nlen + 7) / 8 * 8;  /* < 64 KiB per entry */
+    return (24 + nlen + xlen + 7) / 8 * 8;
+}
+
+/* Space the source's persistent bitmaps need in the target (QEMU's
+ * estimate): each bitmap fully allocated, its table, and the directory;
+ * a bitmap spans the source's length rounded up to 512 bytes. */
+static int bitmaps_size(vd_node *src, uint64_t cs, uint64_t *out)
+{
+    struct qcow2_state *s = src->state;
+    struct bm_walk w = { .dsize = s->bitmap_dir_size, .cs = cs };
+    int64_t l = vd_getlength(src);
+    uint8_t *dir;
+    uint64_t p = 0, esize = 1;
+    int r;
+
+    *out = 0;
+    if (!s->has_bitmaps_ext || !w.dsize)
+        return 0;
+    if (l < 0)
+        return (int)l;
+    w.len = div_round_up((uint64_t)l, 512) * 512;
+    if (!(dir = malloc(w.dsize)))
+        return vd_error(ENOMEM, "out of memory");
+    w.dir = dir;
+    r = qcow2_read_padded(src->file, s->bitmap_dir_offset, w.dsize, dir);
+    for (; r >= 0 && p < w.dsize && esize; p += esize)
+        esize = bitmap_entry(&w, p);
+    free(dir);
+    if (r < 0)
+        return r;
+    if (w.overflow || ADD_OVERFLOW(w.total, div_round_up(w.dir_bytes, cs) * cs, out))
+        return vd_error(EFBIG, "bitmaps size too large");
+    return 0;
+}
+
+/* Whether both ends keep persistent bitmaps: a v3 target and a v3 qcow2
+ * source. */
+static bool bitmaps_supported(const struct qc_measure_opts *m, vd_node *src)
+{
+    return m->version >= 3 && src->drv == &qcow2_driver &&
+           ((struct qcow2_state *)src->state)->version >= 3;
+}
+
+/* Data bytes of the target: the source's, or all with a backing file
+ * (the chain may share nothing) or full/falloc preallocation. */
+static int data_required(const struct qc_measure_opts *m, vd_node *src, uint64_t ssize,
+                         uint64_t vsize, uint64_t *req)
+{
+    *req = 0;
+    if (m->prealloc == VD_PREALLOC_FULL || m->prealloc == VD_PREALLOC_FALLOC ||
+        (src && m->backing)) {
+        *req = vsize;
+        return 0;
+    }
+    return src ? source_required(src, m->cluster_size, ssize, req) : 0;
 }
 
 /* See qcow2.h. */
 int qcow2_measure(vd_opts *opts, vd_node *src, uint64_t size_in, struct vd_measure_info *out)
 {
-    struct qc_create c;
-    uint64_t vsize, req = 0;
+    struct qc_measure_opts m;
+    uint64_t vsize, ssize = 0, req;
     int r;
 
-    if ((r = parse_create(opts, &c)) < 0)
+    if ((r = parse_measure(opts, size_in, src != NULL, &m)) < 0)
         return r;
     memset(out, 0, sizeof(*out));
+    vsize = m.size;
     if (src) {
         int64_t l = vd_getlength(src);
         if (l < 0)
             return (int)l;
-        vsize = div_round_up((uint64_t)l, c.cluster_size) * c.cluster_size;
-        if (c.backing)
-            req = vsize;
-        else if ((r = source_required(src, c.cluster_size, (uint64_t)l, &req)) < 0)
-            return r;
-        out->has_bitmaps = src->drv == &qcow2_driver;
-    } else {
-        vsize = div_round_up(size_in, c.cluster_size) * c.cluster_size;
+        ssize = (uint64_t)l;
+        vsize = div_round_up(ssize, m.cluster_size) * m.cluster_size;  /* ssize < 2^63 */
     }
-    if (c.prealloc == VD_PREALLOC_FULL || c.prealloc == VD_PREALLOC_FALLOC)
-        req = vsize;
-    out->fully_allocated = qcow2_prealloc_size(vsize, c.cluster_size, c.refcount_order,
-                                               c.ext_l2);
+    if ((r = data_required(&m, src, ssize, vsize, &req)) < 0)
+        return r;
+    if (src && (out->has_bitmaps = bitmaps_supported(&m, src)) &&
+        (r = bitmaps_size(src, m.cluster_size, &out->bitmaps)) < 0)
+        return r;
+    out->fully_allocated = qcow2_prealloc_size(vsize, m.cluster_size, m.refcount_order,
+                                               m.ext_l2);
     out->required = out->fully_allocated - vsize + req;
     return 0;
 }

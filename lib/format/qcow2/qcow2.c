@@ -851,13 +851,7 @@ static int64_t qcow2_getlength(vd_node *n)
 /* Host bytes of the image file and an external data file. */
 static int64_t qcow2_get_allocated_size(vd_node *n)
 {
-    struct qcow2_state *s = n->state;
-    int64_t a = vd_get_allocated_size(n->file), b;
-
-    if (a < 0 || !s->data_external)
-        return a;
-    b = vd_get_allocated_size(s->data);
-    return b < 0 ? a : a + b;
+    return vd_get_allocated_size(n->file);    /* an external data file not counted, as QEMU */
 }
 
 /* New images read as zeroes unless they have a backing file or a data file
