@@ -84,8 +84,6 @@ def test_write_matrix(tmp_path, opts, backing):
     # qemu refuses compressed writes to allocated (preallocated) clusters
     ops = [o for o in OPS if ("preallocation" not in opts and "2M" not in opts)
            or "compress" not in o[1]]
-    if backing and "cluster_size=1k" in opts:
-        pytest.xfail("known: differs from qemu-io after discard with 1k clusters and a backing file")
     vio(v, *[o[1] for o in ops])
     qio(q, *[o[0] for o in ops])
     check_clean(v)
@@ -124,8 +122,6 @@ def test_read_qemu_written(tmp_path, opts):
         assert vimg("compare", img, q).returncode == 0
         vm = vimg("map", "--output=json", img, check=True).stdout
         qm = qimg("map", "--output=json", img, check=True).stdout
-        if vm != qm and img == top:
-            pytest.xfail("known: map depth of some unallocated ranges differs")
         assert vm == qm
     qimg("commit", top, check=True)
     v, q = tmp_path / "v2.raw", tmp_path / "q2.raw"

@@ -27,13 +27,22 @@ struct map_args {
     uint64_t start, max_len;
 };
 
-/* Number of backing images below n: the depth of unallocated ranges. */
-static int64_t chain_depth(vd_node *n)
+/* Depth qemu-img gives a range at off that no layer allocates: its walk
+ * goes down while the layer has a backing file that reaches off, so it
+ * stops at the bottom or above a backing file that ends at or before off
+ * (the range then reads as zeroes of that layer). */
+static int64_t unallocated_depth(vd_node *n, uint64_t off)
 {
     int64_t d = 0;
+    vd_node *b;
 
-    while ((n = vd_node_backing(n)))
+    while ((b = vd_node_backing(n))) {
+        int64_t blen = vd_getlength(b);
+        if (blen >= 0 && off >= (uint64_t)blen)
+            break;
+        n = b;
         d++;
+    }
     return d;
 }
 
@@ -77,8 +86,7 @@ static bool mergeable(const struct map_entry *curr, const struct map_entry *next
 }
 
 /* Block status at off (up to len bytes) as a map entry; -errno on error. */
-static int get_entry(vd_node *n, uint64_t off, uint64_t len, int64_t bottom,
-                     struct map_entry *e)
+static int get_entry(vd_node *n, uint64_t off, uint64_t len, struct map_entry *e)
 {
     uint64_t pnum = 0, map = 0;
     vd_node *file = NULL;
@@ -91,7 +99,7 @@ static int get_entry(vd_node *n, uint64_t off, uint64_t len, int64_t bottom,
         return -EIO;
     *e = (struct map_entry) {
         .start = off, .length = pnum, .offset = map,
-        .depth = depth >= 0 ? depth : bottom,
+        .depth = (r & VD_BS_ALLOCATED) && depth >= 0 ? depth : unallocated_depth(n, off),
         .present = (r & VD_BS_ALLOCATED) != 0,
         .zero = r & VD_BS_ZERO, .data = r & VD_BS_DATA,
         .has_offset = (r & VD_BS_OFFSET_VALID) && (r & VD_BS_ALLOCATED),
@@ -118,11 +126,10 @@ static int dump_entry(const struct map_args *ma, const struct map_entry *e,
 static int map_range(const struct map_args *ma, vd_node *n, uint64_t end)
 {
     struct map_entry curr = { .start = ma->start }, next;
-    int64_t bottom = chain_depth(n);
     bool first = true;
 
     for (uint64_t off = ma->start; off < end; off += next.length) {
-        int r = get_entry(n, off, end - off, bottom, &next);
+        int r = get_entry(n, off, end - off, &next);
         if (r < 0) {
             img_error("Could not read file metadata: %s", strerror(-r));
             return -1;

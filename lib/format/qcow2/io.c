@@ -238,47 +238,138 @@ int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
 
 /* ---- zero writes and discards ---- */
 
-/* Whole clusters (or subclusters) [first unit, last unit] of one slice
- * made to read as zeroes (zero) or dropped (discard); old references are
- * freed after the L2 update and freed host clusters discarded below. */
+/* A zero write or discard on whole (sub)clusters follows QEMU 7.2's rules:
+ * - discard: a cluster that holds host data, or any cluster when a backing
+ *   file would show through, reads as zeroes afterwards (v2: becomes
+ *   unallocated); other clusters are left as they are;
+ * - zero write: the zero flag (extended L2: the zero bits) is set, keeping
+ *   the host cluster unless it is compressed or MAY_UNMAP lets it go;
+ * - only_unwritten (the widened zero write of a partial unit): nothing
+ *   changes, and -ENOTSUP is returned, unless the unit is unallocated or
+ *   already zero.
+ * Old references are freed after the L2 update; host clusters whose
+ * refcount drops to 0 are then discarded in the image file. */
 struct zop {
-    bool discard, unmap;
+    bool discard, unmap, only_unwritten;
 };
 
-/* New entry and bitmap for zeroing subclusters mask of a cluster. */
+#define QC_BITMAP_ALL_ZEROES 0xffffffff00000000ull
+
+/* Does the image have a backing file (opened, or only named: a target
+ * that convert -B opens without it still shows it through)? */
+static bool has_backing(const vd_node *n)
+{
+    return n->backing || n->backing_name;
+}
+
+/* Does L2 entry e hold host data (normal, zero-allocated or compressed)?
+ * In an external data file offset 0 is valid; COPIED tells it apart. */
+static bool entry_allocated(const struct qcow2_state *s, uint64_t e)
+{
+    return (e & QC_COMPRESSED) || (e & QC_OFFSET_MASK) ||
+           (s->data_external && (e & QC_COPIED));
+}
+
+/* Are the units mask of a cluster unallocated or zero (no data)? */
+static bool units_unwritten(const struct qcow2_state *s, uint64_t e, uint64_t b,
+                            uint64_t mask)
+{
+    if (e & QC_COMPRESSED)
+        return false;
+    if (s->ext_l2)
+        return !(b & mask);
+    return (e & QC_ZERO_FLAG) || !entry_allocated(s, e);
+}
+
+/* New entry and bitmap of a whole cluster a guest discard drops. */
+static void discard_entry(vd_node *n, uint64_t e, uint64_t b, uint64_t *ne, uint64_t *nb,
+                          bool *free_old)
+{
+    struct qcow2_state *s = n->state;
+
+    *free_old = entry_allocated(s, e);
+    *ne = e;
+    *nb = b;
+    if (!*free_old && !has_backing(n))
+        return;                    /* reads as zeroes already */
+    *ne = !s->ext_l2 && s->version >= 3 ? QC_ZERO_FLAG : 0;
+    *nb = s->ext_l2 ? QC_BITMAP_ALL_ZEROES : 0;
+}
+
+/* New entry and bitmap for zeroing the units mask of a cluster (all of
+ * them: whole; some subclusters: partial, never compressed). */
 static void zero_entry(vd_node *n, const struct zop *z, uint64_t e, uint64_t b,
                        uint64_t mask, uint64_t *ne, uint64_t *nb, bool *free_old)
 {
     struct qcow2_state *s = n->state;
     bool whole = mask == (s->ext_l2 ? 0xffffffffull : 1);
-    bool shared = (e & QC_OFFSET_MASK) && !(e & QC_COPIED);
-    bool want_zero = !z->discard || (s->version >= 3 && n->backing);
 
-    *free_old = false;
+    *free_old = whole && ((e & QC_COMPRESSED) || (z->unmap && entry_allocated(s, e)));
+    *ne = *free_old ? 0 : e;
     if (!s->ext_l2) {
-        bool drop = z->unmap || z->discard || (e & QC_COMPRESSED) || shared;
-        *free_old = drop && (e & (QC_OFFSET_MASK | QC_COMPRESSED));
-        *ne = drop ? (want_zero ? QC_ZERO_FLAG : 0)
-                   : ((e & (QC_OFFSET_MASK | QC_COPIED)) | QC_ZERO_FLAG);
-        if (!(e & QC_OFFSET_MASK) && !want_zero)
-            *ne = 0;
+        *ne |= QC_ZERO_FLAG;
         *nb = 0;
-        return;
+    } else {
+        *nb = whole ? QC_BITMAP_ALL_ZEROES : (b | mask << 32) & ~mask;
     }
-    if (whole && (z->unmap || z->discard || (e & QC_COMPRESSED) || shared)) {
-        *free_old = (e & (QC_OFFSET_MASK | QC_COMPRESSED)) != 0;
-        *ne = 0;
-        *nb = want_zero ? 0xffffffff00000000ull : 0;
-        return;
+}
+
+/* Change one cluster's entry for the units mask; -ENOTSUP when it cannot
+ * be done with flags.  Sets *fr to the entry to free, or 0. */
+static int zero_cluster(vd_node *n, const struct zop *z, uint64_t *slice, uint32_t i,
+                        uint64_t mask, bool *dirty, uint64_t *fr)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t e = qc_l2_get(s, slice, i), b = qc_l2_get_bitmap(s, slice, i), ne, nb;
+    bool whole = mask == (s->ext_l2 ? 0xffffffffull : 1), free_old;
+
+    *fr = 0;
+    if (z->only_unwritten && !units_unwritten(s, e, b, mask))
+        return -ENOTSUP;           /* the caller writes zeroes */
+    if (!whole && (e & QC_COMPRESSED))
+        return -ENOTSUP;           /* part of a compressed cluster */
+    if (z->discard)
+        discard_entry(n, e, b, &ne, &nb, &free_old);
+    else
+        zero_entry(n, z, e, b, mask, &ne, &nb, &free_old);
+    if (ne == e && nb == b)
+        return 0;
+    qc_l2_set(s, slice, i, ne, nb);
+    *dirty = true;
+    if (free_old)
+        *fr = e;
+    return 0;
+}
+
+/* Drop the references of the entries to_free[0..nfree), discarding host
+ * clusters nothing uses any more.  Lock held. */
+static int free_entries(vd_node *n, const uint64_t *to_free, int nfree)
+{
+    struct qcow2_state *s = n->state;
+
+    for (int k = 0; k < nfree; k++) {
+        uint64_t host = to_free[k] & QC_OFFSET_MASK, rc = 1;
+        int r = qcow2_free_l2_entry(n, to_free[k]);
+        if (r < 0)
+            return r;
+        if (!(to_free[k] & QC_COMPRESSED) && host && !s->data_external &&
+            qcow2_get_refcount(n, host >> s->cluster_bits, &rc) == 0 && rc == 0)
+            vd_discard(n->file, host, s->cluster_size);
     }
-    *ne = e;
-    *nb = (b & ~mask) | (want_zero ? mask << 32 : 0);
-    if (!want_zero)
-        *nb &= ~(mask << 32);
+    return 0;
+}
+
+/* Is the L2 table of guest cluster gc allocated? */
+static bool l2_allocated(const struct qcow2_state *s, uint64_t gc)
+{
+    uint64_t l1i = gc >> s->l2_bits;
+
+    return l1i < s->l1_size && (s->l1[l1i] & QC_OFFSET_MASK);
 }
 
 /* Apply a zero/discard to the units of guest cluster range within one L2
- * slice.  Lock held; [ustart, uend) in subcluster units. */
+ * slice (at most 64 clusters).  Lock held; [ustart, uend) in subcluster
+ * units. */
 static int zero_run(vd_node *n, const struct zop *z, uint64_t ustart, uint64_t uend)
 {
     struct qcow2_state *s = n->state;
@@ -287,49 +378,30 @@ static int zero_run(vd_node *n, const struct zop *z, uint64_t ustart, uint64_t u
     uint64_t to_free[64];
     int nfree = 0, h, r;
     uint32_t idx;
+    bool dirty = false;
 
-    if ((r = qcow2_get_l2_slice(n, gc, false, &slice, &idx, &h)) < 0)
+    if (z->discard && !has_backing(n) && !l2_allocated(s, gc))
+        return 0;                  /* unallocated, and stays so */
+    /* (allocating also copies an L2 table a snapshot shares) */
+    if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
         return r;
-    /* (a backing file named but not opened, as convert -B opens its
-     * target, still shows through unallocated clusters) */
-    if (!slice && (z->discard ? !(s->version >= 3 && n->backing)
-                              : !(n->backing || n->backing_name)))
-        return 0;                  /* unallocated and reads as wanted */
-    if (!slice) {
-        if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
-            return r;
-    }
-    for (uint64_t u = ustart; u < uend && nfree < 64;) {
-        uint64_t g = u >> shift, cend = (g + 1) << shift, hi = VD_MIN(uend, cend);
-        uint64_t mask = 0, e, b, ne, nb;
-        uint32_t i = (uint32_t)(idx + (g - gc));
-        bool fr;
+    for (uint64_t u = ustart; u < uend && nfree < 64 && r >= 0;) {
+        uint64_t g = u >> shift, hi = VD_MIN(uend, (g + 1) << shift), mask = 0;
         for (uint64_t k = u; k < hi; k++)
             mask |= 1ull << (k & (s->sc_per_cluster - 1));
-        e = qc_l2_get(s, slice, i);
-        b = qc_l2_get_bitmap(s, slice, i);
-        if (s->ext_l2 && (e & QC_COMPRESSED) && hi - u != (1ull << shift)) {
-            r = -ENOTSUP;          /* part of a compressed cluster: write zeroes */
-            break;
-        }
-        zero_entry(n, z, e, b, s->ext_l2 ? mask : 1, &ne, &nb, &fr);
-        if (ne != e || nb != b) {
-            qc_l2_set(s, slice, i, ne, nb);
-            qc_cache_mark_dirty(s->l2_cache, h);
-            if (fr)
-                to_free[nfree++] = e;
-        }
+        r = zero_cluster(n, z, slice, (uint32_t)(idx + (g - gc)), s->ext_l2 ? mask : 1,
+                         &dirty, &to_free[nfree]);
+        if (r >= 0 && to_free[nfree])
+            nfree++;
         u = hi;
     }
+    if (dirty)
+        qc_cache_mark_dirty(s->l2_cache, h);
     qc_cache_put(s->l2_cache, h);
-    for (int k = 0; k < nfree; k++) {
-        int r2 = qcow2_free_l2_entry(n, to_free[k]);
-        uint64_t host = to_free[k] & QC_OFFSET_MASK, rc = 1;
+    if (nfree) {
+        int r2 = free_entries(n, to_free, nfree);
         if (r2 < 0)
             return r2;
-        if (!(to_free[k] & QC_COMPRESSED) && host && !s->data_external &&
-            qcow2_get_refcount(n, host >> s->cluster_bits, &rc) == 0 && rc == 0)
-            vd_discard(n->file, host, s->cluster_size);
     }
     return r;
 }
@@ -362,48 +434,89 @@ out:
     return r;
 }
 
-/* Make [off, off+len) read as zeroes: flags on whole (sub)clusters,
- * written zeroes for the unaligned ends; -ENOTSUP lets the core write
- * zeroes instead. */
+/* Does [off, off+len) of the guest (through the backing chain, clamped to
+ * the image size) read as zeroes? */
+static bool reads_zero(vd_node *n, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t pnum;
+    int depth, r;
+
+    len = off < s->size ? VD_MIN(len, s->size - off) : 0;
+    while (len) {
+        r = vd_block_status_above(n, off, len, &pnum, NULL, NULL, &depth);
+        if (r < 0 || !(r & VD_BS_ZERO) || pnum == 0 || pnum > len)
+            return false;
+        off += pnum;
+        len -= pnum;
+    }
+    return true;
+}
+
+/* Zero [off, end), part of one unit: the whole unit is zeroed by flags
+ * when z allows flags, the rest of the unit reads as zeroes and the unit
+ * holds no data (as QEMU does); otherwise zeroes are written, or -ENOTSUP
+ * returned with no_fallback. */
+static int zero_partial(vd_node *n, const struct zop *z, uint64_t off, uint64_t end,
+                        bool no_fallback)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t us = round_down(off, s->sc_size), ue = VD_MIN(us + s->sc_size, s->size);
+    void *zero;
+    int r = -ENOTSUP;
+
+    if (z && reads_zero(n, us, off - us) && reads_zero(n, end, ue - end)) {
+        struct zop zu = *z;
+        zu.only_unwritten = true;
+        r = zero_units(n, &zu, us, s->sc_size);
+    }
+    if (r != -ENOTSUP || no_fallback)
+        return r;
+    if (!(zero = calloc(1, end - off)))
+        return vd_error(ENOMEM, "out of memory");
+    r = qcow2_pwrite(n, off, end - off, zero, 0);
+    free(zero);
+    return r;
+}
+
+/* Make [off, off+len) read as zeroes: flags on whole (sub)clusters (the
+ * last unit of the image counts as whole), partial units as zero_partial
+ * does; -ENOTSUP lets the core write zeroes instead. */
 int qcow2_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
 {
     struct qcow2_state *s = n->state;
     uint64_t unit = s->sc_size, a, b, end = off + len;
     struct zop z = { .discard = false, .unmap = flags & VD_REQ_MAY_UNMAP };
-    void *zero;
+    const struct zop *zp = &z;
+    bool no_fallback = flags & VD_REQ_NO_FALLBACK;
     int r = 0;
 
-    if (s->version < 3 || s->data_raw) {
-        if (n->backing || s->data_raw)
-            return -ENOTSUP;
+    if (s->data_raw)
+        return -ENOTSUP;
+    if (s->version < 3) {
         z.discard = true;          /* v2 without backing: unallocated reads zero */
+        if (has_backing(n))
+            zp = NULL;             /* v2 cannot hide the backing file */
     }
-    if (!round_up_checked(off, unit, &a))
+    if (!round_up_checked(off, unit, &a) || !round_up_checked(end, unit, &b))
         return -ENOTSUP;
-    b = round_down(end, unit);
-    if (end == s->size && b < end)
-        b += unit;                 /* the tail of the last unit is not guest data */
-    if (a >= b || ((a > off || end > b) && (flags & VD_REQ_NO_FALLBACK)))
-        return -ENOTSUP;
-    if (!(zero = calloc(1, unit)))
-        return vd_error(ENOMEM, "out of memory");
+    if (end < s->size)
+        b = round_down(end, unit);
     if (a > off)
-        r = qcow2_pwrite(n, off, a - off, zero, 0);
-    if (r >= 0)
-        r = zero_units(n, &z, a, b - a);
-    if (r >= 0 && end > b)
-        r = qcow2_pwrite(n, b, end - b, zero, 0);
-    free(zero);
+        r = zero_partial(n, zp, off, VD_MIN(a, end), no_fallback);
+    if (r >= 0 && a < b)
+        r = zp ? zero_units(n, zp, a, b - a) : -ENOTSUP;
+    if (r >= 0 && b < end && a <= b)
+        r = zero_partial(n, zp, b, end, no_fallback);
     return r;
 }
 
-/* Drop whole clusters: unallocated, or zero when a v3 image has a backing
- * file (so the backing data does not show through). */
-int qcow2_discard(vd_node *n, uint64_t off, uint64_t len)
+/* Discard the whole clusters of [off, off+len) (the last, partial one of
+ * the image too); partial clusters are left alone. */
+static int discard_clusters(vd_node *n, const struct zop *z, uint64_t off, uint64_t len)
 {
     struct qcow2_state *s = n->state;
     uint64_t a, b, end = off + len;
-    struct zop z = { .discard = true, .unmap = true };
 
     if (!round_up_checked(off, s->cluster_size, &a))
         return 0;
@@ -412,5 +525,17 @@ int qcow2_discard(vd_node *n, uint64_t off, uint64_t len)
         b += s->cluster_size;      /* the last, partial cluster of the image */
     if (a >= b)
         return 0;
-    return zero_units(n, &z, a, b - a);
+    return zero_units(n, z, a, b - a);
+}
+
+/* Guest discard.  A v2 image with a backing file cannot make clusters read
+ * as zeroes, so it keeps its data (as QEMU does). */
+int qcow2_discard(vd_node *n, uint64_t off, uint64_t len)
+{
+    struct qcow2_state *s = n->state;
+    struct zop z = { .discard = true, .unmap = true };
+
+    if (s->version < 3 && has_backing(n))
+        return 0;
+    return discard_clusters(n, &z, off, len);
 }
