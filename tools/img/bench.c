@@ -212,6 +212,17 @@ static vd_node *bench_open(const struct bench_args *ba)
     return img_open(&a);
 }
 
+/* The offset of the request after one at off, as qemu-img 7.2 steps:
+ * modulo the image size, so a request can run past the end and fail as
+ * it does in qemu (an empty image, where qemu divides by zero, stays at 0;
+ * the sum is taken modulo the size first, so it cannot overflow). */
+static uint64_t step_offset(uint64_t off, uint64_t step, uint64_t size)
+{
+    if (!size)
+        return 0;
+    return (off % size + step % size) % size;
+}
+
 /* Take the next request (index and offset); false when none are left. */
 static bool next_request(struct bench_state *bs, unsigned *idx, uint64_t *off)
 {
@@ -225,9 +236,7 @@ static bool next_request(struct bench_state *bs, unsigned *idx, uint64_t *off)
     if (ok) {
         *idx = bs->issued++;
         *off = bs->next_offset;
-        bs->next_offset += ba->step;
-        if (bs->next_offset + ba->bufsize > bs->image_size || bs->next_offset < *off)
-            bs->next_offset = 0;
+        bs->next_offset = step_offset(*off, ba->step, bs->image_size);
         if (ba->flush_interval && *idx && *idx % ba->flush_interval == 0 && !ba->no_drain)
             bs->flushing = true;
     }
