@@ -740,7 +740,8 @@ out:
 int qcow2_prepare_write(vd_node *n)
 {
     struct qcow2_state *s = n->state;
-    uint64_t keep = s->autoclear & QC_AUTOCLEAR_DATA_RAW;
+    uint64_t keep = s->autoclear & (QC_AUTOCLEAR_DATA_RAW |
+                                    (s->has_bitmaps_ext ? QC_AUTOCLEAR_BITMAPS : 0));
     int r;
 
     if (s->write_prepared)
@@ -752,9 +753,12 @@ int qcow2_prepare_write(vd_node *n)
     if (s->needs_repair)
         return vd_error(ENOTSUP, "qcow2: the image is dirty (lazy refcounts); repair "
                         "it with 'check -r all' before writing to it");
+    if ((r = qcow2_bitmaps_mark_in_use(n)) < 0)
+        return vd_error_prefix(r, "qcow2: could not mark the persistent bitmaps in use");
     if (s->version >= 3 && s->autoclear != keep) {
-        /* Unknown autoclear bits (bitmaps included: not kept up to date
-         * here) are cleared before anything else changes. */
+        /* Unknown autoclear bits (and the bitmaps bit of a bitmaps
+         * extension this driver could not read) are cleared before
+         * anything else changes. */
         if ((r = qcow2_write_header_u64(n, QH_AUTOCLEAR, keep)) < 0 ||
             (r = vd_flush(n->file)) < 0)
             return r;

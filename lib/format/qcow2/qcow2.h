@@ -148,6 +148,8 @@ struct qcow2_state {
     bool lazy;                     /* lazy refcounts in force */
     bool write_prepared;           /* autoclear/dirty handled */
     bool corrupt;
+    uint8_t prealloc_seen;         /* QEMU's metadata preallocation test, once
+                                      per open: 0 not yet, 1 no, 2 yes */
     char bad_layout[160];          /* why every access fails, "" if fine */
     bool needs_repair;             /* opened dirty: refcounts untrusted */
     uint64_t free_byte_offset;     /* next byte for compressed data, 0: none */
@@ -310,6 +312,9 @@ int qcow2_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
 int qcow2_discard(vd_node *n, uint64_t off, uint64_t len);
 int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, vd_node **file);
+/* Does the image look metadata-preallocated by QEMU's test (computed at
+ * the first use after open, then cached)?  Takes the lock. */
+bool qcow2_looks_preallocated(vd_node *n);
 int qcow2_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
 /* Wait until no in-flight write overlaps guest clusters [first, last], then
  * register one. Lock held. */
@@ -338,6 +343,11 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refc
                              bool ext_l2);
 /* Preallocate [from, to) of the guest (metadata, falloc or full). */
 int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+
+/* ---- bitmaps.c ---- */
+/* Before the first change: mark every persistent bitmap in use (they are
+ * not kept up to date here). Lock held. */
+int qcow2_bitmaps_mark_in_use(vd_node *n);
 
 /* ---- overlap.c ---- */
 /* Read the overlap-check options (and remove them from opts). */

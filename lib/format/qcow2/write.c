@@ -31,7 +31,9 @@
  *     instead the dirty bit is on disk before the first metadata change,
  *     and cleared only after everything was flushed at close.
  *  6. Autoclear bits this driver does not maintain are cleared on disk
- *     before the first change.
+ *     before the first change; persistent bitmaps, which it does not
+ *     update, are marked in use (inconsistent) on disk first instead
+ *     (bitmaps.c), their autoclear bit kept.
  *  7. One writer per cluster.  A write, zero or discard registers its guest
  *     clusters as in flight; an overlapping one waits.  The metadata lock
  *     is never held across guest data I/O.  Only writes that change no
