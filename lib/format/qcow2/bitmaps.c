@@ -58,7 +58,6 @@ int qcow2_bitmaps_mark_in_use(vd_node *n)
     if (r >= 0)
         r = set_in_use(dir, len, &changed);
     if (r >= 0 && changed) {
-        vd_event(n->file, "bitmap_dir_update");
         if ((r = qcow2_overlap_check(n, QC_OL_BITMAP_DIRECTORY, s->bitmap_dir_offset,
                                      len)) >= 0 &&
             (r = vd_pwrite(n->file, s->bitmap_dir_offset, len, dir, 0)) >= 0)
