@@ -53,7 +53,8 @@ int qcow2_grow_file(vd_node *n, vd_node *f, uint64_t end)
     if (cur < 0 || (uint64_t)cur < end) {
         /* The image file grows QC_GROW_AHEAD at a time (one resize per
          * many allocations); qcow2_close cuts the unused tail. */
-        if (f == n->file && round_up_checked(end, QC_GROW_AHEAD, &ahead) && ahead > end &&
+        if (f == n->file && !s->exact_growth && round_up_checked(end, QC_GROW_AHEAD, &ahead) &&
+            ahead > end &&
             ahead <= INT64_MAX && vd_truncate(f, ahead, true, VD_PREALLOC_OFF) >= 0)
             s->grown_to = ahead;
         else if ((r = vd_truncate(f, end, true, VD_PREALLOC_OFF)) < 0)
@@ -65,9 +66,8 @@ int qcow2_grow_file(vd_node *n, vd_node *f, uint64_t end)
     return 0;
 }
 
-/* Cut what qcow2_grow_file added past file_end (nothing else changed the
- * length since); lock held or no other user. */
-static void trim_grown_tail(vd_node *n)
+/* See qcow2.h. */
+void qcow2_trim_grown_tail(vd_node *n)
 {
     struct qcow2_state *s = n->state;
 
@@ -829,7 +829,7 @@ static void qcow2_close(vd_node *n)
         if (r >= 0 && s->data_external)
             r = vd_flush(s->data);
         if (r >= 0)
-            trim_grown_tail(n);
+            qcow2_trim_grown_tail(n);
         if (r >= 0 && s->write_prepared)
             mark_clean(n);
     }

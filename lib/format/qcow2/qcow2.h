@@ -136,6 +136,7 @@ struct qcow2_state {
     uint64_t file_end;             /* bytes the file is known to have */
     uint64_t grown_to;             /* file length after growing it ahead of
                                       file_end (cut back at close), 0: none */
+    bool exact_growth;             /* grow the image file only as needed */
 
     /* Header extensions kept for info and rewrites. */
     char *backing_fmt, *data_file_name;
@@ -224,7 +225,11 @@ int qcow2_prepare_write(vd_node *n);
 int qcow2_flush_caches(vd_node *n);
 /* Pread from the file that zero-fills beyond its end (as QEMU reads). */
 int qcow2_read_padded(vd_node *f, uint64_t off, uint64_t len, void *buf);
-/* Make sure the file is at least end bytes long. Lock held. */
+/* Cut what qcow2_grow_file added past file_end (nothing else changed the
+ * length since). Lock held or no other user. */
+void qcow2_trim_grown_tail(vd_node *n);
+/* Make sure the file is at least end bytes long (the image file grows
+ * ahead unless exact_growth). Lock held. */
 int qcow2_grow_file(vd_node *n, vd_node *f, uint64_t end);
 /* check.c (declared in check.h): fix bit 1 leaks, bit 2 all errors. */
 int qcow2_check(vd_node *n, struct vd_check_result *res, int fix);

@@ -96,12 +96,17 @@ int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode)
         return 0;
     pthread_mutex_lock(&s->lock);
     r = qcow2_prepare_write(n);
+    /* falloc/full preallocate what the file grows by: no growing ahead */
+    s->exact_growth = mode != VD_PREALLOC_METADATA;
+    if (s->exact_growth)
+        qcow2_trim_grown_tail(n);
     while (r >= 0 && gc < last) {
         uint64_t e = VD_MIN(last, (gc / per_slice + 1) * per_slice);
         e = VD_MIN(e, gc + QC_PREALLOC_RUN);
         r = prealloc_run(n, gc, e - gc, mode);
         gc = e;
     }
+    s->exact_growth = false;
     pthread_mutex_unlock(&s->lock);
     return r;
 }
