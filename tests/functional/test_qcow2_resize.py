@@ -22,7 +22,7 @@ import time
 
 import pytest
 
-from conftest import QEMU_IMG, VDISK_IMG as _VDISK_IMG, needs_vdisk_format, same_output
+from conftest import QEMU_IMG, VDISK_IMG as _VDISK_IMG, needs_vdisk_format, qimg, same_output, vimg
 
 QEMU_IO = shutil.which("qemu-io")
 VDISK_IMG = os.path.abspath(_VDISK_IMG)         # commands run in other directories
@@ -418,3 +418,24 @@ def test_sparse_shrink_is_fast(tmp_path):
     qio_in(d, "a.qcow2", "read -P 1 0 64k")
     assert run_in(d, QEMU_IMG, "snapshot", "-a", "s1", "a.qcow2").returncode == 0
     qio_in(d, "a.qcow2", "read -P 2 100T 64k")
+
+
+@pytest.mark.parametrize("mode", ["falloc", "full"])
+@pytest.mark.parametrize("how", ["create", "resize"])
+def test_prealloc_allocates_like_qemu(tmp_path, mode, how):
+    """preallocation=falloc/full allocates the data clusters in the file:
+    as many blocks as qemu-img's image, and the same map."""
+    imgs = []
+    for tool in (vimg, qimg):
+        img = tmp_path / ("%s.qcow2" % tool.__name__)
+        if how == "create":
+            tool("create", "-q", "-f", "qcow2", "-o", "preallocation=" + mode, img, "3M",
+                 check=True)
+        else:
+            tool("create", "-q", "-f", "qcow2", img, "1M", check=True)
+            tool("resize", "-q", "--preallocation=" + mode, img, "3M", check=True)
+        imgs.append(img)
+    v, q = imgs
+    assert os.stat(v).st_blocks == os.stat(q).st_blocks
+    assert os.stat(v).st_blocks * 512 >= (3 << 20 if how == "create" else 2 << 20)
+    assert qimg("map", "--output=json", v).stdout == qimg("map", "--output=json", q).stdout
