@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz the qcow2 driver: the input is a qcow2 image; it is opened (format
  * forced, no backing files), its mapping walked and each extent read,
- * including compressed clusters and the info hook. */
+ * including compressed clusters, the info hook and check; then opened
+ * read-write for a few writes, zero writes and a discard (allocation,
+ * the overlap check and bitmap marking on hostile metadata). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -40,6 +42,32 @@ static void info(vd_node *n)
     vd_json_free(d);
 }
 
+/* Run check without repairing, as vdisk-img check does. */
+static void check(vd_node *n)
+{
+    struct vd_check_result res;
+
+    if (n->drv->check)
+        n->drv->check(n, &res, 0);
+}
+
+/* A few changes through the write paths (the image is a memfd copy). */
+static void modify(vd_node *n)
+{
+    static uint8_t buf[8192];
+    int64_t size = vd_getlength(n);
+
+    if (size < (int64_t)sizeof(buf))
+        return;
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (uint8_t)i;
+    vd_pwrite(n, 0, 4096, buf, 0);
+    vd_pwrite(n, (uint64_t)size / 2 & ~511ull, sizeof(buf), buf, 0);
+    vd_pwrite_zeroes(n, (uint64_t)size - 4096, 4096, 0);
+    vd_discard(n, 0, (uint64_t)size / 2);
+    vd_flush(n);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char name[64];
@@ -56,7 +84,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
             info(n);
             walk(n);
+            check(n);
             vd_close(n);
+            n = NULL;
+            o = vd_opts_new();
+            vd_opts_set(o, "l2-cache-size", "8192");
+            if (vd_open(&n, name, "qcow2", o, VD_O_RDWR | VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
+                modify(n);
+                vd_close(n);
+            }
         }
     }
     close(fd);

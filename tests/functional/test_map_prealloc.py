@@ -100,11 +100,6 @@ def test_data_file_prealloc(tmp_path, opts, size):
     known = []
     for rep in REPORTS:
         bad = mismatches(outs, rep, no_disk_size if rep[0] == "info" else lambda o: o)
-        if bad and rep[0] == "map" and "data_file_raw=on" in opts and \
-                all(r == "v" for r, _ in bad):
-            known.append("vdisk's qcow2 block status asks a raw data file for zeroes "
-                         "(QEMU 7.2: only with detected metadata preallocation)")
-            continue
         assert bad == [], (rep, outs)
     if mismatches(outs, ("info",)):
         known.append("vdisk's disk size counts the data file, QEMU 7.2's does not")
@@ -131,12 +126,6 @@ def test_qcow2_prealloc(tmp_path, prealloc, size):
     for rep in REPORTS:
         bad = mismatches(outs, rep, no_disk_size if rep[0] == "info" else lambda o: o,
                          cross=va == qa)
-        if bad and rep == ("map",) and all(r == "v" for r, _ in bad):
-            known.append("vdisk's human map prints data ranges that read as zero")
-        elif bad and prealloc != "metadata" and all(r == "v" for r, _ in bad):
-            known.append("vdisk's qcow2 block status asks the image file for zeroes "
-                         "(QEMU 7.2: only with detected metadata preallocation)")
-        else:
-            assert bad == [], (rep, outs)
+        assert bad == [], (rep, outs)
     if known:
         pytest.xfail("known: " + "; ".join(sorted(set(known))))

@@ -141,6 +141,9 @@ def test_write_onto_metadata_refused(tmp_path, kind):
     assert v.returncode != 0
     assert msg in v.stderr, v.stderr
     assert msg in q.stdout + q.stderr, q.stdout + q.stderr
+    if kind == "bitmap directory":
+        # the one bitmap was marked in use (flags byte 15) before the write
+        before = before[:15] + bytes([before[15] | 1]) + before[16:]
     assert Qcow2(img).rd(off, len(before)) == before
     assert is_corrupt(img) and is_corrupt(qimg_copy)
     # a corrupt image is not written again

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* vdisk-img map: the allocation map of an image through its backing chain,
  * from block status, with neighbouring ranges merged as qemu-img merges
- * them; human output lists mapped data ranges, JSON lists every range. */
+ * them; human output lists the data ranges that do not read as zeroes,
+ * JSON lists every range. */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -10,6 +11,7 @@
 
 #include "img.h"
 #include "cli.h"
+#include "util/checked.h"
 
 /* One range of the map (qemu-img's MapEntry). */
 struct map_entry {
@@ -59,17 +61,23 @@ static void dump_json(const struct map_entry *e, bool first)
     putchar('}');
 }
 
-/* Print one entry as a human line (data ranges only); -1 if unmappable. */
-static int dump_human(const struct map_entry *e)
+/* Print one entry as a human line (data that does not read as zeroes
+ * only); -1 if a data range is unmappable.  Like qemu-img, the following
+ * entry, when it will not be printed either, loses the difference between
+ * unallocated, zero and zero data so that more such ranges merge. */
+static int dump_human(const struct map_entry *e, struct map_entry *next)
 {
-    if (!e->data)
-        return 0;
-    if (!e->has_offset) {
+    if (e->data && !e->has_offset) {
         img_error("File contains external, encrypted or compressed clusters.");
         return -1;
     }
-    printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
-           e->start, e->length, e->offset, e->filename ? e->filename : "");
+    if (e->data && !e->zero)
+        printf("%#-16" PRIx64 "%#-16" PRIx64 "%#-16" PRIx64 "%s\n",
+               e->start, e->length, e->offset, e->filename ? e->filename : "");
+    if (next && (!next->data || next->zero)) {
+        next->data = false;
+        next->zero = true;
+    }
     return 0;
 }
 
@@ -80,9 +88,43 @@ static bool mergeable(const struct map_entry *curr, const struct map_entry *next
         return false;
     if (curr->zero != next->zero || curr->data != next->data ||
         curr->depth != next->depth || curr->present != next->present ||
-        curr->has_offset != next->has_offset)
+        curr->has_offset != next->has_offset || !curr->filename != !next->filename)
+        return false;
+    if (curr->filename && strcmp(curr->filename, next->filename))
         return false;
     return !curr->has_offset || curr->offset + curr->length == next->offset;
+}
+
+/* The layer at depth d below n. */
+static vd_node *layer_at(vd_node *n, int64_t d)
+{
+    while (d-- > 0 && n)
+        n = vd_node_backing(n);
+    return n;
+}
+
+/* An unallocated range whose walk stopped above a backing file that ends
+ * before it: qemu-img reports that layer's own offset (an extended L2
+ * subcluster of a preallocated cluster has one), which the chain's
+ * answer, made up for the short backing file, does not carry. */
+static int stopped_layer_offset(vd_node *n, struct map_entry *e, int *st, uint64_t *map,
+                                vd_node **file)
+{
+    vd_node *l = layer_at(n, e->depth), *f = NULL;
+    uint64_t pnum = 0, m = 0;
+    int r;
+
+    if (!l || !vd_node_backing(l))
+        return 0;                  /* the chain's answer is this layer's */
+    if ((r = vd_block_status(l, e->start, e->length, &pnum, &m, &f)) < 0)
+        return r;
+    if (!(r & VD_BS_OFFSET_VALID) || pnum == 0)
+        return 0;
+    e->length = VD_MIN(e->length, pnum);
+    *st |= VD_BS_OFFSET_VALID;
+    *map = m;
+    *file = f;
+    return 0;
 }
 
 /* Block status at off (up to len bytes) as a map entry; -errno on error. */
@@ -91,33 +133,39 @@ static int get_entry(vd_node *n, uint64_t off, uint64_t len, struct map_entry *e
     uint64_t pnum = 0, map = 0;
     vd_node *file = NULL;
     int depth = -1;
-    int r = vd_block_status_above(n, off, len, &pnum, &map, &file, &depth);
+    int r = vd_block_status_above(n, off, len, &pnum, &map, &file, &depth), r2;
 
     if (r < 0)
         return r;
     if (pnum == 0 || pnum > len)
         return -EIO;
     *e = (struct map_entry) {
-        .start = off, .length = pnum, .offset = map,
+        .start = off, .length = pnum,
         .depth = (r & VD_BS_ALLOCATED) && depth >= 0 ? depth : unallocated_depth(n, off),
         .present = (r & VD_BS_ALLOCATED) != 0,
         .zero = r & VD_BS_ZERO, .data = r & VD_BS_DATA,
-        .has_offset = (r & VD_BS_OFFSET_VALID) && (r & VD_BS_ALLOCATED),
-        .filename = file ? vd_node_filename(file) : NULL,
     };
+    if (!(r & VD_BS_ALLOCATED) &&
+        (r2 = stopped_layer_offset(n, e, &r, &map, &file)) < 0)
+        return r2;
+    e->has_offset = r & VD_BS_OFFSET_VALID;
+    e->offset = map;
+    if (e->has_offset && file)
+        e->filename = vd_node_filename(file);
     return 0;
 }
 
-/* Print a finished entry in the chosen form. */
+/* Print a finished entry in the chosen form; next (NULL after the last)
+ * may be adjusted as dump_human says. */
 static int dump_entry(const struct map_args *ma, const struct map_entry *e,
-                      bool *first)
+                      struct map_entry *next, bool *first)
 {
     int r = 0;
 
     if (ma->json)
         dump_json(e, *first);
     else
-        r = dump_human(e);
+        r = dump_human(e, next);
     *first = false;
     return r;
 }
@@ -138,11 +186,11 @@ static int map_range(const struct map_args *ma, vd_node *n, uint64_t end)
             curr.length += next.length;
             continue;
         }
-        if (curr.length > 0 && dump_entry(ma, &curr, &first) < 0)
+        if (curr.length > 0 && dump_entry(ma, &curr, &next, &first) < 0)
             return -1;
         curr = next;
     }
-    return dump_entry(ma, &curr, &first);
+    return dump_entry(ma, &curr, NULL, &first);
 }
 
 /* Open the image and print its map. */

@@ -461,78 +461,19 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cs, uint32_t order, bool ex
     return meta + aligned;
 }
 
-/* Whether qcow2 node n looks metadata-preallocated by QEMU's test: at
- * least max(10/9 of the file's allocated clusters, that + 2) clusters of
- * the file have a refcount.  Only such images have their data file asked
- * for holes in QEMU's block status; false on any error, as there. */
-static bool qc_looks_preallocated(vd_node *n)
-{
-    struct qcow2_state *s = n->state;
-    int64_t len = vd_getlength(n->file), alloc = vd_get_allocated_size(n->file);
-    uint64_t real, threshold, end, count = 0, rc;
-
-    if (len < 0 || alloc < 0)
-        return false;
-    real = (uint64_t)alloc / s->cluster_size;   /* < 2^55: no overflow below */
-    threshold = VD_MAX(real * 10 / 9, real + 2);
-    end = div_round_up((uint64_t)len, s->cluster_size);
-    pthread_mutex_lock(&s->lock);
-    for (uint64_t i = 0; i < end && count < threshold; i++) {
-        if (qcow2_get_refcount(n, i, &rc) < 0) {
-            count = 0;
-            break;
-        }
-        count += rc != 0;
-    }
-    pthread_mutex_unlock(&s->lock);
-    return count >= threshold;
-}
-
-/* Layers of the source's backing chain, with what is known of each. */
-struct src_chain {
-    vd_node *top;
-    size_t len;
-    signed char *prealloc;         /* per depth: 0 unknown, 1 no, 2 yes */
-};
-
-/* Status of one answer as QEMU's qcow2 gives it: "data reading as zeroes"
- * (a hole of the data file under a data cluster) stays zero only when
- * that layer looks metadata-preallocated; otherwise it is plain data. */
-static int qemu_view(struct src_chain *c, int depth, int st)
-{
-    vd_node *n = c->top;
-
-    if ((st & (VD_BS_DATA | VD_BS_ZERO)) != (VD_BS_DATA | VD_BS_ZERO) ||
-        depth < 0 || (size_t)depth >= c->len)
-        return st;
-    for (int i = 0; i < depth; i++)
-        n = n->backing;
-    if (n->drv != &qcow2_driver)
-        return st;
-    if (!c->prealloc[depth])
-        c->prealloc[depth] = qc_looks_preallocated(n) ? 2 : 1;
-    return c->prealloc[depth] == 2 ? st : st & ~VD_BS_ZERO;
-}
-
 /* Guest bytes a copy of src needs (QEMU's walk): every target cluster
  * that any allocated, non-zero data extent of the chain touches counts
  * whole; zero and unallocated extents count nothing. */
 static int source_required(vd_node *src, uint64_t cs, uint64_t ssize, uint64_t *req)
 {
-    struct src_chain c = { .top = src };
     uint64_t off = 0, pnum, end;
     int depth, r = 0;
 
-    for (vd_node *n = src; n; n = n->backing)
-        c.len++;
-    if (!(c.prealloc = calloc(c.len, 1)))
-        return vd_error(ENOMEM, "out of memory");
     *req = 0;
     while (off < ssize) {
         r = vd_block_status_above(src, off, ssize - off, &pnum, NULL, NULL, &depth);
         if (r < 0 || !pnum)
             break;
-        r = qemu_view(&c, depth, r);
         if (!(r & VD_BS_ZERO) && (r & VD_BS_DATA) && (r & VD_BS_ALLOCATED)) {
             end = div_round_up(off + pnum, cs) * cs;   /* off + pnum <= ssize < 2^63 */
             *req += end - round_down(off, cs);
@@ -540,7 +481,6 @@ static int source_required(vd_node *src, uint64_t cs, uint64_t ssize, uint64_t *
         }
         off += pnum;
     }
-    free(c.prealloc);
     return r < 0 ? r : 0;
 }
 

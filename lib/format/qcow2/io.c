@@ -195,8 +195,45 @@ int qcow2_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 
 /* ---- block status ---- */
 
-/* Ask the data file whether a data range reads as zeroes (QEMU adds that
- * to a format's answer); may shorten *pnum. */
+/* QEMU's test for a metadata-preallocated image: at least max(10/9 of the
+ * image file's allocated clusters, that + 2) clusters of the file have a
+ * refcount; false on any error.  Lock held. */
+static bool detect_preallocation(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+    int64_t len = vd_getlength(n->file), alloc = vd_get_allocated_size(n->file);
+    uint64_t real, threshold, end, count = 0, rc;
+
+    if (len < 0 || alloc < 0)
+        return false;
+    real = (uint64_t)alloc / s->cluster_size;   /* < 2^55: no overflow below */
+    threshold = VD_MAX(real * 10 / 9, real + 2);
+    end = div_round_up((uint64_t)len, s->cluster_size);
+    for (uint64_t i = 0; i < end && count < threshold; i++) {
+        if (qcow2_get_refcount(n, i, &rc) < 0)
+            return false;
+        count += rc != 0;
+    }
+    return count >= threshold;
+}
+
+/* See qcow2.h.  Like QEMU, the answer is computed at the first use after
+ * open and kept, whatever writes change later. */
+bool qcow2_looks_preallocated(vd_node *n)
+{
+    struct qcow2_state *s = n->state;
+    bool r;
+
+    pthread_mutex_lock(&s->lock);
+    if (!s->prealloc_seen)
+        s->prealloc_seen = detect_preallocation(n) ? 2 : 1;
+    r = s->prealloc_seen == 2;
+    pthread_mutex_unlock(&s->lock);
+    return r;
+}
+
+/* Ask the data file whether a data range reads as zeroes (what QEMU adds
+ * to a format's answer that asks for it); may shorten *pnum. */
 static int data_zero_status(vd_node *n, uint64_t host, uint64_t *pnum)
 {
     struct qcow2_state *s = n->state;
@@ -211,12 +248,15 @@ static int data_zero_status(vd_node *n, uint64_t host, uint64_t *pnum)
     return r & VD_BS_ZERO;
 }
 
-/* Status of one mapping run, as QEMU's qcow2 reports it. */
+/* Status of one mapping run, as QEMU 7.2's qcow2 reports it: the data
+ * file is asked about zeroes under data clusters only when the image
+ * looks metadata-preallocated (with or without data_file_raw). */
 int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, vd_node **file)
 {
     struct qcow2_state *s = n->state;
     struct qc_map m;
+    bool prealloc = qcow2_looks_preallocated(n);   /* at the first call, as QEMU */
     int r = locked_mapping(n, off, len, &m), st = 0;
 
     if (r < 0)
@@ -231,7 +271,7 @@ int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
         st |= VD_BS_ZERO;
     else if (m.type == QC_NORMAL || m.type == QC_COMPRESSED_T)
         st |= VD_BS_DATA;
-    if (m.type == QC_NORMAL && (!s->data_external || s->data_raw))
+    if (m.type == QC_NORMAL && prealloc)
         st |= data_zero_status(n, m.host, pnum);
     return st;
 }
