@@ -38,7 +38,10 @@ def traced(prog, img, args, tmp_path):
     p = subprocess.run([STRACE, "-f", "-ff", "-ttt", "-y", "-qq", "-o", str(prefix),
                         "-e", "trace=" + CALLS,
                         prog, "bench", *[str(a) for a in args], str(img)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120,
+                       # LeakSanitizer cannot run under ptrace.
+                       env=dict(os.environ, ASAN_OPTIONS=os.environ.get(
+                           "ASAN_OPTIONS", "") + ":detect_leaks=0"))
     calls = []
     for f in tmp_path.glob(prefix.name + ".*"):
         for line in f.read_text().splitlines():

@@ -148,7 +148,8 @@ static int get_entry(vd_node *n, uint64_t off, uint64_t len, struct map_entry *e
     if (!(r & VD_BS_ALLOCATED) &&
         (r2 = stopped_layer_offset(n, e, &r, &map, &file)) < 0)
         return r2;
-    e->has_offset = r & VD_BS_OFFSET_VALID;
+    /* qemu-img's walk answers 0 when no layer says data or zero */
+    e->has_offset = (r & VD_BS_OFFSET_VALID) && (r & (VD_BS_DATA | VD_BS_ZERO));
     e->offset = map;
     if (e->has_offset && file)
         e->filename = vd_node_filename(file);
