@@ -240,9 +240,6 @@ def test_qcow2_over_nbd(tmp_path, image):
         assert_same("compare", uri, image)
 
 
-@pytest.mark.xfail(reason="lib/core/io.c shortens a format's DATA extent to the "
-                   "protocol's data extent; QEMU keeps the format's length unless the "
-                   "protocol reports ZERO (reported to the lead)", strict=False)
 def test_qcow2_over_nbd_map(tmp_path, image):
     needs_vdisk_format("qcow2")
     q = tmp_path / "a.qcow2"
