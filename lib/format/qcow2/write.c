@@ -65,6 +65,8 @@ struct wclus {
     bool fresh;                    /* host newly allocated (refcounted) */
     bool update;                   /* the L2 entry changes */
     bool free_old;                 /* drop the old entry's reference after */
+    bool zero_first;               /* fresh past the old end, copy-on-write
+                                      skipped: zero-allocate it first */
 };
 
 /* Mask of subclusters [a, b) of a cluster touches (bytes). */
@@ -247,6 +249,7 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
         if (!s->ext_l2 && w[k].host >= zero_from && cow_reads_zero(n, &w[k])) {
             w[k].wlo = w[k].lo;
             w[k].whi = w[k].hi;
+            w[k].zero_first = w[k].lo > 0 || w[k].hi < s->cluster_size;
         }
     }
     return qcow2_grow_file(n, n->file, end);
@@ -320,12 +323,35 @@ static int write_cow_cluster(vd_node *n, const struct wclus *w, const char *data
     return r;
 }
 
+/* Allocate (as zeroes) the fresh clusters whose copy-on-write was
+ * skipped, before their data lands, as QEMU's zero-copy-on-write does:
+ * the file then holds whole clusters, not holes around the data (QEMU
+ * takes an image with many holes for a metadata-preallocated one).  Best
+ * effort: the ranges read as zeroes either way. */
+static void zero_allocate(vd_node *n, const struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+
+    for (size_t k = 0; k < count;) {
+        size_t j = k + 1;
+        if (!w[k].zero_first) {
+            k++;
+            continue;
+        }
+        while (j < count && w[j].zero_first && w[j].host == w[j - 1].host + s->cluster_size)
+            j++;
+        vd_pwrite_zeroes(s->data, w[k].host, (j - k) * s->cluster_size, VD_REQ_NO_FALLBACK);
+        k = j;
+    }
+}
+
 /* Write the data of a planned run (lock not held). */
 static int write_run_data(vd_node *n, const struct wclus *w, size_t count, const char *buf)
 {
     struct qcow2_state *s = n->state;
     int r;
 
+    zero_allocate(n, w, count);
     for (size_t k = 0; k < count;) {
         const char *src = buf + (((w[k].gc << s->cluster_bits) + w[k].lo) -
                                  ((w[0].gc << s->cluster_bits) + w[0].lo));
