@@ -381,13 +381,12 @@ static int zero_cluster(vd_node *n, const struct zop *z, uint64_t *slice, uint32
     return 0;
 }
 
-/* Drop the references of the entries to_free[0..nfree), discarding host
- * clusters nothing uses any more.  Lock held. */
-static int free_entries(vd_node *n, const uint64_t *to_free, int nfree)
+/* See qcow2.h. */
+int qcow2_release_entries(vd_node *n, const uint64_t *to_free, size_t nfree)
 {
     struct qcow2_state *s = n->state;
 
-    for (int k = 0; k < nfree; k++) {
+    for (size_t k = 0; k < nfree; k++) {
         uint64_t host = to_free[k] & QC_OFFSET_MASK, rc = 1;
         int r = qcow2_free_l2_entry(n, to_free[k]);
         if (r < 0)
@@ -439,7 +438,7 @@ static int zero_run(vd_node *n, const struct zop *z, uint64_t ustart, uint64_t u
         qc_cache_mark_dirty(s->l2_cache, h);
     qc_cache_put(s->l2_cache, h);
     if (nfree) {
-        int r2 = free_entries(n, to_free, nfree);
+        int r2 = qcow2_release_entries(n, to_free, (size_t)nfree);
         if (r2 < 0)
             return r2;
     }

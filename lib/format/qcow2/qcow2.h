@@ -282,6 +282,11 @@ int qcow2_alloc_bytes(vd_node *n, uint64_t len, uint64_t *off);
 int qcow2_free_clusters(vd_node *n, uint64_t off, uint64_t len);
 /* Drop the reference held by an L2 entry (normal or compressed). */
 int qcow2_free_l2_entry(vd_node *n, uint64_t entry);
+/* (io.c) Drop the references of entries e[0..count) after their L2
+ * change; host clusters nothing uses any more are discarded in the image
+ * file (a crash before the L2 change reaches the disk loses only data the
+ * caller deletes). Lock held. */
+int qcow2_release_entries(vd_node *n, const uint64_t *e, size_t count);
 /* Highest allocated cluster + 1, in bytes. */
 int qcow2_image_end(vd_node *n, uint64_t *end);
 

@@ -144,26 +144,6 @@ static int drop_slice(vd_node *n, uint64_t gc, uint64_t count, uint64_t **slice,
     return used ? qcow2_get_l2_slice(n, gc, true, slice, idx, h) : 0;
 }
 
-/* Drop the references the old entries held.  A host cluster no longer
- * used is discarded in the file, as qemu passes its shrink discards down
- * (its old contents lay past the new end: a crash before the entry
- * reaches the disk loses only data the shrink deletes).  Lock held. */
-static int release_entries(vd_node *n, const uint64_t *old, unsigned count)
-{
-    struct qcow2_state *s = n->state;
-
-    for (unsigned k = 0; k < count; k++) {
-        uint64_t host = old[k] & QC_OFFSET_MASK, rc = 1;
-        int r = qcow2_free_l2_entry(n, old[k]);
-        if (r < 0)
-            return r;
-        if (host && !(old[k] & QC_COMPRESSED) && !s->data_external &&
-            qcow2_get_refcount(n, host >> s->cluster_bits, &rc) == 0 && rc == 0)
-            vd_discard(n->file, host, s->cluster_size);
-    }
-    return 0;
-}
-
 /* Make guest clusters [gc, gc+count) (one L2 slice, at most
  * QC_PREALLOC_RUN) unallocated, not zero even over a backing file, as
  * qemu's shrink does.  Lock held. */
@@ -187,7 +167,7 @@ static int drop_run(vd_node *n, uint64_t gc, uint64_t count)
     }
     qc_cache_mark_dirty(s->l2_cache, h);
     qc_cache_put(s->l2_cache, h);
-    return release_entries(n, old, nold);
+    return qcow2_release_entries(n, old, nold);
 }
 
 /* Drop guest clusters [first, last), skipping L1 entries without an L2
