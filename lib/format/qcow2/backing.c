@@ -172,6 +172,18 @@ static int zero_file_range(vd_node *n, uint64_t off, uint64_t len)
     return vd_pwrite_zeroes(n->file, off, len, 0);
 }
 
+/* Make the image file at least end bytes long. */
+static int grow_to(vd_node *n, uint64_t end)
+{
+    int64_t cur = vd_getlength(n->file);
+
+    if (cur < 0)
+        return (int)cur;
+    if ((uint64_t)cur >= end)
+        return 0;
+    return vd_truncate(n->file, end, true, VD_PREALLOC_OFF);
+}
+
 /* A refcount block with refcount 1 for clusters [0, count). */
 static void fill_refblock(const struct qcow2_state *s, uint8_t *b, uint64_t count)
 {
@@ -200,7 +212,10 @@ static int write_empty_layout(vd_node *n, uint64_t l1c)
     if (!b)
         return vd_error(ENOMEM, "out of memory");
     fill_refblock(s, b, 3 + l1c);
-    r = zero_file_range(n, 3 * cs, l1c * cs);
+    /* An image with nothing allocated may end before the new L1 does. */
+    r = grow_to(n, (3 + l1c) * cs);
+    if (r >= 0)
+        r = zero_file_range(n, 3 * cs, l1c * cs);
     if (r >= 0)
         r = vd_pwrite(n->file, 2 * cs, cs, b, 0);
     if (r >= 0) {
