@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from filemap import allocated_bytes
 from conftest import QEMU_IMG, VDISK_IMG, qimg, vimg, needs_vdisk_format
 from test_cli import differential, nobody_prefix
 
@@ -44,8 +45,8 @@ def make_mixed(path, mib=8, seed=7):
 
 
 def allocated(path):
-    """Bytes the file takes on disk."""
-    return os.stat(path).st_blocks * 512
+    """Bytes of the file with storage behind them."""
+    return allocated_bytes(path)
 
 
 def layout(path):

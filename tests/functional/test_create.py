@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 
+from filemap import allocated_bytes
 from conftest import VDISK_IMG, vimg
 from test_cli import differential
 
@@ -40,7 +41,7 @@ def test_create_options_printed_in_order(tmp_path):
              img, "1M")
     assert p.stdout == ("Formatting '%s', fmt=raw size=1048576 nocow=on "
                         "preallocation=full\n" % img)
-    assert os.stat(img).st_blocks * 512 >= 1 << 20
+    assert allocated_bytes(img) >= 1 << 20
 
 
 def test_create_size_from_option(tmp_path):

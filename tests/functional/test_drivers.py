@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from filemap import allocated_bytes
 from conftest import needs_vdisk_format, qimg, run, same_output, vimg, write_pattern
 
 MiB = 1 << 20
@@ -77,9 +78,9 @@ def test_preallocation(needs_qemu, tmp_path, mode):
     assert sv.st_size == sq.st_size == 1000448
     if mode == "off":
         # Only the first block is allocated (for O_DIRECT alignment probing).
-        assert sv.st_blocks * 512 <= 64 * 1024
+        assert allocated_bytes(v) <= 64 * 1024
     else:
-        assert sv.st_blocks * 512 >= sv.st_size
+        assert allocated_bytes(v) >= sv.st_size
     assert_same(*both("compare", "-f", "raw", "-F", "raw", v, q))
 
 
@@ -109,7 +110,7 @@ def test_resize_preallocation(needs_qemu, tmp_path):
     r = vimg("resize", "-f", "raw", "--preallocation=full", p, "4M")
     assert r.returncode == 0, r.stderr
     st = os.stat(p)
-    assert st.st_size == 4 * MiB and st.st_blocks * 512 >= 3 * MiB
+    assert st.st_size == 4 * MiB and allocated_bytes(p) >= 3 * MiB
     assert_same(*both("resize", "-f", "raw", "--shrink", "--preallocation=falloc",
                       p, "1M"))
 

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from filemap import allocation as file_allocation
 from conftest import QEMU_IMG, VDISK_IMG, needs_vdisk_format
 
 TOOLS = {"v": VDISK_IMG, "q": QEMU_IMG}
@@ -40,8 +41,9 @@ def create(tmp_path, fmt, opts, size, img):
 
 
 def allocation(path):
-    st = os.stat(path)
-    return st.st_size, st.st_blocks
+    """Length and allocated ranges (not st_blocks: that counts the file
+    system's extent metadata too)."""
+    return file_allocation(path)
 
 
 def no_disk_size(out):
