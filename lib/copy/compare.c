@@ -28,7 +28,7 @@ struct cmp_state {
 /* One node's block status at an offset, reduced to what compare needs. */
 struct cmp_status {
     uint64_t pnum;
-    int flags;      /* DATA | ZERO | ALLOCATED */
+    int flags;      /* every VD_BS_* flag: -s compares them all, as QEMU */
     bool zero;      /* reads as zero */
 };
 
@@ -55,7 +55,7 @@ static int get_status(struct cmp_state *st, int i, uint64_t off, uint64_t len,
         s->pnum = len;
         r = VD_BS_DATA | VD_BS_ALLOCATED;
     }
-    s->flags = r & (VD_BS_DATA | VD_BS_ZERO | VD_BS_ALLOCATED);
+    s->flags = r;
     s->zero = (r & VD_BS_ZERO) || !(r & VD_BS_DATA);
     return 0;
 }

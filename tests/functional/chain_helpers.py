@@ -25,14 +25,24 @@ def qio(img, *cmds, fmt=None, cwd=None):
     assert p.returncode == 0, p.stderr
 
 
+def layers(spec):
+    """The (name, fmt, size, backing, cmds) of each layer of spec; a layer
+    may carry a sixth element, its create options."""
+    return [tuple(l[:5]) for l in spec]
+
+
 def make_chain(d, spec):
     """Create images in directory d from spec: a list of
-    (name, fmt, size, backing name or None, [qemu-io commands])."""
+    (name, fmt, size, backing name or None, [qemu-io commands]
+    [, create options])."""
     os.makedirs(d, exist_ok=True)
-    for name, fmt, size, backing, cmds in spec:
+    for layer in spec:
+        name, fmt, size, backing, cmds = layer[:5]
         args = ["create", "-q", "-f", fmt]
+        if len(layer) > 5 and layer[5]:
+            args += ["-o", layer[5]]
         if backing:
-            bfmt = [f for n, f, _, _, _ in spec if n == backing][0]
+            bfmt = [f for n, f, _, _, _ in layers(spec) if n == backing][0]
             args += ["-b", backing, "-F", bfmt]
         p = subprocess.run([QEMU_IMG] + args + [name, str(size)], capture_output=True,
                            text=True, cwd=d)
@@ -101,7 +111,7 @@ def allocation(path, fmt):
 def same_images(qd, vd, spec, top=None):
     """Every image of spec: identical content (read alone, as a raw file
     reads for raw), qemu-img check clean; info --backing-chain of top equal."""
-    for name, fmt, _, _, _ in spec:
+    for name, fmt, _, _, _ in layers(spec):
         qf, vf = os.path.join(qd, name), os.path.join(vd, name)
         if fmt == "raw" or (opens(qf) and opens(vf)):
             p = qimg("compare", "-f", fmt, "-F", fmt, qf, vf)

@@ -296,11 +296,61 @@ static bool type_has_host(enum qc_type t)
     return t == QC_NORMAL || t == QC_ZERO_ALLOC || t == QC_UNALLOC_ALLOC;
 }
 
+/* Entries of the L2 table, from the one of gc, that one mapping answer
+ * may cover: to the end of the span QEMU caches as one entry (the whole
+ * table unless l2-cache-entry-size says otherwise), so that block status
+ * lengths, and the EOF flag that compare -s sees, are QEMU's. */
+static uint64_t span_entries(const struct qcow2_state *s, uint64_t gc)
+{
+    uint64_t per = (s->status_span ? s->status_span : s->cluster_size) / s->l2_entry_size;
+
+    return per - (gc & (per - 1));
+}
+
+/* Classify the (sub)clusters after the first of m, extending m->bytes over
+ * those of the same type (and contiguous host data) up to len, across the
+ * slices of the same answer span; returns <0 on error. */
+static int extend_mapping(vd_node *n, struct qc_map *m, uint64_t off, uint64_t len,
+                          uint64_t **slice, uint32_t idx, int *h)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t gc = off >> s->cluster_bits, last = gc + span_entries(s, gc);
+    uint64_t per_slice = s->l2_slice_size / s->l2_entry_size, base = gc - idx;
+    uint64_t scmask = s->sc_per_cluster - 1;
+    int r;
+
+    for (uint64_t u = (off >> s->sc_bits) + 1; m->bytes < len; u++) {
+        uint64_t g = u >> (s->cluster_bits - s->sc_bits), e, b, hh;
+        enum qc_type t2;
+        if (g >= last)
+            break;
+        if (g - base >= per_slice) {          /* the next slice of the table */
+            qc_cache_put(s->l2_cache, *h);
+            *h = -1;
+            if ((r = qcow2_get_l2_slice(n, g, false, slice, &idx, h)) < 0)
+                return r;
+            if (!*slice)
+                break;
+            base = g - idx;
+        }
+        e = qc_l2_get(s, *slice, (uint32_t)(g - base));
+        b = qc_l2_get_bitmap(s, *slice, (uint32_t)(g - base));
+        if ((r = classify(n, e, b, (uint32_t)(u & scmask), g, &t2, &hh)) < 0)
+            return r;
+        if (t2 != m->type)
+            break;
+        if (type_has_host(t2) && hh + ((u & scmask) << s->sc_bits) != m->host + m->bytes)
+            break;
+        m->bytes += s->sc_size;
+    }
+    return 0;
+}
+
 /* See qcow2.h. */
 int qcow2_get_mapping(vd_node *n, uint64_t off, uint64_t len, struct qc_map *m)
 {
     struct qcow2_state *s = n->state;
-    uint64_t gc = off >> s->cluster_bits, *slice, per_slice, u, host;
+    uint64_t gc = off >> s->cluster_bits, *slice, u, host;
     uint64_t scmask = s->sc_per_cluster - 1;
     uint32_t idx;
     int h, r;
@@ -309,12 +359,11 @@ int qcow2_get_mapping(vd_node *n, uint64_t off, uint64_t len, struct qc_map *m)
     if ((r = qcow2_get_l2_slice(n, gc, false, &slice, &idx, &h)) < 0)
         return r;
     if (!slice) {
-        uint64_t span = 1ull << (s->l2_bits + s->cluster_bits);
+        uint64_t span = span_entries(s, gc) << s->cluster_bits;
         m->type = QC_UNALLOC;
-        m->bytes = VD_MIN(len, span - (off & (span - 1)));
+        m->bytes = VD_MIN(len, span - (off & (s->cluster_size - 1)));
         return 0;
     }
-    per_slice = s->l2_slice_size / s->l2_entry_size;
     u = off >> s->sc_bits;
     m->entry = qc_l2_get(s, slice, idx);
     m->bitmap = qc_l2_get_bitmap(s, slice, idx);
@@ -322,29 +371,13 @@ int qcow2_get_mapping(vd_node *n, uint64_t off, uint64_t len, struct qc_map *m)
         goto out;
     m->host = host + (off & (s->cluster_size - 1));
     m->bytes = ((u + 1) << s->sc_bits) - off;
-    if (m->type == QC_COMPRESSED_T) {
+    if (m->type == QC_COMPRESSED_T)
         m->bytes = (gc + 1) * s->cluster_size - off;
-        goto out;
-    }
-    for (u++; m->bytes < len; u++) {
-        uint64_t g = u >> (s->cluster_bits - s->sc_bits), e, b, hh;
-        uint32_t i = (uint32_t)(idx + (g - gc));
-        enum qc_type t2;
-        if (i >= per_slice)
-            break;
-        e = qc_l2_get(s, slice, i);
-        b = qc_l2_get_bitmap(s, slice, i);
-        if ((r = classify(n, e, b, (uint32_t)(u & scmask), g, &t2, &hh)) < 0)
-            goto out;
-        if (t2 != m->type)
-            break;
-        if (type_has_host(t2) &&
-            hh + ((u & scmask) << s->sc_bits) != m->host + m->bytes)
-            break;
-        m->bytes += s->sc_size;
-    }
+    else
+        r = extend_mapping(n, m, off, len, &slice, idx, &h);
 out:
     m->bytes = VD_MIN(m->bytes, len);
-    qc_cache_put(s->l2_cache, h);
+    if (h >= 0)
+        qc_cache_put(s->l2_cache, h);
     return r < 0 ? r : 0;
 }

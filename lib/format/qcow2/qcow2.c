@@ -519,6 +519,8 @@ static int open_caches(vd_node *n, vd_opts *opts)
     if (interval > UINT32_MAX)
         return vd_error(EINVAL, "Cache clean interval too big");
     s->l2_slice_size = (uint32_t)slice;
+    s->status_span = vd_opts_has(opts, "l2-cache-entry-size") ? (uint32_t)slice
+                                                                : (uint32_t)s->cluster_size;
     s->clean_interval = (uint32_t)interval;
     s->l2_cache = qc_cache_new(n->file, (uint32_t)slice, l2 / slice, "l2_load");
     s->rc_cache = qc_cache_new(n->file, (uint32_t)s->cluster_size, rc / s->cluster_size,

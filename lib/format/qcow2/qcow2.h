@@ -132,6 +132,8 @@ struct qcow2_state {
     uint64_t reftable_used;        /* entries up to the last nonzero one */
     struct qc_cache *l2_cache, *rc_cache;
     uint32_t l2_slice_size;        /* bytes per L2 cache entry */
+    uint32_t status_span;          /* bytes of L2 table one mapping answer may cover
+                                    * (QEMU's L2 cache entry: the cluster unless set) */
     uint64_t free_cluster_index;   /* no free cluster below this */
     uint64_t file_end;             /* bytes the file is known to have */
     uint64_t grown_to;             /* file length after growing it ahead of
