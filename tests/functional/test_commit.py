@@ -186,3 +186,25 @@ def test_commit_then_qemu_reads_chain(tmp_path):
     assert qimg("compare", "-F", "raw", d / "t.qcow2", flat).returncode == 0
     assert qimg("compare", "-F", "raw", d / "m.qcow2", flat).returncode == 0
     assert "backing file: m.qcow2" in chain_info(str(d), "t.qcow2")
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+@pytest.mark.parametrize("base_fmt", ["qcow2", "raw"])
+@pytest.mark.parametrize("cluster", ["512", "64k", "256k", "2M"])
+def test_commit_empty_overlay(tmp_path, cluster, base_fmt, depth):
+    """An overlay that holds nothing (commit right after a snapshot): the
+    image file ends before the layout emptying writes; both images end as
+    qemu-img leaves them (same map, check, info and file length)."""
+    base = "b." + base_fmt
+    spec = [(base, base_fmt, 32 * MB, None, ["write -P 1 0 1M"])]
+    if depth == 3:
+        spec.append(("m.qcow2", "qcow2", 32 * MB, base, ["write -P 2 1M 64k"]))
+    spec.append(("t.qcow2", "qcow2", 32 * MB, spec[-1][0], [], "cluster_size=" + cluster))
+    v, qd, vd = differential(tmp_path, spec, ["t.qcow2"])
+    assert v.stdout == "Image committed.\n"
+    for name, fmt in ((l[0], l[1]) for l in spec):
+        assert os.path.getsize(os.path.join(vd, name)) == \
+            os.path.getsize(os.path.join(qd, name)), name
+        m = [subprocess.run([QEMU_IMG, "map", "--output=json", "-f", fmt, name], cwd=d,
+                            capture_output=True, text=True).stdout for d in (qd, vd)]
+        assert m[0] == m[1], name
