@@ -749,7 +749,8 @@ static bool file_has_zero_init(vd_node *n)
 
 /* ---- creation ---- */
 
-/* Parse preallocation for create: off, falloc or full. */
+/* Parse preallocation for create: off, falloc or full; metadata is a
+ * mode QEMU knows, refused only once the file is made (file_create). */
 static int parse_create_prealloc(const char *v, int *out)
 {
     if (!v || !strcmp(v, "off"))
@@ -759,7 +760,7 @@ static int parse_create_prealloc(const char *v, int *out)
     else if (!strcmp(v, "full"))
         *out = VD_PREALLOC_FULL;
     else if (!strcmp(v, "metadata"))
-        return vd_error(ENOTSUP, "Unsupported preallocation mode: metadata");
+        *out = VD_PREALLOC_METADATA;
     else
         return vd_error(EINVAL, "invalid parameter value: %s", v);
     return 0;
@@ -858,7 +859,8 @@ static int lock_for_create(int fd, const char *fn)
                           VD_PERM_ALL & ~VD_PERM_RESIZE, fn);
 }
 
-/* Create (or truncate and re-create) a regular file. */
+/* Create (or truncate and re-create) a regular file.  As QEMU, a file
+ * asked for metadata preallocation is made empty, then refused. */
 static int file_create(const char *fn, vd_opts *opts)
 {
     struct create_args a = { 0 };
@@ -878,7 +880,9 @@ static int file_create(const char *fn, vd_opts *opts)
             set_nocow(fd);
         if (a.hint)
             set_extent_hint(fd, a.hint, a.hint_given);
-        r = regular_truncate(fd, a.size, a.prealloc);
+        r = a.prealloc == VD_PREALLOC_METADATA
+            ? vd_error(ENOTSUP, "Unsupported preallocation mode: metadata")
+            : regular_truncate(fd, a.size, a.prealloc);
     }
     if (close(fd) < 0 && r >= 0)
         r = vd_error(errno, "Could not close the new file: %s", strerror(errno));
