@@ -689,13 +689,6 @@ def fixed_short(p):
         f.write(b"\x5a" * 4096 + footer(10514432, disk_type=FIXED, data_offset=(1 << 64) - 1))
 
 
-def seq(*fns):
-    def apply(p):
-        for fn in fns:
-            fn(p)
-    return apply
-
-
 def header_over_footer(p):
     """The dynamic header at 256, inside the footer copy."""
     with open(p, "r+b") as f:

@@ -182,7 +182,7 @@ static int write_dynamic(vd_node *f, const struct vpc_create *c, const uint8_t *
     if (r >= 0)
         r = vd_pwrite(f, 0, len, buf, 0);
     free(buf);
-    return r;
+    return r < 0 ? vd_error_prefix(r, "Unable to create or write VHD header") : 0;
 }
 
 /* The data (a hole) and the footer behind it. */
