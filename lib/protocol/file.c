@@ -749,7 +749,9 @@ static bool file_has_zero_init(vd_node *n)
 
 /* ---- creation ---- */
 
-/* Parse preallocation for create: off, falloc or full. */
+/* Parse preallocation for create: off, falloc or full.  metadata passes
+ * here: as in QEMU, the file is created (empty) before the resize refuses
+ * the mode. */
 static int parse_create_prealloc(const char *v, int *out)
 {
     if (!v || !strcmp(v, "off"))
@@ -759,7 +761,7 @@ static int parse_create_prealloc(const char *v, int *out)
     else if (!strcmp(v, "full"))
         *out = VD_PREALLOC_FULL;
     else if (!strcmp(v, "metadata"))
-        return vd_error(ENOTSUP, "Unsupported preallocation mode: metadata");
+        *out = VD_PREALLOC_METADATA;
     else
         return vd_error(EINVAL, "invalid parameter value: %s", v);
     return 0;
