@@ -626,6 +626,7 @@ def test_hostile(tmp_path, kind):
         except subprocess.TimeoutExpired:
             pytest.fail("vdisk-img %s hangs on %s" % (op, kind))
         assert 0 <= v.returncode < 64, "vdisk-img %s crashed: %s" % (op, v.stderr)
+        assert "Sanitizer" not in v.stderr and "runtime error" not in v.stderr, v.stderr
         if v.returncode:
             assert v.stderr.strip(), "no error message"
         if q is None:
