@@ -296,6 +296,7 @@ static int vdi_open(vd_node *n, vd_opts *opts, int flags)
     return load_bmap(n);
 }
 
+/* Free the block map (everything is on disk already). */
 static void vdi_close(vd_node *n)
 {
     struct vdi_state *s = n->state;
@@ -367,6 +368,7 @@ static int check_run(vd_node *n, const struct vdi_run *run)
 
 /* ---- reads ---- */
 
+/* Read run by run: zeroes for unallocated blocks, the file for data. */
 static int vdi_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 {
     uint8_t *p = buf;
@@ -476,6 +478,8 @@ static int alloc_block(vd_node *n, uint32_t bi, uint64_t in, uint64_t len,
     return r;
 }
 
+/* Write in place where blocks are allocated; allocate the others one
+ * block at a time, in ascending order (QEMU's layout). */
 static int vdi_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags)
 {
     const uint8_t *p = buf;
@@ -541,6 +545,7 @@ static int vdi_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pn
     return st;
 }
 
+/* The disk size, rounded up to a sector. */
 static int64_t vdi_getlength(vd_node *n)
 {
     return (int64_t)((struct vdi_state *)n->state)->disk_size;
