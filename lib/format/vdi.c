@@ -58,7 +58,7 @@
 enum {
     VH_SIGNATURE = 0x40, VH_VERSION = 0x44, VH_HEADER_SIZE = 0x48, VH_TYPE = 0x4c,
     VH_OFFSET_BMAP = 0x154, VH_OFFSET_DATA = 0x158, VH_SECTOR_SIZE = 0x168,
-    VH_DISK_SIZE = 0x170, VH_BLOCK_SIZE = 0x178, VH_BLOCKS = 0x180,
+    VH_DISK_SIZE = 0x170, VH_BLOCK_SIZE = 0x178, VH_BLOCK_EXTRA = 0x17c, VH_BLOCKS = 0x180,
     VH_ALLOCATED = 0x184, VH_UUID_IMAGE = 0x188, VH_UUID_MODIFY = 0x198,
     VH_UUID_LINK = 0x1a8, VH_UUID_PARENT = 0x1b8,
 };
@@ -66,7 +66,7 @@ enum {
 /* The header fields that matter, host order. */
 struct vdi_header {
     uint32_t signature, version, header_size, type;
-    uint32_t offset_bmap, offset_data, sector_size, block_size;
+    uint32_t offset_bmap, offset_data, sector_size, block_size, block_extra;
     uint32_t blocks, blocks_allocated;
     uint64_t disk_size;
     bool link_uuid, parent_uuid;          /* non-null */
@@ -161,6 +161,7 @@ static void decode_header(const uint8_t *h, struct vdi_header *hd)
     hd->sector_size = le32_get(h + VH_SECTOR_SIZE);
     hd->disk_size = le64_get(h + VH_DISK_SIZE);
     hd->block_size = le32_get(h + VH_BLOCK_SIZE);
+    hd->block_extra = le32_get(h + VH_BLOCK_EXTRA);
     hd->blocks = le32_get(h + VH_BLOCKS);
     hd->blocks_allocated = le32_get(h + VH_ALLOCATED);
     hd->link_uuid = uuid_set(h + VH_UUID_LINK);
@@ -215,7 +216,8 @@ static int check_fields(const struct vdi_header *hd)
     return 0;
 }
 
-/* Checks beyond QEMU's: a version 1.1 header of known type, and header,
+/* Checks beyond QEMU's: a version 1.1 header of known type, no extra
+ * bytes before each block (QEMU would read them as data), and header,
  * block map and data in this order without overlapping, the block map
  * inside the file. */
 static int check_layout(const struct vdi_header *hd, uint64_t file_len)
@@ -227,6 +229,9 @@ static int check_layout(const struct vdi_header *hd, uint64_t file_len)
                         " is below 0x%x)", hd->header_size, VDI_HEADER_V1_LEN);
     if (hd->type != VDI_TYPE_DYNAMIC && hd->type != VDI_TYPE_STATIC)
         return vd_error(ENOTSUP, "unsupported VDI image (image type %" PRIu32 ")", hd->type);
+    if (hd->block_extra)
+        return vd_error(ENOTSUP, "unsupported VDI image (%" PRIu32 " extra bytes per block)",
+                        hd->block_extra);
     if (hd->offset_bmap < VDI_HEADER_BYTES ||
         hd->offset_bmap < (uint64_t)VDI_PREHEADER_LEN + hd->header_size)
         return vd_error(EINVAL, "vdi: block map offset 0x%" PRIx32 " overlaps the header",

@@ -25,7 +25,8 @@ TIMEOUT = 60
 # Header fields (little endian) and the UUIDs create makes at random.
 H_SIGNATURE, H_VERSION, H_HEADER_SIZE, H_TYPE = 0x40, 0x44, 0x48, 0x4c
 H_OFFSET_BMAP, H_OFFSET_DATA, H_SECTOR_SIZE = 0x154, 0x158, 0x168
-H_DISK_SIZE, H_BLOCK_SIZE, H_BLOCKS, H_ALLOCATED = 0x170, 0x178, 0x180, 0x184
+H_DISK_SIZE, H_BLOCK_SIZE, H_BLOCK_EXTRA = 0x170, 0x178, 0x17c
+H_BLOCKS, H_ALLOCATED = 0x180, 0x184
 H_UUID_IMAGE, H_UUID_MODIFY, H_UUID_LINK, H_UUID_PARENT = 0x188, 0x198, 0x1a8, 0x1b8
 VDI_DISK_SIZE_MAX = 0x1fffff80 * M
 
@@ -542,6 +543,7 @@ HOSTILE = {
     "block_size_zero": field("<I", H_BLOCK_SIZE, 0),
     "block_size_absurd": field("<I", H_BLOCK_SIZE, 0xffffffff),
     "block_size_4k": field("<I", H_BLOCK_SIZE, 4096),
+    "block_extra": field("<I", H_BLOCK_EXTRA, 512),
     "sector_size_4k": field("<I", H_SECTOR_SIZE, 4096),
     "header_size_zero": field("<I", H_HEADER_SIZE, 0),
     "header_size_huge": field("<I", H_HEADER_SIZE, 0xffffffff),
@@ -658,6 +660,7 @@ VDISK_REFUSES = {
     "header_size_huge": ("info", 1, "overlaps the header"),
     "image_type_zero": ("info", 1, "unsupported VDI image (image type 0)"),
     "image_type_undo": ("info", 1, "unsupported VDI image (image type 3)"),
+    "block_extra": ("info", 1, "unsupported VDI image (512 extra bytes per block)"),
     "truncated_in_bmap": ("info", 1, "extends beyond the end of the file"),
     "truncated_in_data": ("check", 2, "lies beyond the end of the file"),
 }
