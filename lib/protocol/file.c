@@ -749,8 +749,9 @@ static bool file_has_zero_init(vd_node *n)
 
 /* ---- creation ---- */
 
-/* Parse preallocation for create: off, falloc or full; metadata is a
- * mode QEMU knows, refused only once the file is made (file_create). */
+/* Parse preallocation for create: off, falloc or full.  metadata passes
+ * here: as in QEMU, the file is created (empty) before the resize refuses
+ * the mode. */
 static int parse_create_prealloc(const char *v, int *out)
 {
     if (!v || !strcmp(v, "off"))
@@ -859,8 +860,7 @@ static int lock_for_create(int fd, const char *fn)
                           VD_PERM_ALL & ~VD_PERM_RESIZE, fn);
 }
 
-/* Create (or truncate and re-create) a regular file.  As QEMU, a file
- * asked for metadata preallocation is made empty, then refused. */
+/* Create (or truncate and re-create) a regular file. */
 static int file_create(const char *fn, vd_opts *opts)
 {
     struct create_args a = { 0 };
@@ -880,9 +880,7 @@ static int file_create(const char *fn, vd_opts *opts)
             set_nocow(fd);
         if (a.hint)
             set_extent_hint(fd, a.hint, a.hint_given);
-        r = a.prealloc == VD_PREALLOC_METADATA
-            ? vd_error(ENOTSUP, "Unsupported preallocation mode: metadata")
-            : regular_truncate(fd, a.size, a.prealloc);
+        r = regular_truncate(fd, a.size, a.prealloc);
     }
     if (close(fd) < 0 && r >= 0)
         r = vd_error(errno, "Could not close the new file: %s", strerror(errno));
