@@ -29,7 +29,9 @@
 #include <time.h>
 
 #include "vdisk/copy.h"
+#include "vdisk/driver.h"
 #include "util/checked.h"
+#include "sparse.h"
 
 #define COPY_DEFAULT_WORKERS 8
 #define COPY_MAX_WORKERS 64
@@ -37,12 +39,21 @@
 #define COPY_COMPRESS_CHUNK (256u << 10)
 #define COPY_ZERO_CHUNK (1ull << 30)
 #define COPY_SECTOR 512u
+/* qemu-img convert's request: at most 2 MiB of data, status queried over
+ * at most INT_MAX rounded down to sectors. */
+#define QEMU_CONVERT_BUF (2u << 20)
+#define QEMU_MAX_REQUEST 0x7ffffe00ull
+/* qemu-img commit (QEMU's active commit job): dirty chunks handled in
+ * groups of up to 16 MiB, data copied in pieces of up to 1 MiB. */
+#define QEMU_COMMIT_BUF (16u << 20)
+#define QEMU_COMMIT_MAX_IO (1u << 20)
 
 /* What a job does with its range. */
 enum job_kind {
     JOB_DATA,    /* read the source, write it (zero runs become zeroes) */
     JOB_ZERO,    /* the source reads as zero: write zeroes */
     JOB_FILL,    /* the source reads as zero, -S 0: write zero bytes */
+    JOB_DISCARD, /* commit: the chain holds nothing here: discard */
     JOB_SKIP,    /* nothing to write (planner only) */
 };
 
@@ -97,6 +108,11 @@ struct copy_state {
     uint64_t data_end;        /* target offset where the copied data ends */
     uint64_t dst_size;        /* length of the target */
     int base_depth;           /* commit: chain depth of p->base */
+    bool qemu_requests;       /* data jobs are qemu-img convert's requests */
+    uint64_t sparse_align;    /* where zero detection steers run ends */
+    uint64_t gran;            /* commit: bytes per dirty chunk */
+    uint64_t base_cs;         /* commit: the base's cluster size */
+    uint64_t grp_end;         /* commit: end of the current group of chunks */
     /* progress, errors, rate limit */
     uint64_t done, total;
     int err;
@@ -168,6 +184,33 @@ static enum job_kind status_kind(const struct copy_state *st, int r, int depth)
     return st->skip_zero ? JOB_SKIP : JOB_ZERO;
 }
 
+/* Record a block-status failure at byte off; returns it. */
+static int status_error(struct copy_state *st, int r, uint64_t off)
+{
+    set_error_locked(st, r, "error while reading block status at offset %llu: %s",
+                     (unsigned long long)off, strerror(-r));
+    return r;
+}
+
+/* The alignment of src that qemu-img convert keeps status answers on:
+ * its request alignment or, larger, its cluster size. */
+static uint64_t source_alignment(vd_node *src)
+{
+    int64_t cs = vd_node_cluster_size(src);
+
+    return VD_MAX((uint64_t)src->request_alignment, cs > 0 ? (uint64_t)cs : 1);
+}
+
+/* qemu-img convert cuts an answer that ends inside a source cluster back
+ * to the cluster start, unless that would leave nothing: the rest of the
+ * cluster is asked again (so its requests start there). */
+static uint64_t trim_status(vd_node *src, uint64_t soff, uint64_t pnum)
+{
+    uint64_t tail = (soff + pnum) % source_alignment(src);
+
+    return pnum > tail ? pnum - tail : pnum;
+}
+
 /* Make sure the cached block status covers st->soff; <0 on error. */
 static int refresh_status(struct copy_state *st, vd_node *src, uint64_t limit)
 {
@@ -176,17 +219,18 @@ static int refresh_status(struct copy_state *st, vd_node *src, uint64_t limit)
 
     if (st->bs_valid && st->soff >= st->bs_start && st->soff < st->bs_end)
         return 0;
+    if (st->qemu_requests)
+        limit = VD_MIN(limit, QEMU_MAX_REQUEST);
     r = vd_block_status_above(src, st->soff, limit, &pnum, NULL, NULL, &depth);
-    if (r < 0) {
-        set_error_locked(st, r, "error while reading block status at offset %llu: %s",
-                         (unsigned long long)st->pos, strerror(-r));
-        return r;
-    }
+    if (r < 0)
+        return status_error(st, r, st->pos);
     if (pnum == 0 || pnum > limit) {   /* a driver that says nothing: read */
         pnum = limit;
         r = VD_BS_DATA;
         depth = 0;
     }
+    if (st->qemu_requests)
+        pnum = trim_status(src, st->soff, pnum);
     st->bs_start = st->soff;
     st->bs_end = st->soff + pnum;
     st->bs_kind = status_kind(st, r, depth);
@@ -204,6 +248,8 @@ static uint64_t job_length(const struct copy_state *st, enum job_kind kind,
         return n;
     if (kind == JOB_ZERO)
         return VD_MIN(n, COPY_ZERO_CHUNK);
+    if (st->qemu_requests && kind == JOB_DATA)
+        return VD_MIN(n, st->chunk);      /* runs from the answer's start */
     cap = st->chunk - doff % st->chunk;   /* end jobs on chunk boundaries */
     return VD_MIN(n, cap);
 }
@@ -236,10 +282,114 @@ static void advance(struct copy_state *st, uint64_t n)
     st->doff += n;
 }
 
+/* commit: does a layer above the base allocate [x, x + *pnum)?  1 yes,
+ * 0 no, with *pnum the length of that run; <0 on error (recorded). */
+static int alloc_above(struct copy_state *st, uint64_t x, uint64_t *pnum)
+{
+    int depth = 0, r;
+
+    r = vd_block_status_above(st->p->src[0], x, st->end - x, pnum, NULL, NULL, &depth);
+    if (r < 0)
+        return status_error(st, r, x);
+    if (*pnum == 0 || *pnum > st->end - x)
+        *pnum = st->end - x;
+    return (r & VD_BS_ALLOCATED) && depth < st->base_depth;
+}
+
+/* commit: the first byte at or after x that a layer above the base
+ * allocates (*at = st->end if none) and the length of that run. */
+static int next_alloc(struct copy_state *st, uint64_t x, uint64_t *at, uint64_t *len)
+{
+    int r = 0;
+
+    while (x < st->end && (r = alloc_above(st, x, len)) == 0)
+        x += *len;
+    *at = x;
+    return r < 0 ? r : 0;
+}
+
+/* commit: start the next group at or after st->pos: consecutive chunks that
+ * hold something allocated above the base, at most QEMU_COMMIT_BUF bytes
+ * (QEMU's mirror iteration).  1 when started, 0 when none is left. */
+static int next_group(struct copy_state *st)
+{
+    uint64_t g = st->gran, at, len, start, cap, gend;
+
+    if (next_alloc(st, st->pos, &at, &len) < 0)
+        return st->err;
+    start = VD_MIN(round_down(at, g), st->end);
+    progress_locked(st, start - st->pos);
+    st->pos = st->soff = st->doff = start;
+    if (start >= st->end)
+        return 0;
+    cap = start + QEMU_COMMIT_BUF;
+    gend = VD_MIN(round_down(at + len + g - 1, g), cap);
+    while (gend < cap && gend < st->end) {
+        if (next_alloc(st, gend, &at, &len) < 0)
+            return st->err;
+        if (at >= gend + g || at >= st->end)
+            break;
+        gend = VD_MIN(round_down(at + len + g - 1, g), cap);
+    }
+    st->grp_end = VD_MIN(gend, st->end);
+    return 1;
+}
+
+/* commit: how QEMU's mirror handles the next piece of a group: whole
+ * chunks copied (data up to QEMU_COMMIT_MAX_IO at a time, and any piece
+ * shorter than a chunk), or zeroed (discarded where the chain holds
+ * nothing) when the whole chain reads them as zero over whole base
+ * clusters.  Sets *kind and returns the length; <0 on error. */
+static int64_t commit_piece(struct copy_state *st, enum job_kind *kind)
+{
+    uint64_t g = st->gran, off = st->pos, io = 0;
+    int depth = 0, r;
+
+    r = vd_block_status_above(st->p->src[0], off, st->grp_end - off, &io, NULL, NULL,
+                              &depth);
+    if (r < 0)
+        return status_error(st, r, off);
+    if (io == 0 || io > st->grp_end - off) {
+        io = st->grp_end - off;
+        r = VD_BS_DATA;
+    }
+    *kind = JOB_DATA;
+    if (r & VD_BS_DATA)
+        io = VD_MIN(io, QEMU_COMMIT_MAX_IO);
+    io = round_down(io, g);
+    if (io < g)
+        io = g;
+    else if (!(r & VD_BS_DATA) && off % st->base_cs == 0 && (off + io) % st->base_cs == 0)
+        *kind = r & VD_BS_ZERO ? JOB_ZERO : JOB_DISCARD;
+    return (int64_t)VD_MIN(io, st->end - off);
+}
+
+/* commit: cut the next job as QEMU's active commit does; 1 with *job set,
+ * 0 when done, <0 on error.  Caller holds the lock. */
+static int plan_commit(struct copy_state *st, struct copy_job *job)
+{
+    enum job_kind kind;
+    int64_t n;
+    int r;
+
+    if (st->err)
+        return st->err;
+    if (st->pos >= st->grp_end && (r = next_group(st)) <= 0)
+        return r;
+    if ((n = commit_piece(st, &kind)) < 0)
+        return (int)n;
+    *job = (struct copy_job){ kind, st->p->src[0], 0, st->pos, st->pos, st->pos,
+                              (uint64_t)n, st->next_seq++ };
+    advance(st, (uint64_t)n);
+    return 1;
+}
+
 /* Cut the next job; 1 with *job set, 0 when done, <0 on error.  Skipped
  * ranges are accounted here.  Caller holds the lock. */
 static int plan_next(struct copy_state *st, struct copy_job *job)
 {
+    if (st->p->base)
+        return plan_commit(st, job);
     while (st->pos < st->end && !st->err) {
         uint64_t slen = st->src_len[st->si], limit, n;
         enum job_kind kind;
@@ -375,52 +525,6 @@ static int write_bytes(struct copy_state *st, uint64_t off, uint64_t len, const 
     return vd_pwrite(st->p->dst, off, len, buf, st->p->write_flags);
 }
 
-/* Is [i, e) of the buffer one whole all-zero min_sparse block? */
-static bool sparse_block_zero(uint64_t doff, uint64_t ms, const char *buf,
-                              uint64_t i, uint64_t e)
-{
-    return e - i == ms && (doff + i) % ms == 0 && buffer_is_zero(buf + i, ms);
-}
-
-/* The zero and data runs of a data buffer, found right after the read so
- * that the scan runs in parallel rather than in the ordered write step:
- * runs alternate, the first is zero when first_zero, run k ends at end[k]. */
-struct sparse_map {
-    uint64_t *end;
-    size_t n, cap;
-    bool first_zero;
-};
-
-/* Find the runs of buf: aligned all-zero min_sparse blocks are zero, the
- * rest data, neighbours of one kind merged. */
-static void scan_sparse(struct copy_state *st, uint64_t doff, uint64_t len, const char *buf,
-                        struct sparse_map *m)
-{
-    uint64_t ms = st->p->min_sparse, i = 0;
-
-    m->n = 0;
-    while (i < len && m->n + 1 < m->cap) {
-        uint64_t j = VD_MIN(i + ms - (doff + i) % ms, len);
-        bool zero = sparse_block_zero(doff, ms, buf, i, j);
-
-        if (m->n == 0)
-            m->first_zero = zero;
-        while (j < len) {
-            uint64_t nb = VD_MIN(j + ms - (doff + j) % ms, len);
-            if (sparse_block_zero(doff, ms, buf, j, nb) != zero)
-                break;
-            j = nb;
-        }
-        m->end[m->n++] = j;
-        i = j;
-    }
-    if (i < len) {                     /* out of room: the rest is data */
-        if (m->first_zero == !((m->n - 1) & 1))
-            m->n++;
-        m->end[m->n - 1] = len;
-    }
-}
-
 /* Write a scanned data buffer: zero runs become zero writes (or nothing on
  * a zero target), data runs data. */
 static int write_sparse(struct copy_state *st, uint64_t doff, const char *buf,
@@ -429,8 +533,7 @@ static int write_sparse(struct copy_state *st, uint64_t doff, const char *buf,
     uint64_t i = 0;
 
     for (size_t k = 0; k < m->n; k++) {
-        bool zero = m->first_zero == !(k & 1);
-        int r = zero ? write_zero_range(st, doff + i, m->end[k] - i)
+        int r = sparse_run_zero(m, k) ? write_zero_range(st, doff + i, m->end[k] - i)
                      : write_bytes(st, doff + i, m->end[k] - i, buf + i);
         if (r < 0)
             return r;
@@ -491,6 +594,9 @@ static int write_job(struct copy_state *st, const struct copy_job *job, char *bu
     case JOB_FILL:
         memset(buf, 0, job->len);
         r = write_bytes(st, job->doff, job->len, buf);
+        break;
+    case JOB_DISCARD:
+        r = vd_discard(st->p->dst, job->doff, job->len);
         break;
     default:
         r = write_zero_range(st, job->doff, job->len);
@@ -636,7 +742,7 @@ static int run_job(struct copy_state *st, int id, const struct copy_job *job, ch
     if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
         return r;
     if (job_sparse(st, job))
-        scan_sparse(st, job->doff, job->len, buf, m);
+        sparse_scan(buf, job->len, job->doff, st->p->min_sparse, st->sparse_align, m);
     return ordered_write(st, id, job, buf, m);
 }
 
@@ -652,10 +758,12 @@ static void *worker(void *opaque)
     pthread_mutex_lock(&st->lock);
     id = st->nworkers++;
     pthread_mutex_unlock(&st->lock);
-    m.cap = st->p->min_sparse ? (size_t)(st->chunk / st->p->min_sparse + 3) : 2;
+    m.cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
     if (!(m.end = vd_calloc_array(m.cap, sizeof(*m.end))) ||
+        !(m.zero = vd_calloc_array(m.cap, sizeof(*m.zero))) ||
         posix_memalign(&buf, 4096, VD_MAX(st->chunk, st->cs))) {
         free(m.end);
+        free(m.zero);
         pthread_mutex_lock(&st->lock);
         set_error_locked(st, -ENOMEM, "cannot allocate a copy buffer: %s",
                          strerror(ENOMEM));
@@ -670,6 +778,7 @@ static void *worker(void *opaque)
             break;
     }
     free(m.end);
+    free(m.zero);
     free(buf);
     return NULL;
 }
@@ -729,6 +838,10 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
         chunk = p->max_in_flight / (uint64_t)w;
     chunk = round_down(chunk, COPY_SECTOR);
     st->chunk = chunk ? chunk : COPY_SECTOR;
+    if (st->qemu_requests)      /* jobs are qemu-img's requests, to allocate alike */
+        st->chunk = QEMU_CONVERT_BUF;
+    else if (p->base)
+        st->chunk = QEMU_COMMIT_MAX_IO;
     if (p->compress)   /* whole clusters per job; CPU-bound, so small jobs */
         st->chunk = VD_MAX(round_down(VD_MIN(st->chunk, COPY_COMPRESS_CHUNK), st->cs),
                            st->cs);
@@ -766,6 +879,36 @@ static int setup_compress(struct copy_state *st)
     return 0;
 }
 
+/* The largest power of two <= v (v > 0). */
+static uint64_t pow2_floor(uint64_t v)
+{
+    return 1ull << (63 - __builtin_clzll(v));
+}
+
+/* Zero detection steers run ends to -S rounded down to a power of two, or
+ * to the target's request alignment if larger (qemu-img convert's rule). */
+static void setup_sparse(struct copy_state *st)
+{
+    const struct vd_copy_params *p = st->p;
+    uint64_t ra = VD_MAX((uint64_t)p->dst->request_alignment, COPY_SECTOR);
+
+    st->qemu_requests = p->min_sparse && !p->compress && !p->base;
+    if (st->qemu_requests)
+        st->sparse_align = VD_MAX(pow2_floor(p->min_sparse), round_down(ra, COPY_SECTOR));
+}
+
+/* commit: QEMU tracks what to copy in chunks of the base's cluster size
+ * held to 4..64 KiB (64 KiB when the base has none), and writes zeroes
+ * only over whole base clusters. */
+static void setup_chunks(struct copy_state *st)
+{
+    vd_node *base = st->p->base;
+    int64_t cs = vd_node_cluster_size(base);
+
+    st->gran = cs > 0 ? VD_MIN(VD_MAX(pow2_floor((uint64_t)cs), 4096u), 65536u) : 65536u;
+    st->base_cs = cs > 0 ? (uint64_t)cs : VD_MAX((uint64_t)base->request_alignment, 1u);
+}
+
 /* commit: the depth of p->base in the chain of the first source. */
 static int setup_base(struct copy_state *st)
 {
@@ -779,6 +922,7 @@ static int setup_base(struct copy_state *st)
     if (!n || st->p->nsrc != 1)
         return vd_error(EINVAL, "the base is not in the backing chain of the source");
     st->base_depth = d;
+    setup_chunks(st);
     return 0;
 }
 
@@ -800,12 +944,13 @@ static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int
         return r;
     if (p->base && (r = setup_base(st)) < 0)
         return r;
+    setup_sparse(st);
     choose_sizes(st, nw);
     st->dst_size = (uint64_t)VD_MAX(vd_getlength(p->dst), 0);
     st->ooo = p->out_of_order || p->compress;
     st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only &&
                     !p->base;
-    st->zero_flags = p->unallocated_only || p->base ? 0 : VD_REQ_MAY_UNMAP;
+    st->zero_flags = p->unallocated_only ? 0 : VD_REQ_MAY_UNMAP;
     clock_gettime(CLOCK_MONOTONIC, &st->start);
     return 0;
 }
