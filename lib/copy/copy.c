@@ -47,6 +47,7 @@
  * groups of up to 16 MiB, data copied in pieces of up to 1 MiB. */
 #define QEMU_COMMIT_BUF (16u << 20)
 #define QEMU_COMMIT_MAX_IO (1u << 20)
+#define QEMU_COMMIT_MAX_IOV 1024u
 
 /* What a job does with its range. */
 enum job_kind {
@@ -113,6 +114,7 @@ struct copy_state {
     uint64_t gran;            /* commit: bytes per dirty chunk */
     uint64_t base_cs;         /* commit: the base's cluster size */
     uint64_t grp_end;         /* commit: end of the current group of chunks */
+    uint64_t copy_left;       /* commit: rest of a copy longer than a job */
     /* progress, errors, rate limit */
     uint64_t done, total;
     int err;
@@ -317,10 +319,10 @@ static int next_group(struct copy_state *st)
 
     if (next_alloc(st, st->pos, &at, &len) < 0)
         return st->err;
-    start = VD_MIN(round_down(at, g), st->end);
+    start = at < st->end ? round_down(at, g) : st->end;
     progress_locked(st, start - st->pos);
     st->pos = st->soff = st->doff = start;
-    if (start >= st->end)
+    if (start == st->end)
         return 0;
     cap = start + QEMU_COMMIT_BUF;
     gend = VD_MIN(round_down(at + len + g - 1, g), cap);
@@ -336,9 +338,10 @@ static int next_group(struct copy_state *st)
 }
 
 /* commit: how QEMU's mirror handles the next piece of a group: whole
- * chunks copied (data up to QEMU_COMMIT_MAX_IO at a time, and any piece
- * shorter than a chunk), or zeroed (discarded where the chain holds
- * nothing) when the whole chain reads them as zero over whole base
+ * chunks copied (data up to QEMU_COMMIT_MAX_IO at a time, any piece
+ * shorter than a chunk, and zeroes off base cluster boundaries, up to
+ * QEMU_COMMIT_BUF or IOV_MAX chunks), or zeroed (discarded where the chain
+ * holds nothing) when the whole chain reads them as zero over whole base
  * clusters.  Sets *kind and returns the length; <0 on error. */
 static int64_t commit_piece(struct copy_state *st, enum job_kind *kind)
 {
@@ -361,6 +364,8 @@ static int64_t commit_piece(struct copy_state *st, enum job_kind *kind)
         io = g;
     else if (!(r & VD_BS_DATA) && off % st->base_cs == 0 && (off + io) % st->base_cs == 0)
         *kind = r & VD_BS_ZERO ? JOB_ZERO : JOB_DISCARD;
+    if (*kind == JOB_DATA)
+        io = VD_MIN(io, VD_MIN(QEMU_COMMIT_BUF, g * QEMU_COMMIT_MAX_IOV));
     return (int64_t)VD_MIN(io, st->end - off);
 }
 
@@ -374,10 +379,19 @@ static int plan_commit(struct copy_state *st, struct copy_job *job)
 
     if (st->err)
         return st->err;
-    if (st->pos >= st->grp_end && (r = next_group(st)) <= 0)
-        return r;
-    if ((n = commit_piece(st, &kind)) < 0)
-        return (int)n;
+    if (st->copy_left) {               /* a long copy, cut to our buffers */
+        kind = JOB_DATA;
+        n = (int64_t)st->copy_left;
+    } else {
+        if (st->pos >= st->grp_end && (r = next_group(st)) <= 0)
+            return r;
+        if ((n = commit_piece(st, &kind)) < 0)
+            return (int)n;
+    }
+    if (kind == JOB_DATA) {
+        st->copy_left = (uint64_t)n - VD_MIN((uint64_t)n, st->chunk);
+        n = (int64_t)VD_MIN((uint64_t)n, st->chunk);
+    }
     *job = (struct copy_job){ kind, st->p->src[0], 0, st->pos, st->pos, st->pos,
                               (uint64_t)n, st->next_seq++ };
     advance(st, (uint64_t)n);
