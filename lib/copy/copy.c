@@ -18,7 +18,15 @@
  *     ends on one (or at the end of the data), so no two jobs share a
  *     cluster; data jobs may then span sources.  Compressed jobs write out
  *     of order: each cluster is written once, so the order only decides
- *     where in the file the compressed bytes land. */
+ *     where in the file the compressed bytes land.
+ *  5. Targets allocate as qemu-img 7.2 leaves them, so jobs are cut where
+ *     qemu-img cuts its requests whenever that decides allocation: convert
+ *     with zero detection makes every data job one qemu-img request (an
+ *     answer of block status trimmed to a source cluster, then 2 MiB pieces
+ *     from its start) and decides its zero runs by qemu-img's rule
+ *     (sparse.c); commit follows QEMU's active commit job (plan_commit).
+ *     Workers may run such jobs in parallel: each decision rests on its own
+ *     job's bytes only. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <pthread.h>
