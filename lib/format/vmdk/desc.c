@@ -373,7 +373,12 @@ int vmdk_update_cid(vd_node *n)
     if (s->desc_file)
         wlen = VD_MIN((uint64_t)VMDK_DESC_SIZE, div_round_up(strlen(buf), VMDK_SECTOR) *
                       VMDK_SECTOR);
-    r = vd_pwrite(n->file, s->desc_offset, wlen, buf, 0);
+    int64_t flen = vd_getlength(n->file);
+    r = flen < 0 ? (int)flen : 0;
+    if (r >= 0 && (uint64_t)flen < s->desc_offset + wlen)
+        r = vd_truncate(n->file, s->desc_offset + wlen, true, VD_PREALLOC_OFF);
+    if (r >= 0)
+        r = vd_pwrite(n->file, s->desc_offset, wlen, buf, 0);
     if (r >= 0)
         r = vd_flush(n->file);
     if (r >= 0)

@@ -547,11 +547,14 @@ static int take_sectors(struct vmdk_extent *e, uint64_t sectors, uint64_t *out)
 /* Write bytes at host offset at, growing the known file length. */
 static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
 {
-    int r = vd_pwrite(e->file, at, len, buf, 0);
+    int r;
 
-    if (r >= 0 && at + len > e->file_len)
+    if (at + len > e->file_len) {
+        if ((r = vd_truncate(e->file, at + len, true, VD_PREALLOC_OFF)) < 0)
+            return vd_error_prefix(r, "vmdk: could not grow '%s'", e->file->filename);
         e->file_len = at + len;
-    return r;
+    }
+    return vd_pwrite(e->file, at, len, buf, 0);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an

@@ -376,6 +376,14 @@ static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
     return 0;
 }
 
+/* streamOptimized takes whole compressed grains only. */
+static bool vmdk_needs_compressed(vd_node *n)
+{
+    struct vmdk_state *s = n->state;
+
+    return s->n_ext && s->ext[0].compressed;
+}
+
 static const struct vd_driver vmdk_driver = {
     .struct_size = sizeof(struct vd_driver),
     .name = "vmdk",
@@ -399,5 +407,6 @@ static const struct vd_driver vmdk_driver = {
     .supports_backing = true,
     .pwrite_compressed = vmdk_pwrite_compressed,
     .cluster_size = vmdk_cluster_size,
+    .needs_compressed_writes = vmdk_needs_compressed,
 };
 VD_DRIVER_REGISTER(vmdk_driver)
