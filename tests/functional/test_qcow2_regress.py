@@ -101,3 +101,24 @@ def test_bench_extl2_free_subcluster_at_eof(tmp_path, cluster):
         return p
 
     differential(tmp_path, setup, bench, ["b.qcow2"])
+
+
+@pytest.mark.parametrize("compat", ["0.10", "1.1"])
+@pytest.mark.parametrize("cluster", [0, 1, 2, 3])
+def test_commit_over_compressed_odd_offset(tmp_path, cluster, compat):
+    """Overwriting a compressed cluster whose data starts at an odd byte
+    (clusters 1 and 3 here): bit 0 of a compressed descriptor is part of
+    the offset, not the zero flag (which a v2 image must not carry)."""
+    at = cluster * 64 * KB
+
+    def setup(d):
+        qimg("create", "-q", "-f", "qcow2", "-o", "compat=" + compat,
+             d / "b.qcow2", "1M", check=True)
+        qio(d / "b.qcow2", *["write -c -P %d %dk 64k" % (k + 1, 64 * k)
+                             for k in range(4)])
+        overlay(d, "1M")
+        qio(d / "t.qcow2", "write -P 9 %d 512" % at)
+
+    differential(tmp_path, setup, commit, ["b.qcow2"])
+    qio(tmp_path / "v" / "b.qcow2", "read -P 9 %d 512" % at,
+        "read -P %d %d %d" % (cluster + 1, at + 512, 64 * KB - 512))

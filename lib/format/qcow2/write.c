@@ -137,7 +137,8 @@ static int plan_cluster(vd_node *n, struct wclus *w)
         w->whi = s->cluster_size;
         w->update = true;
         w->free_old = !own && (e & (QC_OFFSET_MASK | QC_COMPRESSED));
-        if (s->version < 3 && (e & QC_ZERO_FLAG))
+        /* In a compressed descriptor bit 0 is part of the byte offset. */
+        if (s->version < 3 && t != QC_COMPRESSED_T && (e & QC_ZERO_FLAG))
             return qcow2_corrupt(n, "Zero cluster entry found in pre-v3 image");
     }
     if (w->fresh && s->data_external) {
