@@ -115,6 +115,9 @@ struct vd_driver {
     int (*snapshot_goto)(vd_node *n, const char *id_or_name);
     int (*snapshot_delete)(vd_node *n, const char *id, const char *name);
     int (*snapshot_load)(vd_node *n, const char *id, const char *name);
+    /* The image takes only compressed writes of whole clusters (vmdk
+     * streamOptimized: QEMU's needs_compressed_writes).  NULL: false. */
+    bool (*needs_compressed_writes)(vd_node *n);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

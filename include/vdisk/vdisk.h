@@ -77,6 +77,8 @@ int vd_discard(vd_node *n, uint64_t off, uint64_t len);
 int vd_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
 /* The format's cluster size (qemu-img info's cluster_size), 0 if none. */
 int64_t vd_node_cluster_size(vd_node *n);
+/* Does the image take only compressed writes (convert then writes as -c)? */
+bool vd_node_needs_compressed_writes(vd_node *n);
 int vd_flush(vd_node *n);
 /* Returns size in bytes or -errno. */
 int64_t vd_getlength(vd_node *n);

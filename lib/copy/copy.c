@@ -178,9 +178,11 @@ static enum job_kind status_kind(const struct copy_state *st, int r, int depth)
     const struct vd_copy_params *p = st->p;
     bool zero = (r & VD_BS_ZERO) || !(r & VD_BS_DATA);
 
-    /* commit: only what the layers above the base allocate, zeroes too. */
+    /* commit: only what the layers above the base allocate, zeroes too;
+     * the zeroes past a backing file shorter than its overlay count as the
+     * short layer's own (QEMU's rule), so they are committed as well. */
     if (p->base) {
-        if (!(r & VD_BS_ALLOCATED) || depth >= st->base_depth)
+        if (depth >= st->base_depth || (!(r & VD_BS_ALLOCATED) && !(r & VD_BS_ZERO)))
             return JOB_SKIP;
         return zero ? JOB_ZERO : JOB_DATA;
     }

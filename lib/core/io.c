@@ -342,6 +342,12 @@ int64_t vd_node_cluster_size(vd_node *n)
     return n->drv->cluster_size ? n->drv->cluster_size(n) : 0;
 }
 
+/* The format takes only compressed writes (see vdisk.h). */
+bool vd_node_needs_compressed_writes(vd_node *n)
+{
+    return n->drv->needs_compressed_writes && n->drv->needs_compressed_writes(n);
+}
+
 /* Flush the node, then the nodes below it. */
 int vd_flush(vd_node *n)
 {

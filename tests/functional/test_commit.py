@@ -208,3 +208,14 @@ def test_commit_empty_overlay(tmp_path, cluster, base_fmt, depth):
         m = [subprocess.run([QEMU_IMG, "map", "--output=json", "-f", fmt, name], cwd=d,
                             capture_output=True, text=True).stdout for d in (qd, vd)]
         assert m[0] == m[1], name
+
+
+@pytest.mark.parametrize("args", [["-b", "b.raw", "t.qcow2"], ["t.qcow2"]])
+def test_commit_through_short_middle(tmp_path, args):
+    """The top reads zeroes past a middle image shorter than it: those
+    zeroes are the middle layer's, so commit -b writes them into the base
+    (the base's old data there must not show through afterwards)."""
+    spec = [("b.raw", "raw", 1 * MB, None, ["write -P 0x52 0 1M"]),
+            ("m.qcow2", "qcow2", MB // 2, "b.raw", ["write -P 3 0 64k"]),
+            ("t.qcow2", "qcow2", 1 * MB, "m.qcow2", ["write -P 4 900k 4k"])]
+    differential(tmp_path, spec, args)

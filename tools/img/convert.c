@@ -445,7 +445,7 @@ static int run_copy(struct convert_ctx *cx, bool has_backing)
         p.target_is_zero = ca->target_is_zero;
     else
         p.target_is_zero = !has_backing && fresh_target_zero(cx->dst);
-    p.compress = ca->compress;
+    p.compress = ca->compress || vd_node_needs_compressed_writes(cx->dst);
     vd_error_clear();
     if (vd_copy(&p) < 0 || vd_flush(cx->dst) < 0) {
         img_error("%s", vd_errmsg());

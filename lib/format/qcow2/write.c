@@ -137,7 +137,8 @@ static int plan_cluster(vd_node *n, struct wclus *w)
         w->whi = s->cluster_size;
         w->update = true;
         w->free_old = !own && (e & (QC_OFFSET_MASK | QC_COMPRESSED));
-        if (s->version < 3 && (e & QC_ZERO_FLAG))
+        /* In a compressed descriptor bit 0 is part of the byte offset. */
+        if (s->version < 3 && t != QC_COMPRESSED_T && (e & QC_ZERO_FLAG))
             return qcow2_corrupt(n, "Zero cluster entry found in pre-v3 image");
     }
     if (w->fresh && s->data_external) {
@@ -146,6 +147,23 @@ static int plan_cluster(vd_node *n, struct wclus *w)
         w->free_old = false;
     }
     return 0;
+}
+
+/* Make the file hold the in-place ranges of planned clusters: an extended
+ * L2 cluster that QEMU allocated last may end inside the file, before a
+ * free subcluster now written (QEMU's file grows on such a write); the
+ * data file holds host = guest offset.  Lock held. */
+static int grow_for_inplace(vd_node *n, const struct wclus *w, size_t count)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t end = 0;
+
+    if (s->data_external)
+        return qcow2_grow_file(n, s->data, w[count - 1].host + w[count - 1].whi);
+    for (size_t k = 0; k < count; k++)
+        if (!w[k].fresh && w[k].host)
+            end = VD_MAX(end, w[k].host + w[k].whi);
+    return end ? qcow2_grow_file(n, n->file, end) : 0;
 }
 
 /* Plan the clusters of [off, off+len) (one L2 slice) without allocating;
@@ -176,8 +194,8 @@ static int plan_entries(vd_node *n, uint64_t off, uint64_t len, struct wclus *w,
         *nfresh += w[k].fresh;
     }
     qc_cache_put(s->l2_cache, h);
-    if (r >= 0 && s->data_external)
-        r = qcow2_grow_file(n, s->data, w[count - 1].host + w[count - 1].whi);
+    if (r >= 0)
+        r = grow_for_inplace(n, w, count);
     return r;
 }
 

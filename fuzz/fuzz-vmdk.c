@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Fuzz the vmdk driver: the input is a sparse extent with its descriptor
+ * embedded (monolithicSparse, streamOptimized); it is opened (format
+ * forced, no backing), its mapping walked and each extent read, then
+ * checked; then opened read-write for a few writes (grain allocation, the
+ * grain table and directory updates on hostile metadata).  Nothing is
+ * printed per input: the check report goes to /dev/null. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "vdisk/driver.h"
+
+/* Walk block status and read each extent (bounded). */
+static void walk(vd_node *n)
+{
+    static uint8_t buf[1 << 17];
+    int64_t size = vd_getlength(n);
+    uint64_t off = 0;
+
+    for (int i = 0; size > 0 && off < (uint64_t)size && i < 512; i++) {
+        uint64_t pnum = 0, map = 0;
+        vd_node *f = NULL;
+        int r = vd_block_status(n, off, (uint64_t)size - off, &pnum, &map, &f);
+        if (r < 0 || pnum == 0)
+            break;
+        uint64_t l = pnum < sizeof(buf) ? pnum : sizeof(buf);
+        vd_pread(n, off, l, buf, 0);
+        off += pnum;
+    }
+}
+
+/* Run check as vdisk-img check does, its report silenced. */
+static void check(vd_node *n)
+{
+    static FILE *null;
+    struct vd_check_result res = { 0 };
+    FILE *saved = stderr;
+
+    if (!null && !(null = fopen("/dev/null", "w")))
+        return;
+    stderr = null;
+    n->drv->check(n, &res, 0);
+    stderr = saved;
+}
+
+/* A few writes: in the first grain, across a grain boundary in the
+ * middle, at the end (the image is a memfd copy). */
+static void modify(vd_node *n)
+{
+    static uint8_t buf[8192];
+    int64_t size = vd_getlength(n);
+    uint64_t mid = (uint64_t)size / 2 & ~((1ull << 20) - 1);
+
+    if (size < (int64_t)sizeof(buf) + (1 << 20))
+        return;
+    mid = mid >= 4096 ? mid - 4096 : 0;
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (uint8_t)i;
+    vd_pwrite(n, 512, 4096, buf, 0);
+    vd_pwrite(n, mid, sizeof(buf), buf, 0);
+    vd_pwrite_zeroes(n, (uint64_t)size - 4096, 4096, 0);
+    vd_pwrite(n, 0, 512, buf, VD_REQ_FUA);
+    vd_flush(n);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char name[64];
+    vd_node *n = NULL;
+    int fd = memfd_create("fuzz-vmdk", 0);
+
+    if (fd < 0)
+        return 0;
+    if (write(fd, data, size) == (ssize_t)size) {
+        snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
+        if (vd_open(&n, name, "vmdk", NULL, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
+            walk(n);
+            check(n);
+            vd_close(n);
+            n = NULL;
+            if (vd_open(&n, name, "vmdk", NULL, VD_O_RDWR | VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
+                modify(n);
+                walk(n);
+                vd_close(n);
+            }
+        }
+    }
+    close(fd);
+    return 0;
+}
