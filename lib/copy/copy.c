@@ -305,7 +305,9 @@ static int alloc_above(struct copy_state *st, uint64_t x, uint64_t *pnum)
         return status_error(st, r, x);
     if (*pnum == 0 || *pnum > st->end - x)
         *pnum = st->end - x;
-    return (r & VD_BS_ALLOCATED) && depth < st->base_depth;
+    /* (the zeroes past a backing file shorter than its overlay are the
+     * short layer's own: status_kind) */
+    return (r & (VD_BS_ALLOCATED | VD_BS_ZERO)) && depth < st->base_depth;
 }
 
 /* commit: the first byte at or after x that a layer above the base
