@@ -112,7 +112,8 @@ int qcow2_grow_l1(vd_node *n, uint64_t min_size)
         free(t);
         return r;
     }
-    r = write_new_l1(n, new_off, buf, bytes);
+    /* Only the entries are written, as QEMU does (the file may end there). */
+    r = write_new_l1(n, new_off, buf, min_size * 8);
     if (r >= 0 && (r = activate_l1(n, new_off, (uint32_t)min_size)) >= 0)
         r = vd_flush(n->file);
     else if (r < 0)

@@ -248,22 +248,41 @@ static void set_refcounts(const struct qc_create *c, uint8_t *b, uint64_t n)
     }
 }
 
-/* Write header, refcount table, refcount block and L1 table. */
+/* L1 entries of a new image. */
+static uint64_t new_l1_size(const struct qc_create *c)
+{
+    uint64_t per_l1 = 1ull << (c->cluster_bits * 2 - (c->ext_l2 ? 4 : 3));
+
+    return div_round_up(c->size, per_l1);
+}
+
+/* Does the L1 table fit in the range of the first refcount block, after
+ * header, refcount table and that block?  Else it is allocated as QEMU
+ * allocates it (place_l1). */
+static bool l1_fits(const struct qc_create *c)
+{
+    uint64_t l1_cl = div_round_up(new_l1_size(c) * 8, c->cluster_size);
+
+    return 3 + l1_cl <= (c->cluster_size * 8) >> c->refcount_order;
+}
+
+/* Write header, refcount table, refcount block and L1 table (without L1
+ * table and size when it does not fit). */
 static int write_layout(vd_node *f, const struct qc_create *c)
 {
-    uint64_t cs = c->cluster_size, per_l1 = 1ull << (c->cluster_bits * 2 - (c->ext_l2 ? 4 : 3));
-    uint64_t l1_size = div_round_up(c->size, per_l1), l1_cl = div_round_up(l1_size * 8, cs);
-    uint64_t used = 3 + l1_cl;
+    uint64_t cs = c->cluster_size, l1_size = l1_fits(c) ? new_l1_size(c) : 0;
+    uint64_t used = 3 + div_round_up(l1_size * 8, cs);
+    struct qc_create hc = *c;
     uint8_t *buf;
     int r;
 
-    if (l1_size * 8 > QC_MAX_L1_BYTES)
+    if (new_l1_size(c) * 8 > QC_MAX_L1_BYTES)
         return vd_error(EFBIG, "Image size too large for this cluster size");
-    if (used > (cs * 8) >> c->refcount_order)
-        return vd_error(EFBIG, "Image size too large for this cluster size");
+    if (!l1_size)
+        hc.size = 0;               /* place_l1 sets it */
     if (!(buf = calloc(3, cs)))
         return vd_error(ENOMEM, "out of memory");
-    r = build_header(c, buf, l1_size);
+    r = build_header(&hc, buf, l1_size);
     if (r >= 0) {
         be64_put(buf + cs, 2 * cs);                    /* refcount table[0] */
         set_refcounts(c, buf + 2 * cs, used);
@@ -278,6 +297,29 @@ static int write_layout(vd_node *f, const struct qc_create *c)
         r = vd_pwrite(f, 3 * cs, l1_size * 8, buf, 0);
         free(buf);
     }
+    return r;
+}
+
+/* An L1 table too large for the first refcount block's range: allocate
+ * it in the new image as QEMU does (refcount blocks follow it), then
+ * record the size. */
+static int place_l1(const char *filename, const struct qc_create *c)
+{
+    struct qcow2_state *s;
+    vd_node *n = NULL;
+    int r = vd_open(&n, filename, "qcow2", NULL, VD_O_RDWR | VD_O_NO_BACKING | VD_O_CREATE);
+
+    if (r < 0)
+        return r;
+    s = n->state;
+    pthread_mutex_lock(&s->lock);
+    if ((r = qcow2_prepare_write(n)) >= 0 && (r = qcow2_grow_l1(n, new_l1_size(c))) >= 0 &&
+        (r = qcow2_flush_caches(n)) >= 0 && (r = qcow2_write_header_u64(n, QH_SIZE, c->size)) >= 0)
+        s->size = c->size;
+    pthread_mutex_unlock(&s->lock);
+    if (r >= 0)
+        r = vd_flush(n);
+    vd_close(n);
     return r;
 }
 
@@ -351,30 +393,20 @@ static int data_file_tail(vd_node *d, uint64_t size, uint64_t tail)
     return r;
 }
 
-/* QEMU maps the clusters of metadata preallocation (and of any
- * preallocation with a data file) like a guest write of [0, size): the
- * copy-on-write writes zeroes from the guest end to the end of its
- * subcluster.  With a data file that write comes before the file is grown
+/* QEMU maps the clusters of any preallocation with a data file like a
+ * guest write of [0, size): the copy-on-write writes zeroes from the
+ * guest end to the end of its subcluster, before the data file is grown
  * (host offsets are guest offsets), so the grow then finds it long enough
- * and preallocates nothing. */
-static int write_cow_tail(vd_node *n, uint64_t size, bool mapped)
+ * and preallocates nothing.  (Metadata preallocation in the image file
+ * writes its copy-on-write parts itself: qcow2_preallocate.) */
+static int write_cow_tail(vd_node *n, uint64_t size)
 {
     struct qcow2_state *s = n->state;
     uint64_t tail = is_aligned(size, s->sc_size) ? 0 : s->sc_size - (size & (s->sc_size - 1));
-    uint64_t pnum, map = 0;
-    vd_node *f = NULL;
-    int r;
 
-    if (!tail || size == 0)
+    if (!tail || size == 0 || !s->data_external)
         return 0;
-    if (s->data_external)
-        return mapped ? 0 : data_file_tail(s->data, size, tail);
-    if (!mapped)
-        return 0;
-    r = vd_block_status(n, size - 1, 1, &pnum, &map, &f);
-    if (r < 0 || !(r & VD_BS_OFFSET_VALID) || !f)
-        return r < 0 ? r : 0;
-    return write_zero_data(f, map + 1, tail);
+    return data_file_tail(s->data, size, tail);
 }
 
 /* Open the new image and preallocate it (data_file_raw alone implies
@@ -388,11 +420,9 @@ static int prealloc_new(const char *filename, const struct qc_create *c)
 
     if (r < 0)
         return r;
-    r = write_cow_tail(n, c->size, false);
+    r = write_cow_tail(n, c->size);
     if (r >= 0)
         r = qcow2_preallocate(n, 0, c->size, mode);
-    if (r >= 0 && mode == VD_PREALLOC_METADATA)
-        r = write_cow_tail(n, c->size, true);
     if (r >= 0)
         r = vd_flush(n);
     vd_close(n);
@@ -425,6 +455,8 @@ int qcow2_create(const char *filename, vd_opts *opts)
     if (r >= 0)
         r = vd_flush(f);
     vd_close(f);
+    if (r >= 0 && !l1_fits(&c))
+        r = place_l1(filename, &c);
     if (r >= 0 && (c.prealloc != VD_PREALLOC_OFF || c.data_raw))
         r = prealloc_new(filename, &c);
     return r;

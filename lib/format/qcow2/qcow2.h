@@ -134,7 +134,7 @@ struct qcow2_state {
     uint32_t l2_slice_size;        /* bytes per L2 cache entry */
     uint32_t status_span;          /* bytes of L2 table one mapping answer may cover
                                     * (QEMU's L2 cache entry: the cluster unless set) */
-    uint64_t free_cluster_index;   /* no free cluster below this */
+    uint64_t free_cluster_index;   /* where the search for free clusters starts */
     uint64_t file_end;             /* bytes the file is known to have */
     uint64_t grown_to;             /* file length after growing it ahead of
                                       file_end (cut back at close), 0: none */
@@ -278,6 +278,16 @@ int qcow2_get_refcount(vd_node *n, uint64_t cluster, uint64_t *rc);
 int qcow2_update_refcount(vd_node *n, uint64_t off, uint64_t len, int64_t delta);
 /* Allocate count contiguous clusters; returns the host offset in *off. */
 int qcow2_alloc_clusters(vd_node *n, uint64_t count, uint64_t *off);
+/* Allocate the free clusters at host offset off, up to count of them and
+ * up to the first one in use; *got says how many. */
+int qcow2_alloc_clusters_at(vd_node *n, uint64_t off, uint64_t count, uint64_t *got);
+/* Write a new refcount table, with the refcount blocks it needs, at
+ * cluster start (only free clusters from there on), covering itself and
+ * extra clusters after it (exact: no room to spare in the table); block
+ * new_off, when not 0, becomes entry new_i.  *end is the first cluster
+ * after the area. */
+int qcow2_refcount_area(vd_node *n, uint64_t start, uint64_t extra, bool exact,
+                        uint64_t new_i, uint64_t new_off, uint64_t *end);
 /* Allocate len bytes (< one cluster) for compressed data, packed. */
 int qcow2_alloc_bytes(vd_node *n, uint64_t len, uint64_t *off);
 /* Drop one reference of the clusters of [off, off+len). */

@@ -29,67 +29,437 @@ static int write_size(vd_node *n, uint64_t size)
     return qcow2_write_header_u64(n, QH_SIZE, size);
 }
 
-/* Map the unallocated clusters of [gc, gc+count) (one L2 slice) to new
- * host clusters; lock held. */
-static int prealloc_run(vd_node *n, uint64_t gc, uint64_t count, int mode)
+/* ---- preallocation ----
+ *
+ * Laid out as QEMU lays it out.  Metadata: the guest range is mapped in
+ * calls of at most INT_MAX bytes, each L2 table allocated before the data
+ * it maps; within a call, data continues where the previous run ended
+ * when those clusters are free, else the call ends and the next one
+ * allocates anew.  Falloc and full: a refcount area at the end of the
+ * image covers the new clusters, which follow it in one piece; the L2
+ * tables come from wherever free clusters are.  With an external data
+ * file the host offsets are the guest offsets. */
+
+#define QC_CALL_BYTES 0x7fffffffull   /* guest bytes of one metadata call */
+#define QC_RUN_BYTES  0x7ffffe00ull   /* host bytes of one allocation */
+#define QC_NO_HOST    UINT64_MAX
+
+/* What preallocation does with an L2 entry. */
+enum pa_kind {
+    PA_FRESH,                      /* no host cluster: map a new one */
+    PA_KEEP,                       /* its own host cluster: keep, continue after it */
+    PA_OTHER,                      /* compressed or shared: keep, start anew */
+};
+
+/* Kind of an L2 entry. */
+static enum pa_kind entry_kind(uint64_t e)
+{
+    if (e & QC_COMPRESSED)
+        return PA_OTHER;
+    if (!(e & QC_OFFSET_MASK))
+        return PA_FRESH;
+    return e & QC_COPIED ? PA_KEEP : PA_OTHER;
+}
+
+/* Point the fresh entries of guest clusters [gc, gc+count) (one slice) at
+ * host clusters from host on, in order; the host cluster of an entry
+ * that is no longer fresh is given back.  Lock held. */
+static int map_run(vd_node *n, uint64_t gc, uint64_t count, uint64_t host)
 {
     struct qcow2_state *s = n->state;
-    uint64_t *slice, need = 0, host = 0, end;
+    uint64_t *slice;
     uint32_t idx;
     int h, r;
 
     if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
         return r;
-    for (uint64_t k = 0; k < count; k++)
-        if (!(qc_l2_get(s, slice, idx + (uint32_t)k) & (QC_OFFSET_MASK | QC_COMPRESSED)))
-            need++;
-    qc_cache_put(s->l2_cache, h);
-    if (!need)
-        return 0;
-    if (!s->data_external && (r = qcow2_alloc_clusters(n, need, &host)) < 0)
+    if (!s->lazy && (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0) {
+        qc_cache_put(s->l2_cache, h);
         return r;
-    end = s->data_external ? (gc + count) << s->cluster_bits : host + need * s->cluster_size;
+    }
+    for (uint64_t k = 0; k < count && r >= 0; k++) {
+        uint32_t i = idx + (uint32_t)k;
+        uint64_t off = host + (k << s->cluster_bits);
+        if (entry_kind(qc_l2_get(s, slice, i)) != PA_FRESH)
+            r = qcow2_free_clusters(n, off, s->cluster_size);
+        else    /* the subclusters keep their state (unallocated ones read
+                 * from the backing file), as QEMU's preallocation does */
+            qc_l2_set(s, slice, i, off | QC_COPIED, qc_l2_get_bitmap(s, slice, i));
+    }
+    qc_cache_mark_dirty(s->l2_cache, h);
+    qc_cache_put(s->l2_cache, h);
+    return r;
+}
+
+/* map_run over as many slices as [gc, gc+count) spans.  Lock held. */
+static int map_clusters(vd_node *n, uint64_t gc, uint64_t count, uint64_t host)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t per_slice = s->l2_slice_size / s->l2_entry_size;
+    int r = 0;
+
+    while (count && r >= 0) {
+        uint64_t k = VD_MIN(count, per_slice - gc % per_slice);
+        r = map_run(n, gc, k, host);
+        gc += k;
+        host += k << s->cluster_bits;
+        count -= k;
+    }
+    return r;
+}
+
+/* Kind of the entry of guest cluster gc, and how many entries from it (up
+ * to max, its L2 table allocated) go together: fresh ones, kept ones
+ * contiguous in the file, or one other.  *host: the first's host offset. */
+static int scan_entries(vd_node *n, uint64_t gc, uint64_t max, enum pa_kind *kind,
+                        uint64_t *count, uint64_t *host)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice, per_slice = s->l2_slice_size / s->l2_entry_size;
+    uint32_t idx;
+    int h, r;
+
+    *count = *host = 0;
+    *kind = PA_FRESH;
+    while (*count < max) {
+        uint64_t avail, k;
+        if ((r = qcow2_get_l2_slice(n, gc + *count, true, &slice, &idx, &h)) < 0)
+            return r;
+        avail = VD_MIN(max - *count, per_slice - idx);
+        for (k = 0; k < avail; k++) {
+            uint64_t e = qc_l2_get(s, slice, idx + (uint32_t)k);
+            if (!*count && !k) {
+                *kind = entry_kind(e);
+                *host = e & QC_OFFSET_MASK;
+            } else if (entry_kind(e) != *kind || *kind == PA_OTHER ||
+                       (*kind == PA_KEEP &&
+                        (e & QC_OFFSET_MASK) != *host + ((*count + k) << s->cluster_bits))) {
+                break;
+            }
+        }
+        qc_cache_put(s->l2_cache, h);
+        *count += k;
+        if (k < avail)
+            break;
+    }
+    return 0;
+}
+
+/* The L2 entry (and bitmap) of guest cluster gc, its table allocated.
+ * Lock held. */
+static int get_entry(vd_node *n, uint64_t gc, uint64_t *e, uint64_t *bm)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice;
+    uint32_t idx;
+    int h, r;
+
+    if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
+        return r;
+    *e = qc_l2_get(s, slice, idx);
+    *bm = qc_l2_get_bitmap(s, slice, idx);
+    qc_cache_put(s->l2_cache, h);
+    return 0;
+}
+
+/* Bytes [lo, hi) of guest cluster gc as they read while its entry is e
+ * (bitmap bm): from its host cluster, from the backing file, or zeroes. */
+static int read_old(vd_node *n, uint64_t gc, uint64_t e, uint64_t bm, uint64_t lo,
+                    uint64_t hi, uint8_t *buf)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t g = (gc << s->cluster_bits) + lo, sc = lo >> s->sc_bits;
+    int64_t blen = n->backing ? vd_getlength(n->backing) : 0;
+    bool zero = s->ext_l2 ? (bm >> (32 + sc)) & 1 : e & QC_ZERO_FLAG;
+
+    memset(buf, 0, hi - lo);
+    if (e & QC_OFFSET_MASK)
+        return qcow2_read_padded(s->data, (e & QC_OFFSET_MASK) + lo, hi - lo, buf);
+    if (blen < 0)
+        return (int)blen;
+    if (zero || g >= (uint64_t)blen)
+        return 0;
+    return vd_pread(n->backing, g, VD_MIN(hi - lo, (uint64_t)blen - g), buf, 0);
+}
+
+/* Copy-on-write of bytes [lo, hi) of guest cluster gc (entry e, bitmap
+ * bm) into its new host cluster host, as QEMU writes the parts of a
+ * newly mapped cluster around the range it maps.  Lock held. */
+static int cow_part(vd_node *n, uint64_t gc, uint64_t e, uint64_t bm, uint64_t host,
+                    uint64_t lo, uint64_t hi)
+{
+    uint8_t *buf;
+    int r;
+
+    if (lo >= hi)
+        return 0;
+    if (!(buf = malloc(hi - lo)))
+        return vd_error(ENOMEM, "out of memory");
+    r = read_old(n, gc, e, bm, lo, hi, buf);
+    if (r >= 0)
+        r = qcow2_grow_file(n, n->file, host + hi);
+    if (r >= 0)
+        r = qcow2_overlap_check(n, 0, host + lo, hi - lo);
+    if (r >= 0)
+        r = vd_pwrite(n->file, host + lo, hi - lo, buf, 0);
+    free(buf);
+    return r;
+}
+
+/* The copy-on-write parts of count fresh guest clusters from gc, newly
+ * at host, mapped for guest bytes [pos, end): the head of the first from
+ * its subcluster's start, the tail of the last to its subcluster's end.
+ * Lock held. */
+static int cow_fresh(vd_node *n, uint64_t gc, uint64_t count, uint64_t host, uint64_t pos,
+                     uint64_t end)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t head = qc_offset_in_cluster(s, pos), tail = qc_offset_in_cluster(s, end);
+    uint64_t last = host + ((count - 1) << s->cluster_bits), e, bm;
+    int r;
+
+    if (head && ((r = get_entry(n, gc, &e, &bm)) < 0 ||
+                 (r = cow_part(n, gc, e, bm, host, round_down(head, s->sc_size), head)) < 0))
+        return r;
+    if (!tail)
+        return 0;
+    if ((r = get_entry(n, gc + count - 1, &e, &bm)) < 0)
+        return r;
+    return cow_part(n, gc + count - 1, e, bm, last, tail,
+                    div_round_up(tail, s->sc_size) * s->sc_size);
+}
+
+/* New host clusters for count fresh entries: after *cont when those are
+ * free (*count may shrink; 0: none are), else anywhere. */
+static int alloc_fresh(vd_node *n, uint64_t cont, uint64_t *count, uint64_t *host)
+{
+    struct qcow2_state *s = n->state;
+
+    if (cont == QC_NO_HOST)
+        return qcow2_alloc_clusters(n, *count, host);
+    *host = round_down(cont, s->cluster_size);
+    return qcow2_alloc_clusters_at(n, *host, *count, count);
+}
+
+/* One step of a metadata call ending at guest byte call_end, at guest
+ * byte pos; *cont is the host byte that would continue the call's data
+ * (QC_NO_HOST before any).  *done: guest bytes handled, 0 when the call
+ * must end here.  Lock held. */
+static int meta_step(vd_node *n, uint64_t pos, uint64_t call_end, uint64_t *cont,
+                     uint64_t *done)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t gc = pos >> s->cluster_bits, oic = qc_offset_in_cluster(s, pos), k, host;
+    uint64_t max = div_round_up(oic + (call_end - pos), s->cluster_size);
+    enum pa_kind kind;
+    int r;
+
+    *done = 0;
+    max = VD_MIN(max, qc_l2_entries(s) - (gc & (qc_l2_entries(s) - 1)));
+    max = VD_MIN(max, QC_RUN_BYTES >> s->cluster_bits);
+    if ((r = scan_entries(n, gc, max, &kind, &k, &host)) < 0)
+        return r;
+    if (kind == PA_KEEP && *cont != QC_NO_HOST && host != round_down(*cont, s->cluster_size))
+        return 0;
+    if (kind == PA_FRESH && ((r = alloc_fresh(n, *cont, &k, &host)) < 0 || !k))
+        return r;
+    *done = VD_MIN(call_end - pos, (k << s->cluster_bits) - oic);
+    *cont = kind == PA_OTHER ? QC_NO_HOST : host + oic + *done;
+    if (kind != PA_FRESH)
+        return 0;
+    /* The file grows to the last byte mapped, as QEMU grows it (the
+     * copy-on-write may add to that).  Clusters allocated but not mapped
+     * after a failure are leaked. */
+    if ((r = qcow2_grow_file(n, n->file, host + oic + *done)) < 0 ||
+        (r = cow_fresh(n, gc, k, host, pos, pos + *done)) < 0)
+        return r;
+    return map_clusters(n, gc, k, host);
+}
+
+/* Metadata preallocation of guest bytes [from, to) in the image file.
+ * Lock held. */
+static int prealloc_metadata(vd_node *n, uint64_t from, uint64_t to)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t call_max = round_down(QC_CALL_BYTES, s->cluster_size);
+    uint64_t pos = from, call_end = from, cont = QC_NO_HOST, done;
+    int r;
+
+    while (pos < to) {
+        bool fresh_call = pos == call_end;
+        if (fresh_call) {
+            call_end = pos + VD_MIN(to - pos, call_max);
+            cont = QC_NO_HOST;
+        }
+        if ((r = meta_step(n, pos, call_end, &cont, &done)) < 0)
+            return r;
+        if (!done && fresh_call)
+            return vd_error(EIO, "qcow2: preallocation makes no progress");
+        call_end = done ? call_end : pos;
+        pos += done;
+    }
+    return 0;
+}
+
+/* Point guest cluster gc (entry bitmap bm kept) at host cluster host,
+ * giving up its old host cluster old.  Lock held. */
+static int relocate(vd_node *n, uint64_t gc, uint64_t bm, uint64_t host, uint64_t old)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice;
+    uint32_t idx;
+    int h, r;
+
+    if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
+        return r;
+    if (!s->lazy && (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0) {
+        qc_cache_put(s->l2_cache, h);
+        return r;
+    }
+    qc_l2_set(s, slice, idx, host | QC_COPIED, bm);
+    qc_cache_mark_dirty(s->l2_cache, h);
+    qc_cache_put(s->l2_cache, h);
+    return qcow2_free_clusters(n, old, s->cluster_size);
+}
+
+/* Falloc of a first guest cluster gc whose bytes before oic are old, at
+ * new host cluster host: those bytes are copied in (from its old host
+ * cluster, the backing file or zeroes) and a plain old host cluster is
+ * given up for the new one, as QEMU does; a compressed or shared one
+ * stays (map_clusters gives the new cluster back).  Returns 1 when gc is
+ * mapped now.  Lock held. */
+static int falloc_head(vd_node *n, uint64_t gc, uint64_t host, uint64_t oic)
+{
+    uint64_t e, bm;
+    int r;
+
+    if ((r = get_entry(n, gc, &e, &bm)) < 0 || entry_kind(e) == PA_OTHER)
+        return r;
+    if ((r = cow_part(n, gc, e, bm, host, 0, oic)) < 0 || entry_kind(e) == PA_FRESH)
+        return r;
+    r = relocate(n, gc, bm, host, e & QC_OFFSET_MASK);
+    return r < 0 ? r : 1;
+}
+
+/* First cluster after everything in use (QEMU's end of the image for a
+ * refcount area): the last one with a refcount, else the file's end. */
+static int used_end(vd_node *n, uint64_t *cl)
+{
+    struct qcow2_state *s = n->state;
+    int64_t len = vd_getlength(n->file);
+    uint64_t end;
+    int r;
+
+    if ((r = qcow2_image_end(n, &end)) < 0)
+        return r;
+    if (!end && len < 0)
+        return (int)len;
+    if (!end && !round_up_checked((uint64_t)len, s->cluster_size, &end))
+        return vd_error(EFBIG, "qcow2: image file too large");
+    *cl = end >> s->cluster_bits;
+    return 0;
+}
+
+/* The file space of count new clusters from cluster start, as mode says;
+ * given back on failure.  Lock held. */
+static int falloc_data(vd_node *n, uint64_t start, uint64_t count, int mode)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t got = 0, end = (start + count) << s->cluster_bits;
+    int r = qcow2_alloc_clusters_at(n, start << s->cluster_bits, count, &got);
+
+    if (r >= 0 && got != count)
+        r = vd_error(EIO, "Failed to allocate data clusters");
+    if (r >= 0 && (int64_t)end > vd_getlength(n->file) &&
+        (r = vd_truncate(n->file, end, false, mode)) < 0)
+        r = vd_error_prefix(r, "Failed to resize underlying file");
+    if (r < 0) {
+        qcow2_free_clusters(n, start << s->cluster_bits, got << s->cluster_bits);
+        return r;
+    }
+    if (end > s->file_end)
+        s->file_end = end;
+    return 0;
+}
+
+/* Falloc or full preallocation of guest bytes [from, to) in the image
+ * file: a refcount area at the end of what is in use, for the new data
+ * clusters and L2 tables (one more for a head or tail), then the data in
+ * one piece after it.  Lock held. */
+static int prealloc_falloc(vd_node *n, uint64_t from, uint64_t to, int mode)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t first = from >> s->cluster_bits, last = div_round_up(to, s->cluster_size);
+    uint64_t end = 0, start, count = last - first, l2s, oic = qc_offset_in_cluster(s, from);
+    int r;
+
+    if ((r = used_end(n, &end)) < 0)
+        return r;
+    l2s = div_round_up(count, qc_l2_entries(s)) + 1;
+    if ((r = qcow2_refcount_area(n, end, count + l2s, true, 0, 0, &start)) < 0)
+        return vd_error_prefix(r, "Failed to resize refcount structures");
+    if ((r = falloc_data(n, start, count, mode)) < 0)
+        return r;
+    if (oic && (r = falloc_head(n, first, start << s->cluster_bits, oic)) > 0) {
+        first++;
+        start++;
+        count--;
+    }
+    if (r < 0 || (r = map_clusters(n, first, count, start << s->cluster_bits)) < 0)
+        return vd_error_prefix(r, "Failed to update L2 tables");
+    return 0;
+}
+
+/* Map the unallocated clusters of [gc, gc+count) (one L2 slice) of an
+ * image with an external data file (host offset = guest offset); the
+ * data file grows as mode says.  Lock held. */
+static int prealloc_external_run(vd_node *n, uint64_t gc, uint64_t count, int mode)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *slice, end = (gc + count) << s->cluster_bits;
+    uint32_t idx;
+    int h, r = 0;
+
     if (mode == VD_PREALLOC_METADATA)
         r = qcow2_grow_file(n, s->data, end);
     else if ((int64_t)end > vd_getlength(s->data))
         r = vd_truncate(s->data, end, true, mode);
-    if (r < 0)
+    if (r < 0 || (r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
         return r;
-    if (!s->data_external && end > s->file_end)
-        s->file_end = end;
-    if ((r = qcow2_get_l2_slice(n, gc, true, &slice, &idx, &h)) < 0)
-        return r;
-    if (!s->data_external && !s->lazy &&
-        (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0) {
-        qc_cache_put(s->l2_cache, h);
-        return r;
-    }
     for (uint64_t k = 0; k < count; k++) {
         uint32_t i = idx + (uint32_t)k;
-        uint64_t e = qc_l2_get(s, slice, i);
-        if (e & (QC_OFFSET_MASK | QC_COMPRESSED))
+        if (qc_l2_get(s, slice, i) & (QC_OFFSET_MASK | QC_COMPRESSED))
             continue;
-        if (s->data_external) {
-            host = (gc + k) << s->cluster_bits;
-            qc_l2_set(s, slice, i, host | QC_COPIED,
-                      s->ext_l2 && s->data_raw ? 0xffffffffull : 0);
-        } else {
-            /* Subclusters stay unallocated: the backing file shows through. */
-            qc_l2_set(s, slice, i, host | QC_COPIED, 0);
-            host += s->cluster_size;
-        }
+        qc_l2_set(s, slice, i, ((gc + k) << s->cluster_bits) | QC_COPIED,
+                  s->ext_l2 && s->data_raw ? 0xffffffffull : 0);
     }
     qc_cache_mark_dirty(s->l2_cache, h);
     qc_cache_put(s->l2_cache, h);
     return 0;
 }
 
-/* See qcow2.h. */
-int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode)
+/* Preallocation of guest bytes [from, to) with an external data file.
+ * Lock held. */
+static int prealloc_external(vd_node *n, uint64_t from, uint64_t to, int mode)
 {
     struct qcow2_state *s = n->state;
     uint64_t per_slice = s->l2_slice_size / s->l2_entry_size;
     uint64_t gc = from >> s->cluster_bits, last = div_round_up(to, s->cluster_size);
+    int r = 0;
+
+    while (r >= 0 && gc < last) {
+        uint64_t e = VD_MIN(last, (gc / per_slice + 1) * per_slice);
+        e = VD_MIN(e, gc + QC_PREALLOC_RUN);
+        r = prealloc_external_run(n, gc, e - gc, mode);
+        gc = e;
+    }
+    return r;
+}
+
+/* See qcow2.h. */
+int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode)
+{
+    struct qcow2_state *s = n->state;
     int r = 0;
 
     if (mode == VD_PREALLOC_OFF || to <= from)
@@ -100,12 +470,12 @@ int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode)
     s->exact_growth = mode != VD_PREALLOC_METADATA;
     if (s->exact_growth)
         qcow2_trim_grown_tail(n);
-    while (r >= 0 && gc < last) {
-        uint64_t e = VD_MIN(last, (gc / per_slice + 1) * per_slice);
-        e = VD_MIN(e, gc + QC_PREALLOC_RUN);
-        r = prealloc_run(n, gc, e - gc, mode);
-        gc = e;
-    }
+    if (r >= 0 && s->data_external)
+        r = prealloc_external(n, from, to, mode);
+    else if (r >= 0 && mode == VD_PREALLOC_METADATA)
+        r = prealloc_metadata(n, from, to);
+    else if (r >= 0)
+        r = prealloc_falloc(n, from, to, mode);
     s->exact_growth = false;
     pthread_mutex_unlock(&s->lock);
     return r;

@@ -243,14 +243,14 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
     if (!nfresh)
         return 0;
     zero_from = s->file_end;
-    /* In pieces small enough to fit between refcount blocks, which sit
-     * at the start of the range they describe. */
-    uint64_t piece = VD_MAX(1ull, 1ull << (s->refblock_bits - 2)), left = 0, end = 0;
+    /* One run for all of them, as QEMU asks (the allocator places any
+     * refcount blocks the run needs after it). */
+    uint64_t left = 0, end = 0;
     for (size_t k = 0; k < count; k++) {
         if (!w[k].fresh)
             continue;
         if (!left) {
-            left = VD_MIN(piece, nfresh);
+            left = nfresh;
             if ((r = qcow2_alloc_clusters(n, left, &host)) < 0) {
                 w[k].fresh = false;
                 for (size_t j = k + 1; j < count; j++)
