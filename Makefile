@@ -3,7 +3,7 @@
 PREFIX ?= /usr/local
 BUILD ?= build
 
-.PHONY: all build demo check bench install fuzz-smoke deps clean
+.PHONY: all build demo check bench install fuzz-smoke deps clean soak
 
 all: build
 
@@ -31,6 +31,13 @@ install: $(BUILD)/build.ninja
 	meson configure $(BUILD) --prefix=$(PREFIX)
 	ninja -C $(BUILD)
 	meson install -C $(BUILD)
+
+# The random backing-chain differential test over many fresh seeds:
+# VDISK_SOAK seeds (default 300; 0 = no limit), VDISK_SOAK_MINUTES to stop
+# after that long, VDISK_SOAK_JOBS at a time, failure reports in VDISK_SOAK_LOG.
+soak: build
+	VDISK_BUILDDIR=$(abspath $(BUILD)) VDISK_SOAK=$${VDISK_SOAK:-300} \
+	    pytest-3 -q -p no:cacheprovider tests/functional/test_random_chain.py
 
 fuzz-smoke: deps
 	./scripts/fuzz-build build-fuzz
