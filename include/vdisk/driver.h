@@ -159,6 +159,16 @@ int vd_open_child(vd_node **out, vd_node *parent, const char *name,
  * options (size, preallocation, ...). */
 int vd_protocol_create(const char *name, vd_opts *opts);
 
+/* Largest table (L1, refcount table, BAT, grain directory, block map,
+ * snapshot table) an untrusted image may make a driver allocate. */
+#define VD_UNTRUSTED_TABLE_MAX (16u << 20)
+/* Is n (or the image above it) opened with VD_O_UNTRUSTED? */
+bool vd_node_untrusted(const vd_node *n);
+/* Call before allocating a table of bytes whose size the image gives:
+ * -EFBIG with a message naming what when n is untrusted and bytes is over
+ * VD_UNTRUSTED_TABLE_MAX, else 0. */
+int vd_untrusted_table_check(const vd_node *n, uint64_t bytes, const char *what);
+
 /* Set n->backing_* from stored name/format, resolving the name against the
  * directory of n's file. */
 int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt);
