@@ -204,6 +204,17 @@ def test_huge_l1_table_refused_within_cap(tmp_path):
                 "tables: refused in untrusted mode") in p.stderr
 
 
+@needs_qemu_img
+def test_vdi_block_map_over_cap_refused(tmp_path):
+    """A 5 TiB vdi has a 20 MiB block map: over the cap, so refused."""
+    img = tmp_path / "big.vdi"
+    qimg("create", "-q", "-f", "vdi", img, "5T")
+    assert vimg("info", img).returncode == 0
+    p = vimg("info", "--untrusted", img)
+    assert p.returncode == 1
+    assert "vdi block map needs 20971520 bytes, over the 16 MiB cap" in p.stderr
+
+
 # ---- plain images: same results in both modes ----
 
 PLAIN = [("raw", []), ("qcow2", []), ("vmdk", ["-o", "subformat=monolithicSparse"]),
@@ -314,3 +325,22 @@ def test_nbd_server_refuses(tmp_path, secret, how):
     p = subprocess.run([VDISK_NBD, "--untrusted", "-k", str(tmp_path / "s"), "-f", "raw",
                         "-r", str(img)], capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "format mismatch" in p.stderr
+
+
+def test_nbd_snapshot_mode_checks_the_image(tmp_path, source, secret):
+    """-s puts a temporary overlay of ours on the image: the image is still
+    checked, the overlay's own backing reference is not refused."""
+    img = plain_image(tmp_path, source, "qcow2", [])
+    sock = str(tmp_path / "s")
+    srv = Server(VDISK_NBD, ["--untrusted", "-s", "-t", img], sock=sock)
+    try:
+        out = tmp_path / "nbd.raw"
+        p = run(["nbdcopy", "nbd+unix:///?socket=" + sock, str(out)], env=ENV)
+        assert p.returncode == 0, p.stderr
+        assert out.read_bytes() == source.read_bytes()
+    finally:
+        srv.stop()
+    evil = descriptor(tmp_path, "monolithicFlat", ['RW 2048 FLAT "%s" 0' % secret])
+    p = subprocess.run([VDISK_NBD, "--untrusted", "-s", "-k", sock, str(evil)],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and "refused in untrusted mode" in p.stderr
