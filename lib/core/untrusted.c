@@ -53,17 +53,29 @@ static void name_kind(const char *name, char *buf, size_t size)
                  name);
 }
 
+/* Copy name for a message: at most size - 1 bytes, control characters
+ * (the image chose them: terminal escapes, newlines) shown as '?'. */
+static void printable_name(const char *name, char *buf, size_t size)
+{
+    size_t i;
+
+    for (i = 0; name[i] && i + 1 < size; i++)
+        buf[i] = (unsigned char)name[i] < 0x20 || name[i] == 0x7f ? '?' : name[i];
+    buf[i] = 0;
+}
+
 /* Refuse the reference named name (what: "backing file", "file") that
  * image n holds. */
 int vd_untrusted_refuse(const vd_node *n, const char *what, const char *name)
 {
-    char kind[64];
+    char kind[64], shown[1025];
 
     name = name ? name : "";
     name_kind(name, kind, sizeof(kind));
-    return vd_error(EPERM, "%s image '%s' references %s '%.1024s'%s: refused in "
+    printable_name(name, shown, sizeof(shown));
+    return vd_error(EPERM, "%s image '%s' references %s '%s'%s: refused in "
                     "untrusted mode", n->drv->name, n->filename ? n->filename : "",
-                    what, name, kind);
+                    what, shown, kind);
 }
 
 /* The name a child open names: the name, else the options' file name. */

@@ -149,6 +149,26 @@ def test_vmdk_descriptor_with_other_files_refused(tmp_path, sub):
 
 
 @needs_qemu_img
+def test_vmdk_sparse_header_hiding_a_descriptor_refused(tmp_path, secret):
+    """A KDMV header of capacity 0 sends the reader to a descriptor inside
+    it, which may name any file: it looks like monolithicSparse but is not.
+    qemu-img leaks the file (vdisk-img 7.2-compat reading fails on its CID
+    by default); untrusted mode refuses it."""
+    img = tmp_path / "kd.vmdk"
+    head = b"KDMV" + struct.pack("<IIQQQQ", 1, 3, 0, 128, 1, 20)
+    desc = ('# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+            'createType="monolithicFlat"\n\nRW 2048 FLAT "%s" 0\n' % secret).encode()
+    img.write_bytes(head.ljust(512, b"\0") + desc.ljust(20 * 512, b"\0"))
+    out = tmp_path / "q.raw"
+    qimg("convert", "-O", "raw", img, out)
+    assert SECRET in out.read_bytes()
+    for args, env in ((["--untrusted"], None), ([], UNTRUSTED_ENV)):
+        p, _ = convert(tmp_path, img, *args, env=env)
+        assert p.returncode == 1
+        assert "references file '%s': refused in untrusted mode" % secret in p.stderr
+
+
+@needs_qemu_img
 def test_vmdk_parent_file_name_hint_refused(tmp_path, secret):
     base, child = tmp_path / "base.vmdk", tmp_path / "child.vmdk"
     qimg("convert", "-f", "raw", "-O", "vmdk", secret, base)
@@ -344,3 +364,14 @@ def test_nbd_snapshot_mode_checks_the_image(tmp_path, source, secret):
     p = subprocess.run([VDISK_NBD, "--untrusted", "-s", "-k", sock, str(evil)],
                        capture_output=True, text=True, timeout=30)
     assert p.returncode == 1 and "refused in untrusted mode" in p.stderr
+
+
+@needs_qemu_img
+def test_refusal_message_shows_no_control_characters(tmp_path):
+    img = tmp_path / "esc.qcow2"
+    qimg("create", "-q", "-f", "qcow2", "-u", "-b", "a\x1b[31mred\nline", "-F", "raw",
+         img, "1M")
+    p = vimg("info", "--untrusted", img)
+    assert p.returncode == 1
+    assert "references backing file 'a?[31mred?line': refused" in p.stderr
+    assert "\x1b" not in p.stderr and p.stderr.count("\n") == 1
