@@ -50,6 +50,12 @@ static int open_node(vd_node **out, bool file_child, const char *name,
  * so no format driver can forget the check. */
 static _Thread_local const vd_node *untrusted_opener;
 
+/* See internal.h. */
+bool vd_untrusted_opening(const vd_node *n)
+{
+    return n && n == untrusted_opener;
+}
+
 /* Is key in the NULL-terminated table? */
 static bool opt_in_table(const struct vd_opt_desc *t, const char *key)
 {
@@ -475,8 +481,18 @@ int vd_open(vd_node **out, const char *name, const char *format, vd_opts *opts, 
 int vd_open_child(vd_node **out, vd_node *parent, const char *name,
                   const char *format, vd_opts *opts, int flags)
 {
-    int r = open_node(out, false, name, format, opts,
-                      flags | (parent ? parent->flags & VD_O_UNTRUSTED : 0), 0);
+    int r;
+
+    /* A format node's own children come from its image (also those a
+     * driver would open after open). */
+    if (parent && parent->drv->kind == VD_DRV_FORMAT && (parent->flags & VD_O_UNTRUSTED)) {
+        *out = NULL;
+        r = vd_untrusted_refuse(parent, "file", vd_untrusted_child_name(name, opts));
+        vd_opts_free(opts);
+        return r;
+    }
+    r = open_node(out, false, name, format, opts,
+                  flags | (parent ? parent->flags & VD_O_UNTRUSTED : 0), 0);
     if (r >= 0)
         (*out)->parent = parent;
     return r;
