@@ -118,6 +118,14 @@ struct vd_driver {
     /* The image takes only compressed writes of whole clusters (vmdk
      * streamOptimized: QEMU's needs_compressed_writes).  NULL: false. */
     bool (*needs_compressed_writes)(vd_node *n);
+    /* Options "amend" takes (-o help lists them); NULL: no amendment. */
+    const struct vd_opt_desc *amend_opts;
+    /* Change the options of an open image (qemu-img amend); opts holds
+     * only keys of amend_opts, already type-checked.  progress (may be
+     * NULL) gets work done and total. */
+    int (*amend)(vd_node *n, vd_opts *opts, bool force,
+                 void (*progress)(void *opaque, uint64_t done, uint64_t total),
+                 void *opaque);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -122,6 +122,14 @@ int vd_change_backing_file(vd_node *n, const char *name, const char *fmt);
  * backing file (commit).  -ENOTSUP when the format cannot. */
 int vd_make_empty(vd_node *n);
 
+/* Amend the image's format options (qemu-img amend): opts are the -o
+ * options, checked against the driver's amend table by the caller;
+ * progress (may be NULL) gets work done and total.  -ENOTSUP when the
+ * format cannot. */
+int vd_amend(vd_node *n, vd_opts *opts, bool force,
+             void (*progress)(void *opaque, uint64_t done, uint64_t total),
+             void *opaque);
+
 /* ---- internal snapshots (lib/core/node.c) ---- */
 /* One internal snapshot, as qemu-img snapshot -l shows it. */
 struct vd_snapshot_info {
@@ -189,6 +197,10 @@ const char *vd_driver_name(const struct vd_driver *d);
 bool vd_driver_is_format(const struct vd_driver *d);
 /* Print "-o help" for creating with driver d (and its protocol) to stdout. */
 int vd_driver_print_create_opts(const char *fmt, const char *proto);
+/* The options "amend" takes with driver d (NULL: it cannot amend). */
+const struct vd_opt_desc *vd_driver_amend_opts(const struct vd_driver *d);
+/* Print "-o help" of amend for d to stdout ("Amend options for ..."). */
+int vd_driver_print_amend_opts(const struct vd_driver *d);
 
 #ifdef __cplusplus
 }

@@ -103,6 +103,19 @@ int vd_change_backing_file(vd_node *n, const char *name, const char *fmt)
                                        fmt && *fmt ? fmt : NULL);
 }
 
+/* Amend the image's format options (see vdisk.h). */
+int vd_amend(vd_node *n, vd_opts *opts, bool force,
+             void (*progress)(void *opaque, uint64_t done, uint64_t total),
+             void *opaque)
+{
+    if (n->read_only)
+        return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+    if (!vd_driver_amend_opts(n->drv))
+        return vd_error(ENOTSUP, "Format driver '%s' does not support option amendment",
+                        n->drv->name);
+    return n->drv->amend(n, opts, force, progress, opaque);
+}
+
 /* Make every block of n unallocated (see vdisk.h). */
 int vd_make_empty(vd_node *n)
 {

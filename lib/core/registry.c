@@ -156,6 +156,34 @@ int vd_driver_print_create_opts(const char *fmt, const char *proto)
     return 0;
 }
 
+/* See vdisk.h. */
+const struct vd_opt_desc *vd_driver_amend_opts(const struct vd_driver *d)
+{
+    if (!d || d->struct_size <= offsetof(struct vd_driver, amend))
+        return NULL;
+    return d->amend ? d->amend_opts : NULL;
+}
+
+/* Print "-o help" of amend for d, sorted by name as qemu-img does. */
+int vd_driver_print_amend_opts(const struct vd_driver *d)
+{
+    const struct vd_opt_desc *list[128];
+    size_t n;
+
+    if (!vd_driver_amend_opts(d))
+        return vd_error(ENOTSUP, "Format driver '%s' does not support option amendment",
+                        d ? d->name : "");
+    n = collect_opts(d->amend_opts, list, 0, VD_ARRAY_SIZE(list));
+    qsort(list, n, sizeof(list[0]), cmp_opt);
+    printf("Amend options for '%s':\n", d->name);
+    for (size_t i = 0; i < n; i++) {
+        char left[128];
+        snprintf(left, sizeof(left), "%s=<%s>", list[i]->name, opt_type_name(list[i]->type));
+        printf("  %-22s - %s\n", left, list[i]->help ? list[i]->help : "");
+    }
+    return 0;
+}
+
 /* True when buf would probe as a format other than raw. */
 bool vd_probe_changes_format(const uint8_t *buf, size_t len)
 {

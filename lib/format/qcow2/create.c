@@ -181,6 +181,14 @@ static void feature_table(uint8_t *t)
     }
 }
 
+/* See qcow2.h. */
+size_t qcow2_feature_table(uint8_t *t)
+{
+    if (t)
+        feature_table(t);
+    return 48 * VD_ARRAY_SIZE(qc_features);
+}
+
 /* Fill the header cluster. */
 static int build_header(const struct qc_create *c, uint8_t *h, uint64_t l1_size)
 {

@@ -1138,5 +1138,7 @@ const struct vd_driver qcow2_driver = {
     .snapshot_goto = qcow2_snapshot_goto,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_load = qcow2_snapshot_load,
+    .amend_opts = qcow2_amend_opts,
+    .amend = qcow2_amend,
 };
 VD_DRIVER_REGISTER(qcow2_driver)

@@ -365,6 +365,15 @@ uint64_t qcow2_prealloc_size(uint64_t size, uint64_t cluster_size, uint32_t refc
                              bool ext_l2);
 /* Preallocate [from, to) of the guest (metadata, falloc or full). */
 int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
+/* The feature name table extension's bytes into t (when not NULL); returns
+ * its length. */
+size_t qcow2_feature_table(uint8_t *t);
+
+/* ---- amend.c ---- */
+extern const struct vd_opt_desc qcow2_amend_opts[];
+int qcow2_amend(vd_node *n, vd_opts *opts, bool force,
+                void (*progress)(void *opaque, uint64_t done, uint64_t total),
+                void *opaque);
 
 /* ---- bitmaps.c ---- */
 /* Before the first change: mark every persistent bitmap in use (they are
