@@ -63,7 +63,11 @@ static const char *const bd_events[] = {
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write",
     "cluster_alloc_space", "none",
     /* vdisk's own points, where QEMU has no event name. */
-    "header_update", NULL,
+    "header_update", "amend_upgrade_header", "amend_mark_clean", "amend_lazy_header",
+    "amend_header", "amend_zero_alloc", "amend_zero_write", "amend_inactive_l2_write",
+    "amend_downgrade_header", "amend_refblock_alloc", "amend_reftable_alloc",
+    "amend_refblock_write", "amend_reftable_write", "amend_refcount_header",
+    "amend_refcount_free_old", NULL,
 };
 
 static const char *const bd_iotypes[] = {

@@ -159,9 +159,8 @@ static int build_header(const struct qcow2_state *s, const uint8_t *old, struct 
     return 0;
 }
 
-/* Rewrite the header cluster from the state with one write (flushed
- * before and after); the state's header fields follow.  Lock held. */
-static int write_header(vd_node *n, const char *event)
+/* See qcow2.h. */
+int qcow2_amend_write_header(vd_node *n)
 {
     struct qcow2_state *s = n->state;
     uint8_t *old = malloc(s->cluster_size);
@@ -177,7 +176,6 @@ static int write_header(vd_node *n, const char *event)
         (r = build_header(s, old, &h, s->backing_len ? backing : NULL)) < 0 ||
         (r = vd_flush(n->file)) < 0)
         goto out;
-    vd_event(n->file, event);
     if ((r = vd_pwrite(n->file, 0, s->cluster_size, h.b, 0)) < 0 ||
         (r = vd_flush(n->file)) < 0)
         goto out;
@@ -296,7 +294,8 @@ static int upgrade(vd_node *n, struct amend_progress *p)
     s->incompat = s->compat = s->autoclear = 0;
     s->refcount_order = 4;
     s->compression_type = QC_COMP_ZLIB;
-    if ((r = write_header(n, "amend_upgrade_header")) < 0) {
+    vd_event(n->file, "amend_upgrade_header");
+    if ((r = qcow2_amend_write_header(n)) < 0) {
         s->version = 2;
         return r;
     }
@@ -334,7 +333,8 @@ static int set_lazy(vd_node *n, bool on, uint32_t new_version)
     if (!on && (r = make_clean(n)) < 0)
         return vd_error_prefix(r, "Failed to make the image clean");
     s->compat = on ? s->compat | QC_COMPAT_LAZY : s->compat & ~QC_COMPAT_LAZY;
-    if ((r = write_header(n, "amend_lazy_header")) < 0) {
+    vd_event(n->file, "amend_lazy_header");
+    if ((r = qcow2_amend_write_header(n)) < 0) {
         s->compat ^= QC_COMPAT_LAZY;
         return r;
     }
@@ -376,7 +376,8 @@ static int update_data_file(vd_node *n, const struct amend_req *q)
         free(s->data_file_name);
         s->data_file_name = dup;
     }
-    if ((r = write_header(n, "amend_header")) < 0)
+    vd_event(n->file, "amend_header");
+    if ((r = qcow2_amend_write_header(n)) < 0)
         return r;
     s->data_raw = s->autoclear & QC_AUTOCLEAR_DATA_RAW;
     return 0;
@@ -651,7 +652,8 @@ static int downgrade(vd_node *n, struct amend_progress *p)
     if ((r = expand_zero_clusters(n, p)) < 0 || (r = drop_compression_type(n)) < 0)
         return r;
     s->version = 2;
-    if ((r = write_header(n, "amend_downgrade_header")) < 0) {
+    vd_event(n->file, "amend_downgrade_header");
+    if ((r = qcow2_amend_write_header(n)) < 0) {
         s->version = 3;
         return r;
     }
@@ -673,7 +675,9 @@ static int amend_locked(vd_node *n, const struct amend_req *q, struct amend_prog
         if (q->version < 3 && q->refcount_bits != 16)
             return vd_error(EINVAL, "Refcount widths other than 16 bits require "
                             "compatibility level 1.1 or above (use compat=1.1 or greater)");
-        return vd_error(ENOTSUP, "Changing refcount_bits is not supported yet");
+        if ((r = qcow2_change_refcount_order(n, (uint32_t)__builtin_ctz(q->refcount_bits))) < 0)
+            return r;
+        p->done_ops++;
     }
     if ((r = update_data_file(n, q)) < 0 || (r = check_backing(n, q)) < 0)
         return r;

@@ -369,8 +369,15 @@ int qcow2_preallocate(vd_node *n, uint64_t from, uint64_t to, int mode);
  * its length. */
 size_t qcow2_feature_table(uint8_t *t);
 
-/* ---- amend.c ---- */
+/* ---- amend.c, amend_refcount.c ---- */
 extern const struct vd_opt_desc qcow2_amend_opts[];
+/* Rewrite the header cluster from the state with one write (flushed
+ * before and after); callers name the step with vd_event first. Lock
+ * held. */
+int qcow2_amend_write_header(vd_node *n);
+/* Switch to 2^order-bit refcounts (new structures, one header write, old
+ * ones freed). Lock held. */
+int qcow2_change_refcount_order(vd_node *n, uint32_t order);
 int qcow2_amend(vd_node *n, vd_opts *opts, bool force,
                 void (*progress)(void *opaque, uint64_t done, uint64_t total),
                 void *opaque);
