@@ -442,25 +442,35 @@ static int expand_entry(vd_node *n, uint64_t e, uint64_t l2_rc, uint64_t *out,
 static int expand_active_slice(vd_node *n, uint64_t gc, uint64_t l2_rc, uint64_t count)
 {
     struct qcow2_state *s = n->state;
-    uint64_t *slice, e;
+    uint64_t *slice, *vals = vd_calloc_array(count, 8);
+    uint8_t *chg = calloc(count, 1);
     uint32_t idx;
-    bool changed;
-    int h, r = 0;
+    bool changed, any = false;
+    int h = -1, r = 0;
 
-    if ((r = qcow2_get_l2_slice(n, gc, false, &slice, &idx, &h)) < 0 || !slice)
-        return r;
+    if (!vals || !chg)
+        r = vd_error(ENOMEM, "out of memory");
+    if (r < 0 || (r = qcow2_get_l2_slice(n, gc, false, &slice, &idx, &h)) < 0 || !slice)
+        goto out;
     for (uint64_t k = 0; k < count && r >= 0; k++) {
-        uint32_t i = idx + (uint32_t)k;
-        r = expand_entry(n, qc_l2_get(s, slice, i), l2_rc, &e, &changed);
-        if (r >= 0 && changed) {
-            if ((r = vd_flush(n->file)) < 0 ||
-                (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) < 0)
-                break;
-            qc_l2_set(s, slice, i, e, 0);
-            qc_cache_mark_dirty(s->l2_cache, h);
-        }
+        r = expand_entry(n, qc_l2_get(s, slice, idx + (uint32_t)k), l2_rc, &vals[k], &changed);
+        chg[k] = changed;
+        any |= changed;
     }
-    qc_cache_put(s->l2_cache, h);
+    /* The zeroes reach the disk once for the slice, before the entries
+     * name their clusters; the refcounts go before the L2 slice. */
+    if (r >= 0 && any && (r = vd_flush(n->file)) >= 0 &&
+        (r = qc_cache_set_dependency(s->l2_cache, s->rc_cache)) >= 0) {
+        for (uint64_t k = 0; k < count; k++)
+            if (chg[k])
+                qc_l2_set(s, slice, idx + (uint32_t)k, vals[k], 0);
+        qc_cache_mark_dirty(s->l2_cache, h);
+    }
+out:
+    if (h >= 0)
+        qc_cache_put(s->l2_cache, h);
+    free(vals);
+    free(chg);
     return r;
 }
 
