@@ -26,6 +26,7 @@ struct vd_check_result {
     uint64_t fragmented_clusters, compressed_clusters;
 };
 struct vd_json;
+struct vd_bitmap_req;
 struct vd_measure_info { uint64_t required, fully_allocated; bool has_bitmaps; uint64_t bitmaps; };
 
 struct vd_driver {
@@ -118,6 +119,9 @@ struct vd_driver {
     /* The image takes only compressed writes of whole clusters (vmdk
      * streamOptimized: QEMU's needs_compressed_writes).  NULL: false. */
     bool (*needs_compressed_writes)(vd_node *n);
+    /* Persistent dirty bitmaps (vdisk/bitmap.h): one request at a time
+     * (struct vd_bitmap_req).  NULL: the format keeps none. */
+    int (*bitmap)(vd_node *n, struct vd_bitmap_req *req);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -338,6 +338,7 @@ static int ext_bitmaps(struct qcow2_state *s, const uint8_t *d, uint32_t len,
         !range_ok(doff, dsize, file_len))
         return vd_error(EINVAL, "bitmaps_ext: Invalid bitmap directory");
     s->has_bitmaps_ext = true;
+    s->bitmap_count = nb;
     s->bitmap_dir_offset = doff;
     s->bitmap_dir_size = dsize;
     return 0;
@@ -729,7 +730,8 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = load_table(n, s->l1_offset, s->l1_size, &s->l1)) < 0 ||
         (r = qcow2_refcount_init(n)) < 0 ||
         (r = open_data_file(n, opts, flags)) < 0 ||
-        (r = qcow2_snapshot_open(n, opts, flags)) < 0)
+        (r = qcow2_snapshot_open(n, opts, flags)) < 0 ||
+        (r = qcow2_bitmaps_open(n)) < 0)
         goto out;
     s->needs_repair = (s->incompat & QC_INCOMPAT_DIRTY) && !n->read_only;
     r = s->needs_repair && !(flags & VD_O_CHECK) ? repair_dirty(n) : 0;
@@ -798,6 +800,8 @@ static int qcow2_flush(vd_node *n)
 
     if (n->read_only)
         return 0;
+    if ((r = qcow2_bitmaps_store(n)) < 0)
+        return r;
     pthread_mutex_lock(&s->lock);
     r = qcow2_flush_caches(n);
     pthread_mutex_unlock(&s->lock);
@@ -829,7 +833,9 @@ static void qcow2_close(vd_node *n)
 
     stop_cleaner(s);
     if (!n->read_only && s->l2_cache && s->rc_cache) {
-        int r = qcow2_flush_caches(n);
+        int r = qcow2_bitmaps_store(n);
+        if (r >= 0)
+            r = qcow2_flush_caches(n);
         if (r >= 0 && s->data_external)
             r = vd_flush(s->data);
         if (r >= 0)
@@ -846,6 +852,7 @@ static void qcow2_close(vd_node *n)
     free(s->backing_fmt);
     free(s->data_file_name);
     qcow2_snapshot_close(n);
+    qcow2_bitmaps_close(n);
     pthread_mutex_destroy(&s->lock);
     if (s->cleaner_cond_ok)
         pthread_cond_destroy(&s->cleaner_cond);
@@ -1114,21 +1121,21 @@ const struct vd_driver qcow2_driver = {
     .open = qcow2_open,
     .close = qcow2_close,
     .pread = qcow2_pread,
-    .pwrite = qcow2_pwrite,
-    .pwrite_zeroes = qcow2_pwrite_zeroes,
-    .discard = qcow2_discard,
+    .pwrite = qcow2_bm_pwrite,
+    .pwrite_zeroes = qcow2_bm_pwrite_zeroes,
+    .discard = qcow2_bm_discard,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .getlength = qcow2_getlength,
     .get_allocated_size = qcow2_get_allocated_size,
-    .truncate = qcow2_truncate,
+    .truncate = qcow2_bm_truncate,
     .create = qcow2_create,
     .measure = qcow2_measure,
     .info = qcow2_info,
     .check = qcow2_check_hook,
     .has_zero_init = qcow2_has_zero_init,
     .supports_backing = true,
-    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pwrite_compressed = qcow2_bm_pwrite_compressed,
     .cluster_size = qcow2_cluster_size,
     .is_dirty = qcow2_is_dirty,
     .change_backing_file = qcow2_change_backing_file,
@@ -1138,5 +1145,6 @@ const struct vd_driver qcow2_driver = {
     .snapshot_goto = qcow2_snapshot_goto,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_load = qcow2_snapshot_load,
+    .bitmap = qcow2_bitmap_hook,
 };
 VD_DRIVER_REGISTER(qcow2_driver)
