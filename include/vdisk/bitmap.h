@@ -37,6 +37,7 @@ enum vd_bitmap_op {
     VD_BITMAP_STATUS,              /* name, off, len -> dirty, pnum */
     VD_BITMAP_SET_DIRTY,           /* name, off, len (merge) */
     VD_BITMAP_CHECK_USABLE,        /* name: exists and consistent */
+    VD_BITMAP_SUPPORTED,           /* 0: this image can keep bitmaps */
 };
 
 /* A request to the driver hook. */
@@ -57,6 +58,8 @@ struct vd_bitmap_req {
  * format keeps none). */
 int vd_bitmap_list(vd_node *n, struct vd_bitmap_info **out);
 void vd_bitmap_list_free(struct vd_bitmap_info *list, int count);
+/* Can this image keep persistent bitmaps (qcow2 v3)? */
+bool vd_bitmap_supported(vd_node *n);
 /* Add an empty bitmap (granularity 0: the format's default). */
 int vd_bitmap_add(vd_node *n, const char *name, uint64_t granularity, bool disabled);
 int vd_bitmap_remove(vd_node *n, const char *name);

@@ -38,6 +38,13 @@ int vd_bitmap_list(vd_node *n, struct vd_bitmap_info **out)
 }
 
 /* See vdisk/bitmap.h. */
+bool vd_bitmap_supported(vd_node *n)
+{
+    struct vd_bitmap_req req = { .op = VD_BITMAP_SUPPORTED };
+    return n->drv->bitmap && n->drv->bitmap(n, &req) == 0;
+}
+
+/* See vdisk/bitmap.h. */
 void vd_bitmap_list_free(struct vd_bitmap_info *list, int count)
 {
     for (int i = 0; list && i < count; i++)

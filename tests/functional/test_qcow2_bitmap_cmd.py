@@ -182,3 +182,123 @@ def test_vdisk_bitmaps_read_by_qemu(tmp_path):
     qimg("convert", "-n", "-f", "raw", "-O", "qcow2", src, ref, check=True)
     compare(img, ref)
     assert bitmaps(img)[0]["flags"] == ["auto"]
+
+
+# ---- convert --bitmaps ----
+
+def in_use_copy(src, dst):
+    """dst: src with its bitmaps left in use (qemu-io killed on it)."""
+    shutil.copy(src, dst)
+    __import__("subprocess").run([QEMU_IO, "-c", "write 0 64k", "-c", "sigraise 9",
+                                  str(dst)])
+    return dst
+
+
+def convert_both(tmp_path, args, src, out_name, existing=None):
+    """convert args (OUT: the target) by both; compare the outcome."""
+    outs = []
+    for prog, tag in ((vimg, "v"), (qimg, "q")):
+        out = tmp_path / (tag + out_name)
+        if existing:
+            shutil.copy(existing, out)
+        p = prog("convert", *[out if x == "OUT" else src if x == "SRC" else x
+                              for x in args])
+        outs.append((p, out))
+    (v, vo), (q, qo) = outs
+    assert v.returncode == q.returncode, (v.stderr, q.stderr)
+    assert norm(v.stderr, vo) == norm(q.stderr, qo)
+    assert vo.exists() == qo.exists()
+    return vo, qo, v.returncode
+
+
+@pytest.fixture
+def bsrc(tmp_path):
+    src = make(tmp_path / "src.qcow2", "64M", BASE + [["--add", "-g", "1M", "big"]])
+    qio(src, *WRITES)
+    return src
+
+
+def test_convert_bitmaps_copied(tmp_path, bsrc):
+    vo, qo, rc = convert_both(tmp_path, ["--bitmaps", "-O", "qcow2", "SRC", "OUT"], bsrc,
+                              "o.qcow2")
+    assert rc == 0
+    compare(vo, qo)
+    assert [x["name"] for x in bitmaps(vo)] == ["b0", "b1", "b2", "big"]
+    assert vimg("compare", bsrc, vo).returncode == 0
+
+
+def test_convert_bitmaps_into_existing(tmp_path, bsrc):
+    tgt = make(tmp_path / "t.qcow2", "64M", [["--add", "other"]])
+    vo, qo, rc = convert_both(tmp_path, ["-n", "--bitmaps", "-O", "qcow2", "SRC", "OUT"],
+                              bsrc, "o.qcow2", existing=tgt)
+    assert rc == 0
+    compare(vo, qo)
+    clash = make(tmp_path / "c.qcow2", "64M", [["--add", "b1"]])
+    vo, qo, rc = convert_both(tmp_path, ["-n", "--bitmaps", "-O", "qcow2", "SRC", "OUT"],
+                              bsrc, "c.qcow2", existing=clash)
+    assert rc == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["--bitmaps", "-O", "raw", "SRC", "OUT"],
+    ["--bitmaps", "-O", "vmdk", "SRC", "OUT"],
+    ["--bitmaps", "-O", "qcow2", "-o", "compat=0.10", "SRC", "OUT"],
+    ["--bitmaps", "-O", "qcow2", "SRC", "SRC", "OUT"],
+    ["--skip-broken-bitmaps", "-O", "qcow2", "SRC", "OUT"],
+])
+def test_convert_bitmaps_refused(tmp_path, bsrc, args):
+    vo, qo, rc = convert_both(tmp_path, args, bsrc, "o.img")
+    assert rc == 1
+
+
+def test_convert_bitmaps_source_without_support(tmp_path):
+    raw = tmp_path / "r.raw"
+    qimg("create", "-q", "-f", "raw", raw, "1M", check=True)
+    convert_both(tmp_path, ["--bitmaps", "-f", "raw", "-O", "qcow2", "SRC", "OUT"], raw,
+                 "o.qcow2")
+    v2 = make(tmp_path / "v2.qcow2", "1M", opts="compat=0.10")
+    convert_both(tmp_path, ["--bitmaps", "-O", "qcow2", "SRC", "OUT"], v2, "o2.qcow2")
+
+
+def test_convert_inconsistent(tmp_path, bsrc):
+    bad = in_use_copy(bsrc, tmp_path / "bad.qcow2")
+    vo, qo, rc = convert_both(tmp_path, ["--bitmaps", "-O", "qcow2", "SRC", "OUT"], bad,
+                              "o.qcow2")
+    assert rc == 1
+    qimg("bitmap", "--add", bad, "fresh", check=True)
+    vo, qo, rc = convert_both(tmp_path, ["--bitmaps", "--skip-broken-bitmaps", "-O",
+                                         "qcow2", "SRC", "OUT"], bad, "o2.qcow2")
+    assert rc == 0
+    compare(vo, qo)
+    assert [x["name"] for x in bitmaps(vo)] == ["fresh"]
+
+
+# ---- commit and rebase ----
+
+def chain(tmp_path, tag):
+    base = make(tmp_path / (tag + "base.qcow2"), "64M", BASE)
+    qio(base, "write -P 1 0 2M")
+    top = tmp_path / (tag + "top.qcow2")
+    qimg("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top, check=True)
+    qimg("bitmap", "--add", top, "t", check=True)
+    qio(top, "write -P 2 1M 3M", "write -z 10M 64k")
+    return base, top
+
+
+def test_commit_sets_base_bits(tmp_path):
+    vb, vt = chain(tmp_path, "v")
+    qb, qt = chain(tmp_path, "q")
+    vimg("commit", vt, check=True)
+    qimg("commit", qt, check=True)
+    compare(vb, qb)
+    compare(vt, qt)
+
+
+def test_rebase_sets_bits(tmp_path):
+    vb, vt = chain(tmp_path, "v")
+    qb, qt = chain(tmp_path, "q")
+    for b in (vb, qb):
+        qimg("create", "-q", "-f", "qcow2", b.with_suffix(".new"), "64M", check=True)
+    vimg("rebase", "-b", vb.with_suffix(".new"), "-F", "qcow2", vt, check=True)
+    qimg("rebase", "-b", qb.with_suffix(".new"), "-F", "qcow2", qt, check=True)
+    compare(vt, qt)

@@ -181,3 +181,110 @@ int img_bitmap(int argc, char **argv)
     vd_close(n);
     return ret;
 }
+
+/* ---- convert --bitmaps ---- */
+
+/* See img.h. */
+int img_convert_check_bitmaps(vd_node *src, int nsrc, bool skip_broken)
+{
+    struct vd_bitmap_info *l;
+    int count;
+
+    if (nsrc > 1) {
+        img_error("Copying bitmaps only possible with single source");
+        return -1;
+    }
+    if (!vd_bitmap_supported(src) || (count = vd_bitmap_list(src, &l)) < 0) {
+        img_error("Source lacks bitmap support");
+        return -1;
+    }
+    /* qemu-img looks at them newest first (reverse directory order). */
+    for (int i = count - 1; i >= 0 && !skip_broken; i--) {
+        if (l[i].in_use) {
+            img_error("Cannot copy inconsistent bitmap '%s'", l[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap "
+                    "--remove' to delete it\n");
+            vd_bitmap_list_free(l, count);
+            return -1;
+        }
+    }
+    vd_bitmap_list_free(l, count);
+    return 0;
+}
+
+/* See img.h. */
+int img_convert_check_target_bitmaps(vd_node *dst)
+{
+    if (vd_bitmap_supported(dst))
+        return 0;
+    img_error("Format driver '%s' does not support bitmaps", vd_node_format(dst));
+    return -1;
+}
+
+/* Copy one bitmap: add it to dst as it is in src, then its bits. */
+static int copy_one(vd_node *src, vd_node *dst, const struct vd_bitmap_info *b)
+{
+    if (vd_bitmap_add(dst, b->name, b->granularity, !b->enabled) < 0) {
+        img_error("Failed to create bitmap %s: %s", b->name, vd_errmsg());
+        return -1;
+    }
+    if (vd_bitmap_merge(dst, b->name, src, b->name) < 0) {
+        img_error("Failed to populate bitmap %s: %s", b->name, vd_errmsg());
+        return -1;
+    }
+    return 0;
+}
+
+/* Is name one of dst's bitmaps? */
+static bool has_bitmap(vd_node *dst, const char *name)
+{
+    struct vd_bitmap_info *l;
+    int count = vd_bitmap_list(dst, &l);
+    bool found = false;
+
+    for (int i = 0; i < count && !found; i++)
+        found = !strcmp(l[i].name, name);
+    if (count >= 0)
+        vd_bitmap_list_free(l, count);
+    return found;
+}
+
+/* qemu-img's first pass, newest first: skip warnings, and the first name
+ * the target has already; -1 (printed). */
+static int precheck(const struct vd_bitmap_info *l, int count, vd_node *dst, bool skip)
+{
+    for (int i = count - 1; i >= 0; i--) {
+        if (l[i].in_use && skip) {
+            img_error("warning: Skipping inconsistent bitmap '%s'", l[i].name);
+            continue;
+        }
+        if (has_bitmap(dst, l[i].name)) {
+            img_error("Failed to create bitmap %s: Bitmap already exists: %s", l[i].name,
+                      l[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* See img.h: the target lists them in the source's order. */
+int img_convert_copy_bitmaps(vd_node *src, vd_node *dst, bool skip_broken)
+{
+    struct vd_bitmap_info *l;
+    int count, r;
+
+    if ((count = vd_bitmap_list(src, &l)) < 0) {
+        img_error("%s", vd_errmsg());
+        return -1;
+    }
+    r = precheck(l, count, dst, skip_broken);
+    for (int i = 0; i < count && r == 0; i++)
+        if (!(l[i].in_use && skip_broken))
+            r = copy_one(src, dst, &l[i]);
+    vd_bitmap_list_free(l, count);
+    if (r == 0 && vd_flush(dst) < 0) {
+        img_error("%s", vd_errmsg());
+        r = -1;
+    }
+    return r;
+}

@@ -975,6 +975,8 @@ static int dispatch(vd_node *n, struct vd_bitmap_req *req)
     case VD_BITMAP_SET_DIRTY: return op_change(n, req);
     case VD_BITMAP_STATUS: return op_status(n, req);
     case VD_BITMAP_CHECK_USABLE: return usable(n, req->name, &b);
+    case VD_BITMAP_SUPPORTED:
+        return ((struct qcow2_state *)n->state)->version >= 3 ? 0 : -ENOTSUP;
     }
     return vd_error(EINVAL, "unknown bitmap request");
 }
