@@ -37,7 +37,7 @@
 #define BME_TE_RESERVED 0xff000000000001feull
 #define BME_TE_ALL_ONES 1ull
 #define QC_MAX_BITMAPS 65535u
-#define QC_MAX_BITMAP_DIR (64u << 20)
+#define QC_MAX_BITMAP_DIR (1024u * QC_MAX_BITMAPS)
 
 /* One persistent bitmap. */
 struct qc_bitmap {
@@ -127,15 +127,18 @@ static int parse_entry(struct qcow2_state *s, const uint8_t *e, uint64_t avail,
                        struct qc_bitmap *b, uint64_t *esize)
 {
     uint16_t nlen;
-    uint32_t extra, flags;
+    uint32_t extra, flags, size32;
 
     if (avail < BME_HEADER)
         return vd_error(EINVAL, "Broken bitmap directory");
     nlen = be16_get(e + 18);
     extra = be32_get(e + 20);
     flags = be32_get(e + 12);
-    *esize = entry_size(nlen, extra);
-    if (*esize > avail)
+    /* QEMU sizes an entry in 32-bit arithmetic: a huge extra size wraps,
+     * and then its extra data is what it refuses. */
+    size32 = (uint32_t)(BME_HEADER + nlen + (uint64_t)extra);
+    *esize = (size32 + 7ull) / 8 * 8;
+    if (size32 > INT32_MAX - 7 || *esize > avail)
         return vd_error(EINVAL, "Broken bitmap directory");
     if (extra)
         return vd_error(EINVAL, "Bitmap extra data is not supported");
@@ -191,6 +194,28 @@ void qcow2_bitmaps_close(vd_node *n)
     s->bm = NULL;
 }
 
+static int read_table(vd_node *n, uint64_t off, uint32_t size, uint64_t **out);
+
+/* At open, as QEMU loads a consistent bitmap: its table readable, its
+ * entries valid, its size what the disk needs. */
+static int check_table(vd_node *n, const struct qc_bitmap *b)
+{
+    struct qcow2_state *s = n->state;
+    uint64_t *t;
+    int r;
+
+    if (b->inconsistent)
+        return 0;
+    if ((r = read_table(n, b->table_off, b->table_size, &t)) < 0)
+        return vd_error_prefix(r, "Could not read bitmap_table table from image for "
+                               "bitmap '%s'", b->name);
+    free(t);
+    if (div_round_up(bits_bytes(s->size, b->gran_bits), s->cluster_size) != b->table_size)
+        return vd_error(EINVAL, "Could not read bitmap '%s' from image: %s", b->name,
+                        strerror(EINVAL));
+    return 0;
+}
+
 /* See qcow2.h. */
 int qcow2_bitmaps_open(vd_node *n)
 {
@@ -212,6 +237,8 @@ int qcow2_bitmaps_open(vd_node *n)
         r = vd_error_prefix(r, "Failed to read bitmap directory");
     if (r >= 0)
         r = parse_dir(s, dir, len);
+    for (uint32_t i = 0; r >= 0 && i < s->bm->count; i++)
+        r = check_table(n, &s->bm->v[i]);
     free(dir);
     if (r < 0)
         qcow2_bitmaps_close(n);
@@ -239,7 +266,7 @@ static int read_table(vd_node *n, uint64_t off, uint32_t size, uint64_t **out)
         t[i] = be64_get((const uint8_t *)&t[i]);
         if (!table_entry_ok(s, t[i])) {
             free(t);
-            return vd_error(EINVAL, "Invalid bitmap table entry");
+            return vd_error(EINVAL, "%s", strerror(EINVAL));
         }
     }
     *out = t;

@@ -19,7 +19,7 @@
 #define QC_DEFAULT_L2_CACHE_MAX (32u << 20)
 #define QC_MAX_SNAPSHOTS 65536u
 #define QC_MAX_BITMAPS 65535u
-#define QC_MAX_BITMAP_DIR (64u << 20)
+#define QC_MAX_BITMAP_DIR (1024u * QC_MAX_BITMAPS)
 #define QC_DEFAULT_SLICE 4096u
 #define QC_GROW_AHEAD (32ull << 20)
 
@@ -332,11 +332,20 @@ static int ext_bitmaps(struct qcow2_state *s, const uint8_t *d, uint32_t len,
     nb = be32_get(d);
     dsize = be64_get(d + 8);
     doff = be64_get(d + 16);
-    if (nb == 0 || nb > QC_MAX_BITMAPS || be32_get(d + 4))
-        return vd_error(EINVAL, "bitmaps_ext: Invalid number of bitmaps");
-    if (dsize > QC_MAX_BITMAP_DIR || !is_aligned(doff, s->cluster_size) ||
-        !range_ok(doff, dsize, file_len))
-        return vd_error(EINVAL, "bitmaps_ext: Invalid bitmap directory");
+    (void)file_len;                /* a directory past the end reads as zeroes */
+    if (be32_get(d + 4))
+        return vd_error(EINVAL, "bitmaps_ext: Reserved field is not zero");
+    if (nb > QC_MAX_BITMAPS)
+        return vd_error(EINVAL, "bitmaps_ext: Image has %u bitmaps, exceeding the QEMU "
+                        "supported maximum of %u", nb, QC_MAX_BITMAPS);
+    if (nb == 0)
+        return vd_error(EINVAL, "found bitmaps extension with zero bitmaps");
+    if (!is_aligned(doff, s->cluster_size))
+        return vd_error(EINVAL, "bitmaps_ext: invalid bitmap directory offset");
+    if (dsize > QC_MAX_BITMAP_DIR)
+        return vd_error(EINVAL, "bitmaps_ext: bitmap directory size (%llu) exceeds the "
+                        "maximum supported size (%u)", (unsigned long long)dsize,
+                        QC_MAX_BITMAP_DIR);
     s->has_bitmaps_ext = true;
     s->bitmap_count = nb;
     s->bitmap_dir_offset = doff;
