@@ -302,3 +302,28 @@ def test_rebase_sets_bits(tmp_path):
     vimg("rebase", "-b", vb.with_suffix(".new"), "-F", "qcow2", vt, check=True)
     qimg("rebase", "-b", qb.with_suffix(".new"), "-F", "qcow2", qt, check=True)
     compare(vt, qt)
+
+
+# ---- snapshots and measure ----
+
+def test_snapshots_with_bitmaps(tmp_path):
+    """Snapshots are created and deleted with bitmaps; applying one is
+    refused while the image has bitmaps (any), as by qemu-img."""
+    a, b = twin(tmp_path, [["--add", "b0"], ["--add", "--disable", "b1"]])
+    for img, prog in ((a, vimg), (b, qimg)):
+        qio(img, "write 0 64k")
+        prog("snapshot", "-c", "s1", img, check=True)
+        qio(img, "write 1M 64k")
+    for args in (["-a", "s1"], ["-a", "nope"], ["-l"], ["-d", "s1"]):
+        v = vimg("snapshot", *args, a)
+        q = qimg("snapshot", *args, b)
+        assert v.returncode == q.returncode, (args, v.stderr, q.stderr)
+        assert norm(v.stderr, a) == norm(q.stderr, b)
+    compare(a, b)
+
+
+def test_measure_counts_bitmaps(tmp_path, bsrc):
+    for fmt in ("human", "json"):
+        for opts in ([], ["-o", "cluster_size=4k"]):
+            args = ["measure", "--output=" + fmt, "-O", "qcow2"] + opts + [bsrc]
+            assert vimg(*args).stdout == qimg(*args).stdout

@@ -802,6 +802,17 @@ int qcow2_bm_truncate(vd_node *n, uint64_t size, bool exact, int prealloc)
     return r;
 }
 
+/* Reverting to an internal snapshot would leave the bitmaps wrong: QEMU
+ * refuses it while the image has any. */
+int qcow2_bm_snapshot_goto(vd_node *n, const char *id_or_name)
+{
+    struct qcow2_state *s = n->state;
+
+    if (s->bm && s->bm->count)
+        return vd_error(EBUSY, "Device has active dirty bitmaps");
+    return qcow2_snapshot_goto(n, id_or_name);
+}
+
 /* ---- the bitmap hook ---- */
 
 /* A bitmap by name, or "not found". */

@@ -385,6 +385,7 @@ int qcow2_bm_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
 int qcow2_bm_discard(vd_node *n, uint64_t off, uint64_t len);
 int qcow2_bm_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
 int qcow2_bm_truncate(vd_node *n, uint64_t size, bool exact, int prealloc);
+int qcow2_bm_snapshot_goto(vd_node *n, const char *id_or_name);
 
 /* ---- overlap.c ---- */
 /* Read the overlap-check options (and remove them from opts). */
