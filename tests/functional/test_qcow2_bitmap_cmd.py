@@ -327,3 +327,27 @@ def test_measure_counts_bitmaps(tmp_path, bsrc):
         for opts in ([], ["-o", "cluster_size=4k"]):
             args = ["measure", "--output=" + fmt, "-O", "qcow2"] + opts + [bsrc]
             assert vimg(*args).stdout == qimg(*args).stdout
+
+
+# ---- NBD clients' writes ----
+
+def test_nbd_client_writes_set_bits(tmp_path):
+    """Writes, zeroes and trims of an NBD client of vdisk-nbd set the bits
+    qemu-io sets for the same requests on the image itself."""
+    import os
+    from nbd_helpers import VDISK_NBD, Server
+    if not os.path.exists(VDISK_NBD):
+        pytest.skip("vdisk-nbd is not built")
+    a, b = twin(tmp_path, BASE)
+    sock = str(tmp_path / "s")
+    srv = Server(VDISK_NBD, ["-f", "qcow2", "--discard=unmap", a], sock=sock, probe=False)
+    try:
+        uri = "nbd+unix:///?socket=" + sock
+        p = __import__("subprocess").run(
+            [QEMU_IO, "-f", "raw", "-c", "write -P 3 100k 200k", "-c", "write -z 8M 1M",
+             "-c", "discard 16M 2M", "-c", "flush", uri], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    finally:
+        assert srv.stop() == 0
+    qio(b, "write -P 3 100k 200k", "write -z 8M 1M", "discard 16M 2M")
+    compare(a, b)
