@@ -351,3 +351,24 @@ def test_nbd_client_writes_set_bits(tmp_path):
         assert srv.stop() == 0
     qio(b, "write -P 3 100k 200k", "write -z 8M 1M", "discard 16M 2M")
     compare(a, b)
+
+
+@pytest.mark.parametrize("steps", [["128M"], ["--shrink", "40M"],
+                                   ["--shrink", "40M", "64M"], ["+1G"]])
+def test_resize_with_bitmaps(tmp_path, steps):
+    """Resize keeps the bitmaps as qemu-img's does: a grown part clean, a
+    cut part forgotten."""
+    a, b = twin(tmp_path, BASE)
+    for img in (a, b):
+        qio(img, *WRITES + ["write 50M 4M", "write 63M 1M"])
+    args, shrink = [], False
+    for st in steps:
+        if st == "--shrink":
+            shrink = True
+            continue
+        for img, prog in ((a, vimg), (b, qimg)):
+            prog("resize", *(["--shrink"] if shrink else []), img, st, check=True)
+    compare(a, b)
+    for img in (a, b):
+        qio(img, "write 10M 64k")
+    compare(a, b)

@@ -119,6 +119,19 @@ CASES["table-entry-past-end"] = table_entry(1 << 40)
 CASES["tables-overlap"] = overlap
 
 
+def in_use(f):
+    """f on a bitmap marked in use (QEMU reads its table only in check)."""
+    def g(d, e, di):
+        d[di + 12:di + 16] = struct.pack(">I", 3)
+        f(d, e, di)
+    return g
+
+
+for _k in ("table-entry-reserved", "table-entry-unaligned", "table-entry-all-ones",
+           "table-size-2", "table-off-past-end", "tables-overlap"):
+    CASES["in-use-" + _k] = in_use(CASES[_k])
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_hostile_directory(tmp_path, case):
     img = make(tmp_path / "h.qcow2", "64M", [["--add", "b0"], ["--add", "b1"]])
