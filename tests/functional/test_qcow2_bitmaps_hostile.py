@@ -127,6 +127,8 @@ def in_use(f):
     return g
 
 
+CASES["autoclear-cleared"] = lambda d, e, di: d.__setitem__(slice(88, 96), bytes(8))
+
 for _k in ("table-entry-reserved", "table-entry-unaligned", "table-entry-all-ones",
            "table-size-2", "table-off-past-end", "tables-overlap"):
     CASES["in-use-" + _k] = in_use(CASES[_k])

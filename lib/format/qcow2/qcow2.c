@@ -327,8 +327,14 @@ static int ext_bitmaps(struct qcow2_state *s, const uint8_t *d, uint32_t len,
 
     if (len != 24)
         return vd_error(EINVAL, "bitmaps_ext: Invalid extension length");
-    if (!(s->autoclear & QC_AUTOCLEAR_BITMAPS))
-        return 0;                  /* inconsistent: ignored, as QEMU warns */
+    if (!(s->autoclear & QC_AUTOCLEAR_BITMAPS)) {
+        /* Inconsistent: ignored, with QEMU's warning (nothing to return). */
+        fprintf(stderr, "%s: warning: a program lacking bitmap support modified this "
+                "file, so all bitmaps are now considered inconsistent\nSome clusters may "
+                "be leaked, run 'qemu-img check -r' on the image file to fix.",  /* no newline, as QEMU */
+                program_invocation_short_name);
+        return 0;
+    }
     nb = be32_get(d);
     dsize = be64_get(d + 8);
     doff = be64_get(d + 16);
