@@ -457,7 +457,8 @@ static void free_table(vd_node *n, uint64_t off, uint32_t size, uint64_t *t)
     for (uint32_t i = 0; i < size; i++)
         if (t[i] & QC_OFFSET_MASK)
             qcow2_free_clusters(n, t[i] & QC_OFFSET_MASK, s->cluster_size);
-    qcow2_free_clusters(n, off, (uint64_t)size * 8);
+    if (off && size)
+        qcow2_free_clusters(n, off, (uint64_t)size * 8);
 }
 
 /* Write b's bits to new clusters and a new table. */
@@ -484,7 +485,7 @@ static int store_one(vd_node *n, struct qc_bitmap *b)
     for (uint64_t i = 0; i < tsize; i++)
         t[i] = be64_get((const uint8_t *)&t[i]);
     if (r < 0) {
-        free_table(n, 0, 0, t);
+        free_table(n, 0, (uint32_t)tsize, t);
         free(t);
         return vd_error_prefix(r, "Failed to write bitmap '%s' to file", b->name);
     }
@@ -752,6 +753,17 @@ static int resize_bits(struct qc_bitmap *b, uint64_t old, uint64_t size)
     return 0;
 }
 
+/* Clear the bits wholly past a disk of size bytes (was old bytes): the
+ * bit a smaller, unaligned end falls in stays, as in QEMU. */
+static void clear_from(struct qc_bitmap *b, uint64_t size, uint64_t old)
+{
+    uint64_t first = div_round_up(size, 1ull << b->gran_bits);
+    uint64_t end = div_round_up(old, 1ull << b->gran_bits);
+
+    for (uint64_t i = first; b->bits && i < end; i++)
+        b->bits[i / 8] &= (uint8_t)~(1u << (i % 8));
+}
+
 /* The first inconsistent bitmap, refused as QEMU refuses it. */
 static int refuse_inconsistent(const struct qcow2_state *s)
 {
@@ -787,12 +799,8 @@ int qcow2_bm_truncate(vd_node *n, uint64_t size, bool exact, int prealloc)
     /* Bits past a smaller end are cleared first, so regrowing reads clean. */
     for (uint32_t i = 0; s->bm && i < s->bm->count; i++) {
         struct qc_bitmap *b = &s->bm->v[i];
-        if (size < old && b->bits) {
-            uint64_t keep = s->size;
-            s->size = old;
-            set_range(s, b, size, old - size, false);
-            s->size = keep;
-        }
+        if (size < old)
+            clear_from(b, size, old);
         if (r >= 0)
             r = resize_bits(b, old, size);
     }
