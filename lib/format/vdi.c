@@ -542,6 +542,7 @@ static int vdi_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pn
     *pnum = run.bytes;
     if (!run.data)
         return VD_BS_ZERO;
+    *pnum = VD_MIN(*pnum, VDI_BLOCK_SIZE - off % VDI_BLOCK_SIZE);   /* one block, as QEMU */
     *map = run.host;
     *file = n->file;
     st = VD_BS_DATA | VD_BS_OFFSET_VALID;

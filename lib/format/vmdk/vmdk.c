@@ -266,10 +266,10 @@ static int vmdk_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *p
         return 0;
     if (m.kind == VMDK_ZERO)
         return VD_BS_ZERO;
-    if (m.ext->compressed) {
+    if (!m.ext->flat)    /* one grain per answer, as QEMU (convert's requests) */
         *pnum = VD_MIN(m.bytes, m.ext->grain_sectors * VMDK_SECTOR - m.in);
+    if (m.ext->compressed)
         return VD_BS_DATA;
-    }
     *map = m.host;
     *file = m.ext->file;
     return VD_BS_DATA | VD_BS_OFFSET_VALID | (m.ext->flat ? file_zero(m.ext->file, m.host, pnum) : 0);
