@@ -118,6 +118,16 @@ struct vd_driver {
     /* The image takes only compressed writes of whole clusters (vmdk
      * streamOptimized: QEMU's needs_compressed_writes).  NULL: false. */
     bool (*needs_compressed_writes)(vd_node *n);
+    /* Compressed writes in two steps (NULL: pwrite_compressed only), so that
+     * the copy engine compresses on every core while the clusters land in
+     * order: compress_cluster turns one cluster (pwrite_compressed's
+     * arguments) into the bytes the format stores, into out (room for
+     * VD_COMPRESS_ROOM(len) bytes), thread-safe and with no I/O;
+     * store_compressed then writes those out_len bytes as that cluster. */
+    int (*compress_cluster)(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                            void *out, size_t *out_len);
+    int (*store_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                            size_t data_len);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -544,17 +544,25 @@ static int take_sectors(struct vmdk_extent *e, uint64_t sectors, uint64_t *out)
     return 0;
 }
 
-/* Write bytes at host offset at, growing the known file length. */
-static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
+/* Grow the file (and its known length) to at least end bytes. */
+static int grow_to(struct vmdk_extent *e, uint64_t end)
 {
     int r;
 
-    if (at + len > e->file_len) {
-        if ((r = vd_truncate(e->file, at + len, true, VD_PREALLOC_OFF)) < 0)
+    if (end > e->file_len) {
+        if ((r = vd_truncate(e->file, end, true, VD_PREALLOC_OFF)) < 0)
             return vd_error_prefix(r, "vmdk: could not grow '%s'", e->file->filename);
-        e->file_len = at + len;
+        e->file_len = end;
     }
-    return vd_pwrite(e->file, at, len, buf, 0);
+    return 0;
+}
+
+/* Write bytes at host offset at, growing the known file length. */
+static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
+{
+    int r = grow_to(e, at + len);
+
+    return r < 0 ? r : vd_pwrite(e->file, at, len, buf, 0);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an
@@ -613,27 +621,75 @@ int vmdk_zero_grain(vd_node *n, uint64_t off)
     return r;
 }
 
-/* Compress one grain into a marker (guest sector, length, deflate data)
- * padded to whole sectors; returns the byte count in *olen. */
-static int deflate_grain(uint64_t off, uint64_t len, const void *buf, uint64_t gb,
-                         uint8_t **out, uint64_t *olen)
+/* The streamOptimized grain under guest bytes [off, off+len): a whole
+ * unallocated grain (or the extent's tail) of a compressed extent. */
+static int stream_grain(vd_node *n, uint64_t off, uint64_t len, struct vmdk_map *m)
 {
-    uLongf clen = 2 * gb;
-    uint64_t total;
-    uint8_t *b = calloc(1, 2 * gb + 12 + VMDK_SECTOR);
+    struct vmdk_extent *e;
+    uint64_t gb;
+    int r;
 
-    if (!b)
-        return vd_error(ENOMEM, "out of memory");
-    if (compress(b + 12, &clen, buf, len) != Z_OK || clen == 0) {
-        free(b);
+    if ((r = vmdk_lookup(n, off, len, m)) < 0)
+        return r;
+    e = m->ext;
+    gb = e->grain_sectors * VMDK_SECTOR;
+    if (m->kind == VMDK_DATA)
+        return vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
+    if (m->in || len > gb || (len < gb && off + len != e->start + e->sectors * VMDK_SECTOR) ||
+        !e->has_marker)
+        return vd_error(EINVAL, "vmdk: streamOptimized images take whole grains only");
+    return 0;
+}
+
+/* Compress the grain at guest offset off into out (VD_COMPRESS_ROOM(len)
+ * bytes): a marker (guest sector, length, deflate data) padded with zeroes
+ * to whole sectors, *olen bytes.  No I/O: writers compress in parallel. */
+int vmdk_compress_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *olen)
+{
+    uLongf clen = VD_COMPRESS_ROOM(len) - 12 - VMDK_SECTOR;
+    struct vmdk_map m;
+    uint8_t *b = out;
+    int r;
+
+    if ((r = stream_grain(n, off, len, &m)) < 0)
+        return r;
+    if (compress(b + 12, &clen, buf, len) != Z_OK || clen == 0)
         return vd_error(EINVAL, "vmdk: cannot compress a grain");
-    }
     vmdk_put64(b, off / VMDK_SECTOR);
     vmdk_put32(b + 8, (uint32_t)clen);
-    total = div_round_up(12 + clen, VMDK_SECTOR) * VMDK_SECTOR;
-    *out = b;
-    *olen = total;
+    *olen = div_round_up(12 + clen, VMDK_SECTOR) * VMDK_SECTOR;
+    memset(b + 12 + clen, 0, *olen - 12 - clen);
     return 0;
+}
+
+/* Append a grain compressed by vmdk_compress_grain at the end of its
+ * extent, then link it (invariant 1).  The file first grows by a whole
+ * grain, as QEMU zeroes the grain it allocates before it writes the
+ * shorter compressed one there (the next grain overwrites those zeroes;
+ * after the last one they stay). */
+int vmdk_store_grain(vd_node *n, uint64_t off, uint64_t len, const void *data, size_t dlen)
+{
+    struct vmdk_map m;
+    struct vmdk_extent *e;
+    uint64_t sector = 0;
+    int r;
+
+    if (dlen % VMDK_SECTOR || dlen == 0 || dlen > VD_COMPRESS_ROOM(len))
+        return vd_error(EINVAL, "vmdk: a compressed grain of %zu bytes", dlen);
+    pthread_mutex_lock(&alloc_lock);
+    if ((r = stream_grain(n, off, len, &m)) >= 0) {
+        e = m.ext;
+        if ((r = take_sectors(e, dlen / VMDK_SECTOR, &sector)) >= 0 &&
+            (r = grow_to(e, sector * VMDK_SECTOR +
+                            VD_MAX(dlen, e->grain_sectors * VMDK_SECTOR))) >= 0 &&
+            (r = write_at(e, sector * VMDK_SECTOR, dlen, data)) >= 0 &&
+            (r = set_gte(n, e, (off - e->start) / (e->grain_sectors * VMDK_SECTOR),
+                         (uint32_t)sector)) >= 0)
+            e->next_grain = sector + dlen / VMDK_SECTOR;
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    return r;
 }
 
 /* Write one whole grain (or the extent's tail) of a streamOptimized
@@ -641,31 +697,14 @@ static int deflate_grain(uint64_t off, uint64_t len, const void *buf, uint64_t g
  * appended at the end, then linked. */
 int vmdk_write_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
 {
-    struct vmdk_map m;
-    struct vmdk_extent *e;
-    uint64_t gb, olen = 0, sector = 0;
-    uint8_t *b = NULL;
+    uint8_t *b = malloc(VD_COMPRESS_ROOM(len));
+    size_t olen = 0;
     int r;
 
-    if ((r = vmdk_lookup(n, off, len, &m)) < 0)
-        return r;
-    e = m.ext;
-    gb = e->grain_sectors * VMDK_SECTOR;
-    if (m.kind == VMDK_DATA)
-        return vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
-    if (m.in || len > gb || (len < gb && off + len != e->start + e->sectors * VMDK_SECTOR) ||
-        !e->has_marker)
-        return vd_error(EINVAL, "vmdk: streamOptimized images take whole grains only");
-    if ((r = deflate_grain(off, len, buf, gb, &b, &olen)) < 0)
-        return r;
-    pthread_mutex_lock(&alloc_lock);
-    if ((r = vmdk_lookup(n, off, len, &m)) >= 0 && m.kind == VMDK_DATA)
-        r = vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
-    if (r >= 0 && (r = take_sectors(e, olen / VMDK_SECTOR, &sector)) >= 0 &&
-        (r = write_at(e, sector * VMDK_SECTOR, olen, b)) >= 0 &&
-        (r = set_gte(n, e, (off - e->start) / gb, (uint32_t)sector)) >= 0)
-        e->next_grain = sector + olen / VMDK_SECTOR;
-    pthread_mutex_unlock(&alloc_lock);
+    if (!b)
+        return vd_error(ENOMEM, "out of memory");
+    if ((r = vmdk_compress_grain(n, off, len, buf, b, &olen)) >= 0)
+        r = vmdk_store_grain(n, off, len, b, olen);
     free(b);
     return r;
 }

@@ -223,6 +223,15 @@ static int vmdk_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const 
     return vmdk_pwrite(n, off, len, buf, 0);
 }
 
+/* A streamOptimized grain compressed by the caller (store_compressed). */
+static int vmdk_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                                 size_t dlen)
+{
+    int r = vmdk_store_grain(n, off, len, data, dlen);
+
+    return r < 0 ? r : note_write(n);
+}
+
 static int vmdk_flush(vd_node *n)
 {
     struct vmdk_state *s = n->state;
@@ -408,5 +417,7 @@ static const struct vd_driver vmdk_driver = {
     .pwrite_compressed = vmdk_pwrite_compressed,
     .cluster_size = vmdk_cluster_size,
     .needs_compressed_writes = vmdk_needs_compressed,
+    .compress_cluster = vmdk_compress_grain,
+    .store_compressed = vmdk_store_compressed,
 };
 VD_DRIVER_REGISTER(vmdk_driver)

@@ -131,6 +131,9 @@ int vmdk_alloc_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf);
 int vmdk_zero_grain(vd_node *n, uint64_t off);
 int vmdk_read_backing(vd_node *n, uint64_t off, uint64_t len, void *buf);
 int vmdk_write_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+int vmdk_compress_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *olen);
+int vmdk_store_grain(vd_node *n, uint64_t off, uint64_t len, const void *data, size_t dlen);
 void vmdk_free_extents(struct vmdk_state *s);
 
 /* create.c */
