@@ -319,6 +319,22 @@ def test_stream_optimized_laid_out_as_qemu(tmp_path, opts):
     assert_same_files(tmp_path / "v", tmp_path / "q")
 
 
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "twoGbMaxExtentSparse"])
+def test_compress_into_uncompressed_extents(tmp_path, subformat):
+    """convert -c into extents that do not compress stores the grains as
+    they are, in order, as qemu-img does."""
+    src = tmp_path / "src.raw"
+    data = bytearray(os.urandom(3 * M + 512))
+    data[M:M + 128 * K] = bytes(128 * K)
+    open(src, "wb").write(data)
+    for side, tool in (("v", vimg), ("q", qimg)):
+        (tmp_path / side).mkdir()
+        tool("convert", "-c", "-f", "raw", "-O", "vmdk", "-o", "subformat=" + subformat,
+             src, tmp_path / side / "i.vmdk", check=True)
+    assert qimg("compare", tmp_path / "v" / "i.vmdk", src).returncode == 0
+    assert_same_files(tmp_path / "v", tmp_path / "q")
+
+
 @pytest.mark.parametrize("zeroed", ["off", "on"])
 def test_vdisk_writes_same_image(tmp_path, zeroed):
     """The same writes through vdisk-io and qemu-io make the same image."""

@@ -223,13 +223,43 @@ static int vmdk_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const 
     return vmdk_pwrite(n, off, len, buf, 0);
 }
 
-/* A streamOptimized grain compressed by the caller (store_compressed). */
+/* Is guest byte off in a compressed (streamOptimized) extent?  1 yes, 0
+ * no, <0 on error. */
+static int in_compressed(vd_node *n, uint64_t off, uint64_t len)
+{
+    struct vmdk_map m;
+    int r = vmdk_lookup(n, off, len, &m);
+
+    return r < 0 ? r : m.ext->compressed;
+}
+
+/* compress_cluster: a grain of a streamOptimized extent; other extents
+ * store compressed writes as they are (as QEMU), so the bytes are kept. */
+static int vmdk_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                                 void *out, size_t *olen)
+{
+    int r = in_compressed(n, off, len);
+
+    if (r != 0)
+        return r < 0 ? r : vmdk_compress_grain(n, off, len, buf, out, olen);
+    memcpy(out, buf, len);
+    *olen = len;
+    return 0;
+}
+
+/* store_compressed: what vmdk_compress_cluster made. */
 static int vmdk_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
                                  size_t dlen)
 {
-    int r = vmdk_store_grain(n, off, len, data, dlen);
+    int r = in_compressed(n, off, len);
 
-    return r < 0 ? r : note_write(n);
+    if (r == 0)
+        return dlen == len ? vmdk_pwrite(n, off, len, data, 0)
+                           : vd_error(EINVAL, "vmdk: %zu bytes for a %" PRIu64 "-byte "
+                                      "uncompressed write", dlen, len);
+    if (r > 0 && (r = vmdk_store_grain(n, off, len, data, dlen)) >= 0)
+        r = note_write(n);
+    return r;
 }
 
 static int vmdk_flush(vd_node *n)
@@ -417,7 +447,7 @@ static const struct vd_driver vmdk_driver = {
     .pwrite_compressed = vmdk_pwrite_compressed,
     .cluster_size = vmdk_cluster_size,
     .needs_compressed_writes = vmdk_needs_compressed,
-    .compress_cluster = vmdk_compress_grain,
+    .compress_cluster = vmdk_compress_cluster,
     .store_compressed = vmdk_store_compressed,
 };
 VD_DRIVER_REGISTER(vmdk_driver)
