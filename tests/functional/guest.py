@@ -25,9 +25,8 @@ import warnings
 
 import pytest
 
-from conftest import TOP
-
-MKGUEST = os.path.join(TOP, "tests", "guest", "mkguest")
+MKGUEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "guest", "mkguest")
 QEMU = shutil.which("qemu-system-x86_64")
 # The modules every guest loads: virtio and 9p for the shared folder.
 BASE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
@@ -284,3 +283,22 @@ def start_guest(tmp_path_factory, programs, modules):
               programs, modules)
     g.start()
     return g
+
+
+# What the session's guest holds: the programs (those that exist) and the
+# modules the guest tests need.
+GUEST_MODULES = ["nbd"]
+
+
+def guest_programs():
+    from nbd_helpers import VDISK_NBD
+    return [p for p in (VDISK_NBD, shutil.which("qemu-nbd")) if p and os.path.exists(p)]
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory):
+    """The session's guest (see the top of this file)."""
+    g = start_guest(tmp_path_factory, guest_programs(), GUEST_MODULES)
+    print("test guest up in %.1f s (%s)" % (g.boot_seconds, g.accel))
+    yield g
+    g.close()
