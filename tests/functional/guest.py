@@ -32,8 +32,9 @@ QEMU = shutil.which("qemu-system-x86_64")
 BASE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
 # Passed on to the commands run in the guest (the sanitizer build's).
 PASSED_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "VDISK_SANITIZED")
-# Seconds a KVM guest may take to come up before TCG is tried instead.
-KVM_LIMIT = 10
+# Seconds a KVM guest's kernel may take to print its banner (early, on
+# the serial line) before TCG is tried instead.
+KVM_LIMIT = 8
 
 
 def kvm_usable():
@@ -177,7 +178,7 @@ class Guest:
                 "-machine", "q35", "-accel", accel] + cpu + [
                 "-m", "512", "-smp", "1",
                 "-kernel", vmlinuz, "-initrd", initrd,
-                "-append", "console=ttyS0 panic=-1 quiet loglevel=4 "
+                "-append", "console=ttyS0 earlyprintk=serial,ttyS0 loglevel=6 panic=-1 "
                            "vdisk.share=%s vdisk.ctl=%s" % (self.share, self.ctl),
                 "-serial", "file:" + self.console, "-monitor", "none",
                 "-fsdev", "local,id=share,security_model=none,path="
@@ -186,7 +187,7 @@ class Guest:
 
     def start(self):
         """Boot: with KVM when /dev/kvm is there and works (a guest up in
-        seconds), else, or when the KVM guest does not come up within
+        seconds), else, or when the kernel under KVM does not start within
         KVM_LIMIT seconds (nested KVM can hang), with TCG."""
         vmlinuz, kver = find_kernel(self.modules)
         if vmlinuz is None:
@@ -197,24 +198,32 @@ class Guest:
         why = []
         for accel in accels:
             self.accel, self.slow = accel, 1 if accel == "kvm" else 10
-            limit = KVM_LIMIT if accel == "kvm" and len(accels) > 1 else 60 * self.slow
             t0 = time.monotonic()
-            if self.boot(vmlinuz, initrd, accel, limit):
+            if self.boot(vmlinuz, initrd, accel, accel == "kvm" and len(accels) > 1):
                 self.boot_seconds = time.monotonic() - t0
                 return
             why.append("%s: %s\n%s" % (accel, self.qemu_log(), self.console_tail()))
         raise GuestError("the guest did not boot\n" + "\n".join(why))
 
-    def boot(self, vmlinuz, initrd, accel, limit):
+    def kernel_started(self):
+        try:
+            with open(self.console, "rb") as f:
+                return b"Linux version" in f.read()
+        except OSError:
+            return False
+
+    def boot(self, vmlinuz, initrd, accel, probe):
         """Start QEMU and wait for the agent: True, or False with QEMU
-        stopped."""
+        stopped.  probe: give up early if the kernel does not start."""
         t0 = time.monotonic()
         with open(os.path.join(self.workdir, "qemu.log"), "w") as log:
             self.proc = subprocess.Popen(self.qemu_args(vmlinuz, initrd, accel),
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT)
         while not os.path.exists(os.path.join(self.ctl, "ready")):
-            if self.proc.poll() is not None or time.monotonic() - t0 > limit:
+            late = time.monotonic() - t0 > 60 * self.slow or (
+                probe and time.monotonic() - t0 > KVM_LIMIT and not self.kernel_started())
+            if self.proc.poll() is not None or late:
                 if self.proc.poll() is None:
                     self.proc.kill()
                 self.proc.wait()
