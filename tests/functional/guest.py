@@ -14,6 +14,7 @@ stderr.  One guest per session (per xdist worker that needs one), started
 at first use, powered off at the end."""
 import glob
 import itertools
+import lzma
 import os
 import re
 import shlex
@@ -22,6 +23,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+import zlib
 
 import pytest
 
@@ -34,7 +36,7 @@ BASE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
 PASSED_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "VDISK_SANITIZED")
 # Seconds a KVM guest's kernel may take to print its banner (early, on
 # the serial line) before TCG is tried instead.
-KVM_LIMIT = 8
+KVM_LIMIT = 5
 
 
 def kvm_usable():
@@ -71,6 +73,28 @@ def find_kernel(modules):
     return vmlinuz, kver
 
 
+def unpacked_kernel(vmlinuz, out):
+    """Write to out the ELF vmlinux inside the bzImage vmlinuz (xz or gzip
+    compressed): QEMU boots it directly (PVH entry, CONFIG_PVH), where the
+    bzImage's own decompressor takes some 20 s under TCG.  out, or None."""
+    with open(vmlinuz, "rb") as f:
+        data = f.read()
+    for magic, new in ((b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
+                       (b"\x1f\x8b\x08", lambda: zlib.decompressobj(31))):
+        off = data.find(magic)
+        while off >= 0:
+            try:
+                elf = new().decompress(data[off:])
+            except (lzma.LZMAError, zlib.error):
+                elf = b""
+            if elf[:4] == b"\x7fELF":
+                with open(out, "wb") as f:
+                    f.write(elf)
+                return out
+            off = data.find(magic, off + 1)
+    return None
+
+
 def unavailable(modules):
     """Why a guest with these modules cannot be booted here, or None."""
     if QEMU is None:
@@ -83,6 +107,14 @@ def unavailable(modules):
 
 class GuestError(AssertionError):
     pass
+
+
+def die_with_parent():
+    """In QEMU's process before exec: SIGKILL when pytest goes away, so no
+    guest outlives a killed test run (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
 
 
 class Job:
@@ -193,16 +225,22 @@ class Guest:
         if vmlinuz is None:
             raise GuestError(kver)
         initrd = self.initramfs(kver)
+        kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")), vmlinuz]
         forced = os.environ.get("VDISK_GUEST_ACCEL")
         accels = [forced] if forced else ["kvm", "tcg"] if kvm_usable() else ["tcg"]
         why = []
         for accel in accels:
             self.accel, self.slow = accel, 1 if accel == "kvm" else 10
-            t0 = time.monotonic()
-            if self.boot(vmlinuz, initrd, accel, accel == "kvm" and len(accels) > 1):
-                self.boot_seconds = time.monotonic() - t0
-                return
-            why.append("%s: %s\n%s" % (accel, self.qemu_log(), self.console_tail()))
+            for kernel in filter(None, kernels):
+                t0 = time.monotonic()
+                if self.boot(kernel, initrd, accel, accel == "kvm" and len(accels) > 1):
+                    self.boot_seconds = time.monotonic() - t0
+                    return
+                why.append("%s %s: %s\n%s" % (accel, kernel, self.qemu_log(),
+                                               self.console_tail()))
+                if self.proc.returncode <= 0 or self.kernel_started():
+                    break               # killed or booted and failed: next accel
+                # QEMU refused this kernel: try the next one
         raise GuestError("the guest did not boot\n" + "\n".join(why))
 
     def kernel_started(self):
@@ -219,7 +257,8 @@ class Guest:
         with open(os.path.join(self.workdir, "qemu.log"), "w") as log:
             self.proc = subprocess.Popen(self.qemu_args(vmlinuz, initrd, accel),
                                          stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=subprocess.STDOUT)
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=die_with_parent)
         while not os.path.exists(os.path.join(self.ctl, "ready")):
             late = time.monotonic() - t0 > 60 * self.slow or (
                 probe and time.monotonic() - t0 > KVM_LIMIT and not self.kernel_started())
