@@ -175,6 +175,44 @@ class Job:
         return p
 
 
+class KvmProbe:
+    """A kernel started under KVM alone, to see whether it gets as far as
+    its banner within KVM_LIMIT seconds."""
+
+    def __init__(self, vmlinuz, workdir):
+        self.log = os.path.join(workdir, "kvm-probe.log")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [QEMU, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+             "-machine", "q35", "-accel", "kvm", "-m", "256", "-kernel", vmlinuz,
+             "-append", "console=ttyS0 earlyprintk=serial,ttyS0 loglevel=6 panic=-1",
+             "-serial", "file:" + self.log, "-monitor", "none"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.verdict = None
+
+    def banner(self):
+        try:
+            with open(self.log, "rb") as f:
+                return b"Linux version" in f.read()
+        except OSError:
+            return False
+
+    def works(self):
+        """Wait for the banner (or the limit), stop the probe: True if seen."""
+        while self.verdict is None:
+            if self.banner():
+                self.verdict = True
+            elif self.proc.poll() is not None or time.monotonic() - self.t0 > KVM_LIMIT:
+                self.verdict = self.banner()
+            else:
+                time.sleep(0.02)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        return self.verdict
+
+
 class Guest:
     """The QEMU process and its control folder."""
 
@@ -188,16 +226,14 @@ class Guest:
         self.proc = None
         self.boot_seconds = None
 
-    def initramfs(self, kver):
+    def mkguest(self, kver):
+        """Start tests/guest/mkguest: (its process, the initramfs it writes)."""
         out = os.path.join(self.workdir, "initramfs.cpio.gz")
         args = [MKGUEST, "-k", kver, "-o", out]
         for m in self.modules:
             args += ["-m", m]
-        p = subprocess.run(args + self.programs, capture_output=True, text=True,
-                           timeout=300)
-        if p.returncode != 0:
-            raise GuestError("mkguest failed: %s" % p.stderr)
-        return out
+        return subprocess.Popen(args + self.programs, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True), out
 
     def qemu_args(self, vmlinuz, initrd, accel):
         for path in (self.share, self.ctl):
@@ -219,21 +255,31 @@ class Guest:
 
     def start(self):
         """Boot: with KVM when /dev/kvm is there and works (a guest up in
-        seconds), else, or when the kernel under KVM does not start within
-        KVM_LIMIT seconds (nested KVM can hang), with TCG."""
+        seconds), else with TCG.  Whether KVM works (nested KVM can hang
+        before the kernel starts) is probed while the initramfs is built."""
         vmlinuz, kver = find_kernel(self.modules)
         if vmlinuz is None:
             raise GuestError(kver)
-        initrd = self.initramfs(kver)
-        kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")), vmlinuz]
         forced = os.environ.get("VDISK_GUEST_ACCEL")
-        accels = [forced] if forced else ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+        probe = KvmProbe(vmlinuz, self.workdir) if not forced and kvm_usable() else None
+        mk, initrd = self.mkguest(kver)
+        kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")), vmlinuz]
+        try:
+            out, _ = mk.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            mk.kill()
+            out, _ = mk.communicate()
+        if mk.returncode != 0:
+            if probe:
+                probe.works()
+            raise GuestError("mkguest failed: %s" % out)
+        accels = [forced] if forced else ["kvm", "tcg"] if probe and probe.works() else ["tcg"]
         why = []
         for accel in accels:
             self.accel, self.slow = accel, 1 if accel == "kvm" else 10
             for kernel in filter(None, kernels):
                 t0 = time.monotonic()
-                if self.boot(kernel, initrd, accel, accel == "kvm" and len(accels) > 1):
+                if self.boot(kernel, initrd, accel, accel == "kvm" and not forced):
                     self.boot_seconds = time.monotonic() - t0
                     return
                 why.append("%s %s: %s\n%s" % (accel, kernel, self.qemu_log(),
