@@ -102,7 +102,8 @@ def unavailable(modules):
     for prog, pkg in (("busybox", "busybox-static"), ("cpio", "cpio")):
         if shutil.which(prog) is None:
             return "%s is not installed (package %s)" % (prog, pkg)
-    return find_kernel(modules)[1] if find_kernel(modules)[0] is None else None
+    vmlinuz, why = find_kernel(modules)
+    return why if vmlinuz is None else None
 
 
 class GuestError(AssertionError):
@@ -262,18 +263,20 @@ class Guest:
             raise GuestError(kver)
         forced = os.environ.get("VDISK_GUEST_ACCEL")
         probe = KvmProbe(vmlinuz, self.workdir) if not forced and kvm_usable() else None
-        mk, initrd = self.mkguest(kver)
-        kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")), vmlinuz]
         try:
-            out, _ = mk.communicate(timeout=300)
-        except subprocess.TimeoutExpired:
-            mk.kill()
-            out, _ = mk.communicate()
+            mk, initrd = self.mkguest(kver)
+            kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")),
+                       vmlinuz]
+            try:
+                out, _ = mk.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                mk.kill()
+                out, _ = mk.communicate()
+        finally:
+            kvm = probe.works() if probe else False
         if mk.returncode != 0:
-            if probe:
-                probe.works()
             raise GuestError("mkguest failed: %s" % out)
-        accels = [forced] if forced else ["kvm", "tcg"] if probe and probe.works() else ["tcg"]
+        accels = [forced] if forced else ["kvm", "tcg"] if kvm else ["tcg"]
         why = []
         for accel in accels:
             self.accel, self.slow = accel, 1 if accel == "kvm" else 10
@@ -359,6 +362,11 @@ class Guest:
                 self.proc.kill()
                 self.proc.wait()
         shutil.rmtree(self.ctl, ignore_errors=True)
+        for big in ("vmlinux", "initramfs.cpio.gz"):     # the logs stay
+            try:
+                os.unlink(os.path.join(self.workdir, big))
+            except OSError:
+                pass
 
 
 def skip_without_guest(modules):
