@@ -11,7 +11,10 @@ same path, so a test's tmp_path names the same files on both sides.
 Commands go through a control folder in it (see tests/guest/agent) and
 come back as CompletedProcess objects with the exit status, stdout and
 stderr.  One guest per session (per xdist worker that needs one), started
-at first use, powered off at the end."""
+at first use, powered off at the end: mark the tests that use it
+@pytest.mark.xdist_group("guest") (scripts/check runs --dist loadgroup)
+so they all go to one worker.  Tests of another kernel feature add its
+modules to GUEST_MODULES and its programs to guest_programs()."""
 import glob
 import itertools
 import lzma

@@ -197,10 +197,12 @@ def names(text, prog, work):
 
 
 def detach(m, prog, dev, pid=None):
-    """prog -d dev; make sure the process that served dev is gone."""
+    """prog -d dev; make sure the process that served dev (pid, if known)
+    is gone and the device is free again."""
     d = m.run(sh(prog, "-d", dev), 20)
     if pid and m.run(until(m, "[ ! -e /proc/%d ]" % pid)).returncode != 0:
         m.run("kill -9 %d" % pid)
+    m.run(until(m, "[ ! -e /sys/block/%s/pid ]" % os.path.basename(dev)))
     return d
 
 
