@@ -218,6 +218,7 @@ def attach_io_detach(m, prog, dev, work):
         r = m.run(until(m, '[ "$(cat /sys/block/%s/size)" = 8192 ]' % name)
                   + "; cat /sys/block/%s/size" % name)
         o["size"] = r.stdout.split()
+        m.run(until(m, "[ -s %s ]" % shlex.quote(str(pidf))))
         pid = int(pidf.read_text())
         # The device names the thread in NBD_DO_IT (qemu-nbd's is not its
         # main thread): one of the pid file's process.
