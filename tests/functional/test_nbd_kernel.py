@@ -214,6 +214,8 @@ def attach_io_detach(m, prog, dev, work):
     name, pid, o = os.path.basename(dev), None, {}
     c = m.run(sh(prog, "-c", dev, "-f", "raw", "--pid-file", pidf, img), 20)
     o["connect"] = (c.returncode, c.stdout, names(c.stderr, prog, work))
+    if c.returncode != 0:
+        return o
     try:
         r = m.run(until(m, '[ "$(cat /sys/block/%s/size)" = 8192 ]' % name)
                   + "; cat /sys/block/%s/size" % name)
