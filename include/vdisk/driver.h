@@ -89,7 +89,8 @@ struct vd_driver {
      * cluster size or the tail of the image); data that does not shrink is
      * stored uncompressed.  NULL: the format cannot compress. */
     int (*pwrite_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *buf);
-    /* Cluster size qemu-img info prints at top level (0 / NULL: none). */
+    /* Cluster size qemu-img info prints at top level (0 / NULL: none;
+     * negative: QEMU's get_info fails, so info shows no dirty flag). */
     int64_t (*cluster_size)(vd_node *n);
     /* The image's dirty flag (info's "dirty-flag"). */
     bool (*is_dirty)(vd_node *n);

@@ -216,8 +216,6 @@ static int add_line_extent(vd_node *n, struct ext_line *l, int depth)
     vd_node *f = NULL;
     int r;
 
-    if (!strcmp(l->type, "SESPARSE") || !strcmp(l->type, "VMFSSPARSE"))
-        return vd_error(ENOTSUP, "vmdk: %s extents are not supported", l->type);
     if ((flat && (uint64_t)l->flat_offset >= (1ull << 54)) ||
         (uint64_t)l->sectors >= (1ull << 54))
         return vd_error(EINVAL, "vmdk: extent '%s' is too large", l->fname);
@@ -226,6 +224,8 @@ static int add_line_extent(vd_node *n, struct ext_line *l, int depth)
     if (flat)
         r = vmdk_add_flat(n, f, l->type, (uint64_t)l->sectors,
                           (uint64_t)l->flat_offset * VMDK_SECTOR);
+    else if (!strcmp(l->type, "SESPARSE"))
+        r = vmdk_add_sesparse(n, f, l->type);
     else
         r = vmdk_add_sparse(n, f, true, l->type, depth + 1);
     if (r < 0)
@@ -299,6 +299,13 @@ static bool parse_hex(const char *p, uint32_t *out)
     return true;
 }
 
+/* An open that fails with EINVAL and no message of its own: QEMU's block
+ * layer names the file then. */
+static int open_einval(vd_node *n)
+{
+    return vd_error(EINVAL, "Could not open '%s': Invalid argument", n->filename);
+}
+
 /* The CID and parent CID (the first "CID" and "parentCID" in the text). */
 int vmdk_read_cids(vd_node *n)
 {
@@ -312,7 +319,7 @@ int vmdk_read_cids(vd_node *n)
         free(buf);
         return r;
     }
-    r = vd_error(EINVAL, "Invalid argument");
+    r = open_einval(n);
     if ((p = strstr(buf, "CID")) && parse_hex(p + 4, &s->cid) &&
         (p = strstr(buf, "parentCID")) && parse_hex(p + 10, &s->parent_cid)) {
         vd_error_clear();
@@ -336,7 +343,7 @@ int vmdk_parent_hint(vd_node *n)
         goto out;
     p += strlen("parentFileNameHint") + 2;
     if (p > buf + VMDK_DESC_SIZE || !(e = strchr(p, '"')) || e - p > 4095) {
-        r = vd_error(EINVAL, "Invalid argument");
+        r = open_einval(n);
         goto out;
     }
     *e = 0;

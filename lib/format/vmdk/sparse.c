@@ -60,7 +60,7 @@ struct vmdk_extent *vmdk_new_extent(vd_node *n)
 }
 
 /* Account a new extent (the last one) in the disk size. */
-static int commit_extent(vd_node *n, struct vmdk_extent *e)
+int vmdk_commit_extent(vd_node *n, struct vmdk_extent *e)
 {
     struct vmdk_state *s = n->state;
     uint64_t bytes, end;
@@ -88,7 +88,7 @@ int vmdk_add_flat(vd_node *n, vd_node *f, const char *type, uint64_t sectors,
     e->sectors = sectors;
     e->flat_offset = offset;
     snprintf(e->type, sizeof(e->type), "%s", type);
-    return commit_extent(n, e);
+    return vmdk_commit_extent(n, e);
 }
 
 /* The header fields, host order. */
@@ -255,8 +255,8 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
         return r;
     memcpy(h, text, 4);
     free(text);
-    if (h[0] == 'C' && h[1] == 'O' && h[2] == 'W' && h[3] == 'D')
-        return vd_error(ENOTSUP, "vmdk: VMDK3 (COWD) sparse extents are not supported");
+    if (!memcmp(h, "COWD", 4))
+        return vmdk_add_cowd(n, f, own, type);
     if (memcmp(h, "KDMV", 4))
         return vd_error(EINVAL, "Image not in VMDK format");
     if ((r = read_padded(f, 0, sizeof(h), h)) < 0)
@@ -285,7 +285,7 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
     snprintf(e->type, sizeof(e->type), "%s", type);
     r = setup_sparse(e, &hd, gd_entries, (uint64_t)flen);
     if (r >= 0)
-        r = commit_extent(n, e);
+        r = vmdk_commit_extent(n, e);
     if (r < 0) {
         free(e->gd);
         free(e->rgd);
@@ -303,6 +303,7 @@ void vmdk_free_extents(struct vmdk_state *s)
         struct vmdk_extent *e = &s->ext[i];
         free(e->gd);
         free(e->rgd);
+        vmdk_se_free(e->se);
         for (unsigned k = 0; k < VMDK_GT_CACHE; k++)
             free(e->cache[k].e);
         if (e->own_file)
@@ -396,6 +397,8 @@ static int map_sparse(struct vmdk_state *s, struct vmdk_extent *e, uint64_t off,
     uint32_t sec = 0, first = 0;
     int r;
 
+    if (e->se)
+        return vmdk_se_map(s, e, off, len, m);
     pthread_mutex_lock(&s->lock);
     r = grain_entry(e, g, &m->kind, &first);
     m->bytes = VD_MIN(len, gb - in);
