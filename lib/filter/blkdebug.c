@@ -63,7 +63,8 @@ static const char *const bd_events[] = {
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write",
     "cluster_alloc_space", "none",
     /* vdisk's own points, where QEMU has no event name. */
-    "header_update", NULL,
+    "header_update", "vmdk_grain_write", "vmdk_gt_update", "vmdk_rgt_update",
+    "vmdk_desc_update", NULL,
 };
 
 static const char *const bd_iotypes[] = {

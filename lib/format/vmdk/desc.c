@@ -384,8 +384,10 @@ int vmdk_update_cid(vd_node *n)
     r = flen < 0 ? (int)flen : 0;
     if (r >= 0 && (uint64_t)flen < s->desc_offset + wlen)
         r = vd_truncate(n->file, s->desc_offset + wlen, true, VD_PREALLOC_OFF);
-    if (r >= 0)
+    if (r >= 0) {
+        vd_event(n->file, "vmdk_desc_update");
         r = vd_pwrite(n->file, s->desc_offset, wlen, buf, 0);
+    }
     if (r >= 0)
         r = vd_flush(n->file);
     if (r >= 0)

@@ -6,7 +6,13 @@
  *
  * Invariants:
  *  1. A grain table entry is written only after the grain's bytes are on
- *     disk (whole grain: data, then zeroes or backing data around it).
+ *     disk (whole grain: data, then zeroes or backing data around it; the
+ *     file grown and flushed before the entry goes out, so no power loss
+ *     leaves an entry pointing past the end of the file or at bytes never
+ *     written).  The entry, then its redundant copy, then a flush (as
+ *     QEMU); the directories never change (tables are preallocated).
+ *     Each step is named by an event (vmdk_grain_write, vmdk_gt_update,
+ *     vmdk_rgt_update) for fault injection.
  *  2. Allocation runs under alloc_lock, one grain at a time; next_grain
  *     only grows.  s->lock guards the grain table cache and is held for
  *     metadata only, never across guest data I/O.
@@ -524,6 +530,7 @@ static int set_gte(vd_node *n, struct vmdk_extent *e, uint64_t g, uint32_t value
         if (!range_ok(at, 4, e->file_len))
             return vd_error(EIO, "vmdk: grain table at sector %" PRIu32 " lies beyond the "
                             "end of the file", secs[i]);
+        vd_event(e->file, i ? "vmdk_rgt_update" : "vmdk_gt_update");
         if ((r = vd_pwrite(e->file, at, 4, v, 0)) < 0)
             return r;
     }
@@ -547,17 +554,21 @@ static int take_sectors(struct vmdk_extent *e, uint64_t sectors, uint64_t *out)
     return 0;
 }
 
-/* Write bytes at host offset at, growing the known file length. */
+/* Write a new grain's bytes at host offset at, growing the known file
+ * length, and flush them (invariant 1: before the table entry). */
 static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
 {
     int r;
 
+    vd_event(e->file, "vmdk_grain_write");
     if (at + len > e->file_len) {
         if ((r = vd_truncate(e->file, at + len, true, VD_PREALLOC_OFF)) < 0)
             return vd_error_prefix(r, "vmdk: could not grow '%s'", e->file->filename);
         e->file_len = at + len;
     }
-    return vd_pwrite(e->file, at, len, buf, 0);
+    if ((r = vd_pwrite(e->file, at, len, buf, 0)) < 0)
+        return r;
+    return vd_flush(e->file);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an
