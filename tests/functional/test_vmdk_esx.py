@@ -354,3 +354,16 @@ def test_hostile_esx(tmp_path, kind):
     for f in os.listdir(tmp_path):         # the image files did not balloon
         if f != "out.raw":
             assert os.path.getsize(tmp_path / f) < 1 << 34
+
+
+@pytest.mark.parametrize("kind,cmd", [
+    ("se_vol_wraps", "info"), ("se_gd_offset_wraps", "info"), ("se_capacity_huge", "info"),
+    ("se_bad_entry_type", "check"), ("se_bad_unalloc", "check"),
+    ("cowd_capacity_huge", "check"),
+])
+def test_hostile_esx_as_qemu(tmp_path, kind, cmd):
+    """Where qemu-img fails cleanly on a hostile extent, vdisk says the same."""
+    name = HOSTILE[kind](tmp_path)
+    q, v = sh([cmd, name], tmp_path), sh([cmd, name], tmp_path, VDISK_IMG, limited=True)
+    assert q.returncode, q.stdout
+    assert_same_run(q, v)

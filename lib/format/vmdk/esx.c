@@ -56,7 +56,10 @@ static int read_dir(vd_node *f, uint64_t off_sect, uint64_t count, unsigned size
     uint8_t *raw;
     int r;
 
-    if (off_sect >= (1ull << 54) || !range_ok(off_sect * VMDK_SECTOR, bytes, file_len))
+    if (off_sect >= (1ull << 54))      /* a negative offset for QEMU */
+        return vd_error(EIO, "Could not read l1 table from extent '%s': Input/output error",
+                        f->filename);
+    if (!range_ok(off_sect * VMDK_SECTOR, bytes, file_len))
         return vd_error(EINVAL, "vmdk: grain directory (%" PRIu64 " entries at sector %"
                         PRIu64 ") lies outside the file", count, off_sect);
     if (!(raw = malloc(bytes ? bytes : 1)))
@@ -181,9 +184,9 @@ static int se_check_volatile(vd_node *f, uint64_t vol)
     uint8_t b[VMDK_SECTOR];
     int r;
 
-    if (vol >= (1ull << 54))
-        return vd_error(EINVAL, "Could not read volatile header from file '%s': Invalid "
-                        "argument", f->filename);
+    if (vol >= (1ull << 54))           /* a negative offset for QEMU */
+        return vd_error(EIO, "Could not read volatile header from file '%s': Input/output "
+                        "error", f->filename);
     if ((r = read_zfill(f, vol * VMDK_SECTOR, sizeof(b), b)) < 0)
         return vd_error(-r, "Could not read volatile header from file '%s'", f->filename);
     if (vmdk_le64(b) != SE_VOL_MAGIC)
@@ -229,8 +232,9 @@ static int se_load_dir(vd_node *f, const uint64_t *v, struct vmdk_se *se, uint64
     return 0;
 }
 
-/* Read and check both headers and the directory. */
-static int se_open(vd_node *f, struct vmdk_se *se, uint64_t *capacity)
+/* Read and check both headers and the directory; the capacity and the
+ * file's length out. */
+static int se_open(vd_node *f, struct vmdk_se *se, uint64_t *capacity, uint64_t *file_len)
 {
     uint8_t b[VMDK_SECTOR];
     uint64_t v[SE_FIELDS];
@@ -239,6 +243,7 @@ static int se_open(vd_node *f, struct vmdk_se *se, uint64_t *capacity)
 
     if (flen < 0)
         return (int)flen;
+    *file_len = (uint64_t)flen;
     if ((r = read_zfill(f, 0, sizeof(b), b)) < 0)
         return vd_error(-r, "Could not read const header from file '%s'", f->filename);
     for (int i = 0; i < SE_FIELDS; i++)
@@ -255,14 +260,14 @@ int vmdk_add_sesparse(vd_node *n, vd_node *f, const char *type)
 {
     struct vmdk_se *se;
     struct vmdk_extent *e;
-    uint64_t cap = 0;
+    uint64_t cap = 0, flen = 0;
     int r;
 
     if (n->flags & VD_O_RDWR)
         return vd_error(EACCES, "No write support for seSparse images available");
     if (!(se = calloc(1, sizeof(*se))))
         return vd_error(ENOMEM, "out of memory");
-    if ((r = se_open(f, se, &cap)) < 0 || !(e = vmdk_new_extent(n))) {
+    if ((r = se_open(f, se, &cap, &flen)) < 0 || !(e = vmdk_new_extent(n))) {
         vmdk_se_free(se);
         return r < 0 ? r : -EINVAL;
     }
@@ -272,7 +277,7 @@ int vmdk_add_sesparse(vd_node *n, vd_node *f, const char *type)
     e->sectors = cap;
     e->grain_sectors = SE_GRAIN_SECT;
     e->gtes = SE_GTES;
-    e->file_len = (uint64_t)vd_getlength(f);
+    e->file_len = flen;
     snprintf(e->type, sizeof(e->type), "%s", type);
     if ((r = vmdk_commit_extent(n, e)) < 0) {
         vmdk_se_free(se);

@@ -73,7 +73,7 @@ int vmdk_commit_extent(vd_node *n, struct vmdk_extent *e)
 
     if (MUL_OVERFLOW(e->sectors, (uint64_t)VMDK_SECTOR, &bytes) ||
         ADD_OVERFLOW(s->size, bytes, &end) || end > (uint64_t)INT64_MAX)
-        return vd_error(EFBIG, "vmdk: the extents add up to more than 8 EiB");
+        return vd_error(EFBIG, "Could not refresh total sector count: File too large");
     e->start = s->size;
     s->size = end;
     s->n_ext++;

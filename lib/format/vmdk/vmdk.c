@@ -357,7 +357,8 @@ static int vmdk_info(vd_node *n, struct vd_json *d)
 }
 
 /* qemu-img check: every grain that maps data must start inside its file;
- * the first problem ends the walk.  No repairs (as QEMU). */
+ * the first problem ends the walk (a table that cannot be read fails the
+ * check with EPERM, QEMU's -1).  No repairs (as QEMU). */
 static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
 {
     struct vmdk_state *s = n->state;
@@ -370,8 +371,8 @@ static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
         if ((r = vmdk_lookup(n, off, s->size - off, &m)) < 0) {
             fprintf(stderr, "ERROR: could not get cluster_offset for sector %" PRIu64 "\n",
                     off / VMDK_SECTOR);
-            res->corruptions++;
-            return 0;
+            vd_error_clear();
+            return -EPERM;
         }
         if (m.kind == VMDK_DATA && !m.ext->flat && m.grain_host >= m.ext->file_len) {
             fprintf(stderr, "ERROR: cluster offset for sector %" PRIu64 " points after EOF\n",
