@@ -45,10 +45,17 @@ def assert_same_run(q, v):
     assert v.returncode == q.returncode, (q.returncode, v.returncode, v.stderr)
 
 
-def chain(d):
+def chain(d, base_sub=None):
     """base.vmdk (vmdk data) <- mid.vmdk <- top.vmdk, plus other bases."""
-    sh(["create", "-q", "-f", "vmdk", "base.vmdk", "4M"], d)
-    qio(d, "base.vmdk", "write -P 0x11 0 1M", "write -P 0x12 3M 64k")
+    if base_sub == "streamOptimized":
+        raw = d / "b.raw"
+        with open(raw, "wb") as f:
+            f.write(b"\x11" * (1 << 20) + bytes(3 << 20))
+        sh(["convert", "-q", "-O", "vmdk", "-o", "subformat=" + base_sub, raw, "base.vmdk"], d)
+    else:
+        sh(["create", "-q", "-f", "vmdk"] + (["-o", "subformat=" + base_sub] if base_sub
+                                             else []) + ["base.vmdk", "4M"], d)
+        qio(d, "base.vmdk", "write -P 0x11 0 1M", "write -P 0x12 3M 64k")
     sh(["create", "-q", "-f", "vmdk", "-b", "base.vmdk", "-F", "vmdk", "mid.vmdk"], d)
     qio(d, "mid.vmdk", "write -P 0x21 512k 128k")
     sh(["create", "-q", "-f", "vmdk", "-b", "mid.vmdk", "-F", "vmdk", "top.vmdk"], d)
@@ -145,6 +152,23 @@ def test_commit(tmp_path, args):
     overlay stays as QEMU leaves it (not emptied), the same messages."""
     q, v, qd, vd = both(tmp_path, chain, args)
     assert_same_run(q, v)
+    assert_same_images(qd, vd, IMAGES)
+
+
+@pytest.mark.parametrize("base_sub", ["monolithicFlat", "twoGbMaxExtentSparse",
+                                      "streamOptimized"])
+@pytest.mark.parametrize("args", [["commit", "mid.vmdk"], ["commit", "over.qcow2"]])
+def test_commit_into_subformats(tmp_path, base_sub, args):
+    """Commit into flat, split and streamOptimized vmdk bases.  QEMU
+    refuses to rewrite a streamOptimized grain: both fail, with the same
+    image left; the messages differ (QEMU's driver prints one line per
+    failed request, then "Block job failed"; vdisk names the offset)."""
+    q, v, qd, vd = both(tmp_path, lambda d: chain(d, base_sub), args)
+    if base_sub == "streamOptimized" and args[1] == "mid.vmdk":
+        assert q.returncode == v.returncode == 1, (q.stderr, v.stderr)
+        assert "Could not write to allocated cluster for streamOptimized" in q.stderr
+    else:
+        assert_same_run(q, v)
     assert_same_images(qd, vd, IMAGES)
 
 
