@@ -181,6 +181,10 @@ def bases(d):
     sh(["create", "-q", "-f", "raw", "b.raw", "4M"], d)
     sh(["create", "-q", "-f", "qcow2", "-u", "-b", "gone.qcow2", "-F", "qcow2", "m.qcow2",
         "4M"], d)
+    # a vmdk with a parent, and one whose parent is missing
+    sh(["create", "-q", "-f", "vmdk", "-b", "b.vmdk", "-F", "vmdk", "mv.vmdk"], d)
+    data = open(d / "mv.vmdk", "rb").read().replace(b'"b.vmdk"', b'"x.vmdk"', 1)
+    open(d / "mv2.vmdk", "wb").write(data)
     os.mkdir(d / "sub")
 
 
@@ -233,6 +237,9 @@ def test_create_backing(tmp_path, b, f, size, sub):
     ["create", "-f", "vmdk", "-u", "-b", "x.vmdk", "-F", "vmdk", "o.vmdk", "4M"],
     ["create", "-f", "vmdk", "-b", "o.vmdk", "-F", "vmdk", "o.vmdk", "4M"],
     ["create", "-f", "vmdk", "-b", "", "-F", "vmdk", "o.vmdk", "4M"],
+    ["create", "-f", "vmdk", "-b", "mv.vmdk", "-F", "vmdk", "sub/o.vmdk"],
+    ["create", "-f", "vmdk", "-b", "mv2.vmdk", "-F", "vmdk", "o.vmdk"],
+    ["create", "-f", "vmdk", "-u", "-b", "mv2.vmdk", "-F", "vmdk", "o.vmdk", "1M"],
 ])
 def test_create_backing_names(tmp_path, args):
     q, v, qd, vd = both(tmp_path, bases, args)
