@@ -9,7 +9,8 @@
  *     disk (whole grain: data, then zeroes or backing data around it; the
  *     file grown and flushed before the entry goes out, so no power loss
  *     leaves an entry pointing past the end of the file or at bytes never
- *     written).  The entry, then its redundant copy, then a flush (as
+ *     written; streamOptimized extents, written once by convert, skip
+ *     that flush).  The entry, then its redundant copy, then a flush (as
  *     QEMU); the directories never change (tables are preallocated).
  *     Each step is named by an event (vmdk_grain_write, vmdk_gt_update,
  *     vmdk_rgt_update) for fault injection.
@@ -555,7 +556,9 @@ static int take_sectors(struct vmdk_extent *e, uint64_t sectors, uint64_t *out)
 }
 
 /* Write a new grain's bytes at host offset at, growing the known file
- * length, and flush them (invariant 1: before the table entry). */
+ * length, and flush them (invariant 1: before the table entry) unless
+ * the extent is streamOptimized, which only convert writes, start to end
+ * (an image cut short there is incomplete anyway, as in QEMU). */
 static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
 {
     int r;
@@ -568,7 +571,7 @@ static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void
     }
     if ((r = vd_pwrite(e->file, at, len, buf, 0)) < 0)
         return r;
-    return vd_flush(e->file);
+    return e->compressed ? 0 : vd_flush(e->file);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an
