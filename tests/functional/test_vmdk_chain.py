@@ -195,7 +195,7 @@ CREATE_CASES = [
     for f in ["vmdk", "qcow2", None]
     for size in [None, "8M"]
     for sub in [None, "twoGbMaxExtentSparse"]
-    if sub is None or b in ("b.vmdk", "bs.vmdk")
+    if (sub is None or b in ("b.vmdk", "bs.vmdk")) and (size is None or f == "vmdk")
 ]
 
 
