@@ -203,7 +203,15 @@ def test_missing_parent_info_names_it(tmp_path):
 
 
 def limited(*args):
-    return run(LIMIT + [VDISK_IMG] + [str(a) for a in args], timeout=60)
+    """vdisk-img under prlimit (1 GiB of address space, 20 s of CPU);
+    sanitized builds (VDISK_SANITIZED) cap allocations through ASan."""
+    env = dict(os.environ)
+    prefix = LIMIT
+    if os.environ.get("VDISK_SANITIZED"):
+        env["ASAN_OPTIONS"] = env.get("ASAN_OPTIONS", "") + \
+            ":allocator_may_return_null=1:max_allocation_size_mb=1024"
+        prefix = []
+    return run(prefix + [VDISK_IMG] + [str(a) for a in args], timeout=60, env=env)
 
 
 def child_with(**kw):
