@@ -144,7 +144,8 @@ def test_writes_copy_on_write(chain):
     ops = [("0x55", M + 1000, 3000),          # never written: from the parent
            ("0x56", 2 * M + 512, 512),         # zero block
            ("0x57", 5 * M - 10, 20),           # crosses into a never-written block
-           ("0x58", 100, 4096)]                # allocated in the child
+           ("0x58", 100, 4096),                # allocated in the child
+           ("0x59", 3 * M, M)]                 # a whole never-written block
     for pat, off, ln in ops:
         vio(tmp / "c.vdi", "write %s %d %d" % (pat, off, ln))
         exp[off:off + ln] = bytes([int(pat, 16)]) * ln

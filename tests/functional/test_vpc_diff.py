@@ -179,6 +179,11 @@ def test_writes_copy_on_write(chain):
         exp[off:off + ln] = bytes([int(pat, 16)]) * ln
     assert raw_of(tmp / "c.vhd", tmp / "c.raw") == bytes(exp)
     assert sha(tmp / "p.vhd") == before
+    # the copies are in the child's file: qemu-img, which reads the child
+    # without its parent, reads the three written blocks the same
+    q = qimg("convert", "-O", "raw", tmp / "c.vhd", tmp / "q.raw")
+    assert q.returncode == 0, q.stderr
+    assert d.read(tmp / "q.raw")[:6 * M] == bytes(exp[:6 * M])
     # the written blocks no longer depend on the parent
     m = json.loads(vimg("map", "--output=json", tmp / "c.vhd").stdout)
     for e in m:
