@@ -302,3 +302,15 @@ def test_type4_without_parent_name_reads_as_qemu(tmp_path):
     assert q.returncode == 0
     assert raw_of(tmp_path / "c.vhd", tmp_path / "v.raw") == d.read(tmp_path / "q.raw")
     assert "backing file" not in vimg("info", tmp_path / "c.vhd").stdout
+
+
+def test_backing_loop_refused_for_any_format(tmp_path):
+    """The core refuses a backing file that is an image above it (qemu-img
+    7.2 recurses until it runs out of resources): two qcow2 images naming
+    each other."""
+    a, b = tmp_path / "a.qcow2", tmp_path / "b.qcow2"
+    qimg("create", "-q", "-f", "qcow2", b, "1M", check=True)
+    qimg("create", "-q", "-f", "qcow2", "-b", b, "-F", "qcow2", a, check=True)
+    qimg("rebase", "-u", "-b", a, "-F", "qcow2", b, check=True)
+    p = limited("convert", "-O", "raw", a, tmp_path / "o.raw")
+    assert p.returncode == 1 and "creates an infinite loop" in p.stderr, p.stderr
