@@ -303,7 +303,15 @@ static int open_parent(vd_node *n, int flags)
     }
     if (r < 0)
         return r;
-    r = vd_node_set_backing_name(n, name, "vdi");
+    /* "./" keeps a name such as "nbd:x.vdi" from naming a protocol */
+    if (strchr(name, ':')) {
+        char *dotted = NULL;
+        r = asprintf(&dotted, "./%s", name) < 0 ? vd_error(ENOMEM, "out of memory") : 0;
+        free(name);
+        name = dotted;
+    }
+    if (r >= 0)
+        r = vd_node_set_backing_name(n, name, "vdi");
     free(name);
     return r;
 }

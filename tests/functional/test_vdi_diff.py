@@ -256,3 +256,12 @@ def test_directory_scan_is_bounded(tmp_path):
         open(tmp_path / ("junk%04d.vdi" % i), "wb").close()
     p = limited("convert", "-O", "raw", tmp_path / "c.vdi", tmp_path / "o.raw")
     assert p.returncode == 0 or "is not among the .vdi files" in p.stderr, p.stderr
+
+
+def test_parent_name_with_colon_is_a_file(tmp_path):
+    """A parent file named like a protocol ("nbd:...") is opened as a file."""
+    parent = tmp_path / "nbd:localhost:1.vdi"
+    make_parent(parent)
+    d.make_vdi_child(parent, tmp_path / "c.vdi", {})
+    praw = raw_of(parent, tmp_path / "p.raw", "-f", "vdi")
+    assert raw_of(tmp_path / "c.vdi", tmp_path / "c.raw") == praw

@@ -314,3 +314,15 @@ def test_backing_loop_refused_for_any_format(tmp_path):
     qimg("rebase", "-u", "-b", a, "-F", "qcow2", b, check=True)
     p = limited("convert", "-O", "raw", a, tmp_path / "o.raw")
     assert p.returncode == 1 and "creates an infinite loop" in p.stderr, p.stderr
+
+
+def test_parent_name_with_colon_is_a_file(tmp_path):
+    """A relative locator that looks like a protocol ("nbd:...") names a
+    file beside the child."""
+    parent = tmp_path / "nbd:localhost:2.vhd"
+    make_parent(parent)
+    d.make_vhd_child(parent, tmp_path / "c.vhd", SECTORS,
+                     locators=[(d.W2RU, utf16le("nbd:localhost:2.vhd"))])
+    praw = raw_of(parent, tmp_path / "p.raw")
+    assert raw_of(tmp_path / "c.vhd", tmp_path / "c.raw") == \
+        d.vhd_expected(praw, SECTORS, len(praw))

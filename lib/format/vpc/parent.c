@@ -125,10 +125,14 @@ static char *url_to_path(const uint8_t *p, size_t len)
     return out;
 }
 
-/* Windows separators to '/'; NULL for a path on a drive letter or a
- * UNC share, which cannot name a file here. */
+/* Windows separators to '/', without leading "./"; NULL for a path on a
+ * drive letter or a UNC share, which cannot name a file here.  A name
+ * whose first component has a ':' keeps "./" so that it is not taken
+ * for a protocol prefix ("nbd:..."). */
 static char *unix_path(char *s)
 {
+    char *colon, *slash, *out;
+
     if (!s)
         return NULL;
     for (char *c = s; *c; c++)
@@ -140,7 +144,14 @@ static char *unix_path(char *s)
         free(s);
         return NULL;
     }
-    return s;
+    colon = strchr(s, ':');
+    slash = strchr(s, '/');
+    if (!colon || (slash && slash < colon))
+        return s;
+    if (asprintf(&out, "./%s", s) < 0)
+        out = NULL;
+    free(s);
+    return out;
 }
 
 /* Does [a, a+al) meet [b, b+bl)?  (Ends checked below 2^64.) */
