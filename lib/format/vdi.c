@@ -6,7 +6,8 @@
  * header checks and messages, new blocks at the same offsets, the same
  * header and block map bytes, the same check report; plus checks of its
  * own on the layout (header, block map and data must not overlap; the
- * block map and the data read must lie inside the file).
+ * block map and the data read must lie inside the file).  Differencing
+ * images, which QEMU refuses, are read with their parent (invariant 4).
  *
  * Invariants:
  *  1. A guest block is linked in the block map only after its whole data

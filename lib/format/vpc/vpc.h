@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* vpc: Microsoft's Virtual Hard Disk (VHD) image format, fixed and dynamic,
- * as QEMU 7.2 reads and writes it.  vpc.c opens and validates an image,
- * io.c does guest I/O on it, create.c makes new ones.
+ * as QEMU 7.2 reads and writes it, and differencing (vdisk reads them with
+ * their parent, where QEMU reads them without).  vpc.c opens and
+ * validates an image, parent.c finds a differencing image's parent, io.c
+ * does guest I/O on it, create.c makes new ones.
  *
  * A dynamic image as qemu-img lays it out:
  *     0      copy of the footer (512 bytes)
