@@ -265,3 +265,30 @@ def test_parent_name_with_colon_is_a_file(tmp_path):
     d.make_vdi_child(parent, tmp_path / "c.vdi", {})
     praw = raw_of(parent, tmp_path / "p.raw", "-f", "vdi")
     assert raw_of(tmp_path / "c.vdi", tmp_path / "c.raw") == praw
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_writes_against_model(tmp_path, seed):
+    """Random writes and zero writes (any offset and length, across blocks) to a child
+    whose blocks are data, zero or never written, judged against the
+    Python model; the parent stays as it was."""
+    import random
+    rnd = random.Random(seed)
+    make_parent(tmp_path / "p.vdi")
+    d.make_vdi_child(tmp_path / "p.vdi", tmp_path / "c.vdi", CHILD_BLOCKS)
+    before = sha(tmp_path / "p.vdi")
+    exp = bytearray(d.vdi_expected(raw_of(tmp_path / "p.vdi", tmp_path / "p.raw"),
+                                   CHILD_BLOCKS, SIZE))
+    ops = []
+    for i in range(24):
+        off = rnd.randrange(SIZE - 1)
+        ln = rnd.randint(1, min(SIZE - off, rnd.choice([512, 5000, 70000, M + 3])))
+        if rnd.random() < 0.25:
+            ops.append("zero %d %d" % (off, ln))
+            exp[off:off + ln] = bytes(ln)
+        else:
+            ops.append("write 0x%02x %d %d" % (0x60 + i, off, ln))
+            exp[off:off + ln] = bytes([0x60 + i]) * ln
+    vio(tmp_path / "c.vdi", *ops)
+    assert raw_of(tmp_path / "c.vdi", tmp_path / "c.raw") == bytes(exp)
+    assert sha(tmp_path / "p.vdi") == before

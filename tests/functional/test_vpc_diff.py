@@ -326,3 +326,31 @@ def test_parent_name_with_colon_is_a_file(tmp_path):
     praw = raw_of(parent, tmp_path / "p.raw")
     assert raw_of(tmp_path / "c.vhd", tmp_path / "c.raw") == \
         d.vhd_expected(praw, SECTORS, len(praw))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_random_writes_against_model(tmp_path, seed):
+    """Random writes and zero writes (any offset and length, across blocks and sectors)
+    to a child with partly present blocks, judged against the Python
+    model; the parent stays as it was."""
+    import random
+    rnd = random.Random(seed)
+    make_parent(tmp_path / "p.vhd")
+    d.make_vhd_child(tmp_path / "p.vhd", tmp_path / "c.vhd", SECTORS)
+    before = sha(tmp_path / "p.vhd")
+    praw = raw_of(tmp_path / "p.vhd", tmp_path / "p.raw")
+    size = len(praw)
+    exp = bytearray(d.vhd_expected(praw, SECTORS, size))
+    ops = []
+    for i in range(24):
+        off = rnd.randrange(size - 1)
+        ln = rnd.randint(1, min(size - off, rnd.choice([100, 512, 5000, 70000, 2 * M + 3])))
+        if rnd.random() < 0.25:
+            ops.append("zero %d %d" % (off, ln))
+            exp[off:off + ln] = bytes(ln)
+        else:
+            ops.append("write 0x%02x %d %d" % (0x60 + i, off, ln))
+            exp[off:off + ln] = bytes([0x60 + i]) * ln
+    vio(tmp_path / "c.vhd", *ops)
+    assert raw_of(tmp_path / "c.vhd", tmp_path / "c.raw") == bytes(exp)
+    assert sha(tmp_path / "p.vhd") == before
