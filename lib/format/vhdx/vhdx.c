@@ -616,7 +616,8 @@ static int check_block_overlaps(const struct vhdx_state *s)
 }
 
 /* Validate every BAT entry; with res (check) count the problems and
- * print them as qemu-img check does, else fail on the first. */
+ * print them as qemu-img check does (on stderr, after the program's
+ * name), else fail on the first. */
 static int check_bat(vd_node *n, struct vd_check_result *res)
 {
     struct vhdx_state *s = n->state;
@@ -630,13 +631,13 @@ static int check_bat(vd_node *n, struct vd_check_result *res)
             continue;
         if (!res)
             return vd_error(EINVAL, "%s", msg);
-        fprintf(stderr, "%s\n", msg);
+        fprintf(stderr, "%s: %s\n", program_invocation_short_name, msg);
         res->corruptions++;
     }
     if (!res)
         return check_block_overlaps(s);
     if (check_block_overlaps(s) < 0) {
-        fprintf(stderr, "%s\n", vd_errmsg());
+        fprintf(stderr, "%s: %s\n", program_invocation_short_name, vd_errmsg());
         res->corruptions++;
     }
     return 0;
@@ -762,7 +763,7 @@ static const struct vd_opt_desc vhdx_create_opts[] = {
     { "subformat", VD_OPT_STRING, "VHDX format type, can be either 'dynamic' or 'fixed'. "
       "Default is 'dynamic'.", NULL },
     { "block_state_zero", VD_OPT_BOOL, "Force use of payload blocks of type 'ZERO'. "
-      "Non-standard, but default.  Do not set to 'off' when using 'qemu-img convert' "
+      "Non-standard, but default.  Do not set to 'off' when using 'vdisk-img convert' "
       "with subformat=dynamic.", NULL },
     { NULL, 0, NULL, NULL },
 };
