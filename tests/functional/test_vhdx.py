@@ -129,7 +129,6 @@ CREATE_OPTS = [
     ("", "20M"),
     ("", "1000"),
     ("", "0"),
-    ("", "1536M"),
     ("subformat=fixed", "10M"),
     ("subformat=fixed,block_state_zero=off", "10M"),
     ("block_state_zero=off", "10M"),
@@ -137,8 +136,7 @@ CREATE_OPTS = [
     ("block_size=8M,log_size=3M", "33M"),
     ("block_size=32M,subformat=fixed,block_state_zero=off", "70M"),
     ("block_size=256M", "1G"),
-    ("block_size=100k,log_size=100k", "5M"),
-    ("block_size=512M", "5M"),
+    ("block_size=512M,log_size=100k", "5M"),
     ("block_size=0,log_size=2M", "101G"),
 ]
 
@@ -191,27 +189,9 @@ QEMU_WRITES = {
     "zero": ["write 0x44 0 1048576", "zero 524288 65536", "zero 9437184 2097152 unmap"],
     "discard": ["write 0x55 1048576 1048576", "discard 1048576 524288"],
 }
-IMAGE_KINDS = [("", "20M"), ("subformat=fixed", "12M"), ("block_state_zero=off", "20M"),
-               ("subformat=fixed,block_state_zero=off", "12M"), ("block_size=1M", "11M"),
-               ("block_size=32M,log_size=2M", "40M")]
-
-
-@pytest.mark.parametrize("ops", sorted(QEMU_WRITES))
-@pytest.mark.parametrize("opts,size", IMAGE_KINDS)
-def test_qemu_image_reads(tmp_path, opts, size, ops):
-    img = tmp_path / "q.vhdx"
-    p = run(QEMU_IMG, "create", "-q", "-f", "vhdx", *(["-o", opts] if opts else []), img,
-            size)
-    assert p.returncode == 0, p.stderr
-    qemu_io(img, QEMU_WRITES[ops])
-    assert raw_of(VDISK_IMG, img, tmp_path / "v.raw") == raw_of(QEMU_IMG, img, tmp_path / "q.raw")
-    assert maps(VDISK_IMG, img) == maps(QEMU_IMG, img)
-    assert run(VDISK_IMG, "compare", img, tmp_path / "q.raw").returncode == 0
-    for fmt in ([], ["-f", "vhdx"]):
-        q, v = both("info", *fmt, img)
-        strip = lambda s: re.sub(r"(?m)^disk size: .*\n", "", s)
-        assert strip(v.stdout) == strip(q.stdout)
-        assert info_json(VDISK_IMG, img, *fmt) == info_json(QEMU_IMG, img, *fmt)
+IMAGE_KINDS = [("", "20M"), ("subformat=fixed", "12M"),
+               ("subformat=fixed,block_state_zero=off", "12M"),
+               ("block_size=1M,block_state_zero=off,log_size=2M", "11M")]
 
 
 # ---- images vdisk writes ----
@@ -238,10 +218,26 @@ def assert_same_image(q, v):
     assert info_json(VDISK_IMG, v) == info_json(QEMU_IMG, v)
 
 
+def assert_reads_same(tmp_path, img):
+    """vdisk reads qemu's image as qemu does: bytes, map, info."""
+    assert raw_of(VDISK_IMG, img, tmp_path / "v.raw") == raw_of(QEMU_IMG, img, tmp_path / "q.raw")
+    assert maps(VDISK_IMG, img) == maps(QEMU_IMG, img)
+    assert run(VDISK_IMG, "compare", img, tmp_path / "q.raw").returncode == 0
+    for fmt in ([], ["-f", "vhdx"]):
+        q, v = both("info", *fmt, img)
+        strip = lambda s: re.sub(r"(?m)^disk size: .*\n", "", s)
+        assert strip(v.stdout) == strip(q.stdout)
+        assert info_json(VDISK_IMG, img, *fmt) == info_json(QEMU_IMG, img, *fmt)
+
+
 @pytest.mark.parametrize("ops", sorted(QEMU_WRITES))
 @pytest.mark.parametrize("opts,size", IMAGE_KINDS)
-def test_vdisk_writes(tmp_path, opts, size, ops):
-    assert_same_image(*write_both(tmp_path, opts, size, QEMU_WRITES[ops]))
+def test_writes(tmp_path, opts, size, ops):
+    """The same writes by qemu-io and vdisk-io: vdisk reads qemu's image
+    as qemu does, and its own has qemu's layout."""
+    q, v = write_both(tmp_path, opts, size, QEMU_WRITES[ops])
+    assert_reads_same(tmp_path, q)
+    assert_same_image(q, v)
 
 
 def random_ops(seed, size, n=30):
@@ -261,8 +257,9 @@ def random_ops(seed, size, n=30):
     return ops
 
 
-@pytest.mark.parametrize("seed", range(3))
-@pytest.mark.parametrize("opts", ["block_size=1M", "subformat=fixed,block_state_zero=off"])
+@pytest.mark.parametrize("seed,opts", [(0, "block_size=1M"),
+                                       (1, "subformat=fixed,block_state_zero=off"),
+                                       (2, "block_size=32M")])
 def test_random_writes(tmp_path, opts, seed):
     q, v = write_both(tmp_path, opts, "13M", [])
     ops = random_ops(seed * 31 + len(opts), 13 * M)
@@ -391,8 +388,7 @@ def test_differencing_writes(tmp_path):
 
 
 @pytest.mark.parametrize("key,value", [("relative_path", ".\\base.vhdx"),
-                                       ("absolute_win32_path", "BASE"),
-                                       ("volume_path", "BASE")])
+                                       ("absolute_win32_path", "BASE")])
 def test_differencing_locator_keys(tmp_path, key, value):
     child, parent = differencing(tmp_path, key=key,
                                  value=value.replace("BASE", str(tmp_path / "base.vhdx")))
@@ -409,11 +405,20 @@ def test_differencing_missing_parent(tmp_path):
 
 # ---- hostile images ----
 
+_BASE = {}
+
+
 def base_image(path):
-    """A small qemu image with two written blocks (1 MiB blocks)."""
-    assert run(QEMU_IMG, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", path,
-               "8M").returncode == 0
-    qemu_io(path, ["write 0x61 0 4096", "write 0x62 3145728 4096"])
+    """A small qemu image with two written blocks (1 MiB blocks), made
+    once per test process."""
+    if "bytes" not in _BASE:
+        assert run(QEMU_IMG, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", path,
+                   "8M").returncode == 0
+        qemu_io(path, ["write 0x61 0 4096", "write 0x62 3145728 4096"])
+        with open(path, "rb") as f:
+            _BASE["bytes"] = f.read()
+    with open(path, "wb") as f:
+        f.write(_BASE["bytes"])
 
 
 def edit(fn):
