@@ -18,7 +18,8 @@
  * apart form a chain; an entry whose Tail names an entry of its chain at
  * or before it ends a sequence, from that entry to it.  The active
  * sequence is the one ending at the highest sequence number.  The scan
- * looks at each log sector as an entry start at most once, and reads at
+ * looks at each log sector as an entry start at most once (an entry whose
+ * header checks but whose body does not is skipped whole), and reads at
  * most SCAN_BUDGET times the log's sectors: a hostile log costs bounded
  * time and memory.  A valid entry of the active sequence whose updates
  * reach the headers, the log, or past its own LastFileOffset, or whose
@@ -272,16 +273,20 @@ static int check_body(struct reader *rd, struct entry *e, uint32_t csum)
     return crc == csum && (uint64_t)e->desc_sectors + e->ndata <= e->nsect;
 }
 
-/* Is there a valid entry at sector pos?  1 (e filled), 0, or -errno. */
+/* Is there a valid entry at sector pos?  1 (e filled), 0, or -errno.
+ * When 0, e->nsect is the length an entry header there claims, or 0. */
 static int read_entry(struct reader *rd, uint32_t pos, struct entry *e)
 {
     uint32_t csum;
     int r = reader_read(rd, pos, 1, rd->buf);
 
+    e->nsect = 0;
     if (r < 0)
         return r;
-    if (!parse_header(rd->log, rd->buf, pos, e))
+    if (!parse_header(rd->log, rd->buf, pos, e)) {
+        e->nsect = 0;
         return 0;
+    }
     csum = le32(rd->buf + EH_CSUM);
     return check_body(rd, e, csum);
 }
@@ -398,7 +403,10 @@ static int scan(struct vhdx_log *log, struct best *b)
         if ((r = read_entry(&rd, (uint32_t)pos, &e)) < 0)
             break;
         if (!r) {
-            pos++;
+            /* A damaged entry is skipped whole, as QEMU does: a writer
+             * puts no entry inside one it writes, and the scan stays
+             * linear in the log's length. */
+            pos += e.nsect ? e.nsect : 1;
             continue;
         }
         if ((covered = follow_chain(&rd, &c, e, b)) < 0) {
@@ -634,9 +642,10 @@ int vhdx_log_open(struct vhdx_log *log, vd_node *owner, vd_node *file,
                         "of 1 MiB", length);
     if ((flen = vd_getlength(file)) < 0)
         return (int)flen;
+    /* A log past the end of the file holds no entry (QEMU reads zeroes
+     * there); writes refuse to use it. */
     if (!range_ok(offset, length, (uint64_t)flen))
-        return vd_error(EINVAL, "vhdx: the log (offset 0x%" PRIx64 ", length %"
-                        PRIu32 ") passes the end of the file", offset, length);
+        return 0;
     if ((r = scan(log, &b)) < 0 || !b.found)
         return r;
     log->tail = b.tail * LOG_SECTOR;
