@@ -255,7 +255,8 @@ static int set_entry(vd_node *n, const struct vhdx_map *m, uint64_t entry)
 }
 
 /* Where a block without data goes: a fresh 1 MiB-aligned place at the
- * end of the file (QEMU's allocation), grown to hold it. */
+ * end of the file (QEMU's allocation), and past every metadata region
+ * the file may not reach yet (invariant 1), grown to hold it. */
 static int new_block(vd_node *n, uint64_t *base)
 {
     struct vhdx_state *s = n->state;
@@ -264,7 +265,7 @@ static int new_block(vd_node *n, uint64_t *base)
 
     if (flen < 0)
         return (int)flen;
-    if (!round_up_checked((uint64_t)flen, VHDX_MIB, &at) ||
+    if (!round_up_checked(VD_MAX((uint64_t)flen, s->alloc_floor), VHDX_MIB, &at) ||
         ADD_OVERFLOW(at, (uint64_t)s->block_size, &end) || end > INT64_MAX)
         return vd_error(EFBIG, "vhdx: no room for another block in the file");
     vd_event(n->file, "vhdx_block_alloc");

@@ -39,6 +39,9 @@ const uint8_t vhdx_guid_parent_type_vhdx[16] = { 0xb7, 0xef, 0x4a, 0xb0, 0x9e, 0
  * with its sector bitmap entries (about 512 MiB of table). */
 #define VHDX_MAX_ENTRIES ((VHDX_MAX_SIZE / VHDX_BLOCK_MIN) * 4097 / 4096)
 
+/* Bytes of BAT read per step. */
+#define BAT_READ_STEP (1u << 20)
+
 /* Metadata items a disk must have (bits of struct md_items.present). */
 enum {
     MD_FILE_PARAMS, MD_DISK_SIZE, MD_PAGE83, MD_LOGICAL, MD_PHYSICAL, MD_PARENT, MD_COUNT
@@ -131,6 +134,7 @@ static int add_range(struct vhdx_state *s, uint64_t start, uint64_t len, const c
         return vd_error(ENOMEM, "out of memory");
     s->ranges = nr;
     s->ranges[s->nranges++] = (struct vhdx_range){ start, end };
+    s->alloc_floor = VD_MAX(s->alloc_floor, end);
     return 0;
 }
 
@@ -519,13 +523,18 @@ static int read_parent(vd_node *n, const struct md_items *it)
 
 /* ---- BAT ---- */
 
-/* Read the BAT entries the disk uses (the region may be longer). */
+/* Read the BAT entries the disk uses (the region may be longer), in
+ * steps; entries past the end of the file stay zero (NOT_PRESENT). */
 static int read_bat(vd_node *n)
 {
     struct vhdx_state *s = n->state;
     CLEANUP_FREE uint8_t *raw = NULL;
-    int r;
+    int64_t flen = vd_getlength(n->file);
+    uint64_t have;
+    int r = 0;
 
+    if (flen < 0)
+        return (int)flen;
     if (s->entries > s->bat_length / 8)
         return vd_error(EINVAL, "vhdx: the BAT region (%llu bytes) is too small for the "
                         "%llu entries of the disk", (unsigned long long)s->bat_length,
@@ -534,14 +543,18 @@ static int read_bat(vd_node *n)
         return vd_error(EFBIG, "vhdx: %llu BAT entries are more than vdisk handles",
                         (unsigned long long)s->entries);
     s->bat = vd_calloc_array(s->entries, sizeof(uint64_t));
-    raw = vd_calloc_array(s->entries, 8);
+    raw = malloc(BAT_READ_STEP);
     if (!s->bat || !raw)
         return vd_error(ENOMEM, "vhdx: cannot allocate memory for the BAT");
-    if ((r = vhdx_read_padded(n->file, s->bat_offset, s->entries * 8, raw)) < 0)
-        return vd_error_prefix(r, "vhdx: cannot read the BAT");
-    for (uint64_t i = 0; i < s->entries; i++)
-        s->bat[i] = vhdx_le64(raw + i * 8);
-    return 0;
+    have = (uint64_t)flen > s->bat_offset ? ((uint64_t)flen - s->bat_offset) / 8 : 0;
+    have = VD_MIN(have, s->entries);
+    for (uint64_t i = 0; i < have && r >= 0; i += BAT_READ_STEP / 8) {
+        uint64_t cnt = VD_MIN((uint64_t)BAT_READ_STEP / 8, have - i);
+        r = vd_pread(n->file, s->bat_offset + i * 8, cnt * 8, raw, 0);
+        for (uint64_t j = 0; r >= 0 && j < cnt; j++)
+            s->bat[i + j] = vhdx_le64(raw + j * 8);
+    }
+    return r < 0 ? vd_error_prefix(r, "vhdx: cannot read the BAT") : 0;
 }
 
 /* Is BAT index i a sector bitmap entry? */
@@ -592,22 +605,31 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+/* Does payload entry i hold data in the file? */
+static bool has_data(const struct vhdx_state *s, uint64_t i)
+{
+    unsigned st = VHDX_BAT_STATE(s->bat[i]);
+
+    return !is_bitmap_entry(s, i) &&
+           (st == VHDX_PB_FULLY_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT);
+}
+
 /* Beyond QEMU: no two blocks with data share file space. */
 static int check_block_overlaps(const struct vhdx_state *s)
 {
-    CLEANUP_FREE uint64_t *used = vd_calloc_array(s->entries, sizeof(uint64_t));
-    uint64_t nused = 0;
+    CLEANUP_FREE uint64_t *used = NULL;
+    uint64_t nused = 0, k = 0;
 
-    if (!used)
+    for (uint64_t i = 0; i < s->entries; i++)
+        nused += has_data(s, i);
+    if (nused < 2)
+        return 0;
+    if (!(used = vd_calloc_array(nused, sizeof(uint64_t))))
         return vd_error(ENOMEM, "out of memory");
-    for (uint64_t i = 0; i < s->entries; i++) {
-        unsigned st = VHDX_BAT_STATE(s->bat[i]);
-        if (!is_bitmap_entry(s, i) &&
-            (st == VHDX_PB_FULLY_PRESENT || st == VHDX_PB_PARTIALLY_PRESENT))
-            used[nused++] = VHDX_BAT_OFFSET(s->bat[i]);
-    }
-    if (nused > 1)
-        qsort(used, nused, sizeof(*used), cmp_u64);
+    for (uint64_t i = 0; i < s->entries; i++)
+        if (has_data(s, i))
+            used[k++] = VHDX_BAT_OFFSET(s->bat[i]);
+    qsort(used, nused, sizeof(*used), cmp_u64);
     for (uint64_t i = 1; i < nused; i++)
         if (used[i] - used[i - 1] < s->block_size)
             return vd_error(EINVAL, "vhdx: the payload blocks at 0x%llx and 0x%llx overlap",

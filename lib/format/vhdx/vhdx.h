@@ -141,6 +141,8 @@ struct vhdx_state {
     uint8_t page83[16];
     struct vhdx_range *ranges;     /* metadata ranges, for overlap checks */
     size_t nranges;
+    uint64_t alloc_floor;          /* new blocks go at or past this (the end
+                                      of every metadata range) */
 };
 
 /* ---- little-endian fields ---- */
