@@ -287,9 +287,8 @@ static int open_log(vd_node *n)
         return 0;
     if (n->read_only)
         return vd_error(EPERM, "VHDX image file '%s' opened read-only, but contains a log "
-                        "that needs to be replayed.  To replay the log, execute:\n "
-                        "qemu-img check -r all '%s': %s", n->filename, n->filename,
-                        strerror(EPERM));
+                        "that needs to be replayed\nTo replay the log, run:\n"
+                        "qemu-img check -r all '%s'", n->filename, n->filename);
     vd_event(n->file, "vhdx_log_replay");
     if ((r = vhdx_log_replay(&s->log)) < 0)
         return r;
