@@ -426,6 +426,27 @@ def test_differencing_missing_parent(tmp_path):
     assert p.returncode == 1 and "nothere.vhdx" in p.stderr
 
 
+def test_differencing_own_parent(tmp_path):
+    """A child naming itself as its parent: the chain's depth limit ends
+    it with an error."""
+    child, _ = differencing(tmp_path, value="child.vhdx")
+    p = limited([VDISK_IMG, "convert", "-O", "raw", "child.vhdx", "x.raw"], tmp_path)
+    assert p.returncode == 1 and "too long" in p.stderr, p.stderr
+
+
+def test_open_without_writes_changes_nothing(tmp_path):
+    """A read-write open that writes nothing leaves the file as it was
+    (no header update before the first change)."""
+    img = tmp_path / "q.vhdx"
+    assert run(QEMU_IMG, "create", "-q", "-f", "vhdx", img, "10M").returncode == 0
+    qemu_io(img, ["write 0x12 0 4096"])
+    before = open(img, "rb").read()
+    p = subprocess.run([VDISK_IO, "-f", "vhdx", str(img), "read", "0x12", "0", "4096"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert open(img, "rb").read() == before
+
+
 # ---- hostile images ----
 
 _BASE = {}
