@@ -541,15 +541,20 @@ static int grow_file(struct vhdx_log *log, uint64_t size)
     return vd_truncate(log->file, size, true, VD_PREALLOC_OFF);
 }
 
-/* Write one descriptor's update in place (the file already reaches it). */
+/* Write one descriptor's update in place (the file already reaches it).
+ * Past *written the file reads as zeroes (it was grown for this entry):
+ * zero descriptors stop there, data descriptors move it. */
 static int apply_desc(struct vhdx_log *log, const struct desc_iter *it,
-                      const uint8_t *d)
+                      const uint8_t *d, uint64_t *written)
 {
     uint8_t sector[LOG_SECTOR];
-    uint64_t off = le64(d + D_OFF);
+    uint64_t off = le64(d + D_OFF), end;
 
-    if (memcmp(d, "desc", 4))
-        return vd_pwrite_zeroes(log->file, off, le64(d + D_LEAD), 0);
+    if (memcmp(d, "desc", 4)) {
+        end = VD_MIN(off + le64(d + D_LEAD), *written);   /* checked: no overflow */
+        return end > off ? vd_pwrite_zeroes(log->file, off, end - off, 0) : 0;
+    }
+    *written = VD_MAX(*written, off + LOG_SECTOR);
     memcpy(sector, d + D_LEAD, 8);
     memcpy(sector + 8, it->data + DS_DATA, DS_DATA_LEN);
     memcpy(sector + 8 + DS_DATA_LEN, d + D_TRAIL, 4);
@@ -561,16 +566,21 @@ static int apply_desc(struct vhdx_log *log, const struct desc_iter *it,
 static int apply_entry(struct vhdx_log *log, const struct entry *e, uint64_t max_end)
 {
     struct desc_iter *it = calloc(1, sizeof(*it));
+    int64_t flen = vd_getlength(log->file);
+    uint64_t last_up, written;
     const uint8_t *d;
-    uint64_t last_up;
     int r;
 
-    if (!it)
-        return vd_error(ENOMEM, "vhdx: out of memory replaying the log");
+    if (!it || flen < 0) {
+        free(it);
+        return flen < 0 ? (int)flen : vd_error(ENOMEM, "vhdx: out of memory replaying "
+                                               "the log");
+    }
+    written = (uint64_t)flen;
     *it = (struct desc_iter){ .log = log, .e = e, .loaded = UINT32_MAX };
     r = grow_file(log, max_end);
     while (r >= 0 && (r = next_desc(it, &d, true)) > 0)
-        r = apply_desc(log, it, d);
+        r = apply_desc(log, it, d, &written);
     free(it);
     if (r < 0)
         return r;
