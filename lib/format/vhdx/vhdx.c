@@ -182,6 +182,9 @@ static int write_header(vd_node *n, const uint8_t *data_guid, const uint8_t *log
     int idx = 1 - s->cur, r;
     uint8_t *h = s->hdr[idx];
 
+    if (vhdx_le64(s->hdr[s->cur] + VHH_SEQUENCE) == UINT64_MAX)
+        return vd_error(EINVAL, "vhdx: the header sequence number is at its maximum; "
+                        "the headers cannot be updated");
     memcpy(h, s->hdr[s->cur], VHDX_HEADER_SIZE);
     vhdx_put_le64(h + VHH_SEQUENCE, vhdx_le64(s->hdr[s->cur] + VHH_SEQUENCE) + 1);
     memcpy(h + VHH_FILE_WRITE_GUID, s->session_guid, 16);
