@@ -418,6 +418,19 @@ def test_differencing_locator_keys(tmp_path, key, value):
     assert raw_of(VDISK_IMG, child, tmp_path / "c.raw") == parent
 
 
+def test_differencing_locator_fallback(tmp_path):
+    """A relative_path naming no file falls back to absolute_win32_path."""
+    loc = gen.parent_locator([("relative_path", "gone\\base.vhdx"),
+                              ("absolute_win32_path", str(tmp_path / "base.vhdx"))])
+    base, child = tmp_path / "base.vhdx", tmp_path / "child.vhdx"
+    assert run(QEMU_IMG, "create", "-q", "-f", "vhdx", base, "4M").returncode == 0
+    qemu_io(base, ["write 0x5b 0 4M"])
+    assert run(QEMU_IMG, "create", "-q", "-f", "vhdx", "-o", "block_state_zero=off", child,
+               "4M").returncode == 0
+    gen.make_differencing(child, None, locator=loc)
+    assert raw_of(VDISK_IMG, child, tmp_path / "c.raw") == b"\x5b" * (4 * M)
+
+
 def test_differencing_missing_parent(tmp_path):
     child, _ = differencing(tmp_path, value="nothere.vhdx")
     p = run(VDISK_IMG, "info", child)

@@ -1,13 +1,14 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* vhdx: the parent locator of a differencing image ([MS-VHDX] 2.6.2.6):
  * a locator type GUID (only VHDX parents are defined), then key/value
- * pairs of UTF-16LE strings.  The parent is found by relative_path
- * (against the image's directory), else absolute_win32_path, else
- * volume_path, with backslashes turned into slashes; QEMU 7.2 opens no
- * differencing image at all. */
+ * pairs of UTF-16LE strings.  The parent is the first of relative_path
+ * (against the image's directory), absolute_win32_path and volume_path,
+ * backslashes turned into slashes, that names an existing file; QEMU 7.2
+ * opens no differencing image at all. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "format/vhdx/vhdx.h"
 #include "util/utf8.h"
@@ -101,12 +102,34 @@ static void to_host_path(char *p)
             *p = '/';
 }
 
+/* Set the backing file to the first path whose file exists, else to the
+ * first path given (whose open then fails with its name). */
+static int choose_parent(vd_node *n, char *paths[NPATHS])
+{
+    int first = -1, r;
+
+    for (int k = 0; k < NPATHS; k++) {
+        if (!paths[k])
+            continue;
+        to_host_path(paths[k]);
+        if (first < 0)
+            first = k;
+        if ((r = vd_node_set_backing_name(n, paths[k], "vhdx")) < 0)
+            return r;
+        if (n->backing_full_name && access(n->backing_full_name, F_OK) == 0)
+            return 0;
+    }
+    if (first < 0)
+        return vd_error(EINVAL, "vhdx: the parent locator names no parent file");
+    return vd_node_set_backing_name(n, paths[first], "vhdx");
+}
+
 /* See vhdx.h. */
 int vhdx_parse_parent_locator(vd_node *n, const uint8_t *buf, uint32_t len)
 {
     char *paths[NPATHS] = { NULL, NULL, NULL };
     uint16_t count;
-    int r = 0, k;
+    int r = 0;
 
     if (len < PL_ENTRIES)
         return vd_error(EINVAL, "vhdx: the parent locator is too short");
@@ -118,15 +141,9 @@ int vhdx_parse_parent_locator(vd_node *n, const uint8_t *buf, uint32_t len)
                         count);
     for (uint32_t i = 0; i < count && r >= 0; i++)
         r = take_entry(buf, len, i, paths);
-    for (k = 0; r >= 0 && k < NPATHS && !paths[k]; k++)
-        ;
-    if (r >= 0 && k == NPATHS)
-        r = vd_error(EINVAL, "vhdx: the parent locator names no parent file");
-    if (r >= 0) {
-        to_host_path(paths[k]);
-        r = vd_node_set_backing_name(n, paths[k], "vhdx");
-    }
-    for (k = 0; k < NPATHS; k++)
+    if (r >= 0)
+        r = choose_parent(n, paths);
+    for (int k = 0; k < NPATHS; k++)
         free(paths[k]);
     return r;
 }
