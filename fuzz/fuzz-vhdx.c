@@ -5,9 +5,17 @@
  * present blocks included), the mapping walked and the image checked;
  * then opened read-write (log replay, header updates) for a few writes
  * (block allocation, BAT updates through the log).  Nothing is printed
- * per input: the check report goes to /dev/null. */
+ * per input: the check report goes to /dev/null.
+ *
+ * A vhdx file puts its structures a MiB and more apart, past what
+ * libFuzzer mutates (1 MiB inputs), so an input may also describe a
+ * sparse file: "SPRS", the file length (u64 LE, at most 4 GiB), then
+ * records of a page number (u32 LE, 4 KiB pages), a length (u16 LE) and
+ * that many bytes, written there.  Any other input is the file itself. */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -67,6 +75,38 @@ static void modify(vd_node *n)
     walk(n);
 }
 
+/* Little-endian loads from the input. */
+static uint64_t le(const uint8_t *p, int bytes)
+{
+    uint64_t v = 0;
+
+    for (int i = bytes - 1; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Write the input into fd: as is, or as the sparse file it describes. */
+static bool fill(int fd, const uint8_t *data, size_t size)
+{
+    uint64_t flen;
+
+    if (size < 12 || memcmp(data, "SPRS", 4))
+        return write(fd, data, size) == (ssize_t)size;
+    flen = le(data + 4, 8);
+    if (flen > (4ull << 30) || ftruncate(fd, (off_t)flen) < 0)
+        return false;
+    for (size_t at = 12; at + 6 <= size;) {
+        uint64_t off = le(data + at, 4) * 4096;
+        size_t len = (size_t)le(data + at + 4, 2);
+        at += 6;
+        len = len < size - at ? len : size - at;
+        if (off + len <= flen && pwrite(fd, data + at, len, (off_t)off) != (ssize_t)len)
+            return false;
+        at += len;
+    }
+    return true;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char name[64];
@@ -76,7 +116,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (fd < 0)
         return 0;
-    if (write(fd, data, size) == (ssize_t)size) {
+    if (fill(fd, data, size)) {
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
         if (vd_open(&n, name, "vhdx", NULL, flags) == 0) {
             walk(n);
