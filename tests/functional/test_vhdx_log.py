@@ -17,6 +17,7 @@ the file to a 1 MiB-aligned LastFileOffset, replays from the first entry of
 a chain whatever its Tail says, refuses an image whose log holds an entry
 with a bad descriptor or data sector anywhere, and cannot read an entry of
 more than 126 descriptors."""
+import json
 import os
 import shutil
 import struct
@@ -575,3 +576,47 @@ def test_hostile_log_region(tmp_path, field, value):
         else:
             c = run([QEMU_IMG, "check", str(h)])
             assert c.returncode == 0, c.stdout + c.stderr
+
+
+# ---- logs QEMU writes ----
+
+def qemu_dirty(d, size, setup, write, bat_sector_off):
+    """An image QEMU leaves with a log to replay: its in-place write of the
+    BAT sector at bat_sector_off fails (blkdebug) after the entry is in
+    the log, so the log holds the update."""
+    img = d / "qd.vhdx"
+    run([QEMU_IMG, "create", "-q", "-f", "vhdx", "-o", "block_size=1M", str(img), size],
+        check=True)
+    if setup:
+        run(["qemu-io"] + sum([["-c", c] for c in setup], []) + [str(img)], check=True)
+    node = {"driver": "vhdx", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": str(img)},
+        "inject-error": [{"event": "pwritev", "sector": bat_sector_off // 512,
+                          "iotype": "write", "errno": 5, "once": True}]}}
+    p = run(["qemu-io", "-c", write, "json:" + json.dumps(node)])
+    assert "failed" in p.stdout + p.stderr, p.stdout + p.stderr
+    assert g.log_guid(open(img, "rb").read()) != bytes(16)
+    return img
+
+
+@pytest.mark.parametrize("size,setup,write,block", [
+    ("64M", ["write -P 0x61 0 8k"], "write -P 0x63 9M 64k", 9),
+    ("1G", ["write -P 0x61 0 8k", "write -P 0x62 1000M 4k"], "write -P 0x64 900M 3k", 900),
+])
+def test_qemu_written_log(tmp_path, size, setup, write, block):
+    """vdisk replays a log QEMU wrote as QEMU does: same bytes past the
+    headers, same guest data, the new block's data in place."""
+    probe = base_image(tmp_path, "probe.vhdx", size)
+    sector = probe.bat_entry_offset(block) // SECTOR * SECTOR
+    dirty = qemu_dirty(tmp_path, size, setup, write, sector)
+    q, v = tmp_path / "q.vhdx", tmp_path / "v.vhdx"
+    shutil.copyfile(dirty, q)
+    shutil.copyfile(dirty, v)
+    pq, pv = qreplay(q), vreplay(v)
+    assert pq.returncode == pv.returncode == 0, pq.stdout + pv.stdout + pv.stderr
+    assert pv.stdout == pq.stdout
+    assert past_headers(v) == past_headers(q)
+    assert run([QEMU_IMG, "compare", str(q), str(v)]).returncode == 0
+    byte, off = write.split()[2], write.split()[3]
+    p = run(["qemu-io", "-c", "read -P %s %s 1k" % (byte, off), str(v)])
+    assert "Pattern verification failed" not in p.stdout, p.stdout
