@@ -1,11 +1,21 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* vhdx: probing, opening and closing.  Open reads the file identifier,
- * picks the current header, consults the log (log.h), then reads the
- * region table, the metadata items and the BAT, validating every field
- * before it becomes an offset, a size or an allocation.  Where QEMU
- * accepts an image vdisk accepts it too, except that vdisk also refuses
- * regions, items and blocks that overlap each other or lie outside the
- * file, and disks over the format's 64 TiB. */
+/* vhdx: probing, opening and closing, header updates, check.  Open reads
+ * the file identifier, picks the current header, consults the log
+ * (log.h), then reads the region table, the metadata items and the BAT,
+ * validating every field before it becomes an offset, a size or an
+ * allocation.  Where QEMU accepts an image vdisk accepts it too, except
+ * that vdisk also refuses regions, items and blocks that overlap each
+ * other or the header section or lie outside their region or the file,
+ * and disks over the format's 64 TiB or not a whole number of sectors.
+ * Beyond QEMU it opens images with 4096-byte logical sectors and
+ * differencing images, and reads the region table's copy when the first
+ * is damaged.
+ *
+ * A writable session changes nothing until its first write; then both
+ * headers get this open's file write GUID, a new data write GUID and a
+ * new log GUID (vhdx_start_session), and a clean close clears the log
+ * GUID again.  Each header update writes the older header, flushed,
+ * with the next sequence number, so one valid header survives a crash. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
