@@ -597,33 +597,30 @@ static int walk(struct vhdx_log *log, bool apply)
     struct reader rd;
     uint64_t head_seq = log->sequence - 1;
     uint32_t pos = log->tail / LOG_SECTOR;
+    bool done = false;
     int r;
 
     if ((r = reader_init(&rd, log, 2 * (uint64_t)log_sectors(log) + 64)) < 0)
         return r;
-    r = vd_error(EIO, "vhdx: the log's active sequence is gone");
-    for (uint32_t steps = 0; steps < rd.total; steps++) {
+    for (uint32_t steps = 0; steps < rd.total && !done && r >= 0; steps++) {
         struct entry e;
         int64_t flen = vd_getlength(log->file);
         uint64_t max_end = 0;
 
-        if (flen < 0) {
-            r = (int)flen;
-            break;
-        }
-        if ((r = read_entry(&rd, pos, &e)) <= 0) {
+        if ((r = flen < 0 ? (int)flen : read_entry(&rd, pos, &e)) <= 0) {
             if (!r)
                 r = vd_error(EIO, "vhdx: log entry at 0x%" PRIx64 " is no longer "
                              "valid", log->offset + (uint64_t)pos * LOG_SECTOR);
             break;
         }
-        if ((r = check_entry_updates(log, &e, (uint64_t)flen, &max_end)) < 0 ||
-            (apply && (r = apply_entry(log, &e, max_end)) < 0) || e.seq >= head_seq)
-            break;
+        if ((r = check_entry_updates(log, &e, (uint64_t)flen, &max_end)) >= 0 && apply)
+            r = apply_entry(log, &e, max_end);
+        done = e.seq >= head_seq;
         pos = (pos + e.nsect) % rd.total;
-        r = vd_error(EIO, "vhdx: the log's active sequence does not end");
     }
     free(rd.buf);
+    if (r >= 0 && !done)
+        r = vd_error(EIO, "vhdx: the log's active sequence does not end");
     return r;
 }
 
@@ -658,6 +655,8 @@ int vhdx_log_open(struct vhdx_log *log, vd_node *owner, vd_node *file,
         return 0;
     if ((r = scan(log, &b)) < 0 || !b.found)
         return r;
+    if (b.head_seq == UINT64_MAX)
+        return vd_error(EINVAL, "vhdx: the log's sequence numbers run out");
     log->tail = b.tail * LOG_SECTOR;
     log->head = b.head_end * LOG_SECTOR;
     log->sequence = b.head_seq + 1;
@@ -1032,6 +1031,8 @@ int vhdx_log_write(struct vhdx_log *log, const struct vhdx_log_update *u, size_t
 
     if ((r = check_writable_log(log)) < 0 || (r = settle(log)) < 0)
         return r;
+    if (!log->sequence)
+        log->sequence = 1;              /* wrapped: 0 is no sequence number */
     if ((r = plan_sectors(&p, u, n, log_sectors(log))) < 0)
         goto out;
     if (!p.n)
