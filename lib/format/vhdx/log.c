@@ -40,7 +40,10 @@
  *      newer update.
  *  W4. log->head != 0 while an entry may be durable but not applied (a
  *      step after its write failed); the next write, or vhdx_log_end,
- *      applies it first. */
+ *      applies it first.
+ * All-zero sectors of an update go as zero descriptors.  QEMU 7.2 reads
+ * only the first descriptor sector of an entry right: keep an update
+ * under 127 sectors (with data) for QEMU to replay it. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdlib.h>
