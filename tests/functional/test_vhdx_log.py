@@ -620,3 +620,24 @@ def test_qemu_written_log(tmp_path, size, setup, write, block):
     byte, off = write.split()[2], write.split()[3]
     p = run(["qemu-io", "-c", "read -P %s %s 1k" % (byte, off), str(v)])
     assert "Pattern verification failed" not in p.stdout, p.stdout
+
+
+# ---- a replay that fails midway ----
+
+@pytest.mark.parametrize("nth", [1, 2, 3, 5, 8, 13])
+def test_replay_interrupted(tmp_path, nth):
+    """The nth request of a replay fails (blkdebug, from the driver's
+    vhdx_log_replay event on): the open fails with a message; the next
+    open replays again and ends where an uninterrupted replay does."""
+    s = scn_multi(tmp_path)
+    h = s.save(tmp_path / "h.vhdx")
+    node = {"driver": "vhdx", "file": {
+        "driver": "blkdebug", "image": {"driver": "file", "filename": str(h)},
+        "inject-error": [{"event": "vhdx_log_replay", "errno": 5, "nth": nth}]}}
+    p = run(LIMIT + [VDISK_IO, "json:" + json.dumps(node), "flush"])
+    assert_no_crash(p)
+    assert p.returncode == 1 and p.stderr, p.stderr
+    p = vreplay(h)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert past_headers(h) == bytes(s.model.data[MIB:])
+    assert run([QEMU_IMG, "check", str(h)]).returncode == 0
