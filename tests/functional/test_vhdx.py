@@ -217,8 +217,9 @@ def assert_same_image(q, v):
     assert masked(q) == masked(v)
     p = run(QEMU_IMG, "compare", "-f", "vhdx", "-F", "vhdx", q, v)
     assert p.returncode == 0, p.stdout + p.stderr
-    same_result(*[run(prog, "check", "-f", "vhdx", v) for prog in (QEMU_IMG, VDISK_IMG)])
-    assert run(QEMU_IMG, "check", v).returncode == 0
+    q_check, v_check = [run(prog, "check", "-f", "vhdx", v) for prog in (QEMU_IMG, VDISK_IMG)]
+    assert q_check.returncode == 0, q_check.stdout + q_check.stderr
+    same_result(q_check, v_check)
     assert info_json(VDISK_IMG, v) == info_json(QEMU_IMG, v)
 
 
@@ -227,11 +228,10 @@ def assert_reads_same(tmp_path, img):
     assert raw_of(VDISK_IMG, img, tmp_path / "v.raw") == raw_of(QEMU_IMG, img, tmp_path / "q.raw")
     assert maps(VDISK_IMG, img) == maps(QEMU_IMG, img)
     assert run(VDISK_IMG, "compare", img, tmp_path / "q.raw").returncode == 0
-    for fmt in ([], ["-f", "vhdx"]):
-        q, v = both("info", *fmt, img)
-        strip = lambda s: re.sub(r"(?m)^disk size: .*\n", "", s)
-        assert strip(v.stdout) == strip(q.stdout)
-        assert info_json(VDISK_IMG, img, *fmt) == info_json(QEMU_IMG, img, *fmt)
+    q, v = both("info", img)
+    strip = lambda s: re.sub(r"(?m)^disk size: .*\n", "", s)
+    assert strip(v.stdout) == strip(q.stdout)
+    assert info_json(VDISK_IMG, img, "-f", "vhdx") == info_json(QEMU_IMG, img, "-f", "vhdx")
 
 
 @pytest.mark.parametrize("ops", sorted(QEMU_WRITES))
