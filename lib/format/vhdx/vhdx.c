@@ -709,9 +709,8 @@ static int open_layout(vd_node *n, int flags)
     return 0;
 }
 
-static void vhdx_close(vd_node *n);
-
-/* Open: signature, headers, log, then the layout. */
+/* Open: signature, headers, log, then the layout (on failure the core
+ * closes the node, which frees what was allocated). */
 static int vhdx_open(vd_node *n, vd_opts *opts, int flags)
 {
     struct vhdx_state *s = n->state;
@@ -720,11 +719,9 @@ static int vhdx_open(vd_node *n, vd_opts *opts, int flags)
     pthread_mutex_init(&s->lock, NULL);
     if ((r = check_signature(n)) < 0 || (r = vhdx_guid_generate(s->session_guid)) < 0 ||
         (r = add_range(s, 0, VHDX_HEADER_SECTION, "header section")) < 0 ||
-        (r = read_headers(n)) < 0 || (r = open_log(n)) < 0 ||
-        (r = open_layout(n, flags)) < 0) {
+        (r = read_headers(n)) < 0 || (r = open_log(n)) < 0)
         return r;
-    }
-    return 0;
+    return open_layout(n, flags);
 }
 
 /* Clean close: end the session (log GUID cleared), free. */
@@ -741,6 +738,7 @@ static void vhdx_close(vd_node *n)
     pthread_mutex_destroy(&s->lock);
 }
 
+/* The virtual disk size. */
 static int64_t vhdx_getlength(vd_node *n)
 {
     return (int64_t)((struct vhdx_state *)n->state)->size;
