@@ -447,6 +447,20 @@ def test_differencing_own_parent(tmp_path):
     assert p.returncode == 1 and "too long" in p.stderr, p.stderr
 
 
+@pytest.mark.parametrize("where,why", [(1 << 40, "points after end of file"),
+                                       (1 * M, "overlaps the image's metadata")])
+def test_differencing_bad_bitmap(tmp_path, where, why):
+    """A sector bitmap entry of a differencing image past the end of the
+    file or over the log is refused at open."""
+    blocks = {3: (gen.PARTIALLY_PRESENT, b"\x22" * M, {0})}
+    child, _ = differencing(tmp_path, blocks=blocks)
+    img = gen.Image(child)
+    img.set_entry(img.bitmap_index(0), where, gen.SB_PRESENT)
+    img.save()
+    p = limited([VDISK_IMG, "info", "child.vhdx"], tmp_path)
+    assert p.returncode == 1 and why in p.stderr, p.stderr
+
+
 def test_open_without_writes_changes_nothing(tmp_path):
     """A read-write open that writes nothing leaves the file as it was
     (no header update before the first change)."""
