@@ -258,6 +258,8 @@ static int load_bmap(vd_node *n)
     s->mapped = (uint32_t)div_round_up(s->disk_size, VDI_BLOCK_SIZE);
     bytes = div_round_up((uint64_t)s->mapped * 4, VDI_SECTOR) * VDI_SECTOR;
     s->loaded = (uint32_t)(bytes / 4);
+    if ((r = vd_untrusted_table_check(n, bytes, "vdi block map")) < 0)
+        return r;
     if (!(s->bmap = malloc(bytes ? bytes : 1)))
         return vd_error(ENOMEM, "vdi: cannot allocate the block map (%" PRIu64 " bytes)",
                         bytes);
