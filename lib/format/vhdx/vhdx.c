@@ -554,6 +554,8 @@ static int read_bat(vd_node *n)
     if (s->entries > VHDX_MAX_ENTRIES)
         return vd_error(EFBIG, "vhdx: %llu BAT entries are more than vdisk handles",
                         (unsigned long long)s->entries);
+    if ((r = vd_untrusted_table_check(n, s->entries * 8, "vhdx BAT")) < 0)
+        return r;
     s->bat = vd_calloc_array(s->entries, sizeof(uint64_t));
     raw = malloc(BAT_READ_STEP);
     if (!s->bat || !raw)
