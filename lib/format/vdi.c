@@ -272,6 +272,8 @@ static int load_bmap(vd_node *n)
     s->mapped = (uint32_t)div_round_up(s->disk_size, VDI_BLOCK_SIZE);
     bytes = div_round_up((uint64_t)s->mapped * 4, VDI_SECTOR) * VDI_SECTOR;
     s->loaded = (uint32_t)(bytes / 4);
+    if ((r = vd_untrusted_table_check(n, bytes, "vdi block map")) < 0)
+        return r;
     if (!(s->bmap = malloc(bytes ? bytes : 1)))
         return vd_error(ENOMEM, "vdi: cannot allocate the block map (%" PRIu64 " bytes)",
                         bytes);
@@ -293,6 +295,10 @@ static int open_parent(vd_node *n, int flags)
     char *name = NULL;
     int r;
 
+    if (vd_node_untrusted(n))
+        /* the parent scan reads the other files of the directory */
+        return vd_error(EPERM, "vdi image '%s' is a differencing image, whose parent is "
+                        "another file: refused in untrusted mode", n->filename);
     if (strcmp(n->file->drv->name, "file"))
         r = vd_error(ENOTSUP, "vdi: '%s' is a differencing image, whose parent is found "
                      "only beside an image in a local file", n->filename);

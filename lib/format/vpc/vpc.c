@@ -300,6 +300,8 @@ static int open_dynamic(vd_node *n)
     /* Blocks start after the table; a table that does not fit the file
      * fails QEMU's test below before anything is read or allocated. */
     round_up_checked(s->bat_offset + s->entries * 4, VPC_SECTOR, &s->free_offset);
+    if ((r = vd_untrusted_table_check(n, s->loaded * 4, "vpc BAT")) < 0)
+        return r;
     if (s->free_offset <= (uint64_t)flen && s->loaded <= VPC_MAX_LOADED) {
         s->bat = vd_calloc_array(s->loaded, sizeof(uint32_t));
         s->bitmap_state = vd_calloc_array(s->loaded, 1);
