@@ -152,7 +152,10 @@ struct vd_node {
 };
 
 /* Open a child node (for drivers that open their own, e.g. data-file,
- * or a filter's "image").  Same semantics as vd_open. */
+ * or a filter's "image").  Same semantics as vd_open.  The child inherits
+ * VD_O_UNTRUSTED; a format node opened with it gets -EPERM (its children
+ * are named by its image).  Any open while an untrusted format driver's
+ * open runs is refused as well, vd_open included. */
 int vd_open_child(vd_node **out, vd_node *parent, const char *name,
                   const char *format, vd_opts *opts, int flags);
 /* Create the file under a format image with the protocol driver that name
@@ -160,8 +163,19 @@ int vd_open_child(vd_node **out, vd_node *parent, const char *name,
  * options (size, preallocation, ...). */
 int vd_protocol_create(const char *name, vd_opts *opts);
 
+/* Largest table (L1, refcount table, BAT, grain directory, block map,
+ * snapshot table) an untrusted image may make a driver allocate. */
+#define VD_UNTRUSTED_TABLE_MAX (16u << 20)
+/* Is n (or the image above it) opened with VD_O_UNTRUSTED? */
+bool vd_node_untrusted(const vd_node *n);
+/* Call before allocating a table of bytes whose size the image gives:
+ * -EFBIG with a message naming what when n is untrusted and bytes is over
+ * VD_UNTRUSTED_TABLE_MAX, else 0. */
+int vd_untrusted_table_check(const vd_node *n, uint64_t bytes, const char *what);
+
 /* Set n->backing_* from stored name/format, resolving the name against the
- * directory of n's file. */
+ * directory of n's file.  -EPERM (refused in untrusted mode) for a name
+ * while an untrusted n is being opened. */
 int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt);
 
 #ifdef __cplusplus

@@ -201,6 +201,9 @@ static int load_dir(struct vmdk_extent *e, uint64_t off, uint32_t **out)
     uint32_t *d;
     int r;
 
+    if ((r = vd_untrusted_table_check(e->file, (uint64_t)e->gd_entries * 4,
+                                      "vmdk grain directory")) < 0)
+        return r;
     raw = malloc((size_t)e->gd_entries * 4 + 1);
     d = vd_calloc_array(e->gd_entries, sizeof(uint32_t));
     if (!raw || !d) {
