@@ -128,6 +128,20 @@ def test_vmdk_flat_extent_naming_host_file_refused(tmp_path, secret):
     assert_leaks_then_refused(tmp_path, img, secret)
 
 
+@pytest.mark.parametrize("target", ["missing", "device", "proc"])
+def test_vmdk_extent_refusal_tells_nothing_about_the_path(tmp_path, target):
+    """The refusal comes before the extent's path is looked at: a missing
+    file, a device and a /proc file get the same refusal (no probing of the
+    host's files through error messages)."""
+    name = {"missing": str(tmp_path / "no" / "such"), "device": "/dev/null",
+            "proc": "/proc/self/environ"}[target]
+    img = descriptor(tmp_path, "monolithicFlat", ['RW 2048 FLAT "%s" 0' % name])
+    p = vimg("--untrusted", "info", "-f", "vmdk", img)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "refused in untrusted mode" in p.stderr, p.stderr
+    assert p.stderr.strip().endswith("'%s': refused in untrusted mode" % name), p.stderr
+
+
 def test_vmdk_two_gb_max_extent_refused(tmp_path, secret):
     img = descriptor(tmp_path, "twoGbMaxExtentFlat",
                      ['RW 1024 FLAT "%s" 0' % secret, 'RW 1024 FLAT "%s" 1024' % secret])
