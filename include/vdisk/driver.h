@@ -89,7 +89,8 @@ struct vd_driver {
      * cluster size or the tail of the image); data that does not shrink is
      * stored uncompressed.  NULL: the format cannot compress. */
     int (*pwrite_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *buf);
-    /* Cluster size qemu-img info prints at top level (0 / NULL: none). */
+    /* Cluster size qemu-img info prints at top level (0 / NULL: none;
+     * negative: QEMU's get_info fails, so info shows no dirty flag). */
     int64_t (*cluster_size)(vd_node *n);
     /* The image's dirty flag (info's "dirty-flag"). */
     bool (*is_dirty)(vd_node *n);
@@ -161,7 +162,10 @@ struct vd_node {
 };
 
 /* Open a child node (for drivers that open their own, e.g. data-file,
- * or a filter's "image").  Same semantics as vd_open. */
+ * or a filter's "image").  Same semantics as vd_open.  The child inherits
+ * VD_O_UNTRUSTED; a format node opened with it gets -EPERM (its children
+ * are named by its image).  Any open while an untrusted format driver's
+ * open runs is refused as well, vd_open included. */
 int vd_open_child(vd_node **out, vd_node *parent, const char *name,
                   const char *format, vd_opts *opts, int flags);
 /* Create the file under a format image with the protocol driver that name
@@ -169,8 +173,19 @@ int vd_open_child(vd_node **out, vd_node *parent, const char *name,
  * options (size, preallocation, ...). */
 int vd_protocol_create(const char *name, vd_opts *opts);
 
+/* Largest table (L1, refcount table, BAT, grain directory, block map,
+ * snapshot table) an untrusted image may make a driver allocate. */
+#define VD_UNTRUSTED_TABLE_MAX (16u << 20)
+/* Is n (or the image above it) opened with VD_O_UNTRUSTED? */
+bool vd_node_untrusted(const vd_node *n);
+/* Call before allocating a table of bytes whose size the image gives:
+ * -EFBIG with a message naming what when n is untrusted and bytes is over
+ * VD_UNTRUSTED_TABLE_MAX, else 0. */
+int vd_untrusted_table_check(const vd_node *n, uint64_t bytes, const char *what);
+
 /* Set n->backing_* from stored name/format, resolving the name against the
- * directory of n's file. */
+ * directory of n's file.  -EPERM (refused in untrusted mode) for a name
+ * while an untrusted n is being opened. */
 int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt);
 
 #ifdef __cplusplus

@@ -39,6 +39,12 @@ void vd_error_clear(void);
 #define VD_O_RESIZE       0x0040 /* with VD_O_RDWR: take the resize lock at open */
 #define VD_O_NO_SHARE     0x0080 /* let no one else write or resize meanwhile */
 #define VD_O_CHECK        0x0100 /* opened to be checked: no repair at open */
+/* The image is untrusted: it may not name other files (backing files, data
+ * files, extents; json: and protocol names included), its format must be
+ * the one its bytes say when one is given, and tables sized by its header
+ * are capped (VD_UNTRUSTED_TABLE_MAX).  Every node opened below inherits
+ * it.  See lib/core/untrusted.c. */
+#define VD_O_UNTRUSTED    0x0200
 
 /* ---- I/O flags ---- */
 #define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */
@@ -61,6 +67,9 @@ void vd_error_clear(void);
  * children ("file.xxx", "backing.xxx"). */
 int vd_open(vd_node **out, const char *name, const char *format,
             vd_opts *opts, int flags);
+/* True when the environment asks for untrusted mode: VDISK_UNTRUSTED set
+ * to any non-empty value other than "0". */
+bool vd_untrusted_env(void);
 /* Close a node and all its children. NULL is allowed. */
 void vd_close(vd_node *n);
 

@@ -14,6 +14,8 @@ const struct vd_driver *vd_probe_format(const uint8_t *buf, size_t len,
 /* Would these first bytes of a probed raw image make it probe as another
  * format? */
 bool vd_probe_changes_format(const uint8_t *buf, size_t len);
+/* Is n an untrusted format node whose driver open runs on this thread? */
+bool vd_untrusted_opening(const vd_node *n);
 /* Re-read the length from the driver into the node's cache. */
 int64_t vd_refresh_length(vd_node *n);
 

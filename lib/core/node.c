@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "core/untrusted.h"
 
 const char *vd_node_filename(const vd_node *n) { return n->filename; }
 const char *vd_node_format(const vd_node *n) { return n->drv->name; }
@@ -68,9 +69,13 @@ static char *resolve_backing(const char *image, const char *name)
     return out;
 }
 
-/* Record the backing file name (and format) stored in n's image. */
+/* Record the backing file name (and format) stored in n's image.  An
+ * untrusted image being opened is refused here, before the driver does
+ * anything with the name (the core checks again after open). */
 int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt)
 {
+    if (name && *name && vd_untrusted_opening(n))
+        return vd_untrusted_refuse(n, "backing file", name);
     free(n->backing_name);
     free(n->backing_full_name);
     free(n->backing_format);

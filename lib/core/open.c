@@ -14,6 +14,7 @@
 
 #include "core/internal.h"
 #include "core/lock.h"
+#include "core/untrusted.h"
 #include "util/checked.h"
 
 /* Longest backing chain followed before giving up (loops, bombs). */
@@ -42,6 +43,22 @@ static const char *const inherited_opts[] = {
 
 static int open_node(vd_node **out, bool file_child, const char *name,
                      const char *fmt, vd_opts *opts, int flags, int depth);
+
+/* The image file at each depth of the backing chain being opened by this
+ * thread (entries past the current depth are stale). */
+static __thread struct chain_id { dev_t dev; ino_t ino; bool set; } chain_ids[VD_MAX_CHAIN];
+
+/* The untrusted format node whose driver open runs on this thread.  While
+ * it is set, every open is that image reaching for another file (a data
+ * file, an extent, a parent a driver opens itself): open_node refuses it,
+ * so no format driver can forget the check. */
+static _Thread_local const vd_node *untrusted_opener;
+
+/* See internal.h. */
+bool vd_untrusted_opening(const vd_node *n)
+{
+    return n && n == untrusted_opener;
+}
 
 /* Is key in the NULL-terminated table? */
 static bool opt_in_table(const struct vd_opt_desc *t, const char *key)
@@ -175,9 +192,15 @@ static int node_flags(const vd_opts *opts, int flags, int *out)
  * the child options it knows ("image.*"); anything left must be known. */
 static int run_driver_open(vd_node *n, vd_opts *opts)
 {
-    int r;
+    const vd_node *saved = untrusted_opener;
+    int r = 0;
 
-    if (n->drv->open && (r = n->drv->open(n, opts, n->flags)) < 0)
+    if (n->drv->kind == VD_DRV_FORMAT && (n->flags & VD_O_UNTRUSTED))
+        untrusted_opener = n;
+    if (n->drv->open)
+        r = n->drv->open(n, opts, n->flags);
+    untrusted_opener = saved;
+    if (r < 0)
         return r;
     if ((r = check_leftover_opts(n, opts)) < 0)
         return r;
@@ -288,6 +311,25 @@ static int open_file_child(vd_node **file, const char *name, vd_opts *opts, int 
     return open_node(file, true, name, NULL, fo, flags, depth);
 }
 
+/* Refuse a backing file that is one of the images above it (formats that
+ * name their parent by locator or UUID can form loops). */
+static int check_backing_loop(const vd_node *n, int depth)
+{
+    struct chain_id *c = &chain_ids[depth];
+    struct stat st;
+
+    c->set = stat(n->filename, &st) == 0;
+    c->dev = st.st_dev;
+    c->ino = st.st_ino;
+    if (stat(n->backing_full_name, &st) < 0)
+        return 0;                  /* the open reports it */
+    for (int i = 0; i <= depth; i++)
+        if (chain_ids[i].set && chain_ids[i].dev == st.st_dev && chain_ids[i].ino == st.st_ino)
+            return vd_error(ELOOP, "Backing file '%s' creates an infinite loop.",
+                            n->backing_full_name);
+    return 0;
+}
+
 /* Open the backing chain named by the format driver; bo (consumed) holds
  * "backing.*" options, no_backing says the user asked for none. */
 static int open_backing(vd_node *n, vd_opts *bo, bool no_backing, int flags, int depth)
@@ -302,6 +344,10 @@ static int open_backing(vd_node *n, vd_opts *bo, bool no_backing, int flags, int
     if (depth + 1 >= VD_MAX_CHAIN) {
         vd_opts_free(bo);
         return vd_error(ELOOP, "backing chain of '%s' is too long", n->filename);
+    }
+    if ((r = check_backing_loop(n, depth)) < 0) {
+        vd_opts_free(bo);
+        return r;
     }
     r = open_node(&n->backing, false, n->backing_full_name, n->backing_format, bo,
                   flags & ~VD_O_RDWR, depth + 1);
@@ -327,6 +373,12 @@ static int open_backing_and_driver(vd_node *n, vd_opts *opts, int flags, int dep
         vd_opts_free(bo);
         return r;
     }
+    /* Untrusted mode: an image naming a backing file is refused whether or
+     * not the chain is to be opened (every driver records it here). */
+    if ((n->flags & VD_O_UNTRUSTED) && n->backing_name) {
+        vd_opts_free(bo);
+        return vd_untrusted_refuse(n, "backing file", n->backing_name);
+    }
     return open_backing(n, bo, no_backing, flags, depth);
 }
 
@@ -340,8 +392,13 @@ static int open_format(vd_node **out, const struct vd_driver *d,
 
     if ((r = open_file_child(&file, name, opts, flags, depth)) < 0)
         return r;
-    if (!d && (r = probe_format(file, name, &d, &probed_raw)) < 0)
+    if (!d) {
+        if ((r = probe_format(file, name, &d, &probed_raw)) < 0)
+            goto fail;
+    } else if ((flags & VD_O_UNTRUSTED) && d->kind == VD_DRV_FORMAT &&
+               (r = vd_untrusted_check_format(file, d, name)) < 0) {
         goto fail;
+    }
     if (d->kind != VD_DRV_FORMAT) {
         r = vd_error(EINVAL, "'%s' is not a format driver", d->name);
         goto fail;
@@ -413,6 +470,12 @@ static int open_node(vd_node **out, bool file_child, const char *name,
     const struct vd_driver *d = NULL;
     int r;
 
+    if (untrusted_opener) {
+        r = vd_untrusted_refuse(untrusted_opener, "file",
+                                vd_untrusted_child_name(name, opts));
+        vd_opts_free(opts);
+        return r;
+    }
     if (!opts && !(opts = vd_opts_new()))
         return vd_error(ENOMEM, "out of memory");
     r = 0;
@@ -445,7 +508,18 @@ int vd_open(vd_node **out, const char *name, const char *format, vd_opts *opts, 
 int vd_open_child(vd_node **out, vd_node *parent, const char *name,
                   const char *format, vd_opts *opts, int flags)
 {
-    int r = open_node(out, false, name, format, opts, flags, 0);
+    int r;
+
+    /* A format node's own children come from its image (also those a
+     * driver would open after open). */
+    if (parent && parent->drv->kind == VD_DRV_FORMAT && (parent->flags & VD_O_UNTRUSTED)) {
+        *out = NULL;
+        r = vd_untrusted_refuse(parent, "file", vd_untrusted_child_name(name, opts));
+        vd_opts_free(opts);
+        return r;
+    }
+    r = open_node(out, false, name, format, opts,
+                  flags | (parent ? parent->flags & VD_O_UNTRUSTED : 0), 0);
     if (r >= 0)
         (*out)->parent = parent;
     return r;

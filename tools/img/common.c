@@ -212,10 +212,12 @@ static vd_opts *img_parse_image_opts(const char *str)
     return NULL;
 }
 
+bool img_untrusted;
+
 /* The VD_O_* flags for an open request. */
 static int img_open_flags(const struct img_open_args *a)
 {
-    int flags = 0;
+    int flags = img_untrusted && !a->target ? VD_O_UNTRUSTED : 0;
 
     if (a->writable)
         flags |= VD_O_RDWR | (a->resize ? VD_O_RESIZE : 0);

@@ -392,7 +392,7 @@ static int open_target(struct convert_ctx *cx)
     const struct convert_args *ca = cx->ca;
     struct img_open_args a = { .name = ca->out, .fmt = ca->out_fmt,
         .image_opts = ca->target_image_opts, .writable = true,
-        .cache = ca->cache, .quiet = ca->quiet };
+        .cache = ca->cache, .quiet = ca->quiet, .target = true };
     int64_t len;
 
     if (img_check_cache(ca->cache, false) < 0)

@@ -206,7 +206,7 @@ static int do_dd(const struct dd_args *da)
     struct img_open_args ia = { .name = da->in, .fmt = da->fmt,
         .image_opts = da->image_opts, .force_share = da->force_share };
     struct img_open_args oa = { .name = da->out, .fmt = da->out_fmt,
-        .writable = true, .no_backing = true };
+        .writable = true, .no_backing = true, .target = true };
     vd_node *in = NULL, *out = NULL;
     uint64_t start, end;
     int64_t size;

@@ -48,7 +48,12 @@ struct img_open_args {
     bool check;             /* check: no repair of a dirty image at open */
     const char *cache;      /* -t / -T cache mode, or NULL */
     bool quiet;
+    bool target;            /* an image this run creates or writes as output
+                               (convert, dd): never opened as untrusted */
 };
+/* --untrusted or VDISK_UNTRUSTED: every image but targets is opened with
+ * VD_O_UNTRUSTED (set by main.c before the subcommand runs). */
+extern bool img_untrusted;
 /* Open and print qemu-img's error on failure ("Could not open 'x': ...").
  * Returns NULL on failure. */
 vd_node *img_open(const struct img_open_args *a);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* vdisk-img: entry point.  Parses the global options (-h, -V, -T), then
- * dispatches to one subcommand per file, as qemu-img does; --help prints the
- * command synopses and the registered drivers. */
+/* vdisk-img: entry point.  Parses the global options (-h, -V, -T,
+ * --untrusted), then dispatches to one subcommand per file, as qemu-img
+ * does; --help prints the command synopses and the registered drivers. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,6 +165,11 @@ void img_help(void)
            "    '-V', '--version'    output version information and exit\n"
            "    '-T', '--trace'      [[enable=]<pattern>][,events=<file>][,file=<file>]\n"
            "                         specify tracing options (accepted, ignored)\n"
+           "    '--untrusted'        (also after any command) treat the images as hostile:\n"
+           "                         refuse backing files, data files, other vmdk extents,\n"
+           "                         json: and protocol names inside them and a format\n"
+           "                         that does not match -f; cap table sizes (also\n"
+           "                         VDISK_UNTRUSTED=1)\n"
            "\n"
            "Command syntax:\n", IMG_PROG);
     fputs(help_synopses, stdout);
@@ -191,6 +196,7 @@ static int parse_global_options(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { "trace", required_argument, NULL, 'T' },
+        { "untrusted", no_argument, NULL, 256 },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -204,12 +210,34 @@ static int parse_global_options(int argc, char **argv)
             exit(0);
         case 'T':
             break;              /* tracing is accepted and ignored */
+        case 256:               /* --untrusted */
+            img_untrusted = true;
+            break;
         default:
             img_getopt_error(c, argv);
             return -1;
         }
     }
     return optind;
+}
+
+/* Take every --untrusted out of the subcommand's arguments (before "--"),
+ * so that each subcommand accepts it without knowing it; returns the new
+ * argument count. */
+static int take_untrusted(int argc, char **argv)
+{
+    int out = 0, i;
+
+    for (i = 0; i < argc && strcmp(argv[i], "--"); i++) {
+        if (i > 0 && !strcmp(argv[i], "--untrusted"))
+            img_untrusted = true;
+        else
+            argv[out++] = argv[i];
+    }
+    for (; i < argc; i++)
+        argv[out++] = argv[i];
+    argv[out] = NULL;
+    return out;
 }
 
 /* Register every --object of the subcommand's arguments (before "--")
@@ -236,6 +264,7 @@ int main(int argc, char **argv)
     const struct img_command *cmd;
     int first;
 
+    img_untrusted = vd_untrusted_env();
     first = parse_global_options(argc, argv);
     if (first < 0)
         return 1;
@@ -248,6 +277,7 @@ int main(int argc, char **argv)
         img_usage_error("Command not found: %s", argv[first]);
         return 1;
     }
+    argc = first + take_untrusted(argc - first, argv + first);
     if (add_objects(argc - first, argv + first) < 0)
         return 1;
     optind = 0;                 /* restart getopt for the subcommand */

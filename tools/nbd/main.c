@@ -20,7 +20,7 @@
 enum {
     OPT_CACHE = 256, OPT_AIO, OPT_DISCARD, OPT_DETECT_ZEROES, OPT_OBJECT,
     OPT_TLSCREDS, OPT_TLSHOSTNAME, OPT_TLSAUTHZ, OPT_IMAGE_OPTS, OPT_FORK,
-    OPT_PID_FILE, OPT_SELINUX_LABEL,
+    OPT_PID_FILE, OPT_SELINUX_LABEL, OPT_UNTRUSTED,
 };
 
 static const char *argv0 = NBD_PROG;     /* for "Try `%s --help'" */
@@ -62,6 +62,7 @@ static const struct option long_opts[] = {
     { "fork", no_argument, NULL, OPT_FORK },
     { "pid-file", required_argument, NULL, OPT_PID_FILE },
     { "selinux-label", required_argument, NULL, OPT_SELINUX_LABEL },
+    { "untrusted", no_argument, NULL, OPT_UNTRUSTED },
     { NULL, 0, NULL, 0 },
 };
 
@@ -128,7 +129,11 @@ static const char help_text[] =
 "      --aio=MODE            set AIO mode (native, io_uring or threads)\n"
 "      --discard=MODE        set discard mode (ignore, unmap)\n"
 "      --detect-zeroes=MODE  set detect-zeroes mode (off, on, unmap)\n"
-"      --image-opts          treat FILE as a full set of image options\n";
+"      --image-opts          treat FILE as a full set of image options\n"
+"      --untrusted           treat FILE as hostile: refuse backing files, data\n"
+"                            files, other vmdk extents, json: and protocol names\n"
+"                            inside it and a format that does not match -f; cap\n"
+"                            table sizes (also VDISK_UNTRUSTED=1)\n";
 
 /* See nbd.h. */
 void nbd_err(const char *fmt, ...)
@@ -222,6 +227,7 @@ static int parse_one(struct nbd_cli *cli, int c, char **argv)
     case OPT_FORK: cli->fork = true; break;
     case OPT_PID_FILE: cli->pid_file = optarg; break;
     case OPT_SELINUX_LABEL: cli->selinux_label = optarg; break;
+    case OPT_UNTRUSTED: cli->untrusted = true; break;
     case ':':
         return usage_error("option '%s' requires an argument", argv[optind - 1]);
     default:
@@ -336,7 +342,10 @@ static vd_node *open_snapshot(const struct nbd_cli *cli)
         nbd_err("--snapshot is not supported with --image-opts");
         return NULL;
     }
-    if ((r = vd_open(&base, cli->filename, cli->fmt, NULL, 0)) < 0) {
+    /* Untrusted: the image is checked here; the overlay made below is
+     * ours and names it as its backing file, so it is opened trusted. */
+    if ((r = vd_open(&base, cli->filename, cli->fmt, NULL,
+                     cli->untrusted ? VD_O_UNTRUSTED : 0)) < 0) {
         nbd_err("Failed to blk_new_open '%s': %s", cli->filename, vd_errmsg());
         return NULL;
     }
@@ -369,7 +378,7 @@ out:
 /* Open the image named on the command line; NULL with the error printed. */
 static vd_node *open_image(const struct nbd_cli *cli)
 {
-    int flags = cli->read_only ? 0 : VD_O_RDWR;
+    int flags = (cli->read_only ? 0 : VD_O_RDWR) | (cli->untrusted ? VD_O_UNTRUSTED : 0);
     vd_opts *o;
     vd_node *n = NULL;
     int r;
@@ -503,7 +512,7 @@ static int run_list(struct nbd_cli *cli, int nargs)
 
 int main(int argc, char **argv)
 {
-    struct nbd_cli cli = { .shared = 1 };
+    struct nbd_cli cli = { .shared = 1, .untrusted = vd_untrusted_env() };
     int c, r;
 
     argv0 = argv[0];

@@ -24,6 +24,7 @@ struct nbd_cli {
     bool has_offset;
     bool image_opts, read_only, snapshot, nocache, persistent, verbose;
     bool fork, list, disconnect, alloc_depth;
+    bool untrusted;                /* --untrusted or VDISK_UNTRUSTED */
     int shared;
 };
 

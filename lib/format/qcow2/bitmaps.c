@@ -52,6 +52,8 @@ int qcow2_bitmaps_mark_in_use(vd_node *n)
 
     if (!s->has_bitmaps_ext || !len)
         return 0;
+    if ((r = vd_untrusted_table_check(n, len, "qcow2 bitmap directory")) < 0)
+        return r;
     if (!(dir = malloc(len)))
         return vd_error(ENOMEM, "out of memory");
     r = qcow2_read_padded(n->file, s->bitmap_dir_offset, len, dir);

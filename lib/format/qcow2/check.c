@@ -815,11 +815,13 @@ static int walk_l2(struct qchk *q, struct vd_check_result *res, uint64_t l2_off,
 /* Read an L1 table of n entries (n * 8 <= MAX_L1_BYTES). */
 static int read_l1(struct qchk *q, uint64_t off, uint32_t n, uint64_t **out)
 {
-    uint64_t *t = vd_calloc_array(n, sizeof(uint64_t));
+    uint64_t *t;
     int r;
 
     *out = NULL;
-    if (!t)
+    if ((r = vd_untrusted_table_check(q->n, (uint64_t)n * 8, "qcow2 L1 table")) < 0)
+        return r;
+    if (!(t = vd_calloc_array(n, sizeof(uint64_t))))
         return vd_error(ENOMEM, "qcow2: out of memory for an L1 table");
     if ((r = read_at(q, off, (uint64_t)n * 8, t)) < 0) {
         free(t);
@@ -937,7 +939,8 @@ static int walk_bitmaps(struct qchk *q, struct vd_check_result *res)
 
     if (!q->nb_bitmaps)
         return 0;
-    if ((r = inc_refs(q, res, q->bm_dir_off, q->bm_dir_size)) < 0)
+    if ((r = inc_refs(q, res, q->bm_dir_off, q->bm_dir_size)) < 0 ||
+        (r = vd_untrusted_table_check(q->n, q->bm_dir_size, "qcow2 bitmap directory")) < 0)
         return r;
     if (!(dir = malloc(q->bm_dir_size ? q->bm_dir_size : 1)) ||
         read_at(q, q->bm_dir_off, q->bm_dir_size, dir) < 0)

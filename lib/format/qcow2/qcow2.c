@@ -404,10 +404,12 @@ static int read_backing(vd_node *n, const uint8_t *c)
 /* Load a table of 64-bit big-endian entries into host order. */
 static int load_table(vd_node *n, uint64_t off, uint64_t entries, uint64_t **out)
 {
-    uint64_t *t = vd_calloc_array(entries ? entries : 1, 8);
+    uint64_t *t;
     int r;
 
-    if (!t)
+    if ((r = vd_untrusted_table_check(n, entries * 8, "qcow2 L1 table")) < 0)
+        return r;
+    if (!(t = vd_calloc_array(entries ? entries : 1, 8)))
         return vd_error(ENOMEM, "out of memory");
     if (entries && (r = qcow2_read_padded(n->file, off, entries * 8, t)) < 0) {
         free(t);

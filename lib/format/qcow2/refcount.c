@@ -67,6 +67,8 @@ int qcow2_refcount_init(vd_node *n)
     uint64_t entries = (uint64_t)s->reftable_clusters << (s->cluster_bits - 3);
     int r;
 
+    if ((r = vd_untrusted_table_check(n, entries * 8, "qcow2 refcount table")) < 0)
+        return r;
     s->reftable = vd_calloc_array(entries, 8);
     if (!s->reftable)
         return vd_error(ENOMEM, "out of memory");

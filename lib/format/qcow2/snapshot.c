@@ -179,6 +179,9 @@ static int read_table(vd_node *n)
         return vd_error(EFBIG, "Snapshot table too large");
     if (!is_aligned(off, s->cluster_size) || off > INT64_MAX - SN_MAX_TABLE)
         return vd_error(EINVAL, "Snapshot table offset invalid");
+    if ((r = vd_untrusted_table_check(n, (uint64_t)s->nb_snapshots * sizeof(*s->snaps),
+                                      "qcow2 snapshot table")) < 0)
+        return r;
     if (!(s->snaps = vd_calloc_array(s->nb_snapshots, sizeof(*s->snaps))))
         return vd_error(ENOMEM, "out of memory");
     for (uint32_t i = 0; i < s->nb_snapshots && r >= 0; i++)
@@ -208,6 +211,8 @@ static int read_snap_l1(vd_node *n, const struct qc_snapshot *sn, uint64_t **out
         return vd_error(EINVAL, "Snapshot L1 table at %#llx (%llu bytes) is outside the "
                         "image file", (unsigned long long)sn->l1_offset,
                         (unsigned long long)bytes);
+    if ((r = vd_untrusted_table_check(n, bytes, "qcow2 snapshot L1 table")) < 0)
+        return r;
     if (!(t = vd_calloc_array(sn->l1_size ? sn->l1_size : 1, 8)))
         return vd_error(ENOMEM, "out of memory");
     if (bytes && (r = vd_pread(n->file, sn->l1_offset, bytes, t, 0)) < 0) {

@@ -6,7 +6,14 @@
  *
  * Invariants:
  *  1. A grain table entry is written only after the grain's bytes are on
- *     disk (whole grain: data, then zeroes or backing data around it).
+ *     disk (whole grain: data, then zeroes or backing data around it; the
+ *     file grown and flushed before the entry goes out, so no power loss
+ *     leaves an entry pointing past the end of the file or at bytes never
+ *     written; streamOptimized extents, written once by convert, skip
+ *     that flush).  The entry, then its redundant copy, then a flush (as
+ *     QEMU); the directories never change (tables are preallocated).
+ *     Each step is named by an event (vmdk_grain_write, vmdk_gt_update,
+ *     vmdk_rgt_update) for fault injection.
  *  2. Allocation runs under alloc_lock, one grain at a time; next_grain
  *     only grows.  s->lock guards the grain table cache and is held for
  *     metadata only, never across guest data I/O.
@@ -60,14 +67,14 @@ struct vmdk_extent *vmdk_new_extent(vd_node *n)
 }
 
 /* Account a new extent (the last one) in the disk size. */
-static int commit_extent(vd_node *n, struct vmdk_extent *e)
+int vmdk_commit_extent(vd_node *n, struct vmdk_extent *e)
 {
     struct vmdk_state *s = n->state;
     uint64_t bytes, end;
 
     if (MUL_OVERFLOW(e->sectors, (uint64_t)VMDK_SECTOR, &bytes) ||
         ADD_OVERFLOW(s->size, bytes, &end) || end > (uint64_t)INT64_MAX)
-        return vd_error(EFBIG, "vmdk: the extents add up to more than 8 EiB");
+        return vd_error(EFBIG, "Could not refresh total sector count: File too large");
     e->start = s->size;
     s->size = end;
     s->n_ext++;
@@ -88,7 +95,7 @@ int vmdk_add_flat(vd_node *n, vd_node *f, const char *type, uint64_t sectors,
     e->sectors = sectors;
     e->flat_offset = offset;
     snprintf(e->type, sizeof(e->type), "%s", type);
-    return commit_extent(n, e);
+    return vmdk_commit_extent(n, e);
 }
 
 /* The header fields, host order. */
@@ -194,6 +201,9 @@ static int load_dir(struct vmdk_extent *e, uint64_t off, uint32_t **out)
     uint32_t *d;
     int r;
 
+    if ((r = vd_untrusted_table_check(e->file, (uint64_t)e->gd_entries * 4,
+                                      "vmdk grain directory")) < 0)
+        return r;
     raw = malloc((size_t)e->gd_entries * 4 + 1);
     d = vd_calloc_array(e->gd_entries, sizeof(uint32_t));
     if (!raw || !d) {
@@ -255,8 +265,8 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
         return r;
     memcpy(h, text, 4);
     free(text);
-    if (h[0] == 'C' && h[1] == 'O' && h[2] == 'W' && h[3] == 'D')
-        return vd_error(ENOTSUP, "vmdk: VMDK3 (COWD) sparse extents are not supported");
+    if (!memcmp(h, "COWD", 4))
+        return vmdk_add_cowd(n, f, own, type);
     if (memcmp(h, "KDMV", 4))
         return vd_error(EINVAL, "Image not in VMDK format");
     if ((r = read_padded(f, 0, sizeof(h), h)) < 0)
@@ -285,7 +295,7 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
     snprintf(e->type, sizeof(e->type), "%s", type);
     r = setup_sparse(e, &hd, gd_entries, (uint64_t)flen);
     if (r >= 0)
-        r = commit_extent(n, e);
+        r = vmdk_commit_extent(n, e);
     if (r < 0) {
         free(e->gd);
         free(e->rgd);
@@ -303,6 +313,7 @@ void vmdk_free_extents(struct vmdk_state *s)
         struct vmdk_extent *e = &s->ext[i];
         free(e->gd);
         free(e->rgd);
+        vmdk_se_free(e->se);
         for (unsigned k = 0; k < VMDK_GT_CACHE; k++)
             free(e->cache[k].e);
         if (e->own_file)
@@ -396,6 +407,8 @@ static int map_sparse(struct vmdk_state *s, struct vmdk_extent *e, uint64_t off,
     uint32_t sec = 0, first = 0;
     int r;
 
+    if (e->se)
+        return vmdk_se_map(s, e, off, len, m);
     pthread_mutex_lock(&s->lock);
     r = grain_entry(e, g, &m->kind, &first);
     m->bytes = VD_MIN(len, gb - in);
@@ -521,6 +534,7 @@ static int set_gte(vd_node *n, struct vmdk_extent *e, uint64_t g, uint32_t value
         if (!range_ok(at, 4, e->file_len))
             return vd_error(EIO, "vmdk: grain table at sector %" PRIu32 " lies beyond the "
                             "end of the file", secs[i]);
+        vd_event(e->file, i ? "vmdk_rgt_update" : "vmdk_gt_update");
         if ((r = vd_pwrite(e->file, at, 4, v, 0)) < 0)
             return r;
     }
@@ -557,12 +571,18 @@ static int grow_to(struct vmdk_extent *e, uint64_t end)
     return 0;
 }
 
-/* Write bytes at host offset at, growing the known file length. */
+/* Write a new grain's bytes at host offset at, growing the known file
+ * length, and flush them (invariant 1: before the table entry) unless
+ * the extent is streamOptimized, which only convert writes, start to end
+ * (an image cut short there is incomplete anyway, as in QEMU). */
 static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
 {
-    int r = grow_to(e, at + len);
+    int r;
 
-    return r < 0 ? r : vd_pwrite(e->file, at, len, buf, 0);
+    vd_event(e->file, "vmdk_grain_write");
+    if ((r = grow_to(e, at + len)) < 0 || (r = vd_pwrite(e->file, at, len, buf, 0)) < 0)
+        return r;
+    return e->compressed ? 0 : vd_flush(e->file);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an

@@ -152,6 +152,8 @@ static int write_piece(vd_node *n, uint64_t off, struct vmdk_map *m, const void 
 {
     int r;
 
+    if (m->ext->se)
+        return vd_error(ENOTSUP, "No write support for seSparse images available");
     if (m->ext->compressed)
         return vmdk_write_compressed(n, off, m->bytes, p);
     if (m->kind == VMDK_DATA) {
@@ -343,17 +345,24 @@ static int64_t vmdk_allocated(vd_node *n)
     return t;
 }
 
-/* info's cluster_size: the grain size when all extents are alike. */
+/* Are two extents of one kind for QEMU (flat, compressed, grain size)? */
+static bool same_kind(const struct vmdk_extent *a, const struct vmdk_extent *b)
+{
+    return a->flat == b->flat && a->compressed == b->compressed &&
+           (a->flat || a->grain_sectors == b->grain_sectors);
+}
+
+/* info's cluster_size: the grain size of sparse extents all alike; 0 for
+ * flat ones; -ENOTSUP when they differ (QEMU's get_info fails then). */
 static int64_t vmdk_cluster_size(vd_node *n)
 {
     struct vmdk_state *s = n->state;
 
+    for (uint32_t i = 1; i < s->n_ext; i++)
+        if (!same_kind(&s->ext[0], &s->ext[i]))
+            return -ENOTSUP;
     if (!s->n_ext || s->ext[0].flat)
         return 0;
-    for (uint32_t i = 1; i < s->n_ext; i++)
-        if (s->ext[i].flat || s->ext[i].compressed != s->ext[0].compressed ||
-            s->ext[i].grain_sectors != s->ext[0].grain_sectors)
-            return 0;
     return (int64_t)(s->ext[0].grain_sectors * VMDK_SECTOR);
 }
 
@@ -387,7 +396,8 @@ static int vmdk_info(vd_node *n, struct vd_json *d)
 }
 
 /* qemu-img check: every grain that maps data must start inside its file;
- * the first problem ends the walk.  No repairs (as QEMU). */
+ * the first problem ends the walk (a table that cannot be read fails the
+ * check with EPERM, QEMU's -1).  No repairs (as QEMU). */
 static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
 {
     struct vmdk_state *s = n->state;
@@ -400,8 +410,8 @@ static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
         if ((r = vmdk_lookup(n, off, s->size - off, &m)) < 0) {
             fprintf(stderr, "ERROR: could not get cluster_offset for sector %" PRIu64 "\n",
                     off / VMDK_SECTOR);
-            res->corruptions++;
-            return 0;
+            vd_error_clear();
+            return -EPERM;
         }
         if (m.kind == VMDK_DATA && !m.ext->flat && m.grain_host >= m.ext->file_len) {
             fprintf(stderr, "ERROR: cluster offset for sector %" PRIu64 " points after EOF\n",
