@@ -63,7 +63,13 @@ static const char *const bd_events[] = {
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write",
     "cluster_alloc_space", "none",
     /* vdisk's own points, where QEMU has no event name. */
-    "header_update", NULL,
+    "header_update", "vmdk_grain_write", "vmdk_gt_update", "vmdk_rgt_update",
+    "vmdk_desc_update",
+    /* vhdx (lib/format/vhdx): the driver's steps and the log's. */
+    "vhdx_session_start", "vhdx_session_end", "vhdx_header_write",
+    "vhdx_block_alloc", "vhdx_bat_update", "vhdx_log_replay",
+    "vhdx_log_flush_data", "vhdx_log_write_entry", "vhdx_log_flush_entry",
+    "vhdx_log_write_update", "vhdx_log_flush_update", NULL,
 };
 
 static const char *const bd_iotypes[] = {
