@@ -3,12 +3,14 @@
  * forced, no backing files), its mapping walked and each extent read,
  * including compressed clusters, the info hook and check; then opened
  * read-write for a few writes, zero writes and a discard (allocation,
- * the overlap check and bitmap marking on hostile metadata). */
+ * the overlap check and bitmap marking on hostile metadata); persistent
+ * bitmaps are listed and walked read-only, then changed and stored. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "vdisk/bitmap.h"
 #include "vdisk/driver.h"
 #include "util/json.h"
 
@@ -51,6 +53,41 @@ static void check(vd_node *n)
         n->drv->check(n, &res, 0);
 }
 
+/* Walk the dirty status of each bitmap (bounded). */
+static void bitmaps_walk(vd_node *n)
+{
+    struct vd_bitmap_info *l;
+    int64_t size = vd_getlength(n);
+    int count = vd_bitmap_list(n, &l);
+
+    for (int i = 0; i < count && size > 0; i++) {
+        uint64_t off = 0, pnum;
+        bool dirty;
+        for (int k = 0; k < 256 && off < (uint64_t)size; k++, off += pnum)
+            if (vd_bitmap_status(n, l[i].name, off, (uint64_t)size - off, &dirty, &pnum) < 0)
+                break;
+    }
+    if (count >= 0)
+        vd_bitmap_list_free(l, count);
+}
+
+/* Bitmap changes, stored at the flush. */
+static void bitmaps_modify(vd_node *n)
+{
+    struct vd_bitmap_info *l;
+    int count = vd_bitmap_list(n, &l);
+
+    vd_bitmap_add(n, "fz", 0, false);
+    if (count > 0) {
+        vd_bitmap_clear(n, l[0].name);
+        vd_bitmap_merge(n, "fz", n, l[0].name);
+        vd_bitmap_remove(n, l[count - 1].name);
+    }
+    if (count >= 0)
+        vd_bitmap_list_free(l, count);
+    vd_flush(n);
+}
+
 /* A few changes through the write paths (the image is a memfd copy). */
 static void modify(vd_node *n)
 {
@@ -84,6 +121,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
             info(n);
             walk(n);
+            bitmaps_walk(n);
             check(n);
             vd_close(n);
             n = NULL;
@@ -91,6 +129,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             vd_opts_set(o, "l2-cache-size", "8192");
             if (vd_open(&n, name, "qcow2", o, VD_O_RDWR | VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
                 modify(n);
+                bitmaps_modify(n);
+                bitmaps_walk(n);
                 vd_close(n);
             }
         }

@@ -26,6 +26,7 @@ struct vd_check_result {
     uint64_t fragmented_clusters, compressed_clusters;
 };
 struct vd_json;
+struct vd_bitmap_req;
 struct vd_measure_info { uint64_t required, fully_allocated; bool has_bitmaps; uint64_t bitmaps; };
 
 struct vd_driver {
@@ -89,7 +90,8 @@ struct vd_driver {
      * cluster size or the tail of the image); data that does not shrink is
      * stored uncompressed.  NULL: the format cannot compress. */
     int (*pwrite_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *buf);
-    /* Cluster size qemu-img info prints at top level (0 / NULL: none). */
+    /* Cluster size qemu-img info prints at top level (0 / NULL: none;
+     * negative: QEMU's get_info fails, so info shows no dirty flag). */
     int64_t (*cluster_size)(vd_node *n);
     /* The image's dirty flag (info's "dirty-flag"). */
     bool (*is_dirty)(vd_node *n);
@@ -118,6 +120,19 @@ struct vd_driver {
     /* The image takes only compressed writes of whole clusters (vmdk
      * streamOptimized: QEMU's needs_compressed_writes).  NULL: false. */
     bool (*needs_compressed_writes)(vd_node *n);
+    /* Compressed writes in two steps (NULL: pwrite_compressed only), so that
+     * the copy engine compresses on every core while the clusters land in
+     * order: compress_cluster turns one cluster (pwrite_compressed's
+     * arguments) into the bytes the format stores, into out (room for
+     * VD_COMPRESS_ROOM(len) bytes), thread-safe and with no I/O;
+     * store_compressed then writes those out_len bytes as that cluster. */
+    int (*compress_cluster)(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                            void *out, size_t *out_len);
+    int (*store_compressed)(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                            size_t data_len);
+    /* Persistent dirty bitmaps (vdisk/bitmap.h): one request at a time
+     * (struct vd_bitmap_req).  NULL: the format keeps none. */
+    int (*bitmap)(vd_node *n, struct vd_bitmap_req *req);
     /* Options "amend" takes (-o help lists them); NULL: no amendment. */
     const struct vd_opt_desc *amend_opts;
     /* Change the options of an open image (qemu-img amend); opts holds

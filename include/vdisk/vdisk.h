@@ -84,6 +84,14 @@ int vd_discard(vd_node *n, uint64_t off, uint64_t len);
  * len the cluster size (or what is left of the image).  -ENOTSUP when the
  * format cannot compress. */
 int vd_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+/* vd_pwrite_compressed in two steps, for formats that offer them (else
+ * -ENOTSUP): compress a cluster into out (room for VD_COMPRESS_ROOM(len)
+ * bytes; no I/O, callable from any thread), then store those bytes. */
+#define VD_COMPRESS_ROOM(len) (2 * (len) + 4096)
+int vd_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *out_len);
+int vd_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                        size_t data_len);
 /* The format's cluster size (qemu-img info's cluster_size), 0 if none. */
 int64_t vd_node_cluster_size(vd_node *n);
 /* Does the image take only compressed writes (convert then writes as -c)? */

@@ -18,7 +18,10 @@
  *     ends on one (or at the end of the data), so no two jobs share a
  *     cluster; data jobs may then span sources.  Compressed jobs write out
  *     of order: each cluster is written once, so the order only decides
- *     where in the file the compressed bytes land.
+ *     where in the file the compressed bytes land.  A target that
+ *     compresses in two steps (vd_compress_cluster) gets one cluster per
+ *     job, compressed by its worker before the job's turn and stored in
+ *     order, so its file is laid out as qemu-img lays it out.
  *  5. Targets allocate as qemu-img 7.2 leaves them, so jobs are cut where
  *     qemu-img cuts its requests whenever that decides allocation: convert
  *     with zero detection makes every data job one qemu-img request (an
@@ -35,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "vdisk/copy.h"
 #include "vdisk/driver.h"
@@ -76,6 +80,7 @@ struct copy_job {
     uint64_t doff;   /* offset in dst */
     uint64_t len;
     uint64_t seq;
+    size_t packed_len;   /* compressed ahead: bytes at packed_off; 0 = zeroes */
 };
 
 /* A worker waiting for its turn to write (in order mode); each has its own
@@ -114,6 +119,8 @@ struct copy_state {
     int zero_flags;
     bool ooo;                 /* writes need not wait for earlier jobs */
     uint64_t cs;              /* -c: target cluster size */
+    bool compress_ahead;      /* -c in two steps: compress, then store in order */
+    uint64_t packed_off;      /* where in a worker's buffer compressed bytes go */
     uint64_t data_end;        /* target offset where the copied data ends */
     uint64_t dst_size;        /* length of the target */
     int base_depth;           /* commit: chain depth of p->base */
@@ -602,6 +609,44 @@ static int write_compressed(struct copy_state *st, const struct copy_job *job, c
     return 0;
 }
 
+/* The bytes of target cluster off that a compressed job writes: the
+ * cluster, or what is left of the target. */
+static uint64_t cluster_bytes(const struct copy_state *st, uint64_t off)
+{
+    return VD_MIN(st->cs, st->dst_size - off);
+}
+
+/* -c in two steps: compress the job's cluster into the worker's buffer
+ * before its turn (job->packed_len 0: the cluster is zero and is written
+ * as zeroes); <0 on error (recorded). */
+static int compress_ahead(struct copy_state *st, struct copy_job *job, char *buf)
+{
+    uint64_t wl = cluster_bytes(st, job->doff), l = job->len;
+    int r = 0;
+
+    job->packed_len = 0;
+    if (wl > l)        /* the rest of the cluster keeps what the target holds */
+        r = vd_pread(st->p->dst, job->doff + l, wl - l, buf + l, 0);
+    if (r >= 0 && !(st->p->min_sparse && buffer_is_zero(buf, wl)))
+        r = vd_compress_cluster(st->p->dst, job->doff, wl, buf, buf + st->packed_off,
+                                &job->packed_len);
+    if (r < 0)
+        io_error(st, r, "writing", job->pos);
+    return r;
+}
+
+/* -c in two steps: store the cluster compressed ahead. */
+static int write_packed(struct copy_state *st, const struct copy_job *job, const char *buf)
+{
+    uint64_t wl = cluster_bytes(st, job->doff);
+
+    if (!job->packed_len)
+        return write_zero_range(st, job->doff, job->len);
+    throttle(st, wl);
+    return vd_store_compressed(st->p->dst, job->doff, wl, buf + st->packed_off,
+                               job->packed_len);
+}
+
 /* Do the writes of a job; <0 on error (recorded). */
 static int write_job(struct copy_state *st, const struct copy_job *job, char *buf,
                      const struct sparse_map *m)
@@ -610,7 +655,9 @@ static int write_job(struct copy_state *st, const struct copy_job *job, char *bu
 
     switch (job->kind) {
     case JOB_DATA:
-        if (st->p->compress)
+        if (st->compress_ahead)
+            r = write_packed(st, job, buf);
+        else if (st->p->compress)
             r = write_compressed(st, job, buf);
         else if (st->p->min_sparse && !st->p->base)
             r = write_sparse(st, job->doff, buf, m);
@@ -758,7 +805,7 @@ static int ordered_write(struct copy_state *st, int id, const struct copy_job *j
 }
 
 /* Run one job start to finish; <0 on error. */
-static int run_job(struct copy_state *st, int id, const struct copy_job *job, char *buf,
+static int run_job(struct copy_state *st, int id, struct copy_job *job, char *buf,
                    struct sparse_map *m)
 {
     int r;
@@ -766,6 +813,8 @@ static int run_job(struct copy_state *st, int id, const struct copy_job *job, ch
     if ((r = offload_job(st, id, job)) != 0)
         return r < 0 ? r : 0;
     if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
+        return r;
+    if (job->kind == JOB_DATA && st->compress_ahead && (r = compress_ahead(st, job, buf)) < 0)
         return r;
     if (job_sparse(st, job))
         sparse_scan(buf, job->len, job->doff, st->p->min_sparse, st->sparse_align, m);
@@ -787,7 +836,8 @@ static void *worker(void *opaque)
     m.cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
     if (!(m.end = vd_calloc_array(m.cap, sizeof(*m.end))) ||
         !(m.zero = vd_calloc_array(m.cap, sizeof(*m.zero))) ||
-        posix_memalign(&buf, 4096, VD_MAX(st->chunk, st->cs))) {
+        posix_memalign(&buf, 4096, st->packed_off +
+                       (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0))) {
         free(m.end);
         free(m.zero);
         pthread_mutex_lock(&st->lock);
@@ -852,6 +902,14 @@ static int position_cursor(struct copy_state *st, uint64_t total)
     return 0;
 }
 
+/* Processors online (at least 1, at most COPY_MAX_WORKERS). */
+static int online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+    return (int)VD_MAX(1, VD_MIN(n, COPY_MAX_WORKERS));
+}
+
 /* Number of workers and bytes per job from the parameters. */
 static void choose_sizes(struct copy_state *st, int *nworkers)
 {
@@ -871,6 +929,12 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
     if (p->compress)   /* whole clusters per job; CPU-bound, so small jobs */
         st->chunk = VD_MAX(round_down(VD_MIN(st->chunk, COPY_COMPRESS_CHUNK), st->cs),
                            st->cs);
+    if (st->compress_ahead) {   /* one cluster per job; workers beyond the
+                                 * cores would only hold memory */
+        st->chunk = st->cs;
+        w = VD_MIN(w, online_cpus() + 2);
+    }
+    st->packed_off = div_round_up(VD_MAX(st->chunk, st->cs), 4096) * 4096;
     *nworkers = w;
 }
 
@@ -902,6 +966,7 @@ static int setup_compress(struct copy_state *st)
                         (unsigned long long)st->cs);
     if (p->dst_offset % st->cs)
         return vd_error(EINVAL, "compressed writes must start on a cluster boundary");
+    st->compress_ahead = p->dst->drv->compress_cluster && p->dst->drv->store_compressed;
     return 0;
 }
 
@@ -973,7 +1038,7 @@ static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int
     setup_sparse(st);
     choose_sizes(st, nw);
     st->dst_size = (uint64_t)VD_MAX(vd_getlength(p->dst), 0);
-    st->ooo = p->out_of_order || p->compress;
+    st->ooo = p->out_of_order || (p->compress && !st->compress_ahead);
     st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only &&
                     !p->base;
     st->zero_flags = p->unallocated_only ? 0 : VD_REQ_MAY_UNMAP;

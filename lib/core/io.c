@@ -336,6 +336,34 @@ int vd_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf
     return n->drv->pwrite_compressed(n, off, len, buf);
 }
 
+/* Compress one cluster for vd_store_compressed (see vdisk.h). */
+int vd_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *out_len)
+{
+    int r;
+
+    if ((r = check_writable(n)) < 0 || (r = check_range(n, off, len)) < 0)
+        return r;
+    if (!len || !n->drv->compress_cluster || !n->drv->store_compressed)
+        return -ENOTSUP;
+    return n->drv->compress_cluster(n, off, len, buf, out, out_len);
+}
+
+/* Store a cluster compressed by vd_compress_cluster. */
+int vd_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                        size_t data_len)
+{
+    int r;
+
+    if ((r = check_writable(n)) < 0 || (r = check_range(n, off, len)) < 0)
+        return r;
+    if (!len || !n->drv->store_compressed)
+        return -ENOTSUP;
+    atomic_fetch_add(&n->st_wr_ops, 1);
+    atomic_fetch_add(&n->st_wr_bytes, len);
+    return n->drv->store_compressed(n, off, len, data, data_len);
+}
+
 /* The driver's cluster size, 0 when it has none. */
 int64_t vd_node_cluster_size(vd_node *n)
 {

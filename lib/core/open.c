@@ -44,6 +44,10 @@ static const char *const inherited_opts[] = {
 static int open_node(vd_node **out, bool file_child, const char *name,
                      const char *fmt, vd_opts *opts, int flags, int depth);
 
+/* The image file at each depth of the backing chain being opened by this
+ * thread (entries past the current depth are stale). */
+static __thread struct chain_id { dev_t dev; ino_t ino; bool set; } chain_ids[VD_MAX_CHAIN];
+
 /* The untrusted format node whose driver open runs on this thread.  While
  * it is set, every open is that image reaching for another file (a data
  * file, an extent, a parent a driver opens itself): open_node refuses it,
@@ -307,6 +311,25 @@ static int open_file_child(vd_node **file, const char *name, vd_opts *opts, int 
     return open_node(file, true, name, NULL, fo, flags, depth);
 }
 
+/* Refuse a backing file that is one of the images above it (formats that
+ * name their parent by locator or UUID can form loops). */
+static int check_backing_loop(const vd_node *n, int depth)
+{
+    struct chain_id *c = &chain_ids[depth];
+    struct stat st;
+
+    c->set = stat(n->filename, &st) == 0;
+    c->dev = st.st_dev;
+    c->ino = st.st_ino;
+    if (stat(n->backing_full_name, &st) < 0)
+        return 0;                  /* the open reports it */
+    for (int i = 0; i <= depth; i++)
+        if (chain_ids[i].set && chain_ids[i].dev == st.st_dev && chain_ids[i].ino == st.st_ino)
+            return vd_error(ELOOP, "Backing file '%s' creates an infinite loop.",
+                            n->backing_full_name);
+    return 0;
+}
+
 /* Open the backing chain named by the format driver; bo (consumed) holds
  * "backing.*" options, no_backing says the user asked for none. */
 static int open_backing(vd_node *n, vd_opts *bo, bool no_backing, int flags, int depth)
@@ -321,6 +344,10 @@ static int open_backing(vd_node *n, vd_opts *bo, bool no_backing, int flags, int
     if (depth + 1 >= VD_MAX_CHAIN) {
         vd_opts_free(bo);
         return vd_error(ELOOP, "backing chain of '%s' is too long", n->filename);
+    }
+    if ((r = check_backing_loop(n, depth)) < 0) {
+        vd_opts_free(bo);
+        return r;
     }
     r = open_node(&n->backing, false, n->backing_full_name, n->backing_format, bo,
                   flags & ~VD_O_RDWR, depth + 1);

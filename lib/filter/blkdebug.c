@@ -63,7 +63,15 @@ static const char *const bd_events[] = {
     "l1_shrink_write_table", "l1_shrink_free_l2_clusters", "cor_write",
     "cluster_alloc_space", "none",
     /* vdisk's own points, where QEMU has no event name. */
-    "header_update", "amend_upgrade_header", "amend_mark_clean", "amend_lazy_header",
+    "header_update", "vmdk_grain_write", "vmdk_gt_update", "vmdk_rgt_update",
+    "vmdk_desc_update",
+    /* vhdx (lib/format/vhdx): the driver's steps and the log's. */
+    "vhdx_session_start", "vhdx_session_end", "vhdx_header_write",
+    "vhdx_block_alloc", "vhdx_bat_update", "vhdx_log_replay",
+    "vhdx_log_flush_data", "vhdx_log_write_entry", "vhdx_log_flush_entry",
+    "vhdx_log_write_update", "vhdx_log_flush_update",
+    /* qcow2 amend (lib/format/qcow2/amend*.c). */
+    "amend_upgrade_header", "amend_mark_clean", "amend_lazy_header",
     "amend_header", "amend_zero_alloc", "amend_zero_write", "amend_inactive_l2_write",
     "amend_downgrade_header", "amend_refblock_alloc", "amend_reftable_alloc",
     "amend_refblock_write", "amend_reftable_write", "amend_refcount_header",

@@ -6,7 +6,8 @@
  * header checks and messages, new blocks at the same offsets, the same
  * header and block map bytes, the same check report; plus checks of its
  * own on the layout (header, block map and data must not overlap; the
- * block map and the data read must lie inside the file).
+ * block map and the data read must lie inside the file).  Differencing
+ * images, which QEMU refuses, are read with their parent (invariant 4).
  *
  * Invariants:
  *  1. A guest block is linked in the block map only after its whole data
@@ -19,7 +20,13 @@
  *     block map sector, as QEMU writes them, so that a crash between the
  *     two leaves an unused block, never one index given out twice.
  *  3. lock guards the block map and header bytes in memory; it is held
- *     only to read or change them, never across I/O. */
+ *     only to read or change them, never across I/O.
+ *  4. A differencing image (VirtualBox's type diff or undo with a link
+ *     UUID; vdi-parent.c finds its parent) reads a never-written block
+ *     (0xffffffff) from its parent and a zero block (0xfffffffe) as
+ *     zeroes; a write that allocates a never-written block fills the rest
+ *     of it from the parent (copy on write), so the parent is never
+ *     written and the child reads the same after the write. */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -29,7 +36,9 @@
 #include <string.h>
 #include <sys/random.h>
 
+#include "format/vdi-parent.h"
 #include "util/checked.h"
+#include "util/json.h"
 #include "vdisk/driver.h"
 
 /* ---- on-disk layout ---- */
@@ -37,6 +46,8 @@
 #define VDI_VERSION_1_1     0x00010001u
 #define VDI_TYPE_DYNAMIC    1u
 #define VDI_TYPE_STATIC     2u
+#define VDI_TYPE_UNDO       3u             /* differencing types of VirtualBox */
+#define VDI_TYPE_DIFF       4u
 #define VDI_SECTOR          512u
 #define VDI_HEADER_BYTES    512u           /* the header sector QEMU reads and writes */
 #define VDI_PREHEADER_LEN   0x48u          /* text, signature, version */
@@ -70,6 +81,7 @@ struct vdi_header {
     uint32_t blocks, blocks_allocated;
     uint64_t disk_size;
     bool link_uuid, parent_uuid;          /* non-null */
+    bool diff;                            /* differencing (invariant 4) */
 };
 
 struct vdi_state {
@@ -78,6 +90,7 @@ struct vdi_state {
     bool locks_ok;
     uint8_t hdr[VDI_HEADER_BYTES]; /* the header as read (disk size rounded up) */
     uint32_t type, offset_bmap, offset_data, blocks, blocks_allocated;
+    bool diff;                     /* differencing image (invariant 4) */
     uint64_t disk_size;            /* rounded up to a sector */
     uint8_t *bmap;                 /* whole sectors of the map as on disk */
     uint32_t mapped;               /* entries the guest reaches (cover disk_size) */
@@ -166,6 +179,7 @@ static void decode_header(const uint8_t *h, struct vdi_header *hd)
     hd->blocks_allocated = le32_get(h + VH_ALLOCATED);
     hd->link_uuid = uuid_set(h + VH_UUID_LINK);
     hd->parent_uuid = uuid_set(h + VH_UUID_PARENT);
+    hd->diff = vdi_is_differencing(h);
 }
 
 /* The size checks that come first in QEMU; the disk size is then rounded
@@ -206,9 +220,9 @@ static int check_fields(const struct vdi_header *hd)
     if (hd->disk_size > room)
         return vd_error(ENOTSUP, "unsupported VDI image (disk size %" PRIu64 ", image "
                         "bitmap has room for %" PRIu64 ")", hd->disk_size, room);
-    if (hd->link_uuid)
+    if (hd->link_uuid && !hd->diff)
         return vd_error(ENOTSUP, "unsupported VDI image (non-NULL link UUID)");
-    if (hd->parent_uuid)
+    if (hd->parent_uuid && !hd->diff)
         return vd_error(ENOTSUP, "unsupported VDI image (non-NULL parent UUID)");
     if (hd->blocks > VDI_BLOCKS_MAX)
         return vd_error(ENOTSUP, "unsupported VDI image (too many blocks %u, max is %u)",
@@ -227,7 +241,7 @@ static int check_layout(const struct vdi_header *hd, uint64_t file_len)
     if (hd->header_size < VDI_HEADER_V1_LEN)
         return vd_error(ENOTSUP, "unsupported VDI image (header size 0x%" PRIx32
                         " is below 0x%x)", hd->header_size, VDI_HEADER_V1_LEN);
-    if (hd->type != VDI_TYPE_DYNAMIC && hd->type != VDI_TYPE_STATIC)
+    if (hd->type != VDI_TYPE_DYNAMIC && hd->type != VDI_TYPE_STATIC && !hd->diff)
         return vd_error(ENOTSUP, "unsupported VDI image (image type %" PRIu32 ")", hd->type);
     if (hd->block_extra)
         return vd_error(ENOTSUP, "unsupported VDI image (%" PRIu32 " extra bytes per block)",
@@ -273,7 +287,43 @@ static int load_bmap(vd_node *n)
     return 0;
 }
 
-/* Read and check the header, load the block map. */
+/* Name the parent of a differencing image (a file beside it).  An open
+ * that skips backing files goes on without a parent it cannot find. */
+static int open_parent(vd_node *n, int flags)
+{
+    struct vdi_state *s = n->state;
+    char *name = NULL;
+    int r;
+
+    if (vd_node_untrusted(n))
+        /* the parent scan reads the other files of the directory */
+        return vd_error(EPERM, "vdi image '%s' is a differencing image, whose parent is "
+                        "another file: refused in untrusted mode", n->filename);
+    if (strcmp(n->file->drv->name, "file"))
+        r = vd_error(ENOTSUP, "vdi: '%s' is a differencing image, whose parent is found "
+                     "only beside an image in a local file", n->filename);
+    else
+        r = vdi_find_parent(n->filename, s->hdr, s->disk_size, &name);
+    if ((r == -ENOENT || r == -ENOTSUP) && (flags & VD_O_NO_BACKING)) {
+        vd_error_clear();
+        return 0;
+    }
+    if (r < 0)
+        return r;
+    /* "./" keeps a name such as "nbd:x.vdi" from naming a protocol */
+    if (strchr(name, ':')) {
+        char *dotted = NULL;
+        r = asprintf(&dotted, "./%s", name) < 0 ? vd_error(ENOMEM, "out of memory") : 0;
+        free(name);
+        name = dotted;
+    }
+    if (r >= 0)
+        r = vd_node_set_backing_name(n, name, "vdi");
+    free(name);
+    return r;
+}
+
+/* Read and check the header, load the block map, name the parent. */
 static int vdi_open(vd_node *n, vd_opts *opts, int flags)
 {
     struct vdi_state *s = n->state;
@@ -293,6 +343,7 @@ static int vdi_open(vd_node *n, vd_opts *opts, int flags)
         (r = check_layout(&hd, (uint64_t)file_len)) < 0)
         return r;
     s->type = hd.type;
+    s->diff = hd.diff;
     s->offset_bmap = hd.offset_bmap;
     s->offset_data = hd.offset_data;
     s->blocks = hd.blocks;
@@ -300,7 +351,9 @@ static int vdi_open(vd_node *n, vd_opts *opts, int flags)
     s->disk_size = hd.disk_size;
     s->file_len = (uint64_t)file_len;
     le64_put(s->hdr + VH_DISK_SIZE, hd.disk_size);   /* QEMU writes it back rounded */
-    return load_bmap(n);
+    if ((r = load_bmap(n)) < 0)
+        return r;
+    return s->diff ? open_parent(n, flags) : 0;
 }
 
 /* Free the block map (everything is on disk already). */
@@ -321,10 +374,17 @@ static void vdi_close(vd_node *n)
 /* A run of guest bytes with one kind of mapping. */
 struct vdi_run {
     bool data;                     /* in data blocks (else reads as zeroes) */
+    bool parent;                   /* never written in a differencing image */
     uint32_t block, entry;         /* first guest block and its map entry */
     uint64_t host;                 /* host offset of the first byte (data) */
     uint64_t bytes;
 };
+
+/* Does block map entry e read from the parent (invariant 4)? */
+static inline bool from_parent(const struct vdi_state *s, uint32_t e)
+{
+    return s->diff && e == VDI_UNALLOCATED;
+}
 
 /* The run at guest offset off (inside the disk), at most len bytes: blocks
  * that follow are joined while they stay unallocated, or stay allocated
@@ -338,10 +398,11 @@ static void get_run(vd_node *n, uint64_t off, uint64_t len, struct vdi_run *run)
     run->block = (uint32_t)bi;
     run->entry = entry_get(s, bi);
     run->data = is_allocated(run->entry);
+    run->parent = from_parent(s, run->entry);
     run->bytes = VD_MIN(len, VDI_BLOCK_SIZE - in);
     while (run->bytes < len && bi + k < s->mapped && k < VDI_MAX_RUN_BLOCKS) {
         uint32_t e = entry_get(s, bi + k);
-        if (is_allocated(e) != run->data ||
+        if (is_allocated(e) != run->data || from_parent(s, e) != run->parent ||
             (run->data && (uint64_t)e != (uint64_t)run->entry + k))
             break;
         run->bytes += VD_MIN(len - run->bytes, (uint64_t)VDI_BLOCK_SIZE);
@@ -375,7 +436,22 @@ static int check_run(vd_node *n, const struct vdi_run *run)
 
 /* ---- reads ---- */
 
-/* Read run by run: zeroes for unallocated blocks, the file for data. */
+/* Read guest bytes from the parent: zeroes past its end, and where a
+ * differencing image was opened without it. */
+static int read_parent(vd_node *n, uint64_t off, uint64_t len, uint8_t *buf)
+{
+    int64_t bl = n->backing ? vd_getlength(n->backing) : 0;
+    uint64_t l;
+
+    if (bl < 0)
+        return (int)bl;
+    l = off >= (uint64_t)bl ? 0 : VD_MIN(len, (uint64_t)bl - off);
+    memset(buf + l, 0, len - l);
+    return l ? vd_pread(n->backing, off, l, buf, 0) : 0;
+}
+
+/* Read run by run: the parent for a differencing image's never-written
+ * blocks, zeroes for other unallocated blocks, the file for data. */
 static int vdi_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 {
     uint8_t *p = buf;
@@ -384,10 +460,13 @@ static int vdi_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flag
 
     while (len) {
         get_run(n, off, len, &run);
-        if (!run.data)
-            memset(p, 0, run.bytes);
-        else if ((r = check_run(n, &run)) < 0 ||
-                 (r = vd_pread(n->file, run.host, run.bytes, p, flags)) < 0)
+        if (run.parent)
+            r = read_parent(n, off, run.bytes, p);
+        else if (!run.data)
+            memset(p, 0, run.bytes), r = 0;
+        else if ((r = check_run(n, &run)) >= 0)
+            r = vd_pread(n->file, run.host, run.bytes, p, flags);
+        if (r < 0)
             return r;
         off += run.bytes;
         len -= run.bytes;
@@ -413,10 +492,27 @@ static int check_new_index(const struct vdi_state *s, uint32_t idx)
     return 0;
 }
 
-/* Write the data of a new block at host block idx: the guest bytes at in,
- * zeroes around them.  alloc_lock held. */
-static int write_new_block(vd_node *n, uint32_t idx, uint64_t in, uint64_t len,
-                           const uint8_t *p, int flags)
+/* Fill buf (one block) with what guest block bi reads before its first
+ * write: the parent's bytes when cow (invariant 4), else zeroes. */
+static int block_before(vd_node *n, uint32_t bi, bool cow, uint8_t *buf)
+{
+    struct vdi_state *s = n->state;
+    uint64_t off = (uint64_t)bi * VDI_BLOCK_SIZE;
+    uint64_t len = VD_MIN((uint64_t)VDI_BLOCK_SIZE, s->disk_size - off);
+
+    memset(buf + len, 0, VDI_BLOCK_SIZE - len);
+    if (!cow) {
+        memset(buf, 0, len);
+        return 0;
+    }
+    return read_parent(n, off, len, buf);
+}
+
+/* Write the data of a new block at host block idx for guest block bi: the
+ * guest bytes at in, around them zeroes or (cow) the parent's bytes.
+ * alloc_lock held. */
+static int write_new_block(vd_node *n, uint32_t bi, uint32_t idx, bool cow, uint64_t in,
+                           uint64_t len, const uint8_t *p, int flags)
 {
     struct vdi_state *s = n->state;
     uint64_t host = host_offset(s, idx, 0), end = host + VDI_BLOCK_SIZE;
@@ -433,9 +529,9 @@ static int write_new_block(vd_node *n, uint32_t idx, uint64_t in, uint64_t len,
         return vd_pwrite(n->file, host, len, p, flags);
     if (!s->alloc_buf && !(s->alloc_buf = malloc(VDI_BLOCK_SIZE)))
         return vd_error(ENOMEM, "out of memory");
-    memset(s->alloc_buf, 0, in);
+    if ((r = block_before(n, bi, cow, s->alloc_buf)) < 0)
+        return r;
     memcpy(s->alloc_buf + in, p, len);
-    memset(s->alloc_buf + in + len, 0, VDI_BLOCK_SIZE - in - len);
     return vd_pwrite(n->file, host, VDI_BLOCK_SIZE, s->alloc_buf, flags);
 }
 
@@ -479,7 +575,8 @@ static int alloc_block(vd_node *n, uint32_t bi, uint64_t in, uint64_t len,
     idx = s->blocks_allocated;
     r = is_allocated(e) ? 1 : check_new_index(s, idx);
     pthread_mutex_unlock(&s->lock);
-    if (r == 0 && (r = write_new_block(n, idx, in, len, p, flags)) == 0)
+    if (r == 0 && (r = write_new_block(n, bi, idx, from_parent(s, e), in, len, p,
+                                       flags)) == 0)
         r = link_block(n, bi, idx, flags);
     pthread_mutex_unlock(&s->alloc_lock);
     return r;
@@ -531,8 +628,9 @@ static int file_zero_status(vd_node *n, uint64_t host, uint64_t *pnum)
     return r & VD_BS_ZERO;
 }
 
-/* Unallocated blocks read as zeroes; data blocks are where the map says
- * (QEMU's answer, also for entries out of range). */
+/* Unallocated blocks read as zeroes, or fall through to the parent
+ * (invariant 4); data blocks are where the map says (QEMU's answer, also
+ * for entries out of range). */
 static int vdi_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                             uint64_t *map, vd_node **file)
 {
@@ -542,8 +640,11 @@ static int vdi_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pn
 
     get_run(n, off, len, &run);
     *pnum = run.bytes;
+    if (run.parent)
+        return 0;
     if (!run.data)
         return VD_BS_ZERO;
+    *pnum = VD_MIN(*pnum, VDI_BLOCK_SIZE - off % VDI_BLOCK_SIZE);   /* one block, as QEMU */
     *map = run.host;
     *file = n->file;
     st = VD_BS_DATA | VD_BS_OFFSET_VALID;
@@ -564,9 +665,27 @@ static bool vdi_has_zero_init(vd_node *n)
     struct vdi_state *s = n->state;
     const struct vd_driver *d = n->file->drv;
 
+    if (s->diff)
+        return false;              /* reads the parent */
     if (s->type != VDI_TYPE_STATIC)
         return true;
     return d->has_zero_init && d->has_zero_init(n->file);
+}
+
+/* Format-specific info: for a differencing image only (QEMU has none). */
+static int vdi_info(vd_node *n, struct vd_json *data)
+{
+    struct vdi_state *s = n->state;
+    char u[37];
+
+    if (!s->diff)
+        return 0;
+    vd_json_set_str(data, "image-type", "differencing");
+    vdi_uuid_str(s->hdr + VH_UUID_LINK, u);
+    vd_json_set_str(data, "parent-uuid", u);
+    vdi_uuid_str(s->hdr + VH_UUID_PARENT, u);
+    vd_json_set_str(data, "parent-modification-uuid", u);
+    return 0;
 }
 
 /* qemu-img info's cluster_size: the block size. */
@@ -860,7 +979,9 @@ static const struct vd_driver vdi_driver = {
     .getlength = vdi_getlength,
     .create = vdi_create,
     .check = vdi_check,
+    .info = vdi_info,
     .has_zero_init = vdi_has_zero_init,
     .cluster_size = vdi_cluster_size,
+    .supports_backing = true,
 };
 VD_DRIVER_REGISTER(vdi_driver)

@@ -64,3 +64,8 @@ def write_pattern(path, off, length, byte):
     with open(path, "r+b") as f:
         f.seek(off)
         f.write(bytes([byte]) * length)
+
+
+# The session's Linux guest under QEMU, for kernel features this machine
+# lacks (guest.py).
+from guest import guest  # noqa: E402,F401

@@ -256,10 +256,11 @@ class Qcow2Reader:
         return b + bytes(ln - len(b))
 
 
-def judge(image, model, started, flushed):
+def judge(image, model, started, flushed, reader=None):
     """Problems of a crashed image (bytes) against the model: a list of
-    strings, empty when every sector reads as allowed."""
-    q = Qcow2Reader(image)
+    strings, empty when every sector reads as allowed.  reader: the image
+    reader class (Qcow2Reader unless given; the same interface)."""
+    q = (reader or Qcow2Reader)(image)
     spc = q.cs // SECTOR
     size = min(q.size, model.size)
     bad, seen = [], set()
@@ -285,10 +286,10 @@ def judge(image, model, started, flushed):
     return bad
 
 
-def observe(image):
+def observe(image, reader=None):
     """{guest sector: value} of every sector of a qcow2 image (bytes) that
-    does not read as zeroes."""
-    q = Qcow2Reader(image)
+    does not read as zeroes (reader: as for judge)."""
+    q = (reader or Qcow2Reader)(image)
     spc, vals = q.cs // SECTOR, {}
     for gc, host in q.clusters():
         for i in range(spc if host is not None else 0):

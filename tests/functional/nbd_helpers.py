@@ -74,7 +74,7 @@ class Server:
     def addr_args(self):
         return ["-k", self.sock] if self.sock else ["-b", "127.0.0.1", "-p", str(self.port)]
 
-    def stop(self, timeout=10):
+    def stop(self, timeout=60):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:

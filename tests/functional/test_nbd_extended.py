@@ -475,7 +475,7 @@ class Proxy:
     """Forward connections on path to the server, recording both ways."""
 
     def __init__(self, path, server):
-        self.server, self.conns = server, []
+        self.server, self.conns, self.pumps = server, [], []
         self.ls = socket.socket(socket.AF_UNIX)
         self.ls.bind(path)
         self.ls.listen(16)
@@ -491,8 +491,10 @@ class Proxy:
             b = self.server.connect()
             rec = [bytearray(), bytearray()]
             self.conns.append(rec)
-            threading.Thread(target=self._pump, args=(a, b, rec[0]), daemon=True).start()
-            threading.Thread(target=self._pump, args=(b, a, rec[1]), daemon=True).start()
+            for args in ((a, b, rec[0]), (b, a, rec[1])):
+                t = threading.Thread(target=self._pump, args=args, daemon=True)
+                self.pumps.append(t)
+                t.start()
 
     @staticmethod
     def _pump(src, dst, rec):
@@ -510,6 +512,14 @@ class Proxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def traffic(self):
+        """The recorded connections, once every one has ended (a client
+        that exited may have bytes still on their way through a pump)."""
+        for t in list(self.pumps):
+            t.join(60)
+            assert not t.is_alive(), "a proxied connection did not end"
+        return self.conns
 
     def close(self):
         self.ls.close()
@@ -595,9 +605,10 @@ def test_vdisk_img_uses_extended_headers(proxied, img, tmp_path):
     assert img.read_bytes() == src.read_bytes()
     r = vimg("compare", "-f", "raw", src, p.uri())
     assert r.returncode == 0, r.stdout + r.stderr
-    assert p.conns
+    conns = p.traffic()
+    assert conns
     writes = 0
-    for c2s, s2c in p.conns:
+    for c2s, s2c in conns:
         opts, reqs = client_traffic(bytes(c2s))
         assert OPT_EXTENDED in opts and OPT_STRUCTURED not in opts
         assert reqs and all(m == EXT_REQ_MAGIC for m, _, _ in reqs)
@@ -615,7 +626,7 @@ def test_vdisk_img_writes_flag_their_payload(proxied, img, tmp_path):
     if r.returncode:
         r = vimg("convert", "-n", "-f", "raw", "-O", "raw", src, p.uri())
     assert r.returncode == 0, r.stderr
-    flags = [fl for c2s, _ in p.conns for _, fl, t in client_traffic(bytes(c2s))[1]
+    flags = [fl for c2s, _ in p.traffic() for _, fl, t in client_traffic(bytes(c2s))[1]
              if t == CMD_WRITE]
     assert flags and all(fl & F_PAYLOAD_LEN for fl in flags)
 

@@ -128,6 +128,20 @@ def test_vmdk_flat_extent_naming_host_file_refused(tmp_path, secret):
     assert_leaks_then_refused(tmp_path, img, secret)
 
 
+@pytest.mark.parametrize("target", ["missing", "device", "proc"])
+def test_vmdk_extent_refusal_tells_nothing_about_the_path(tmp_path, target):
+    """The refusal comes before the extent's path is looked at: a missing
+    file, a device and a /proc file get the same refusal (no probing of the
+    host's files through error messages)."""
+    name = {"missing": str(tmp_path / "no" / "such"), "device": "/dev/null",
+            "proc": "/proc/self/environ"}[target]
+    img = descriptor(tmp_path, "monolithicFlat", ['RW 2048 FLAT "%s" 0' % name])
+    p = vimg("--untrusted", "info", "-f", "vmdk", img)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "refused in untrusted mode" in p.stderr, p.stderr
+    assert p.stderr.strip().endswith("'%s': refused in untrusted mode" % name), p.stderr
+
+
 def test_vmdk_two_gb_max_extent_refused(tmp_path, secret):
     img = descriptor(tmp_path, "twoGbMaxExtentFlat",
                      ['RW 1024 FLAT "%s" 0' % secret, 'RW 1024 FLAT "%s" 1024' % secret])
@@ -380,3 +394,40 @@ def test_refusal_message_shows_no_control_characters(tmp_path):
     assert p.returncode == 1
     assert "references backing file 'a?[31mred?line': refused" in p.stderr
     assert "\x1b" not in p.stderr and p.stderr.count("\n") == 1
+
+
+# ---- differencing vdi, vpc and vhdx: the parent is another file ----
+
+def secret_parent(tmp_path, secret, fmt, *opts):
+    """The secret as an image of format fmt (the parent a child names)."""
+    parent = tmp_path / ("parent." + fmt)
+    qimg("convert", "-q", "-f", "raw", "-O", fmt, *opts, secret, parent)
+    return parent
+
+
+@needs_qemu_img
+def test_vdi_differencing_parent_refused(tmp_path, secret):
+    import diffimg
+    parent = secret_parent(tmp_path, secret, "vdi")
+    child = tmp_path / "child.vdi"
+    diffimg.make_vdi_child(parent, child, {})
+    assert_leaks_then_refused(tmp_path, child, child)
+
+
+@needs_qemu_img
+def test_vpc_differencing_parent_refused(tmp_path, secret):
+    import diffimg
+    parent = secret_parent(tmp_path, secret, "vpc")
+    child = tmp_path / "child.vhd"
+    diffimg.make_vhd_child(parent, child, {})
+    assert_leaks_then_refused(tmp_path, child, parent.name)
+
+
+@needs_qemu_img
+def test_vhdx_differencing_parent_refused(tmp_path, secret):
+    import vhdx_gen
+    parent = secret_parent(tmp_path, secret, "vhdx")
+    child = tmp_path / "child.vhdx"
+    qimg("create", "-q", "-f", "vhdx", "-o", "block_state_zero=off", child, "1M")
+    vhdx_gen.make_differencing(str(child), parent.name)
+    assert_leaks_then_refused(tmp_path, child, parent.name)

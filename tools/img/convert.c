@@ -249,8 +249,8 @@ static int open_sources(struct convert_ctx *cx)
     return 0;
 }
 
-/* -l: read the source's internal snapshot; --bitmaps needs source
- * features libvdisk does not offer yet. */
+/* -l: read the source's internal snapshot; --bitmaps: the source's
+ * bitmaps can be copied. */
 static int check_source_features(const struct convert_ctx *cx)
 {
     const struct convert_args *ca = cx->ca;
@@ -263,10 +263,9 @@ static int check_source_features(const struct convert_ctx *cx)
         img_error("Failed to load snapshot: %s", vd_errmsg());
         return -1;
     }
-    if (ca->bitmaps) {
-        img_error("Source lacks bitmap support");
+    if (ca->bitmaps && img_convert_check_bitmaps(cx->src[0], ca->nsrc,
+                                                 ca->skip_broken_bitmaps) < 0)
         return -1;
-    }
     return 0;
 }
 
@@ -401,6 +400,8 @@ static int open_target(struct convert_ctx *cx)
         return -1;
     if (!(cx->dst = img_open(&a)))
         return -1;
+    if (ca->bitmaps && img_convert_check_target_bitmaps(cx->dst) < 0)
+        return -1;
     if (ca->no_create) {
         len = vd_getlength(cx->dst);
         if (len < 0) {
@@ -479,7 +480,9 @@ static int do_convert(struct convert_ctx *cx)
         return r < 0 ? 1 : 0;
     }
     if ((ca->no_create || create_target(cx, o) == 0) && open_target(cx) == 0 &&
-        run_copy(cx, target_backing(ca, o) != NULL) == 0)
+        run_copy(cx, target_backing(ca, o) != NULL) == 0 &&
+        (!ca->bitmaps ||
+         img_convert_copy_bitmaps(cx->src[0], cx->dst, ca->skip_broken_bitmaps) == 0))
         ret = 0;
     vd_opts_free(o);
     return ret;

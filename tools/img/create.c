@@ -119,36 +119,86 @@ static int set_backing(struct create_ctx *c)
     return 0;
 }
 
-/* Without a size, take the backing file's (unless -u); -1 on error. */
-static int size_from_backing(struct create_ctx *c)
+/* The backing name as the new image will resolve it: relative names are
+ * taken from the image's directory (protocol names stay as they are). */
+static char *full_backing_name(const char *image, const char *name)
 {
-    const struct create_args *ca = c->ca;
-    struct img_open_args a = { .name = ca->backing, .fmt = ca->backing_fmt,
-                               .force_share = true, .no_backing = true };
-    vd_opts *o = vd_opts_new();
-    vd_node *n = NULL;
-    char buf[32];
-    int64_t len;
+    const char *slash = strrchr(image, '/'), *colon = strchr(name, ':');
+    char *out;
 
-    if (!ca->backing_fmt) {
-        img_error("%s: Backing file specified without backing format",
-                  ca->filename);
-        vd_opts_free(o);
+    if (name[0] == '/' || !slash || (colon && (!strchr(name, '/') || colon < strchr(name, '/'))))
+        return strdup(name);
+    if (asprintf(&out, "%.*s/%s", (int)(slash - image), image, name) < 0)
+        return NULL;
+    return out;
+}
+
+/* Open the backing file as qemu-img create does (its whole chain, shared,
+ * with -F's format or probed): it must open and -F must be given; without
+ * a size, the image takes the backing file's.  -1 (printed) on error. */
+static int open_backing(struct create_ctx *c, const char *backing, const char *bfmt)
+{
+    const char *name = c->ca->filename;
+    char *full = full_backing_name(name, backing), buf[32];
+    vd_node *n = NULL;
+    int64_t len = 0;
+    int r;
+
+    if (!full) {
+        img_error("%s: out of memory", name);
         return -1;
     }
-    if (!o || vd_open(&n, a.name, a.fmt, o, VD_O_FORCE_SHARE | VD_O_NO_BACKING) < 0 ||
-        (len = vd_getlength(n)) < 0) {
-        fprintf(stderr, "%s: %s: %s\nCould not open backing image.\n",
-                IMG_PROG, ca->filename, vd_errmsg());
+    vd_error_clear();
+    r = vd_open(&n, full, bfmt, NULL, VD_O_FORCE_SHARE);
+    free(full);
+    if (r < 0 || (len = vd_getlength(n)) < 0) {
+        fprintf(stderr, "%s: %s: %s\nCould not open backing image.\n", IMG_PROG, name,
+                vd_errmsg());
         vd_close(n);
         return -1;
     }
-    snprintf(buf, sizeof(buf), "%" PRId64, len);
+    if (!bfmt) {
+        fprintf(stderr, "%s: %s: Backing file specified without backing format\n"
+                "Detected format of %s.", IMG_PROG, name, vd_node_format(n));
+        vd_close(n);
+        return -1;
+    }
     vd_close(n);
+    if (vd_opts_has(c->opts, "size"))
+        return 0;
+    snprintf(buf, sizeof(buf), "%" PRId64, len);
     return vd_opts_set(c->opts, "size", buf);
 }
 
-/* Settle the "size" option: argument, -o size=, or the backing file's. */
+/* qemu-img's checks of the backing file: not the image itself, not empty,
+ * opened unless -u (and -F is needed either way).  -1 (printed) on error. */
+static int check_backing(struct create_ctx *c)
+{
+    const char *name = c->ca->filename, *b = vd_opts_get(c->opts, "backing_file");
+    const char *bf = vd_opts_get(c->opts, "backing_fmt");
+
+    if (!b)
+        return 0;
+    if (!strcmp(b, name)) {
+        img_error("%s: Error: Trying to create an image with the same filename as the "
+                  "backing file", name);
+        return -1;
+    }
+    if (!*b) {
+        img_error("%s: Expected backing file name, got empty string", name);
+        return -1;
+    }
+    if (!c->ca->unsafe)
+        return open_backing(c, b, bf);
+    if (!bf) {
+        img_error("%s: Backing file specified without backing format", name);
+        return -1;
+    }
+    return 0;
+}
+
+/* Settle the "size" option: argument or -o size= (the backing file's
+ * comes later, in check_backing). */
 static int set_size(struct create_ctx *c)
 {
     const struct create_args *ca = c->ca;
@@ -165,11 +215,15 @@ static int set_size(struct create_ctx *c)
         snprintf(buf, sizeof(buf), "%" PRIu64, size);
         return vd_opts_set(c->opts, "size", buf);
     }
+    return 0;
+}
+
+/* Without any size once the backing file is settled: qemu-img's error. */
+static int need_size(struct create_ctx *c)
+{
     if (vd_opts_has(c->opts, "size"))
         return 0;
-    if (ca->backing && !ca->unsafe)
-        return size_from_backing(c);
-    img_error("%s: Image creation needs a size parameter", ca->filename);
+    img_error("%s: Image creation needs a size parameter", c->ca->filename);
     return -1;
 }
 
@@ -206,7 +260,8 @@ static int do_create(const struct create_args *ca)
         img_error("%s: out of memory", ca->filename);
         goto out;
     }
-    if (parse_options(&c) < 0 || set_backing(&c) < 0 || set_size(&c) < 0)
+    if (parse_options(&c) < 0 || set_backing(&c) < 0 || set_size(&c) < 0 ||
+        check_backing(&c) < 0 || need_size(&c) < 0)
         goto out;
     if (!ca->quiet)
         print_formatting(&c);

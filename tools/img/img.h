@@ -29,6 +29,12 @@ int img_snapshot(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_bitmap(int argc, char **argv);
+/* convert --bitmaps (bitmap.c), each -1 after printing qemu-img's error:
+ * the source can be copied from (one source, bitmaps supported, none in
+ * use unless skipped); the target keeps bitmaps; copy them after the data. */
+int img_convert_check_bitmaps(vd_node *src, int nsrc, bool skip_broken);
+int img_convert_check_target_bitmaps(vd_node *dst);
+int img_convert_copy_bitmaps(vd_node *src, vd_node *dst, bool skip_broken);
 
 /* Print "vdisk-img: <message>\n" to stderr. */
 void img_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -77,7 +77,8 @@ static vd_json *image_info(vd_node *n)
         vd_json_set_str(o, "full-backing-filename", bfull ? bfull : bname);
         vd_json_set_str(o, "backing-filename", bname);
     }
-    vd_json_set_bool(o, "dirty-flag", n->drv->is_dirty && n->drv->is_dirty(n));
+    if (vd_node_cluster_size(n) >= 0)
+        vd_json_set_bool(o, "dirty-flag", n->drv->is_dirty && n->drv->is_dirty(n));
     return o;
 }
 

@@ -203,6 +203,10 @@ static int do_apply(vd_node *n, const char *name)
                   strerror(ENOENT));
         return 1;
     }
+    if (r == -EBUSY) {
+        img_error("Could not apply snapshot '%s': %s", name, vd_errmsg());
+        return 1;
+    }
     if (r < 0) {
         img_error("Could not apply snapshot '%s': Failed to load snapshot: %s", name,
                   vd_errmsg());

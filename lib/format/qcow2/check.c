@@ -921,8 +921,9 @@ static int walk_bitmap_table(struct qchk *q, struct vd_check_result *res,
     for (uint32_t i = 0; i < n; i++) {
         uint64_t e = t[i], d = e & BME_OFFSET_MASK;
         if ((e & BME_RESERVED_MASK) || (d && (!is_aligned(d, q->cs) || (e & 1)))) {
+            /* QEMU cannot load such a table: the check itself fails. */
             res->corruptions++;
-            continue;
+            return vd_error(EINVAL, "qcow2: invalid bitmap table entry 0x%" PRIx64, e);
         }
         if (d && (r = inc_refs(q, res, d, q->cs)) < 0)
             return r;

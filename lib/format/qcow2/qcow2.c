@@ -19,7 +19,7 @@
 #define QC_DEFAULT_L2_CACHE_MAX (32u << 20)
 #define QC_MAX_SNAPSHOTS 65536u
 #define QC_MAX_BITMAPS 65535u
-#define QC_MAX_BITMAP_DIR (64u << 20)
+#define QC_MAX_BITMAP_DIR (1024u * QC_MAX_BITMAPS)
 #define QC_DEFAULT_SLICE 4096u
 #define QC_GROW_AHEAD (32ull << 20)
 
@@ -327,17 +327,33 @@ static int ext_bitmaps(struct qcow2_state *s, const uint8_t *d, uint32_t len,
 
     if (len != 24)
         return vd_error(EINVAL, "bitmaps_ext: Invalid extension length");
-    if (!(s->autoclear & QC_AUTOCLEAR_BITMAPS))
-        return 0;                  /* inconsistent: ignored, as QEMU warns */
+    if (!(s->autoclear & QC_AUTOCLEAR_BITMAPS)) {
+        /* Inconsistent: ignored, with QEMU's warning (nothing to return). */
+        fprintf(stderr, "%s: warning: a program lacking bitmap support modified this "
+                "file, so all bitmaps are now considered inconsistent\nSome clusters may "
+                "be leaked, run 'qemu-img check -r' on the image file to fix.",  /* no newline, as QEMU */
+                program_invocation_short_name);
+        return 0;
+    }
     nb = be32_get(d);
     dsize = be64_get(d + 8);
     doff = be64_get(d + 16);
-    if (nb == 0 || nb > QC_MAX_BITMAPS || be32_get(d + 4))
-        return vd_error(EINVAL, "bitmaps_ext: Invalid number of bitmaps");
-    if (dsize > QC_MAX_BITMAP_DIR || !is_aligned(doff, s->cluster_size) ||
-        !range_ok(doff, dsize, file_len))
-        return vd_error(EINVAL, "bitmaps_ext: Invalid bitmap directory");
+    (void)file_len;                /* a directory past the end reads as zeroes */
+    if (be32_get(d + 4))
+        return vd_error(EINVAL, "bitmaps_ext: Reserved field is not zero");
+    if (nb > QC_MAX_BITMAPS)
+        return vd_error(EINVAL, "bitmaps_ext: Image has %u bitmaps, exceeding the QEMU "
+                        "supported maximum of %u", nb, QC_MAX_BITMAPS);
+    if (nb == 0)
+        return vd_error(EINVAL, "found bitmaps extension with zero bitmaps");
+    if (!is_aligned(doff, s->cluster_size))
+        return vd_error(EINVAL, "bitmaps_ext: invalid bitmap directory offset");
+    if (dsize > QC_MAX_BITMAP_DIR)
+        return vd_error(EINVAL, "bitmaps_ext: bitmap directory size (%llu) exceeds the "
+                        "maximum supported size (%u)", (unsigned long long)dsize,
+                        QC_MAX_BITMAP_DIR);
     s->has_bitmaps_ext = true;
+    s->bitmap_count = nb;
     s->bitmap_dir_offset = doff;
     s->bitmap_dir_size = dsize;
     return 0;
@@ -729,7 +745,8 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = load_table(n, s->l1_offset, s->l1_size, &s->l1)) < 0 ||
         (r = qcow2_refcount_init(n)) < 0 ||
         (r = open_data_file(n, opts, flags)) < 0 ||
-        (r = qcow2_snapshot_open(n, opts, flags)) < 0)
+        (r = qcow2_snapshot_open(n, opts, flags)) < 0 ||
+        (r = qcow2_bitmaps_open(n)) < 0)
         goto out;
     s->needs_repair = (s->incompat & QC_INCOMPAT_DIRTY) && !n->read_only;
     r = s->needs_repair && !(flags & VD_O_CHECK) ? repair_dirty(n) : 0;
@@ -798,6 +815,8 @@ static int qcow2_flush(vd_node *n)
 
     if (n->read_only)
         return 0;
+    if ((r = qcow2_bitmaps_store(n)) < 0)
+        return r;
     pthread_mutex_lock(&s->lock);
     r = qcow2_flush_caches(n);
     pthread_mutex_unlock(&s->lock);
@@ -829,7 +848,9 @@ static void qcow2_close(vd_node *n)
 
     stop_cleaner(s);
     if (!n->read_only && s->l2_cache && s->rc_cache) {
-        int r = qcow2_flush_caches(n);
+        int r = qcow2_bitmaps_store(n);
+        if (r >= 0)
+            r = qcow2_flush_caches(n);
         if (r >= 0 && s->data_external)
             r = vd_flush(s->data);
         if (r >= 0)
@@ -846,6 +867,7 @@ static void qcow2_close(vd_node *n)
     free(s->backing_fmt);
     free(s->data_file_name);
     qcow2_snapshot_close(n);
+    qcow2_bitmaps_close(n);
     pthread_mutex_destroy(&s->lock);
     if (s->cleaner_cond_ok)
         pthread_cond_destroy(&s->cleaner_cond);
@@ -1114,30 +1136,31 @@ const struct vd_driver qcow2_driver = {
     .open = qcow2_open,
     .close = qcow2_close,
     .pread = qcow2_pread,
-    .pwrite = qcow2_pwrite,
-    .pwrite_zeroes = qcow2_pwrite_zeroes,
-    .discard = qcow2_discard,
+    .pwrite = qcow2_bm_pwrite,
+    .pwrite_zeroes = qcow2_bm_pwrite_zeroes,
+    .discard = qcow2_bm_discard,
     .flush = qcow2_flush,
     .block_status = qcow2_block_status,
     .getlength = qcow2_getlength,
     .get_allocated_size = qcow2_get_allocated_size,
-    .truncate = qcow2_truncate,
+    .truncate = qcow2_bm_truncate,
     .create = qcow2_create,
     .measure = qcow2_measure,
     .info = qcow2_info,
     .check = qcow2_check_hook,
     .has_zero_init = qcow2_has_zero_init,
     .supports_backing = true,
-    .pwrite_compressed = qcow2_pwrite_compressed,
+    .pwrite_compressed = qcow2_bm_pwrite_compressed,
     .cluster_size = qcow2_cluster_size,
     .is_dirty = qcow2_is_dirty,
     .change_backing_file = qcow2_change_backing_file,
     .make_empty = qcow2_make_empty,
     .snapshot_list = qcow2_snapshot_list,
     .snapshot_create = qcow2_snapshot_create,
-    .snapshot_goto = qcow2_snapshot_goto,
+    .snapshot_goto = qcow2_bm_snapshot_goto,
     .snapshot_delete = qcow2_snapshot_delete,
     .snapshot_load = qcow2_snapshot_load,
+    .bitmap = qcow2_bitmap_hook,
     .amend_opts = qcow2_amend_opts,
     .amend = qcow2_amend,
 };

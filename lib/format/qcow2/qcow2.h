@@ -144,6 +144,8 @@ struct qcow2_state {
     char *backing_fmt, *data_file_name;
     bool has_bitmaps_ext, has_crypto_ext;
     uint64_t bitmap_dir_offset, bitmap_dir_size;
+    uint32_t bitmap_count;         /* from the bitmaps extension */
+    struct qc_bitmaps *bm;         /* persistent bitmaps (bitmaps.c) */
     unsigned overlap_checks;       /* QC_OL_* kinds checked before writes */
 
     vd_node *data;                 /* external data file (or n->file) */
@@ -383,9 +385,23 @@ int qcow2_amend(vd_node *n, vd_opts *opts, bool force,
                 void *opaque);
 
 /* ---- bitmaps.c ---- */
-/* Before the first change: mark every persistent bitmap in use (they are
- * not kept up to date here). Lock held. */
+/* Before the first change: load every consistent bitmap and mark it in
+ * use on disk (stored, in_use cleared, at close). Lock held. */
 int qcow2_bitmaps_mark_in_use(vd_node *n);
+/* At open: read and check the bitmap directory. */
+int qcow2_bitmaps_open(vd_node *n);
+/* At close: store what changed (writable nodes), then free. */
+int qcow2_bitmaps_store(vd_node *n);
+void qcow2_bitmaps_close(vd_node *n);
+/* The driver's bitmap hook (vdisk/bitmap.h). */
+int qcow2_bitmap_hook(vd_node *n, struct vd_bitmap_req *req);
+/* Write paths that set the bits of enabled bitmaps, then do the change. */
+int qcow2_bm_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
+int qcow2_bm_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags);
+int qcow2_bm_discard(vd_node *n, uint64_t off, uint64_t len);
+int qcow2_bm_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+int qcow2_bm_truncate(vd_node *n, uint64_t size, bool exact, int prealloc);
+int qcow2_bm_snapshot_goto(vd_node *n, const char *id_or_name);
 
 /* ---- overlap.c ---- */
 /* Read the overlap-check options (and remove them from opts). */

@@ -6,7 +6,14 @@
  *
  * Invariants:
  *  1. A grain table entry is written only after the grain's bytes are on
- *     disk (whole grain: data, then zeroes or backing data around it).
+ *     disk (whole grain: data, then zeroes or backing data around it; the
+ *     file grown and flushed before the entry goes out, so no power loss
+ *     leaves an entry pointing past the end of the file or at bytes never
+ *     written; streamOptimized extents, written once by convert, skip
+ *     that flush).  The entry, then its redundant copy, then a flush (as
+ *     QEMU); the directories never change (tables are preallocated).
+ *     Each step is named by an event (vmdk_grain_write, vmdk_gt_update,
+ *     vmdk_rgt_update) for fault injection.
  *  2. Allocation runs under alloc_lock, one grain at a time; next_grain
  *     only grows.  s->lock guards the grain table cache and is held for
  *     metadata only, never across guest data I/O.
@@ -60,14 +67,14 @@ struct vmdk_extent *vmdk_new_extent(vd_node *n)
 }
 
 /* Account a new extent (the last one) in the disk size. */
-static int commit_extent(vd_node *n, struct vmdk_extent *e)
+int vmdk_commit_extent(vd_node *n, struct vmdk_extent *e)
 {
     struct vmdk_state *s = n->state;
     uint64_t bytes, end;
 
     if (MUL_OVERFLOW(e->sectors, (uint64_t)VMDK_SECTOR, &bytes) ||
         ADD_OVERFLOW(s->size, bytes, &end) || end > (uint64_t)INT64_MAX)
-        return vd_error(EFBIG, "vmdk: the extents add up to more than 8 EiB");
+        return vd_error(EFBIG, "Could not refresh total sector count: File too large");
     e->start = s->size;
     s->size = end;
     s->n_ext++;
@@ -88,7 +95,7 @@ int vmdk_add_flat(vd_node *n, vd_node *f, const char *type, uint64_t sectors,
     e->sectors = sectors;
     e->flat_offset = offset;
     snprintf(e->type, sizeof(e->type), "%s", type);
-    return commit_extent(n, e);
+    return vmdk_commit_extent(n, e);
 }
 
 /* The header fields, host order. */
@@ -258,8 +265,8 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
         return r;
     memcpy(h, text, 4);
     free(text);
-    if (h[0] == 'C' && h[1] == 'O' && h[2] == 'W' && h[3] == 'D')
-        return vd_error(ENOTSUP, "vmdk: VMDK3 (COWD) sparse extents are not supported");
+    if (!memcmp(h, "COWD", 4))
+        return vmdk_add_cowd(n, f, own, type);
     if (memcmp(h, "KDMV", 4))
         return vd_error(EINVAL, "Image not in VMDK format");
     if ((r = read_padded(f, 0, sizeof(h), h)) < 0)
@@ -288,7 +295,7 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
     snprintf(e->type, sizeof(e->type), "%s", type);
     r = setup_sparse(e, &hd, gd_entries, (uint64_t)flen);
     if (r >= 0)
-        r = commit_extent(n, e);
+        r = vmdk_commit_extent(n, e);
     if (r < 0) {
         free(e->gd);
         free(e->rgd);
@@ -306,6 +313,7 @@ void vmdk_free_extents(struct vmdk_state *s)
         struct vmdk_extent *e = &s->ext[i];
         free(e->gd);
         free(e->rgd);
+        vmdk_se_free(e->se);
         for (unsigned k = 0; k < VMDK_GT_CACHE; k++)
             free(e->cache[k].e);
         if (e->own_file)
@@ -399,6 +407,8 @@ static int map_sparse(struct vmdk_state *s, struct vmdk_extent *e, uint64_t off,
     uint32_t sec = 0, first = 0;
     int r;
 
+    if (e->se)
+        return vmdk_se_map(s, e, off, len, m);
     pthread_mutex_lock(&s->lock);
     r = grain_entry(e, g, &m->kind, &first);
     m->bytes = VD_MIN(len, gb - in);
@@ -524,6 +534,7 @@ static int set_gte(vd_node *n, struct vmdk_extent *e, uint64_t g, uint32_t value
         if (!range_ok(at, 4, e->file_len))
             return vd_error(EIO, "vmdk: grain table at sector %" PRIu32 " lies beyond the "
                             "end of the file", secs[i]);
+        vd_event(e->file, i ? "vmdk_rgt_update" : "vmdk_gt_update");
         if ((r = vd_pwrite(e->file, at, 4, v, 0)) < 0)
             return r;
     }
@@ -547,17 +558,31 @@ static int take_sectors(struct vmdk_extent *e, uint64_t sectors, uint64_t *out)
     return 0;
 }
 
-/* Write bytes at host offset at, growing the known file length. */
+/* Grow the file (and its known length) to at least end bytes. */
+static int grow_to(struct vmdk_extent *e, uint64_t end)
+{
+    int r;
+
+    if (end > e->file_len) {
+        if ((r = vd_truncate(e->file, end, true, VD_PREALLOC_OFF)) < 0)
+            return vd_error_prefix(r, "vmdk: could not grow '%s'", e->file->filename);
+        e->file_len = end;
+    }
+    return 0;
+}
+
+/* Write a new grain's bytes at host offset at, growing the known file
+ * length, and flush them (invariant 1: before the table entry) unless
+ * the extent is streamOptimized, which only convert writes, start to end
+ * (an image cut short there is incomplete anyway, as in QEMU). */
 static int write_at(struct vmdk_extent *e, uint64_t at, uint64_t len, const void *buf)
 {
     int r;
 
-    if (at + len > e->file_len) {
-        if ((r = vd_truncate(e->file, at + len, true, VD_PREALLOC_OFF)) < 0)
-            return vd_error_prefix(r, "vmdk: could not grow '%s'", e->file->filename);
-        e->file_len = at + len;
-    }
-    return vd_pwrite(e->file, at, len, buf, 0);
+    vd_event(e->file, "vmdk_grain_write");
+    if ((r = grow_to(e, at + len)) < 0 || (r = vd_pwrite(e->file, at, len, buf, 0)) < 0)
+        return r;
+    return e->compressed ? 0 : vd_flush(e->file);
 }
 
 /* Allocate the grain under guest bytes [off, off+len) (one grain of an
@@ -616,27 +641,75 @@ int vmdk_zero_grain(vd_node *n, uint64_t off)
     return r;
 }
 
-/* Compress one grain into a marker (guest sector, length, deflate data)
- * padded to whole sectors; returns the byte count in *olen. */
-static int deflate_grain(uint64_t off, uint64_t len, const void *buf, uint64_t gb,
-                         uint8_t **out, uint64_t *olen)
+/* The streamOptimized grain under guest bytes [off, off+len): a whole
+ * unallocated grain (or the extent's tail) of a compressed extent. */
+static int stream_grain(vd_node *n, uint64_t off, uint64_t len, struct vmdk_map *m)
 {
-    uLongf clen = 2 * gb;
-    uint64_t total;
-    uint8_t *b = calloc(1, 2 * gb + 12 + VMDK_SECTOR);
+    struct vmdk_extent *e;
+    uint64_t gb;
+    int r;
 
-    if (!b)
-        return vd_error(ENOMEM, "out of memory");
-    if (compress(b + 12, &clen, buf, len) != Z_OK || clen == 0) {
-        free(b);
+    if ((r = vmdk_lookup(n, off, len, m)) < 0)
+        return r;
+    e = m->ext;
+    gb = e->grain_sectors * VMDK_SECTOR;
+    if (m->kind == VMDK_DATA)
+        return vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
+    if (m->in || len > gb || (len < gb && off + len != e->start + e->sectors * VMDK_SECTOR) ||
+        !e->has_marker)
+        return vd_error(EINVAL, "vmdk: streamOptimized images take whole grains only");
+    return 0;
+}
+
+/* Compress the grain at guest offset off into out (VD_COMPRESS_ROOM(len)
+ * bytes): a marker (guest sector, length, deflate data) padded with zeroes
+ * to whole sectors, *olen bytes.  No I/O: writers compress in parallel. */
+int vmdk_compress_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *olen)
+{
+    uLongf clen = VD_COMPRESS_ROOM(len) - 12 - VMDK_SECTOR;
+    struct vmdk_map m;
+    uint8_t *b = out;
+    int r;
+
+    if ((r = stream_grain(n, off, len, &m)) < 0)
+        return r;
+    if (compress(b + 12, &clen, buf, len) != Z_OK || clen == 0)
         return vd_error(EINVAL, "vmdk: cannot compress a grain");
-    }
     vmdk_put64(b, off / VMDK_SECTOR);
     vmdk_put32(b + 8, (uint32_t)clen);
-    total = div_round_up(12 + clen, VMDK_SECTOR) * VMDK_SECTOR;
-    *out = b;
-    *olen = total;
+    *olen = div_round_up(12 + clen, VMDK_SECTOR) * VMDK_SECTOR;
+    memset(b + 12 + clen, 0, *olen - 12 - clen);
     return 0;
+}
+
+/* Append a grain compressed by vmdk_compress_grain at the end of its
+ * extent, then link it (invariant 1).  The file first grows by a whole
+ * grain, as QEMU zeroes the grain it allocates before it writes the
+ * shorter compressed one there (the next grain overwrites those zeroes;
+ * after the last one they stay). */
+int vmdk_store_grain(vd_node *n, uint64_t off, uint64_t len, const void *data, size_t dlen)
+{
+    struct vmdk_map m;
+    struct vmdk_extent *e;
+    uint64_t sector = 0;
+    int r;
+
+    if (dlen % VMDK_SECTOR || dlen == 0 || dlen > VD_COMPRESS_ROOM(len))
+        return vd_error(EINVAL, "vmdk: a compressed grain of %zu bytes", dlen);
+    pthread_mutex_lock(&alloc_lock);
+    if ((r = stream_grain(n, off, len, &m)) >= 0) {
+        e = m.ext;
+        if ((r = take_sectors(e, dlen / VMDK_SECTOR, &sector)) >= 0 &&
+            (r = grow_to(e, sector * VMDK_SECTOR +
+                            VD_MAX(dlen, e->grain_sectors * VMDK_SECTOR))) >= 0 &&
+            (r = write_at(e, sector * VMDK_SECTOR, dlen, data)) >= 0 &&
+            (r = set_gte(n, e, (off - e->start) / (e->grain_sectors * VMDK_SECTOR),
+                         (uint32_t)sector)) >= 0)
+            e->next_grain = sector + dlen / VMDK_SECTOR;
+    }
+    pthread_mutex_unlock(&alloc_lock);
+    return r;
 }
 
 /* Write one whole grain (or the extent's tail) of a streamOptimized
@@ -644,31 +717,14 @@ static int deflate_grain(uint64_t off, uint64_t len, const void *buf, uint64_t g
  * appended at the end, then linked. */
 int vmdk_write_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
 {
-    struct vmdk_map m;
-    struct vmdk_extent *e;
-    uint64_t gb, olen = 0, sector = 0;
-    uint8_t *b = NULL;
+    uint8_t *b = malloc(VD_COMPRESS_ROOM(len));
+    size_t olen = 0;
     int r;
 
-    if ((r = vmdk_lookup(n, off, len, &m)) < 0)
-        return r;
-    e = m.ext;
-    gb = e->grain_sectors * VMDK_SECTOR;
-    if (m.kind == VMDK_DATA)
-        return vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
-    if (m.in || len > gb || (len < gb && off + len != e->start + e->sectors * VMDK_SECTOR) ||
-        !e->has_marker)
-        return vd_error(EINVAL, "vmdk: streamOptimized images take whole grains only");
-    if ((r = deflate_grain(off, len, buf, gb, &b, &olen)) < 0)
-        return r;
-    pthread_mutex_lock(&alloc_lock);
-    if ((r = vmdk_lookup(n, off, len, &m)) >= 0 && m.kind == VMDK_DATA)
-        r = vd_error(EIO, "Could not write to allocated cluster for streamOptimized");
-    if (r >= 0 && (r = take_sectors(e, olen / VMDK_SECTOR, &sector)) >= 0 &&
-        (r = write_at(e, sector * VMDK_SECTOR, olen, b)) >= 0 &&
-        (r = set_gte(n, e, (off - e->start) / gb, (uint32_t)sector)) >= 0)
-        e->next_grain = sector + olen / VMDK_SECTOR;
-    pthread_mutex_unlock(&alloc_lock);
+    if (!b)
+        return vd_error(ENOMEM, "out of memory");
+    if ((r = vmdk_compress_grain(n, off, len, buf, b, &olen)) >= 0)
+        r = vmdk_store_grain(n, off, len, b, olen);
     free(b);
     return r;
 }

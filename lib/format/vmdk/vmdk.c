@@ -152,6 +152,8 @@ static int write_piece(vd_node *n, uint64_t off, struct vmdk_map *m, const void 
 {
     int r;
 
+    if (m->ext->se)
+        return vd_error(ENOTSUP, "No write support for seSparse images available");
     if (m->ext->compressed)
         return vmdk_write_compressed(n, off, m->bytes, p);
     if (m->kind == VMDK_DATA) {
@@ -223,6 +225,45 @@ static int vmdk_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const 
     return vmdk_pwrite(n, off, len, buf, 0);
 }
 
+/* Is guest byte off in a compressed (streamOptimized) extent?  1 yes, 0
+ * no, <0 on error. */
+static int in_compressed(vd_node *n, uint64_t off, uint64_t len)
+{
+    struct vmdk_map m;
+    int r = vmdk_lookup(n, off, len, &m);
+
+    return r < 0 ? r : m.ext->compressed;
+}
+
+/* compress_cluster: a grain of a streamOptimized extent; other extents
+ * store compressed writes as they are (as QEMU), so the bytes are kept. */
+static int vmdk_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                                 void *out, size_t *olen)
+{
+    int r = in_compressed(n, off, len);
+
+    if (r != 0)
+        return r < 0 ? r : vmdk_compress_grain(n, off, len, buf, out, olen);
+    memcpy(out, buf, len);
+    *olen = len;
+    return 0;
+}
+
+/* store_compressed: what vmdk_compress_cluster made. */
+static int vmdk_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                                 size_t dlen)
+{
+    int r = in_compressed(n, off, len);
+
+    if (r == 0)
+        return dlen == len ? vmdk_pwrite(n, off, len, data, 0)
+                           : vd_error(EINVAL, "vmdk: %zu bytes for a %" PRIu64 "-byte "
+                                      "uncompressed write", dlen, len);
+    if (r > 0 && (r = vmdk_store_grain(n, off, len, data, dlen)) >= 0)
+        r = note_write(n);
+    return r;
+}
+
 static int vmdk_flush(vd_node *n)
 {
     struct vmdk_state *s = n->state;
@@ -266,10 +307,10 @@ static int vmdk_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *p
         return 0;
     if (m.kind == VMDK_ZERO)
         return VD_BS_ZERO;
-    if (m.ext->compressed) {
+    if (!m.ext->flat)    /* one grain per answer, as QEMU (convert's requests) */
         *pnum = VD_MIN(m.bytes, m.ext->grain_sectors * VMDK_SECTOR - m.in);
+    if (m.ext->compressed)
         return VD_BS_DATA;
-    }
     *map = m.host;
     *file = m.ext->file;
     return VD_BS_DATA | VD_BS_OFFSET_VALID | (m.ext->flat ? file_zero(m.ext->file, m.host, pnum) : 0);
@@ -304,17 +345,24 @@ static int64_t vmdk_allocated(vd_node *n)
     return t;
 }
 
-/* info's cluster_size: the grain size when all extents are alike. */
+/* Are two extents of one kind for QEMU (flat, compressed, grain size)? */
+static bool same_kind(const struct vmdk_extent *a, const struct vmdk_extent *b)
+{
+    return a->flat == b->flat && a->compressed == b->compressed &&
+           (a->flat || a->grain_sectors == b->grain_sectors);
+}
+
+/* info's cluster_size: the grain size of sparse extents all alike; 0 for
+ * flat ones; -ENOTSUP when they differ (QEMU's get_info fails then). */
 static int64_t vmdk_cluster_size(vd_node *n)
 {
     struct vmdk_state *s = n->state;
 
+    for (uint32_t i = 1; i < s->n_ext; i++)
+        if (!same_kind(&s->ext[0], &s->ext[i]))
+            return -ENOTSUP;
     if (!s->n_ext || s->ext[0].flat)
         return 0;
-    for (uint32_t i = 1; i < s->n_ext; i++)
-        if (s->ext[i].flat || s->ext[i].compressed != s->ext[0].compressed ||
-            s->ext[i].grain_sectors != s->ext[0].grain_sectors)
-            return 0;
     return (int64_t)(s->ext[0].grain_sectors * VMDK_SECTOR);
 }
 
@@ -348,7 +396,8 @@ static int vmdk_info(vd_node *n, struct vd_json *d)
 }
 
 /* qemu-img check: every grain that maps data must start inside its file;
- * the first problem ends the walk.  No repairs (as QEMU). */
+ * the first problem ends the walk (a table that cannot be read fails the
+ * check with EPERM, QEMU's -1).  No repairs (as QEMU). */
 static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
 {
     struct vmdk_state *s = n->state;
@@ -361,8 +410,8 @@ static int vmdk_check(vd_node *n, struct vd_check_result *res, int fix)
         if ((r = vmdk_lookup(n, off, s->size - off, &m)) < 0) {
             fprintf(stderr, "ERROR: could not get cluster_offset for sector %" PRIu64 "\n",
                     off / VMDK_SECTOR);
-            res->corruptions++;
-            return 0;
+            vd_error_clear();
+            return -EPERM;
         }
         if (m.kind == VMDK_DATA && !m.ext->flat && m.grain_host >= m.ext->file_len) {
             fprintf(stderr, "ERROR: cluster offset for sector %" PRIu64 " points after EOF\n",
@@ -408,5 +457,7 @@ static const struct vd_driver vmdk_driver = {
     .pwrite_compressed = vmdk_pwrite_compressed,
     .cluster_size = vmdk_cluster_size,
     .needs_compressed_writes = vmdk_needs_compressed,
+    .compress_cluster = vmdk_compress_cluster,
+    .store_compressed = vmdk_store_compressed,
 };
 VD_DRIVER_REGISTER(vmdk_driver)

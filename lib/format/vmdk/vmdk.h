@@ -4,7 +4,8 @@
  * by a descriptor that is either embedded in a sparse extent or a text
  * file of its own.  Split by subsystem: desc.c (descriptor text),
  * sparse.c (sparse extent headers, grain lookup and allocation, compressed
- * grains), create.c (create and measure), vmdk.c (the driver table). */
+ * grains), esx.c (COWD and seSparse extents), create.c (create), vmdk.c
+ * (the driver table). */
 #ifndef VD_FORMAT_VMDK_H
 #define VD_FORMAT_VMDK_H
 
@@ -67,6 +68,7 @@ struct vmdk_extent {
     struct vmdk_gt cache[VMDK_GT_CACHE];
     uint64_t next_grain;           /* sector where the next grain goes */
     uint64_t file_len;
+    struct vmdk_se *se;            /* seSparse extents' own state (esx.c) */
 };
 
 struct vmdk_state {
@@ -125,13 +127,25 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
 int vmdk_add_flat(vd_node *n, vd_node *f, const char *type, uint64_t sectors,
                   uint64_t offset);
 struct vmdk_extent *vmdk_new_extent(vd_node *n);
+int vmdk_commit_extent(vd_node *n, struct vmdk_extent *e);
 int vmdk_lookup(vd_node *n, uint64_t off, uint64_t len, struct vmdk_map *m);
 int vmdk_read_grain(vd_node *n, const struct vmdk_map *m, void *buf);
 int vmdk_alloc_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf);
 int vmdk_zero_grain(vd_node *n, uint64_t off);
 int vmdk_read_backing(vd_node *n, uint64_t off, uint64_t len, void *buf);
 int vmdk_write_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf);
+int vmdk_compress_grain(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                        void *out, size_t *olen);
+int vmdk_store_grain(vd_node *n, uint64_t off, uint64_t len, const void *data, size_t dlen);
 void vmdk_free_extents(struct vmdk_state *s);
+
+/* esx.c: VMDK3 (COWD) and seSparse extents */
+struct vmdk_se;
+int vmdk_add_cowd(vd_node *n, vd_node *f, bool own, const char *type);
+int vmdk_add_sesparse(vd_node *n, vd_node *f, const char *type);
+int vmdk_se_map(struct vmdk_state *s, struct vmdk_extent *e, uint64_t off, uint64_t len,
+                struct vmdk_map *m);
+void vmdk_se_free(struct vmdk_se *se);
 
 /* create.c */
 int vmdk_create(const char *filename, vd_opts *opts);

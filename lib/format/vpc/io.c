@@ -12,10 +12,13 @@
  *     goes there, written in QEMU's order, each write made stable before
  *     the next: its bitmap (all ones), the footer just behind the block,
  *     then its BAT entry, so the BAT never names space the file lacks.
- *  3. A sector whose bitmap bit is clear reads as zeroes.  QEMU sets every
- *     bit of a block on its first write; before a bitmap with clear bits
- *     becomes all ones, the clear sectors the write does not cover are
- *     zeroed, so they still read as zeroes. */
+ *  3. A sector whose bitmap bit is clear reads as zeroes, or in a
+ *     differencing image (parent.c) from the parent, as do unwritten
+ *     blocks.  QEMU sets every bit of a block on its first write; before a
+ *     bitmap with clear bits becomes all ones, the clear sectors the write
+ *     does not cover are zeroed, or in a differencing image filled with the
+ *     parent's bytes (copy on write), so they still read the same.  A new
+ *     block of a differencing image starts with a clear bitmap. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -209,7 +212,7 @@ static int alloc_block(vd_node *n, uint64_t idx)
                         "the 2 TiB the BAT can address", (unsigned long long)idx);
     if (!(ones = malloc(s->bitmap_size ? s->bitmap_size : 1)))
         return vd_error(ENOMEM, "out of memory");
-    memset(ones, 0xff, s->bitmap_size);
+    memset(ones, s->diff ? 0 : 0xff, s->bitmap_size);
     vd_put_be32(entry, (uint32_t)(at / VPC_SECTOR));
     if ((r = grow_file(n, end + VPC_FOOTER_SIZE)) >= 0 &&
         (r = write_sync(n, at, s->bitmap_size, ones)) >= 0 &&
@@ -219,7 +222,7 @@ static int alloc_block(vd_node *n, uint64_t idx)
     if (r < 0)
         return r;
     s->bat[idx] = (uint32_t)(at / VPC_SECTOR);
-    s->bitmap_state[idx] = VPC_BM_FULL;
+    s->bitmap_state[idx] = s->diff ? VPC_BM_PARTIAL : VPC_BM_FULL;
     s->free_offset = end;
     return 0;
 }
@@ -231,8 +234,30 @@ static bool absent_uncovered(const uint8_t *bm, uint64_t i, uint64_t c0, uint64_
     return !bit_set(bm, i) && (i < c0 || i >= c1);
 }
 
+/* Give the absent sectors [i, j) of block idx (data at file offset data)
+ * what they read: zeroes, or the parent's bytes (invariant 3). */
+static int fill_absent(vd_node *n, uint64_t idx, uint64_t data, uint64_t i, uint64_t j)
+{
+    struct vpc_state *s = n->state;
+    uint64_t guest = idx * s->block_size, chunk = 1u << 20;
+    uint8_t *buf;
+    int r = 0;
+
+    if (!s->diff)
+        return vd_pwrite_zeroes(n->file, data + i * VPC_SECTOR, (j - i) * VPC_SECTOR, 0);
+    if (!(buf = malloc(VD_MIN(chunk, (j - i) * VPC_SECTOR))))
+        return vd_error(ENOMEM, "out of memory");
+    for (uint64_t at = i * VPC_SECTOR; r >= 0 && at < j * VPC_SECTOR; at += chunk) {
+        uint64_t l = VD_MIN(chunk, j * VPC_SECTOR - at);
+        if ((r = vpc_read_parent(n, guest + at, l, buf)) >= 0)
+            r = vd_pwrite(n->file, data + at, l, buf, 0);
+    }
+    free(buf);
+    return r;
+}
+
 /* Make every sector of block idx present before a write of len bytes at
- * in_block: zero the absent ones the write does not cover whole, then set
+ * in_block: fill the absent ones the write does not cover whole, then set
  * all bits as QEMU does (invariant 3). */
 static int fill_bitmap(vd_node *n, uint64_t idx, uint64_t in_block, uint64_t len)
 {
@@ -248,7 +273,7 @@ static int fill_bitmap(vd_node *n, uint64_t idx, uint64_t in_block, uint64_t len
         for (j = i; j < spb && absent_uncovered(bm, j, c0, c1); j++)
             ;
         if (j > i)
-            r = vd_pwrite_zeroes(n->file, data + i * VPC_SECTOR, (j - i) * VPC_SECTOR, 0);
+            r = fill_absent(n, idx, data, i, j);
     }
     memset(bm, 0xff, s->bitmap_size);
     if (r >= 0)
@@ -296,10 +321,14 @@ int vpc_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
         pthread_mutex_unlock(&s->lock);
         if (r < 0)
             return r;
-        if (m.present && (r = vd_pread(n->file, m.host, m.len, p, flags)) < 0)
-            return r;
-        if (!m.present)
+        if (m.present)
+            r = vd_pread(n->file, m.host, m.len, p, flags);
+        else if (s->diff)
+            r = vpc_read_parent(n, off, m.len, p);
+        else
             memset(p, 0, m.len);
+        if (r < 0)
+            return r;
         off += m.len;
         len -= m.len;
         p += m.len;
@@ -357,7 +386,7 @@ int vpc_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
         return r;
     if (!m.present) {
         *pnum = done;
-        return VD_BS_ZERO;
+        return s->diff ? 0 : VD_BS_ZERO;   /* the parent's, or zeroes */
     }
     *pnum = m.len;
     *map = m.host;

@@ -5,10 +5,12 @@
  * QEMU, the blocks the guest can reach must not overlap each other or the
  * metadata (invariant 1 of io.c), and the in-memory BAT is capped. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "format/vpc/vpc.h"
+#include "util/json.h"
 
 /* QEMU's request limits, which decide which header reads fail there. */
 #define VPC_QEMU_MAX_LENGTH 0x7fffffffc0000000ull
@@ -332,7 +334,11 @@ static int vpc_open(vd_node *n, vd_opts *opts, int flags)
         (r = read_footer(n, &dynamic)) < 0 ||
         (r = check_footer(n, calc)) < 0)
         return r;
-    return dynamic ? open_dynamic(n) : 0;
+    if (!dynamic)
+        return 0;
+    if ((r = open_dynamic(n)) < 0)
+        return r;
+    return vd_be32(s->footer + VF_TYPE) == VPC_TYPE_DIFF ? vpc_open_parent(n, flags) : 0;
 }
 
 /* Nothing to write back: metadata reaches the disk as it changes. */
@@ -342,6 +348,7 @@ static void vpc_close(vd_node *n)
 
     free(s->bat);
     free(s->bitmap_state);
+    free(s->parent_name);
     pthread_mutex_destroy(&s->lock);
 }
 
@@ -364,9 +371,29 @@ static bool vpc_has_zero_init(vd_node *n)
     struct vpc_state *s = n->state;
     const struct vd_driver *d = n->file->drv;
 
+    if (s->diff)
+        return false;              /* reads the parent */
     if (s->dynamic_io)
         return true;
     return d->has_zero_init && d->has_zero_init(n->file);
+}
+
+/* Format-specific info: for a differencing image only (QEMU has none). */
+static int vpc_info(vd_node *n, struct vd_json *data)
+{
+    struct vpc_state *s = n->state;
+    const uint8_t *u = s->parent_uuid;
+    char buf[37];
+
+    if (!s->diff)
+        return 0;
+    snprintf(buf, sizeof(buf), "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+             "%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7],
+             u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+    vd_json_set_str(data, "disk-type", "differencing");
+    vd_json_set_str(data, "parent-uuid", buf);
+    vd_json_set_str(data, "parent-name", s->parent_name);
+    return 0;
 }
 
 static const struct vd_opt_desc vpc_open_opts[] = {
@@ -403,5 +430,7 @@ static const struct vd_driver vpc_driver = {
     .create = vpc_create,
     .has_zero_init = vpc_has_zero_init,
     .cluster_size = vpc_cluster_size,
+    .info = vpc_info,
+    .supports_backing = true,
 };
 VD_DRIVER_REGISTER(vpc_driver)

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* vpc: Microsoft's Virtual Hard Disk (VHD) image format, fixed and dynamic,
- * as QEMU 7.2 reads and writes it.  vpc.c opens and validates an image,
- * io.c does guest I/O on it, create.c makes new ones.
+ * as QEMU 7.2 reads and writes it, and differencing (vdisk reads them with
+ * their parent, where QEMU reads them without).  vpc.c opens and
+ * validates an image, parent.c finds a differencing image's parent, io.c
+ * does guest I/O on it, create.c makes new ones.
  *
  * A dynamic image as qemu-img lays it out:
  *     0      copy of the footer (512 bytes)
@@ -28,6 +30,7 @@
 #define VPC_HEADER_SIZE 1024u
 #define VPC_TYPE_FIXED 2u
 #define VPC_TYPE_DYNAMIC 3u
+#define VPC_TYPE_DIFF 4u
 #define VPC_BAT_FREE 0xffffffffu
 /* Largest guest size QEMU accepts: 2040 GiB. */
 #define VPC_MAX_SECTORS 0xff000000ull
@@ -84,6 +87,9 @@ struct vpc_state {
     uint8_t *bitmap_state;         /* enum vpc_bitmap_state per loaded entry */
     uint64_t bat_offset, header_offset;
     uint64_t free_offset;          /* where the next block goes */
+    bool diff;                     /* differencing: absent sectors read the parent */
+    uint8_t parent_uuid[16];       /* differencing: the parent's UUID, as recorded */
+    char *parent_name;             /* differencing: the parent's Unicode name */
 };
 
 /* ---- vpc.c ---- */
@@ -92,6 +98,14 @@ int vpc_read_padded(vd_node *f, uint64_t off, uint64_t len, void *buf);
 /* One's complement of the byte sum of buf, skipping the 4-byte checksum
  * field at skip. */
 uint32_t vpc_checksum(const uint8_t *buf, size_t len, size_t skip);
+
+/* ---- parent.c ---- */
+/* For a dynamic image of disk type 4 whose header names a parent: mark it
+ * differencing and set n's backing file to the parent (checked unless
+ * flags skip backing files).  Other type-4 images stay as QEMU reads them. */
+int vpc_open_parent(vd_node *n, int flags);
+/* Read guest bytes from the parent: zeroes past its end or without it. */
+int vpc_read_parent(vd_node *n, uint64_t off, uint64_t len, void *buf);
 
 /* ---- io.c ---- */
 int vpc_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);

@@ -1,0 +1,409 @@
+# SPDX-License-Identifier: BSD-3-Clause
+"""A Linux guest booted under QEMU, for the tests of kernel features this
+machine may lack (the nbd module today; device-mapper and iscsi_tcp can
+follow by naming their modules and programs).
+
+The guest is a Debian kernel (scripts/install-deps installs
+linux-image-amd64) with an initramfs that tests/guest/mkguest builds at
+test time: busybox, the modules, the programs under test with their
+libraries.  The session's pytest temporary folder is shared over 9p at the
+same path, so a test's tmp_path names the same files on both sides.
+Commands go through a control folder in it (see tests/guest/agent) and
+come back as CompletedProcess objects with the exit status, stdout and
+stderr.  One guest per session (per xdist worker that needs one), started
+at first use, powered off at the end: mark the tests that use it
+@pytest.mark.xdist_group("guest") (scripts/check runs --dist loadgroup)
+so they all go to one worker.  Tests of another kernel feature add its
+modules to GUEST_MODULES and its programs to guest_programs()."""
+import glob
+import itertools
+import lzma
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+import time
+import warnings
+import zlib
+
+import pytest
+
+MKGUEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "guest", "mkguest")
+QEMU = shutil.which("qemu-system-x86_64")
+# The modules every guest loads: virtio and 9p for the shared folder.
+BASE_MODULES = ["virtio_pci", "9pnet_virtio", "9p"]
+# Passed on to the commands run in the guest (the sanitizer build's).
+PASSED_ENV = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "VDISK_SANITIZED")
+# Seconds a KVM guest's kernel may take to print its banner (early, on
+# the serial line) before TCG is tried instead.
+KVM_LIMIT = 5
+
+
+def kvm_usable():
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def version_key(kver):
+    return [int(x) if x.isdigit() else x for x in re.split(r"(\d+)", kver)]
+
+
+def find_kernel(modules):
+    """(vmlinuz, version) of the newest kernel in /boot whose modules
+    directory has every module in modules, or (None, why not)."""
+    found = []
+    for vmlinuz in glob.glob("/boot/vmlinuz-*"):
+        kver = vmlinuz[len("/boot/vmlinuz-"):]
+        try:
+            with open("/lib/modules/%s/modules.dep" % kver) as f:
+                names = {re.sub(r"\.ko.*", "", os.path.basename(line.split(":")[0]))
+                         .replace("-", "_") for line in f}
+            with open("/lib/modules/%s/modules.builtin" % kver) as f:
+                names |= {re.sub(r"\.ko.*", "", os.path.basename(line.strip()))
+                          .replace("-", "_") for line in f}
+        except OSError:
+            continue
+        if all(m.replace("-", "_") in names for m in modules):
+            found.append((version_key(kver), vmlinuz, kver))
+    if not found:
+        return None, ("no kernel in /boot with the modules %s (scripts/install-deps "
+                      "installs linux-image-amd64)" % " ".join(modules))
+    _, vmlinuz, kver = max(found)
+    if not os.access(vmlinuz, os.R_OK):
+        return None, "%s is not readable (run as root)" % vmlinuz
+    return vmlinuz, kver
+
+
+def unpacked_kernel(vmlinuz, out):
+    """Write to out the ELF vmlinux inside the bzImage vmlinuz (xz or gzip
+    compressed): QEMU boots it directly (PVH entry, CONFIG_PVH), where the
+    bzImage's own decompressor takes some 20 s under TCG.  out, or None."""
+    with open(vmlinuz, "rb") as f:
+        data = f.read()
+    for magic, new in ((b"\xfd7zXZ\x00", lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ)),
+                       (b"\x1f\x8b\x08", lambda: zlib.decompressobj(31))):
+        off = data.find(magic)
+        while off >= 0:
+            try:
+                elf = new().decompress(data[off:])
+            except (lzma.LZMAError, zlib.error):
+                elf = b""
+            if elf[:4] == b"\x7fELF":
+                with open(out, "wb") as f:
+                    f.write(elf)
+                return out
+            off = data.find(magic, off + 1)
+    return None
+
+
+def unavailable(modules):
+    """Why a guest with these modules cannot be booted here, or None."""
+    if QEMU is None:
+        return "qemu-system-x86_64 is not installed (package qemu-system-x86)"
+    for prog, pkg in (("busybox", "busybox-static"), ("cpio", "cpio")):
+        if shutil.which(prog) is None:
+            return "%s is not installed (package %s)" % (prog, pkg)
+    vmlinuz, why = find_kernel(modules)
+    return why if vmlinuz is None else None
+
+
+class GuestError(AssertionError):
+    pass
+
+
+def die_with_parent():
+    """In QEMU's process before exec: SIGKILL when pytest goes away, so no
+    guest outlives a killed test run (PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+
+
+class Job:
+    """A command started in the guest."""
+
+    def __init__(self, guest, n, args, timeout, text):
+        self.guest, self.n, self.args = guest, n, args
+        self.timeout, self.text = timeout, text
+        self.t0 = time.monotonic()
+        self.result = None
+
+    def path(self, ext):
+        return os.path.join(self.guest.ctl, "%d.%s" % (self.n, ext))
+
+    def stderr_so_far(self):
+        try:
+            with open(self.path("err")) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def poll(self):
+        """The CompletedProcess once the command has ended, else None."""
+        if self.result is None and os.path.exists(self.path("rc")):
+            self.result = self._collect()
+        return self.result
+
+    def wait(self, limit=None):
+        """Wait for the end of the command: CompletedProcess.  Raises
+        subprocess.TimeoutExpired after limit seconds (default: the
+        command's own timeout, when the guest kills it)."""
+        end = time.monotonic() + (limit if limit is not None
+                                  else self.timeout + 15 * self.guest.slow)
+        while self.poll() is None:
+            if self.guest.proc.poll() is not None:
+                raise GuestError("the guest died running %s\n%s"
+                                 % (self.args, self.guest.console_tail()))
+            if time.monotonic() > end:
+                if limit is not None:
+                    raise subprocess.TimeoutExpired(self.args, limit)
+                raise GuestError("the guest does not answer (%s)\n%s"
+                                 % (self.args, self.guest.console_tail()))
+            time.sleep(0.01)
+        if self.result.returncode == 137 and \
+                time.monotonic() - self.t0 >= self.timeout:
+            raise subprocess.TimeoutExpired(self.args, self.timeout)
+        return self.result
+
+    def _collect(self):
+        def read(ext, mode):
+            with open(self.path(ext), mode) as f:
+                return f.read()
+        rc = int(read("rc", "r"))
+        mode = "r" if self.text else "rb"
+        p = subprocess.CompletedProcess(self.args, rc, read("out", mode), read("err", mode))
+        for ext in ("run", "out", "err", "rc"):
+            os.unlink(self.path(ext))
+        return p
+
+
+class KvmProbe:
+    """A kernel started under KVM alone, to see whether it gets as far as
+    its banner within KVM_LIMIT seconds."""
+
+    def __init__(self, vmlinuz, workdir):
+        self.log = os.path.join(workdir, "kvm-probe.log")
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [QEMU, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+             "-machine", "q35", "-accel", "kvm", "-m", "256", "-kernel", vmlinuz,
+             "-append", "console=ttyS0 earlyprintk=serial,ttyS0 loglevel=6 panic=-1",
+             "-serial", "file:" + self.log, "-monitor", "none"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, preexec_fn=die_with_parent)
+        self.verdict = None
+
+    def banner(self):
+        try:
+            with open(self.log, "rb") as f:
+                return b"Linux version" in f.read()
+        except OSError:
+            return False
+
+    def works(self):
+        """Wait for the banner (or the limit), stop the probe: True if seen."""
+        while self.verdict is None:
+            if self.banner():
+                self.verdict = True
+            elif self.proc.poll() is not None or time.monotonic() - self.t0 > KVM_LIMIT:
+                self.verdict = self.banner()
+            else:
+                time.sleep(0.02)
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        return self.verdict
+
+
+class Guest:
+    """The QEMU process and its control folder."""
+
+    def __init__(self, share, workdir, programs, modules):
+        self.share, self.workdir = str(share), str(workdir)
+        self.programs, self.modules = programs, BASE_MODULES + list(modules)
+        self.ctl = tempfile.mkdtemp(prefix="guest-ctl-", dir=self.workdir)
+        self.console = os.path.join(self.workdir, "console.log")
+        self.accel, self.slow = None, 1
+        self.counter = itertools.count()
+        self.proc = None
+        self.boot_seconds = None
+
+    def mkguest(self, kver):
+        """Start tests/guest/mkguest: (its process, the initramfs it writes)."""
+        out = os.path.join(self.workdir, "initramfs.cpio.gz")
+        args = [MKGUEST, "-k", kver, "-o", out]
+        for m in self.modules:
+            args += ["-m", m]
+        return subprocess.Popen(args + self.programs, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True), out
+
+    def qemu_args(self, vmlinuz, initrd, accel):
+        for path in (self.share, self.ctl):
+            if re.search(r"\s", path):
+                raise GuestError("a path with white space cannot be shared: %r" % path)
+        # KVM with QEMU's default CPU model: "host" and "max" can fail on
+        # nested KVM (MSRs the outer hypervisor refuses).
+        cpu = [] if accel == "kvm" else ["-cpu", "max"]
+        return [QEMU, "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+                "-machine", "q35", "-accel", accel] + cpu + [
+                "-m", "512", "-smp", "1",
+                "-kernel", vmlinuz, "-initrd", initrd,
+                "-append", "console=ttyS0 earlyprintk=serial,ttyS0 loglevel=6 panic=-1 "
+                           "vdisk.share=%s vdisk.ctl=%s" % (self.share, self.ctl),
+                "-serial", "file:" + self.console, "-monitor", "none",
+                "-fsdev", "local,id=share,security_model=none,path="
+                          + self.share.replace(",", ",,"),
+                "-device", "virtio-9p-pci,fsdev=share,mount_tag=vdisk"]
+
+    def start(self):
+        """Boot: with KVM when /dev/kvm is there and works (a guest up in
+        seconds), else with TCG.  Whether KVM works (nested KVM can hang
+        before the kernel starts) is probed while the initramfs is built."""
+        vmlinuz, kver = find_kernel(self.modules)
+        if vmlinuz is None:
+            raise GuestError(kver)
+        forced = os.environ.get("VDISK_GUEST_ACCEL")
+        probe = KvmProbe(vmlinuz, self.workdir) if not forced and kvm_usable() else None
+        try:
+            mk, initrd = self.mkguest(kver)
+            kernels = [unpacked_kernel(vmlinuz, os.path.join(self.workdir, "vmlinux")),
+                       vmlinuz]
+            try:
+                out, _ = mk.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                mk.kill()
+                out, _ = mk.communicate()
+        finally:
+            kvm = probe.works() if probe else False
+        if mk.returncode != 0:
+            raise GuestError("mkguest failed: %s" % out)
+        accels = [forced] if forced else ["kvm", "tcg"] if kvm else ["tcg"]
+        why = []
+        for accel in accels:
+            self.accel, self.slow = accel, 1 if accel == "kvm" else 10
+            for kernel in filter(None, kernels):
+                t0 = time.monotonic()
+                if self.boot(kernel, initrd, accel, accel == "kvm" and not forced):
+                    self.boot_seconds = time.monotonic() - t0
+                    return
+                why.append("%s %s: %s\n%s" % (accel, kernel, self.qemu_log(),
+                                               self.console_tail()))
+                if self.proc.returncode <= 0 or self.kernel_started():
+                    break               # killed or booted and failed: next accel
+                # QEMU refused this kernel: try the next one
+        raise GuestError("the guest did not boot\n" + "\n".join(why))
+
+    def kernel_started(self):
+        try:
+            with open(self.console, "rb") as f:
+                return b"Linux version" in f.read()
+        except OSError:
+            return False
+
+    def boot(self, vmlinuz, initrd, accel, probe):
+        """Start QEMU and wait for the agent: True, or False with QEMU
+        stopped.  probe: give up early if the kernel does not start."""
+        t0 = time.monotonic()
+        with open(os.path.join(self.workdir, "qemu.log"), "w") as log:
+            self.proc = subprocess.Popen(self.qemu_args(vmlinuz, initrd, accel),
+                                         stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT,
+                                         preexec_fn=die_with_parent)
+        while not os.path.exists(os.path.join(self.ctl, "ready")):
+            late = time.monotonic() - t0 > 60 * self.slow or (
+                probe and time.monotonic() - t0 > KVM_LIMIT and not self.kernel_started())
+            if self.proc.poll() is not None or late:
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                self.proc.wait()
+                return False
+            time.sleep(0.02)
+        return True
+
+    def qemu_log(self):
+        try:
+            with open(os.path.join(self.workdir, "qemu.log")) as f:
+                return f.read().strip() or "qemu said nothing"
+        except OSError:
+            return "no qemu log"
+
+    def console_tail(self, lines=40):
+        try:
+            with open(self.console, errors="replace") as f:
+                return "guest console:\n" + "".join(f.readlines()[-lines:])
+        except OSError:
+            return "no guest console"
+
+    def spawn(self, script, timeout=60, text=True):
+        """Start the shell script in the guest: a Job."""
+        if self.proc is None or self.proc.poll() is not None:
+            raise GuestError("the guest is not running\n" + self.console_tail())
+        n = next(self.counter)
+        env = "".join("export %s=%s\n" % (k, shlex.quote(os.environ[k]))
+                      for k in PASSED_ENV if k in os.environ)
+        timeout = int(timeout * self.slow)
+        tmp = os.path.join(self.ctl, "%d.tmp" % n)
+        with open(tmp, "w") as f:
+            f.write(env + script + "\n")
+        os.rename(tmp, os.path.join(self.ctl, "%d.%d.sh" % (n, timeout)))
+        return Job(self, n, script, timeout, text)
+
+    def run(self, script, timeout=60, text=True):
+        """Run the shell script in the guest: CompletedProcess."""
+        return self.spawn(script, timeout, text).wait()
+
+    def close(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.spawn("poweroff -f", 10)
+                self.proc.wait(10 * self.slow)
+            except (GuestError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.ctl, ignore_errors=True)
+        for big in ("vmlinux", "initramfs.cpio.gz"):     # the logs stay
+            try:
+                os.unlink(os.path.join(self.workdir, big))
+            except OSError:
+                pass
+
+
+def skip_without_guest(modules):
+    """Skip, loudly, when no guest can be booted here."""
+    why = unavailable(BASE_MODULES + list(modules))
+    if why:
+        msg = "KERNEL TESTS NOT RUN: cannot boot the test guest: " + why
+        warnings.warn(msg)
+        pytest.skip(msg)
+
+
+def start_guest(tmp_path_factory, programs, modules):
+    """A started Guest sharing the session's temporary folder."""
+    skip_without_guest(modules)
+    g = Guest(tmp_path_factory.getbasetemp(), tmp_path_factory.mktemp("guest"),
+              programs, modules)
+    g.start()
+    return g
+
+
+# What the session's guest holds: the programs (those that exist) and the
+# modules the guest tests need.
+GUEST_MODULES = ["nbd"]
+
+
+def guest_programs():
+    from nbd_helpers import VDISK_NBD
+    return [p for p in (VDISK_NBD, shutil.which("qemu-nbd")) if p and os.path.exists(p)]
+
+
+@pytest.fixture(scope="session")
+def guest(tmp_path_factory):
+    """The session's guest (see the top of this file)."""
+    g = start_guest(tmp_path_factory, guest_programs(), GUEST_MODULES)
+    print("test guest up in %.1f s (%s)" % (g.boot_seconds, g.accel))
+    yield g
+    g.close()
