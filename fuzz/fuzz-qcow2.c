@@ -12,27 +12,8 @@
 
 #include "vdisk/bitmap.h"
 #include "vdisk/driver.h"
+#include "fuzz-image.h"
 #include "util/json.h"
-
-/* Walk block status and read each extent (bounded). */
-static void walk(vd_node *n)
-{
-    static uint8_t buf[1 << 17];
-    int64_t size = vd_getlength(n);
-    uint64_t off = 0;
-
-    for (int i = 0; size > 0 && off < (uint64_t)size && i < 512; i++) {
-        uint64_t pnum = 0, map = 0;
-        vd_node *f = NULL;
-        int r = vd_block_status(n, off, (uint64_t)size - off, &pnum, &map, &f);
-        if (r < 0 || pnum == 0)
-            break;
-        uint64_t l = pnum < sizeof(buf) ? pnum : sizeof(buf);
-        if (vd_pread(n, off, l, buf, 0) < 0)
-            break;
-        off += pnum;
-    }
-}
 
 /* Run the info hook as vdisk-img info does. */
 static void info(vd_node *n)
@@ -42,15 +23,6 @@ static void info(vd_node *n)
     if (d && n->drv->info)
         n->drv->info(n, d);
     vd_json_free(d);
-}
-
-/* Run check without repairing, as vdisk-img check does. */
-static void check(vd_node *n)
-{
-    struct vd_check_result res;
-
-    if (n->drv->check)
-        n->drv->check(n, &res, 0);
 }
 
 /* Walk the dirty status of each bitmap (bounded). */
@@ -120,9 +92,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         vd_opts_set(o, "l2-cache-size", "8192");
         if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
             info(n);
-            walk(n);
+            fuzz_walk(n);
             bitmaps_walk(n);
-            check(n);
+            fuzz_check(n);
             vd_close(n);
             n = NULL;
             o = vd_opts_new();

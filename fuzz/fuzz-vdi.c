@@ -13,39 +13,7 @@
 #include <unistd.h>
 
 #include "vdisk/driver.h"
-
-/* Walk block status and read each extent (bounded). */
-static void walk(vd_node *n)
-{
-    static uint8_t buf[1 << 17];
-    int64_t size = vd_getlength(n);
-    uint64_t off = 0;
-
-    for (int i = 0; size > 0 && off < (uint64_t)size && i < 512; i++) {
-        uint64_t pnum = 0, map = 0;
-        vd_node *f = NULL;
-        int r = vd_block_status(n, off, (uint64_t)size - off, &pnum, &map, &f);
-        if (r < 0 || pnum == 0)
-            break;
-        uint64_t l = pnum < sizeof(buf) ? pnum : sizeof(buf);
-        vd_pread(n, off, l, buf, 0);
-        off += pnum;
-    }
-}
-
-/* Run check as vdisk-img check does, its report silenced. */
-static void check(vd_node *n)
-{
-    static FILE *null;
-    struct vd_check_result res = { 0 };
-    FILE *saved = stderr;
-
-    if (!null && !(null = fopen("/dev/null", "w")))
-        return;
-    stderr = null;
-    n->drv->check(n, &res, 0);
-    stderr = saved;
-}
+#include "fuzz-image.h"
 
 /* A few writes: in the first block, across a block boundary in the
  * middle, at the end (the image is a memfd copy). */
@@ -78,13 +46,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (write(fd, data, size) == (ssize_t)size) {
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
         if (vd_open(&n, name, "vdi", NULL, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
-            walk(n);
-            check(n);
+            fuzz_walk(n);
+            fuzz_check(n);
             vd_close(n);
             n = NULL;
             if (vd_open(&n, name, "vdi", NULL, VD_O_RDWR | VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
                 modify(n);
-                walk(n);
+                fuzz_walk(n);
                 vd_close(n);
             }
         }

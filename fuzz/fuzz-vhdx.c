@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "vdisk/driver.h"
+#include "fuzz-image.h"
 
 /* Read the start and the middle of each block (bounded), and walk the
  * block status. */
@@ -40,20 +41,6 @@ static void walk(vd_node *n)
             vd_pread(n, mid + 100, 3000, buf, 0);
     }
     vd_block_status(n, 0, (uint64_t)size, &pnum, &map, &f);
-}
-
-/* Run check as vdisk-img check does, its report silenced. */
-static void check(vd_node *n)
-{
-    static FILE *null;
-    struct vd_check_result res = { 0 };
-    FILE *saved = stderr;
-
-    if (!null && !(null = fopen("/dev/null", "w")))
-        return;
-    stderr = null;
-    n->drv->check(n, &res, 0);
-    stderr = saved;
 }
 
 /* A few writes: the first block, across a block boundary in the middle,
@@ -120,7 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
         if (vd_open(&n, name, "vhdx", NULL, flags) == 0) {
             walk(n);
-            check(n);
+            fuzz_check(n);
             vd_close(n);
         }
         n = NULL;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz the vpc driver: the input is a VHD image; it is opened (format
  * forced), its mapping walked and each extent read (BAT, sector bitmaps,
- * fixed footers), then opened read-write for a few writes (block
+ * fixed footers) and checked, then opened read-write for a few writes (block
  * allocation, footer moves, bitmap filling) and zero writes.  The option
  * force_size_calc is taken from the input's last byte so both size rules
  * are reached.  Differencing images (type 4) reach the parent locator
@@ -13,26 +13,7 @@
 #include <unistd.h>
 
 #include "vdisk/driver.h"
-
-/* Walk block status and read each extent (bounded). */
-static void walk(vd_node *n)
-{
-    static uint8_t buf[1 << 17];
-    int64_t size = vd_getlength(n);
-    uint64_t off = 0;
-
-    for (int i = 0; size > 0 && off < (uint64_t)size && i < 512; i++) {
-        uint64_t pnum = 0, map = 0;
-        vd_node *f = NULL;
-        int r = vd_block_status(n, off, (uint64_t)size - off, &pnum, &map, &f);
-        if (r < 0 || pnum == 0)
-            break;
-        uint64_t l = pnum < sizeof(buf) ? pnum : sizeof(buf);
-        if (vd_pread(n, off, l, buf, 0) < 0)
-            break;
-        off += pnum;
-    }
-}
+#include "fuzz-image.h"
 
 /* A few changes through the write paths (the image is a memfd copy). */
 static void modify(vd_node *n)
@@ -49,7 +30,7 @@ static void modify(vd_node *n)
     vd_pwrite(n, (uint64_t)size / 2 & ~511ull, sizeof(buf), buf, 0);
     vd_pwrite_zeroes(n, (uint64_t)size - 4096, 4096, 0);
     vd_flush(n);
-    walk(n);
+    fuzz_walk(n);
 }
 
 /* Open options: force_size_calc from the last byte of the input. */
@@ -76,7 +57,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (write(fd, data, size) == (ssize_t)size) {
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
         if (vd_open(&n, name, "vpc", options(data, size), VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
-            walk(n);
+            fuzz_walk(n);
+            fuzz_check(n);
             vd_close(n);
             n = NULL;
             if (vd_open(&n, name, "vpc", options(data, size),
