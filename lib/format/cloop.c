@@ -140,10 +140,10 @@ static int cloop_open(vd_node *n, vd_opts *opts, int flags)
         return vd_error(EACCES, "Image is read-only");
     if (file_len < 0)
         return (int)file_len;
-    if ((uint64_t)file_len < CLOOP_OFFSETS_OFF)
-        return vd_error(EINVAL, "cloop: the file (%" PRId64 " bytes) is shorter than the "
-                        "header", file_len);
-    if ((r = vd_pread(n->file, 0, sizeof(pre), pre, 0)) < 0)
+    /* a short file reads as zeroes past its end, as in QEMU */
+    memset(pre, 0, sizeof(pre));
+    if (file_len && (r = vd_pread(n->file, 0, VD_MIN((uint64_t)file_len, sizeof(pre)), pre,
+                                  0)) < 0)
         return vd_error_prefix(r, "cloop: cannot read the header");
     if (!memcmp(pre, CLOOP_MAGIC_V4, strlen(CLOOP_MAGIC_V4)))
         return vd_error(ENOTSUP, "cloop: version 4.0 images are not supported (only 2.0)");

@@ -25,9 +25,15 @@ def both(*args, cwd=None):
     return run(QEMU_IMG, *args, cwd=cwd), run(VDISK_IMG, *args, cwd=cwd)
 
 
+def qemu_stderr(q):
+    """qemu-img's stderr without the lines Debian's build prints for the
+    block modules it lacks (dmg-bz2, dmg-lzfse): vdisk has no modules."""
+    return "".join(l for l in q.stderr.splitlines(True) if not l.startswith("qemu: module "))
+
+
 def same_result(q, v):
     assert same_output(v.stdout, q.stdout), (q.stdout, v.stdout)
-    assert same_output(v.stderr, q.stderr), (q.stderr, v.stderr)
+    assert same_output(v.stderr, qemu_stderr(q)), (q.stderr, v.stderr)
     assert v.returncode == q.returncode, (q.returncode, v.returncode, v.stderr)
 
 

@@ -161,6 +161,11 @@ def test_cloop_hostile_zero_block_size(tmp_path):
                     "block_size cannot be zero")
 
 
+def test_cloop_hostile_short_file(tmp_path):
+    """Shorter than the header: read as zeroes past the end, as in qemu-img."""
+    same_open_error(tmp_path, write(tmp_path, PREAMBLE_V2[:100]), "block_size cannot be zero")
+
+
 def test_cloop_hostile_unaligned_block_size(tmp_path):
     same_open_error(tmp_path, write(tmp_path, image(zblocks(1), block_size=1000)),
                     "block_size 1000 must be a multiple of 512")
