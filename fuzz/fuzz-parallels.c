@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "vdisk/driver.h"
+#include "vdisk/opts.h"
 #include "fuzz-image.h"
 
 /* A few writes: in the first cluster, in the middle, zeroes at the end
@@ -53,7 +54,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fuzz_check(n);
             vd_close(n);
             n = NULL;
-            if (vd_open(&n, name, "parallels", NULL, VD_O_RDWR | VD_O_NO_LOCK) == 0) {
+            /* the file grows cluster by cluster, not by 128 MiB (vd_open
+             * consumes the options) */
+            vd_opts *o = vd_opts_new();
+            if (!o || vd_opts_set(o, "prealloc-mode", "truncate") < 0 ||
+                vd_opts_set(o, "prealloc-size", "0") < 0)
+                vd_opts_free(o);
+            else if (vd_open(&n, name, "parallels", o, VD_O_RDWR | VD_O_NO_LOCK) == 0) {
                 modify(n);
                 fuzz_walk(n);
                 vd_close(n);

@@ -35,6 +35,7 @@
 #define PRL_VERSION         2u
 #define PRL_INUSE           0x746f6e59u
 #define PRL_DEFAULT_CLUSTER (1u << 20)
+#define PRL_PREALLOC_SIZE   (128u << 20)   /* QEMU's default prealloc-size */
 #define PRL_MAX_BAT         (INT32_MAX / 4)
 #define PRL_MAX_RUN         65536u         /* clusters one mapping answer looks at */
 
@@ -53,6 +54,9 @@ struct prl_state {
     uint64_t data_off;             /* sectors, from the header (0: after the BAT) */
     bool unclean;                  /* opened with the in-use mark set */
     bool writable;
+    bool prealloc_falloc;          /* grow the file by fallocate, not truncate */
+    uint64_t prealloc;             /* bytes the file grows by past a new cluster */
+    uint64_t zeroed_end;           /* the file is zeroes from data_end up to here */
 };
 
 static inline uint32_t le32_get(const uint8_t *p)
@@ -161,6 +165,25 @@ static int write_header(vd_node *n)
     return vd_pwrite(n->file, 0, PRL_HEADER_BYTES, s->header, 0);
 }
 
+/* QEMU's prealloc-mode (falloc, truncate) and prealloc-size options: how
+ * the file grows ahead of new clusters (it is cut back at close). */
+static int read_prealloc_opts(vd_node *n, vd_opts *opts)
+{
+    struct prl_state *s = n->state;
+    const char *mode = vd_opts_get(opts, "prealloc-mode");
+    int r;
+
+    if ((r = vd_opts_get_size(opts, "prealloc-size", PRL_PREALLOC_SIZE, &s->prealloc)) < 0)
+        return r;
+    if (mode && strcmp(mode, "falloc") && strcmp(mode, "truncate"))
+        return vd_error(EINVAL, "invalid parameter value: %s", mode);
+    s->prealloc_falloc = !mode || !strcmp(mode, "falloc");
+    s->prealloc = VD_MAX(s->prealloc / PRL_SECTOR, s->tracks) * PRL_SECTOR;
+    vd_opts_del(opts, "prealloc-mode");
+    vd_opts_del(opts, "prealloc-size");
+    return 0;
+}
+
 /* Check the header, load the BAT; a writable open sets the in-use mark. */
 static int prl_open(vd_node *n, vd_opts *opts, int flags)
 {
@@ -169,7 +192,6 @@ static int prl_open(vd_node *n, vd_opts *opts, int flags)
     uint8_t h[PRL_HEADER_BYTES] = { 0 };
     int r;
 
-    (void)opts;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->alloc_lock, NULL);
     s->locks_ok = true;
@@ -177,7 +199,8 @@ static int prl_open(vd_node *n, vd_opts *opts, int flags)
         return (int)file_len;
     if (file_len && (r = vd_pread(n->file, 0, VD_MIN((uint64_t)file_len, sizeof(h)), h, 0)) < 0)
         return vd_error_prefix(r, "parallels: cannot read the header");
-    if ((r = check_header(n, h)) < 0 || (r = load_bat(n, (uint64_t)file_len)) < 0)
+    if ((r = check_header(n, h)) < 0 || (r = read_prealloc_opts(n, opts)) < 0 ||
+        (r = load_bat(n, (uint64_t)file_len)) < 0)
         return r;
     s->unclean = le32_get(h + PH_INUSE) == PRL_INUSE;
     if (s->unclean && !n->read_only && !(flags & VD_O_CHECK))
@@ -280,20 +303,33 @@ static int write_bat_entry(vd_node *n, uint32_t i)
 }
 
 /* Make [host, end) of the file zeroes: bytes left past the end of the
- * data (a crash, another writer's preallocation) are zeroed, the file is
- * grown for the rest. */
+ * data (a crash, another writer's preallocation) are zeroed; a file too
+ * short grows past end by the preallocation size, which stays known
+ * zeroes.  alloc_lock held. */
 static int zero_cluster(vd_node *n, uint64_t host, uint64_t end)
 {
+    struct prl_state *s = n->state;
     int64_t flen = vd_getlength(n->file);
+    uint64_t grown;
     int r = 0;
 
     if (flen < 0)
         return (int)flen;
+    if (end <= s->zeroed_end)
+        return 0;
     if (host < (uint64_t)flen)
         r = vd_pwrite_zeroes(n->file, host, VD_MIN(end, (uint64_t)flen) - host, 0);
-    if (r >= 0 && end > (uint64_t)flen)
-        r = vd_truncate(n->file, end, false, VD_PREALLOC_OFF);
-    return r;
+    if (r < 0 || end <= (uint64_t)flen)
+        return r;
+    grown = end + s->prealloc;
+    if (!s->prealloc_falloc ||
+        vd_truncate(n->file, grown, false, VD_PREALLOC_FALLOC) < 0) {
+        vd_error_clear();
+        if ((r = vd_truncate(n->file, grown, false, VD_PREALLOC_OFF)) < 0)
+            return r;
+    }
+    s->zeroed_end = grown;
+    return 0;
 }
 
 /* Allocate guest cluster i at the end of the data and write l bytes at in
@@ -586,6 +622,13 @@ static int prl_create(const char *filename, vd_opts *opts)
     return r;
 }
 
+static const struct vd_opt_desc prl_open_opts[] = {
+    { "prealloc-size", VD_OPT_SIZE, "Preallocation size on image expansion", "128M" },
+    { "prealloc-mode", VD_OPT_STRING,
+      "Preallocation mode on image expansion (allowed values: falloc, truncate)", "falloc" },
+    { NULL, 0, NULL, NULL },
+};
+
 /* -o help text as qemu-img 7.2 prints it. */
 static const struct vd_opt_desc prl_create_opts[] = {
     { "size", VD_OPT_SIZE, "Virtual disk size", NULL },
@@ -598,6 +641,7 @@ static const struct vd_driver prl_driver = {
     .name = "parallels",
     .kind = VD_DRV_FORMAT,
     .state_size = sizeof(struct prl_state),
+    .open_opts = prl_open_opts,
     .create_opts = prl_create_opts,
     .probe = prl_probe,
     .open = prl_open,

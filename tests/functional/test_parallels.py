@@ -94,6 +94,32 @@ def test_parallels_writes_as_qemu(tmp_path, cluster, pattern):
     same_result(*both("compare", "img.q", "img.v", cwd=tmp_path))
 
 
+@pytest.mark.parametrize("opts", ['"prealloc-mode": "truncate"', '"prealloc-size": "4M"',
+                                  '"prealloc-mode": "falloc", "prealloc-size": "1k"'])
+def test_parallels_prealloc_options(tmp_path, opts):
+    """prealloc-mode and prealloc-size change how the file grows while
+    open, not the image left at close."""
+    run(QEMU_IMG, "create", "-q", "-f", "parallels", "-o", "cluster_size=64k", "img.q", "10M",
+        cwd=tmp_path)
+    shutil.copy(tmp_path / "img.q", tmp_path / "img.v")
+    name = 'json:{"driver": "parallels", %s, "file": {"driver": "file", "filename": "%s"}}'
+    q = subprocess.run([QEMU_IO, "-c", "write -P 3 100k 300k", "-c", "write -P 4 5M 4k",
+                        name % (opts, "img.q")], cwd=tmp_path, capture_output=True, text=True)
+    assert q.returncode == 0, q.stderr
+    v = subprocess.run([VDISK_IO, name % (opts, "img.v"), "write", "3", str(100 * K),
+                        str(300 * K), "--", "write", "4", str(5 * M), "4096"], cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert v.returncode == 0, v.stderr
+    same_bytes(tmp_path, "img.q", "img.v")
+
+
+@pytest.mark.parametrize("opt", ["prealloc-mode=bogus", "prealloc-size=abc", "foo=1"])
+def test_parallels_bad_open_options(tmp_path, opt):
+    run(QEMU_IMG, "create", "-q", "-f", "parallels", "img", "1M", cwd=tmp_path)
+    same_result(*both("info", "--image-opts", "driver=parallels,file.filename=img," + opt,
+                      cwd=tmp_path))
+
+
 def test_parallels_convert_both_ways(tmp_path):
     data = bytearray(6 * M)
     data[100:5000] = os.urandom(4900)
