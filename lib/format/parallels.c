@@ -89,6 +89,12 @@ static inline uint64_t bat_sector(const struct prl_state *s, uint32_t i)
     return (uint64_t)bat_get(s, i) * s->off_mult;
 }
 
+/* End of the header and BAT sectors: no cluster may start before it. */
+static uint64_t meta_end(const struct prl_state *s)
+{
+    return div_round_up(s->header_bytes, PRL_SECTOR) * PRL_SECTOR;
+}
+
 /* Score 100 on either magic with version 2, as QEMU. */
 static int prl_probe(const uint8_t *buf, size_t len, const char *filename)
 {
@@ -380,6 +386,9 @@ static int prl_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, i
         uint64_t in = off % s->cluster, l = VD_MIN(len, s->cluster - in);
         uint64_t host = host_of(s, off);
         uint64_t ci = off / s->cluster;
+        if (host && host - in < meta_end(s))
+            return vd_error(EIO, "parallels: cluster %" PRIu64 " overlaps the header or the "
+                            "BAT: not written", ci);
         int r = host ? vd_pwrite(n->file, host, l, p, flags)
                      : alloc_cluster(n, ci > UINT32_MAX ? UINT32_MAX : (uint32_t)ci, in, l,
                                      p, flags);
@@ -447,6 +456,51 @@ static bool prl_has_zero_init(vd_node *n)
 
 /* ---- check ---- */
 
+/* qsort comparator: (host offset, cluster) pairs by offset. */
+static int cmp_pair(const void *a, const void *b)
+{
+    const uint64_t *x = a, *y = b;
+    return x[0] < y[0] ? -1 : x[0] > y[0];
+}
+
+/* Checks QEMU 7.2 lacks: clusters in the header or BAT, clusters sharing
+ * bytes of the file (reported, not repaired: which one holds the data is
+ * unknown).  Lock held. */
+static int check_overlaps(struct prl_state *s, struct vd_check_result *res)
+{
+    uint64_t *pairs = malloc(2 * sizeof(uint64_t) * (s->bat_size ? s->bat_size : 1)), n = 0;
+
+    if (!pairs)
+        return -ENOMEM;
+    for (uint32_t i = 0; i < s->bat_size; i++) {
+        uint64_t off = bat_sector(s, i) * PRL_SECTOR;
+        if (!off)
+            continue;
+        if (off < meta_end(s)) {
+            fprintf(stderr, "ERROR cluster %" PRIu32 " overlaps the header or the BAT\n", i);
+            res->corruptions++;
+        }
+        pairs[2 * n] = off;
+        pairs[2 * n++ + 1] = i;
+    }
+    qsort(pairs, n, 2 * sizeof(uint64_t), cmp_pair);
+    for (uint64_t k = 1; k < n; k++)
+        if (pairs[2 * k] < pairs[2 * (k - 1)] + s->cluster) {
+            fprintf(stderr, "ERROR cluster %" PRIu64 " overlaps cluster %" PRIu64 "\n",
+                    pairs[2 * k + 1], pairs[2 * (k - 1) + 1]);
+            res->corruptions++;
+        }
+    free(pairs);
+    return 0;
+}
+
+/* Where clusters may start: the data offset, else after the BAT. */
+static uint64_t data_start(const struct prl_state *s)
+{
+    return s->data_off ? s->data_off * PRL_SECTOR
+                       : div_round_up(s->header_bytes, PRL_SECTOR) * PRL_SECTOR;
+}
+
 /* "Repairing" or "ERROR", as QEMU starts its report lines. */
 static const char *verb(int fix, int flag)
 {
@@ -487,12 +541,6 @@ static uint64_t check_bat(struct prl_state *s, uint64_t size, struct vd_check_re
     return high;
 }
 
-/* Where clusters may start: the data offset, else after the BAT. */
-static uint64_t data_start(const struct prl_state *s)
-{
-    return s->data_off ? s->data_off * PRL_SECTOR
-                       : div_round_up(s->header_bytes, PRL_SECTOR) * PRL_SECTOR;
-}
 
 /* qemu-img check (and -r): the in-use mark, the BAT, space leaked after
  * the data.  The end of the data is never before the data offset. */
@@ -520,8 +568,9 @@ static int prl_check(vd_node *n, struct vd_check_result *res, int fix)
     }
     res->total_clusters = s->bat_size;
     high = check_bat(s, (uint64_t)size, res, fix, &dirty);
+    r = check_overlaps(s, res);
     pthread_mutex_unlock(&s->lock);
-    if (dirty && (r = vd_pwrite(n->file, 0, s->header_bytes, s->header, 0)) >= 0)
+    if (r >= 0 && dirty && (r = vd_pwrite(n->file, 0, s->header_bytes, s->header, 0)) >= 0)
         r = vd_flush(n->file);
     if (r < 0) {
         res->check_errors++;

@@ -211,10 +211,9 @@ def header(sectors, tracks, bat, magic=b"WithouFreSpacExt", version=2, data_off=
                        sectors, inuse, data_off, 0, 0)
 
 
-def v1_image(clusters, tracks=8):
+def v1_image(clusters, tracks=8, bat_n=16):
     """A "WithoutFreeSpace" image: BAT entries in sectors; clusters maps
     guest cluster -> data, stored after the BAT in the order given."""
-    bat_n = 16
     cl = tracks * 512
     start = -(-(64 + 4 * bat_n) // cl) * tracks
     bat = [0] * bat_n
@@ -327,6 +326,34 @@ def test_parallels_hostile_disk_past_bat(tmp_path):
     v = subprocess.run([VDISK_IO, "-f", "parallels", name, "write", "1", str(8 * M), "512"],
                        cwd=tmp_path, capture_output=True, text=True)
     assert v.returncode == 1 and "past the BAT (256 entries)" in v.stderr, v.stderr
+
+
+def test_parallels_hostile_overlapping_clusters(tmp_path):
+    """Two BAT entries naming the same cluster: both read it, as in
+    qemu-img; qemu-img 7.2's check finds nothing, vdisk reports the overlap
+    (and cannot tell which cluster owns the data: -r leaves it)."""
+    fresh(tmp_path)
+    poke(tmp_path / "img.q", 64 + 4 * 20, "<I", struct.unpack_from(
+        "<I", (tmp_path / "img.q").read_bytes(), 64)[0])
+    same_contents(tmp_path, "img.q", "parallels")
+    q, v = both("check", "img.q", cwd=tmp_path)
+    assert q.returncode == 0
+    assert v.returncode == 2 and "ERROR cluster 20 overlaps cluster 0" in v.stderr, v.stderr
+
+
+def test_parallels_hostile_cluster_in_the_bat(tmp_path):
+    """A BAT entry naming sector 1 (inside the BAT): reads return those
+    bytes, as in qemu-img; writes there are refused (qemu-io would
+    overwrite the BAT); check reports it."""
+    img = bytearray(v1_image({1: b"\x11" * 4096}, bat_n=512))
+    struct.pack_into("<I", img, 64 + 4 * 5, 1)
+    name = write(tmp_path, bytes(img))
+    same_contents(tmp_path, name, "parallels")
+    v = subprocess.run([VDISK_IO, "-f", "parallels", name, "write", "1", str(5 * 4096), "512"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert v.returncode == 1 and "overlaps the header or the BAT" in v.stderr, v.stderr
+    v = run(VDISK_IMG, "check", name, cwd=tmp_path)
+    assert v.returncode == 2 and "ERROR cluster 5 overlaps the header or the BAT" in v.stderr
 
 
 def test_parallels_hostile_truncated(tmp_path):
