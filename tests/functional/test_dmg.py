@@ -303,9 +303,9 @@ def test_dmg_hostile_raw_length_mismatch(tmp_path):
 
 @pytest.mark.parametrize("codec", ["zlib", "bzip2"])
 def test_dmg_hostile_decompression_bomb(tmp_path, codec):
-    """A 16-sector chunk whose stream holds 200 MiB: a read error, bounded
+    """A 16-sector chunk whose stream holds 64 MiB: a read error, bounded
     by the chunk's size."""
-    bomb = zlib.compress(bytes(200 * M), 9) if codec == "zlib" else bz2.compress(bytes(200 * M))
+    bomb = zlib.compress(bytes(64 * M), 9) if codec == "zlib" else bz2.compress(bytes(64 * M))
     kind = g.ZLIB if codec == "zlib" else g.BZIP2
     img = crafted([entry(kind, 0, 16, 0, len(bomb))], 16, fork=bomb)
     name = write(tmp_path, img)
