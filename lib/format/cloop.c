@@ -215,6 +215,8 @@ static int read_block(vd_node *n, uint32_t b, uint32_t in, uint32_t len, uint8_t
     uint8_t *blk;
     int r;
 
+    if (in == 0 && len == s->block_size)
+        return load_block(n, b, buf);        /* the whole block: no copy */
     pthread_mutex_lock(&s->lock);
     if (s->cache_block == b) {
         memcpy(buf, s->cache + in, len);

@@ -539,6 +539,8 @@ static int read_compressed(vd_node *n, uint32_t i, uint64_t in, uint64_t len, ui
     uint8_t *blk;
     int r;
 
+    if (in == 0 && len == c->count * DMG_SECTOR)
+        return load_chunk(n, c, buf);        /* the whole chunk: no copy */
     pthread_mutex_lock(&s->lock);
     if (s->cache_chunk == i) {
         memcpy(buf, s->cache + in, len);
