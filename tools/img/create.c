@@ -254,6 +254,11 @@ static int do_create(const struct create_args *ca)
         img_error("%s: Unknown file format '%s'", ca->filename, ca->fmt);
         return 1;
     }
+    if (!vd_driver_can_create(c.drv)) {
+        img_error("%s: Format driver '%s' does not support image creation",
+                  ca->filename, ca->fmt);
+        return 1;
+    }
     c.table = img_create_opt_table(c.drv, img_protocol_for(ca->filename));
     c.opts = vd_opts_new();
     if (!c.table || !c.opts) {
