@@ -709,8 +709,14 @@ static int q1_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const vo
         return r;
     }
     if ((!s->l1[l1i] && (r = new_l2(n, l1i)) < 0) ||
-        (r = reserve(n, clen, false, &host)) < 0 ||
-        (r = vd_pwrite(n->file, host, clen, out, 0)) < 0)
+        (r = reserve(n, clen, false, &host)) < 0)
+        goto out;
+    if (host + clen > 1ull << s->csize_shift) {
+        r = vd_error(EFBIG, "qcow: compressed cluster offset 0x%" PRIx64 " does not fit in "
+                     "an L2 entry", host);
+        goto out;
+    }
+    if ((r = vd_pwrite(n->file, host, clen, out, 0)) < 0)
         goto out;
     r = link_clusters(n, off >> s->l2_shift, 1, 0,
                       Q1_COMPRESSED | (uint64_t)clen << s->csize_shift | host);
@@ -915,10 +921,10 @@ static const struct vd_opt_desc q1_create_opts[] = {
 
 /* ---- info ---- */
 
-/* The virtual size. */
+/* The virtual size: whole sectors of the header's size, as QEMU. */
 static int64_t q1_getlength(vd_node *n)
 {
-    return (int64_t)((struct q1_state *)n->state)->h.size;
+    return (int64_t)round_down(((struct q1_state *)n->state)->h.size, 512);
 }
 
 /* qemu-img info's cluster_size. */

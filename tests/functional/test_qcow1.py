@@ -218,7 +218,8 @@ def test_qcow1_refusals_as_qemu(tmp_path):
                  ["check", "-r", "all", "img"], ["resize", "img", "20M"],
                  ["resize", "img", "5M"], ["measure", "-O", "qcow", "--size", "1G"],
                  ["measure", "-O", "qcow", "img"], ["snapshot", "-c", "s", "img"],
-                 ["amend", "-o", "size=20M", "img"]):
+                 ["amend", "-o", "size=20M", "img"], ["rebase", "-u", "-b", "x", "img"],
+                 ["rebase", "-b", "", "img"]):
         q, v = both(*args, cwd=tmp_path)
         same_result(q, v)
         assert q.returncode != 0
@@ -309,6 +310,14 @@ def test_qcow1_hostile_past_eof(tmp_path, kind):
         assert v.returncode == 0     # the header is sound; the table is not
         v = run(VDISK_IMG, "compare", "-f", "qcow", "h.img", "h.img", cwd=tmp_path)
         assert v.returncode != 0
+
+
+@pytest.mark.parametrize("size", [2, 1000, 3 * M + 7])
+def test_qcow1_size_not_whole_sectors(tmp_path, size):
+    """The virtual size is the header's size rounded down to sectors."""
+    (tmp_path / "h.img").write_bytes(image(size=size))
+    same_inspection(tmp_path, "h.img", "qcow")
+    same_result(*both("convert", "-O", "raw", "h.img", "o.raw", cwd=tmp_path))
 
 
 def test_qcow1_hostile_compressed_bomb(tmp_path):
