@@ -104,7 +104,8 @@ static void decode_header(const uint8_t *b, struct q1_header *h)
 static int q1_probe(const uint8_t *buf, size_t len, const char *filename)
 {
     (void)filename;
-    return len >= 8 && vd_be32(buf) == Q1_MAGIC && vd_be32(buf + 4) == Q1_VERSION ? 100 : 0;
+    return len >= Q1_HEADER_LEN && vd_be32(buf) == Q1_MAGIC &&
+           vd_be32(buf + 4) == Q1_VERSION ? 100 : 0;
 }
 
 /* QEMU 7.2's header checks, in its order and with its messages, then

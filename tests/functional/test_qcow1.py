@@ -279,6 +279,15 @@ def test_qcow1_hostile_refused_as_qemu(tmp_path, kind):
     assert hostile_convert(tmp_path, "h.img", "qcow").returncode == 1
 
 
+@pytest.mark.parametrize("keep", [47, 48, 600])
+def test_qcow1_probe_as_qemu(tmp_path, keep):
+    """A whole header with the magic and version 1 probes as qcow; a file
+    cut inside the header probes as raw, as in QEMU."""
+    (tmp_path / "h.img").write_bytes(image(size=M)[:keep])
+    for args in (["info", "h.img"], ["info", "--output=json", "h.img"]):
+        same_result(*both(*args, cwd=tmp_path))
+
+
 @pytest.mark.parametrize("version", [0, 2, 5])
 def test_qcow1_hostile_version(tmp_path, version):
     (tmp_path / "h.img").write_bytes(image(version=version))
