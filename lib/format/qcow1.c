@@ -676,38 +676,71 @@ static size_t deflate_cluster(const void *src, size_t len, uint8_t *out, size_t 
     return r == Z_STREAM_END ? cap - z.avail_out : 0;
 }
 
-/* Write one whole cluster compressed at the end of the file (as QEMU,
- * unaligned), or uncompressed when it does not shrink or the cluster is
- * already allocated. */
-static int q1_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
+/* Compress one cluster (len bytes at off, the image's tail padded with
+ * zeroes) into out (room for VD_COMPRESS_ROOM(len) bytes): its deflate
+ * stream, shorter than a cluster, or the whole padded cluster (out_len
+ * the cluster size) when it does not shrink.  No I/O, any thread. */
+static int q1_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const void *buf,
+                               void *out, size_t *out_len)
 {
     struct q1_state *s = n->state;
-    uint64_t l1i = off >> s->l1_shift, host;
-    uint8_t *out = NULL, *full = NULL;
-    struct q1_run run;
-    size_t clen = 0;
-    int r;
+    uint8_t *full = NULL;
+    size_t clen;
 
-    if (len < s->cluster) {                     /* the image's tail: pad */
+    (void)off;
+    if (len < s->cluster) {
         if (!(full = calloc(1, s->cluster)))
             return vd_error(ENOMEM, "qcow: out of memory");
         memcpy(full, buf, len);
         buf = full;
     }
-    if (!(out = malloc(s->cluster))) {
-        free(full);
-        return vd_error(ENOMEM, "qcow: out of memory");
-    }
     clen = deflate_cluster(buf, s->cluster, out, s->cluster - 1);
+    if (!clen) {
+        memcpy(out, buf, s->cluster);
+        clen = s->cluster;
+    }
+    free(full);
+    *out_len = clen;
+    return 0;
+}
+
+/* Write a compressed cluster's bytes uncompressed (over a cluster that
+ * is already allocated). */
+static int rewrite_plain(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                         size_t clen)
+{
+    struct q1_state *s = n->state;
+    uint8_t *c = malloc(s->cluster);
+    int r;
+
+    if (!c)
+        return vd_error(ENOMEM, "qcow: out of memory");
+    r = inflate_cluster(data, clen, c, s->cluster);
+    if (r >= 0)
+        r = q1_pwrite(n, off, len, c, 0);
+    free(c);
+    return r;
+}
+
+/* Store a cluster from q1_compress_cluster: compressed at the end of the
+ * file (unaligned, as QEMU), or uncompressed when it did not shrink or
+ * the cluster is already allocated. */
+static int q1_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data,
+                               size_t clen)
+{
+    struct q1_state *s = n->state;
+    uint64_t l1i = off >> s->l1_shift, host;
+    struct q1_run run;
+    int r;
+
+    if (clen >= s->cluster)
+        return q1_pwrite(n, off, len, data, 0);
     pthread_mutex_lock(&s->alloc_lock);
     if ((r = lookup(n, off, s->cluster, &run)) < 0)
         goto out;
-    if (!clen || run.kind != K_UNALLOC) {
+    if (run.kind != K_UNALLOC) {
         pthread_mutex_unlock(&s->alloc_lock);
-        r = q1_pwrite(n, off, len, buf, 0);
-        free(out);
-        free(full);
-        return r;
+        return rewrite_plain(n, off, len, data, clen);
     }
     if ((!s->l1[l1i] && (r = new_l2(n, l1i)) < 0) ||
         (r = reserve(n, clen, false, &host)) < 0)
@@ -717,14 +750,27 @@ static int q1_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const vo
                      "an L2 entry", host);
         goto out;
     }
-    if ((r = vd_pwrite(n->file, host, clen, out, 0)) < 0)
+    if ((r = vd_pwrite(n->file, host, clen, data, 0)) < 0)
         goto out;
     r = link_clusters(n, off >> s->l2_shift, 1, 0,
                       Q1_COMPRESSED | (uint64_t)clen << s->csize_shift | host);
 out:
     pthread_mutex_unlock(&s->alloc_lock);
+    return r;
+}
+
+/* Write one whole cluster compressed (both steps). */
+static int q1_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const void *buf)
+{
+    uint8_t *out = malloc(VD_COMPRESS_ROOM(len) + ((struct q1_state *)n->state)->cluster);
+    size_t clen;
+    int r;
+
+    if (!out)
+        return vd_error(ENOMEM, "qcow: out of memory");
+    if ((r = q1_compress_cluster(n, off, len, buf, out, &clen)) >= 0)
+        r = q1_store_compressed(n, off, len, out, clen);
     free(out);
-    free(full);
     return r;
 }
 
@@ -960,6 +1006,8 @@ static const struct vd_driver qcow1_driver = {
     .cluster_size = q1_cluster_size,
     .supports_backing = true,
     .pwrite_compressed = q1_pwrite_compressed,
+    .compress_cluster = q1_compress_cluster,
+    .store_compressed = q1_store_compressed,
     .make_empty = q1_make_empty,
 };
 VD_DRIVER_REGISTER(qcow1_driver)

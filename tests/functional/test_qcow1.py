@@ -191,6 +191,24 @@ def test_qcow1_convert_both_ways(tmp_path):
     same_result(*both("map", "--output=json", "p.img", cwd=tmp_path))
 
 
+def test_qcow1_compressed_writes(tmp_path):
+    """vdisk's compressed writes (a new cluster, over a compressed one,
+    over a plain one, one that does not shrink, the tail of the image)
+    read the same through qemu-img and qemu-io's compressed writes."""
+    size = 1 * M + 1536
+    run(QEMU_IMG, "create", "-q", "-f", "qcow", "v.img", str(size), cwd=tmp_path)
+    vdisk_io(tmp_path, "v.img", ["write 65 40960 4096", "compress 49 0 4096",
+                                 "compress 50 0 4096", "compress 51 40960 4096",
+                                 "compress 52 8192 4096", "compress 53 1048576 1536"])
+    run(QEMU_IMG, "create", "-q", "-f", "qcow", "q.img", str(size), cwd=tmp_path)
+    qemu_io(tmp_path, "q.img", ["write -c -P 52 8192 4096", "write -P 50 0 4096",
+                                "write -P 51 40960 4096", "write -c -P 53 1048576 1536"])
+    same_result(*both("compare", "v.img", "q.img", cwd=tmp_path))
+    assert run(QEMU_IMG, "compare", "v.img", "q.img", cwd=tmp_path).returncode == 0
+    same_result(*both("map", "--output=json", "v.img", cwd=tmp_path))
+    same_result(*both("map", "--output=json", "q.img", cwd=tmp_path))
+
+
 def test_qcow1_commit_empties_the_overlay(tmp_path):
     base = pattern_file(tmp_path / "base.raw", 4 * M, [(0x10, 0, 4 * M)])
     for d in ("q", "v"):
