@@ -35,7 +35,7 @@
 #define Q1_CRYPT_AES      1u
 #define Q1_COMPRESSED     (1ull << 63)
 #define Q1_NAME_MAX       1023u            /* longest backing name QEMU reads */
-#define Q1_L1_BYTES_MAX   (32u << 20)      /* vdisk's cap on the L1 table */
+#define Q1_L1_BYTES_MAX   (256u << 20)     /* vdisk's cap on the L1 table */
 #define Q1_L2_SLOTS       16u
 #define Q1_ZLIB_WINDOW    (-12)
 

@@ -82,6 +82,13 @@ def test_qcow1_create_options_as_qemu(tmp_path):
                 cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "q.img").read_bytes() == (tmp_path / "v.img").read_bytes()
+    # backing_fmt missing or wrong; -u with a missing backing file
+    for args in (["-b", "base.raw", "n.img"], ["-b", "base.raw", "-F", "qcow2", "n.img"],
+                 ["-u", "-b", "nonexist", "-F", "raw", "n.img", "1M"]):
+        same_result(*both("create", "-f", "qcow", *args, cwd=tmp_path))
+        same_result(*both("info", "n.img", cwd=tmp_path))
+        if (tmp_path / "n.img").exists():
+            (tmp_path / "n.img").unlink()
 
 
 WRITES = [["write -P 0x11 0 4k", "write -P 0x22 9k 3000", "write -P 0x33 3M 1M",
@@ -347,6 +354,19 @@ def test_qcow1_size_not_whole_sectors(tmp_path, size):
     (tmp_path / "h.img").write_bytes(image(size=size))
     same_inspection(tmp_path, "h.img", "qcow")
     same_result(*both("convert", "-O", "raw", "h.img", "o.raw", cwd=tmp_path))
+
+
+def test_qcow1_hostile_l1_over_the_cap(tmp_path):
+    """A 256 TiB image's 1 GiB L1 table (within QEMU's limit) is over
+    vdisk's cap: refused before anything is allocated; a smaller one in an
+    untrusted image is over the untrusted cap."""
+    (tmp_path / "h.img").write_bytes(image(size=1 << 48, l1_entries=1))
+    v = hostile_convert(tmp_path, "h.img", "qcow")
+    assert v.returncode == 1 and "L1 table of 1073741824 bytes is over vdisk's limit" \
+        in v.stderr, v.stderr
+    (tmp_path / "u.img").write_bytes(image(size=1 << 44, l1_entries=1))
+    v = run(VDISK_IMG, "info", "--untrusted", "u.img", cwd=tmp_path)
+    assert v.returncode == 1 and "qcow L1 table" in v.stderr, v.stderr
 
 
 def test_qcow1_hostile_compressed_bomb(tmp_path):
