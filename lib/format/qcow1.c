@@ -10,8 +10,9 @@
  * Invariants:
  *  1. A cluster is linked (L2 entry) only after its whole contents (guest
  *     bytes, and around them the backing file's bytes, the decompressed
- *     old cluster or zeroes) are written; a new L2 table is written
- *     (zeroed but for its new entries) before the L1 entry that links it.
+ *     old cluster or zeroes) are written, and flushed when what it
+ *     replaces is not zeroes (a backing file, a compressed cluster); a
+ *     new L2 table is written (zeroed) before the L1 entry that links it.
  *  2. Allocations run one at a time under alloc_lock, held across their
  *     data writes; file_end (where the next allocation goes) only grows.
  *  3. lock guards the L1 table, the L2 cache, the decompressed-cluster
@@ -592,6 +593,17 @@ static int write_new_clusters(vd_node *n, const struct q1_run *run, uint64_t off
     return 0;
 }
 
+/* Invariant 1 where the old contents are not zeroes (a backing file, a
+ * compressed cluster): the new cluster's data reaches the disk before it
+ * is linked, or a crash could make the guest read zeroes instead. */
+static int flush_before_link(vd_node *n, enum q1_kind old)
+{
+    if (old != K_COMPRESSED && !n->backing_name)
+        return 0;
+    vd_event(n->file, "flush_to_disk");
+    return vd_flush(n->file);
+}
+
 /* Allocate new clusters for the run at off (not plain data), write p in
  * them and link them.  Returns the bytes written, or 0 when the run
  * changed meanwhile (look it up again). */
@@ -611,7 +623,8 @@ static int64_t alloc_write(vd_node *n, uint64_t off, uint64_t len, const uint8_t
     count = div_round_up(off + run.bytes - first, s->cluster);
     vd_event(n->file, "cluster_alloc");
     if ((r = reserve(n, count * s->cluster, true, &host)) < 0 ||
-        (r = write_new_clusters(n, &run, off, run.bytes, p, host)) < 0)
+        (r = write_new_clusters(n, &run, off, run.bytes, p, host)) < 0 ||
+        (r = flush_before_link(n, run.kind)) < 0)
         goto out;
     r = link_clusters(n, first >> s->l2_shift, count, host, 0);
     if (r >= 0 && run.kind == K_COMPRESSED) {
@@ -750,7 +763,8 @@ static int q1_store_compressed(vd_node *n, uint64_t off, uint64_t len, const voi
                      "an L2 entry", host);
         goto out;
     }
-    if ((r = vd_pwrite(n->file, host, clen, data, 0)) < 0)
+    if ((r = vd_pwrite(n->file, host, clen, data, 0)) < 0 ||
+        (r = flush_before_link(n, K_UNALLOC)) < 0)
         goto out;
     r = link_clusters(n, off >> s->l2_shift, 1, 0,
                       Q1_COMPRESSED | (uint64_t)clen << s->csize_shift | host);
