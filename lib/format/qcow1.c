@@ -901,6 +901,11 @@ static int parse_create(vd_opts *o, struct q1_create *c)
         return vd_error(ENOTSUP, "qcow: encryption (encrypt.format=aes) is not supported "
                         "by vdisk yet");
     c->backing = vd_opts_get(o, "backing_file");
+    /* QEMU 7.2 creates images too large for its own open; vdisk refuses
+     * them (2 MiB of guest a table entry with either layout) */
+    if (div_round_up(c->size, 2 * 1024 * 1024) * 8 > Q1_L1_BYTES_MAX)
+        return vd_error(EFBIG, "qcow: image size %" PRIu64 " is too large (its L1 table "
+                        "would be over the %u bytes vdisk opens)", c->size, Q1_L1_BYTES_MAX);
     if (c->backing && strlen(c->backing) > Q1_NAME_MAX)
         return vd_error(EINVAL, "qcow: backing file name of %zu bytes is over the %u "
                         "bytes QEMU reads", strlen(c->backing), Q1_NAME_MAX);

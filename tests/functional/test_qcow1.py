@@ -91,6 +91,23 @@ def test_qcow1_create_options_as_qemu(tmp_path):
             (tmp_path / "n.img").unlink()
 
 
+def test_qcow1_create_too_large(tmp_path):
+    """qemu-img 7.2 creates qcow images it cannot open ("Image too large",
+    an L1 table of 4 GiB and more: 1P, 4E); vdisk refuses to create them.
+    (Only 4E goes through qemu-img here: it writes a 1P image's 4 GiB L1
+    table 512 bytes at a time.)"""
+    q = run(QEMU_IMG, "create", "-q", "-f", "qcow", "q.img", "4E", cwd=tmp_path)
+    assert q.returncode == 0
+    assert run(QEMU_IMG, "info", "q.img", cwd=tmp_path).returncode == 1
+    for size in ("1P", "4E", "65T"):
+        v = run(VDISK_IMG, "create", "-q", "-f", "qcow", "v.img", size, cwd=tmp_path)
+        assert v.returncode == 1 and "is too large" in v.stderr, v.stderr
+        assert not (tmp_path / "v.img").exists()
+    v = run(VDISK_IMG, "create", "-q", "-f", "qcow", "v.img", "16T", cwd=tmp_path)
+    assert v.returncode == 0, v.stderr
+    same_result(*both("info", "--output=json", "v.img", cwd=tmp_path))
+
+
 WRITES = [["write -P 0x11 0 4k", "write -P 0x22 9k 3000", "write -P 0x33 3M 1M",
            "write -P 0x44 5000 100"],
           ["write -P 0x55 2M 512", "write -P 0x66 8M 64k", "write -z 100k 64k",
