@@ -132,6 +132,19 @@ int qed_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 
 /* ---- allocating writes ---- */
 
+/* Grow the file to at least end bytes (new space reads as zeroes).
+ * alloc_lock held. */
+static int grow_file(vd_node *n, uint64_t end)
+{
+    int64_t flen = vd_getlength(n->file);
+
+    if (flen < 0)
+        return (int)flen;
+    if ((uint64_t)flen >= end)
+        return 0;
+    return vd_truncate(n->file, end, true, VD_PREALLOC_OFF);
+}
+
 /* Put need-check on disk before the first allocation (invariant 1).
  * alloc_lock held. */
 static int set_need_check(vd_node *n)
@@ -207,7 +220,8 @@ static int link_new_table(vd_node *n, uint64_t c0, uint64_t count, uint64_t host
         t[i0 + k] = host ? host + k * s->cluster : QED_ENTRY_ZERO;
     s->file_size += s->table_bytes;
     vd_event(n->file, "l2_alloc_write");
-    if ((r = qed_write_entries(n, off, t, 0, s->nelems)) < 0) {
+    if ((r = grow_file(n, s->file_size)) < 0 ||
+        (r = qed_write_entries(n, off, t, 0, s->nelems)) < 0) {
         free(t);
         return r;
     }
@@ -269,7 +283,8 @@ static int64_t alloc_write(vd_node *n, uint64_t off, uint64_t len, const uint8_t
         s->file_size += count * s->cluster;
         pthread_mutex_unlock(&s->lock);
         vd_event(n->file, "cluster_alloc");
-        if ((r = write_new_clusters(n, off, len, p, host,
+        if ((r = grow_file(n, host + count * s->cluster)) < 0 ||
+            (r = write_new_clusters(n, off, len, p, host,
                                     run.kind == QR_UNALLOC && n->backing)) < 0)
             goto out;
     }
