@@ -350,9 +350,8 @@ static int qed_open(vd_node *n, vd_opts *opts, int flags)
     s->locks_ok = true;
     if (file_len < 0)
         return (int)file_len;
-    if ((uint64_t)file_len < sizeof(b))
-        return vd_error(EINVAL, "Image not in QED format");
-    if ((r = vd_pread(n->file, 0, sizeof(b), b, 0)) < 0)
+    /* a shorter file reads as zero-padded (as QEMU's probe and header) */
+    if (file_len && (r = vd_pread(n->file, 0, VD_MIN((uint64_t)file_len, sizeof(b)), b, 0)) < 0)
         return vd_error_prefix(r, "qed: cannot read the header");
     decode_header(b, &s->h);
     if ((r = check_header(s, (uint64_t)file_len)) < 0 || (r = read_backing(n)) < 0 ||
