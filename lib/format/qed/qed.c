@@ -313,7 +313,6 @@ static int load_tables(vd_node *n)
         !(s->slots = calloc(s->nslots, sizeof(*s->slots))))
         return vd_error(ENOMEM, "qed: cannot allocate the L1 table (%" PRIu64 " bytes)",
                         s->table_bytes);
-    vd_event(n->file, "l1_update");
     return qed_read_table(n, s->h.l1_offset, s->l1);
 }
 
