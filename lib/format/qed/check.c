@@ -125,7 +125,14 @@ static void count_leaks(struct qed_walk *w)
 {
     struct qed_state *s = w->n->state;
 
-    for (uint64_t i = s->h.header_size; i < w->nclusters; i++)
+    uint64_t i = s->h.header_size;
+
+    for (; i < w->nclusters && i % 8; i++)
+        if (!(w->used[i / 8] & (1u << (i % 8))))
+            w->res->leaks++;
+    for (; i + 8 <= w->nclusters; i += 8)           /* a byte at a time */
+        w->res->leaks += 8 - __builtin_popcount(w->used[i / 8]);
+    for (; i < w->nclusters; i++)
         if (!(w->used[i / 8] & (1u << (i % 8))))
             w->res->leaks++;
 }

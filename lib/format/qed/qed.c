@@ -26,14 +26,14 @@ bool qed_table_size_ok(uint64_t t)
     return t >= QED_MIN_TABLE && t <= QED_MAX_TABLE && is_power_of_2(t);
 }
 
-/* See qed.h. */
+/* See qed.h: capped where the core's 63-bit sizes end. */
 uint64_t qed_max_image_size(uint64_t cluster, uint64_t table)
 {
-    uint64_t entries = cluster * table / 8, r;
+    uint64_t entries = cluster * table / 8, r, cap = (uint64_t)INT64_MAX & ~511ull;
 
     if (__builtin_mul_overflow(entries, entries, &r) ||
-        __builtin_mul_overflow(r, cluster, &r))
-        return UINT64_MAX;
+        __builtin_mul_overflow(r, cluster, &r) || r > cap)
+        return cap;
     return r;
 }
 

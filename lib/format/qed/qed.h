@@ -105,7 +105,7 @@ static inline void qed_put_le64(uint8_t *p, uint64_t v)
 /* qed.c */
 bool qed_cluster_size_ok(uint64_t c);
 bool qed_table_size_ok(uint64_t t);
-/* Largest image size, saturated at UINT64_MAX (QEMU's wraps: see create). */
+/* Largest image size, capped at INT64_MAX (QEMU's wraps: see create). */
 uint64_t qed_max_image_size(uint64_t cluster, uint64_t table);
 bool qed_image_size_ok(uint64_t size, uint64_t cluster, uint64_t table);
 /* A data cluster offset: aligned, past the header, before file_size. */
