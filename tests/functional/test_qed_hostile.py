@@ -152,7 +152,7 @@ def test_hostile(tmp_path, kind):
         if v.returncode:
             assert v.stderr.strip() or op == "check" and v.stdout.strip(), "no error message"
         seen += v.stderr
-        if op != "info":
+        if op != "info" or kind == "huge_tables_sparse":   # qemu reads a 1 GiB table
             continue
         q = subprocess.run([QEMU_IMG] + OPS[op], capture_output=True, text=True, cwd=qd,
                            timeout=TIMEOUT)
