@@ -271,6 +271,11 @@ def test_vdisk_writes_qemu_reads(tmp_path, case):
     assert raw_of(img, VDISK_IMG) == ref.read_bytes()
     for args in (["map", "--output=json"], ["check", "--output=json"]):
         assert vimg(*args, img).stdout == qimg(*args, img).stdout
+    # qemu-io's same ops on a qed image lay out the same bytes
+    q = tmp_path / "q.qed"
+    vimg("create", "-q", "-f", "qed", "-o", opts, q, size, check=True)
+    qio(q, ops)
+    assert q.read_bytes() == img.read_bytes()
 
 
 def test_table_size_one(tmp_path):

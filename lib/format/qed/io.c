@@ -343,17 +343,31 @@ static int zero_in_place(vd_node *n, uint64_t host, uint64_t len)
     return r;
 }
 
-/* See qed.h: whole clusters only (else the core writes zeroes); data
- * clusters are zeroed in place, the others become zero clusters. */
-int qed_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
+/* Write len bytes of zeroes at guest offset off as data. */
+static int write_zero_data(vd_node *n, uint64_t off, uint64_t len, int flags)
 {
-    struct qed_state *s = n->state;
+    uint64_t chunk = VD_MIN(len, (uint64_t)1 << 20);
+    uint8_t *z;
+    int r = 0;
+
+    if (!len)
+        return 0;
+    if (!(z = calloc(1, chunk)))
+        return vd_error(ENOMEM, "qed: out of memory");
+    for (uint64_t d = 0; d < len && r >= 0; d += chunk)
+        r = qed_pwrite(n, off + d, VD_MIN(chunk, len - d), z, flags);
+    free(z);
+    return r;
+}
+
+/* Zero whole clusters [off, off+len): data clusters in place, the others
+ * become zero clusters. */
+static int zero_clusters(vd_node *n, uint64_t off, uint64_t len, int flags)
+{
     struct qed_run run;
     int64_t done;
     int r;
 
-    if ((off | len) & (s->cluster - 1))
-        return -ENOTSUP;
     while (len) {
         if ((r = lookup(n, off, len, &run)) < 0)
             return r;
@@ -373,6 +387,30 @@ int qed_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
         off += (uint64_t)done;
         len -= (uint64_t)done;
     }
+    return 0;
+}
+
+/* See qed.h: as QEMU's block layer splits it, the unaligned head and tail
+ * written as zeroes, the whole clusters between made zero clusters. */
+int qed_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
+{
+    struct qed_state *s = n->state;
+    uint64_t a = round_down(off + s->cluster - 1, s->cluster);
+    uint64_t b = round_down(off + len, s->cluster);
+    int r;
+
+    if (a >= b) {                  /* no whole cluster */
+        if (flags & VD_REQ_NO_FALLBACK)
+            return -ENOTSUP;
+        r = write_zero_data(n, off, len, flags & VD_REQ_FUA);
+        return r;
+    }
+    if ((a != off || b != off + len) && (flags & VD_REQ_NO_FALLBACK))
+        return -ENOTSUP;
+    if ((r = write_zero_data(n, off, a - off, 0)) < 0 ||
+        (r = zero_clusters(n, a, b - a, flags)) < 0 ||
+        (r = write_zero_data(n, b, off + len - b, 0)) < 0)
+        return r;
     return (flags & VD_REQ_FUA) ? vd_flush(n->file) : 0;
 }
 
