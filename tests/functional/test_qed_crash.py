@@ -271,6 +271,109 @@ def test_need_check_protocol(work):  # noqa: F811
     assert not features(open(img, "rb").read()) & NEED_CHECK
 
 
+# ---- over a backing file: copy-on-write fill must survive crashes ----
+
+BACKING_OPS = ["write 1024 3072", "write 2097152 5120", "flush", "zero 65536 4096",
+               "write 1049088 512", "zero 8192 131072", "flush", "write 3000320 70144",
+               "write 3500544 4096", "zero 2101248 512", "write 1536 512"]
+
+
+class BackedPrep:
+    """A raw base whose every sector holds op 1, under a qed overlay with
+    4 KiB clusters; the ops under test run on the overlay."""
+
+    def __init__(self, d):
+        self.d, self.size = d, 4 * M
+        base = d / "base.raw"
+        run([QEMU_IMG, "create", "-q", "-f", "raw", str(base), str(self.size)], check=True)
+        p, _, _ = load("json:" + json.dumps({"driver": "raw", "file": {
+            "driver": "file", "filename": str(base)}}),
+            script_file(d / "base.txt", ["write 0 %d" % self.size, "flush"]))
+        assert p.returncode == 0, p.stderr
+        self.base = d / "top.qed"
+        run([QEMU_IMG, "create", "-q", "-f", "qed", "-o", "cluster_size=4k", "-b", str(base),
+             "-F", "raw", str(self.base)], check=True)
+        self.script = script_file(d / "ops.txt", BACKING_OPS)
+        self.first = 2
+        self.ops = cr.parse_script("\n".join(BACKING_OPS), 2)
+        self.initial = {s: 1 for s in range(self.size // 512)}
+
+    def model(self):
+        return cr.Model(self.ops, self.size, self.initial)
+
+    def fresh(self, name):
+        img = self.d / name
+        shutil.copyfile(self.base, img)
+        return img
+
+
+def verify_flat(img, model, started, flushed, what=""):
+    """As verify, reading the image with its backing file (qemu-img
+    convert) and judging every sector."""
+    probs = repaired(img, what)
+    if probs:
+        return probs
+    out = str(img) + ".raw"
+    p = run([QEMU_IMG, "convert", "-O", "raw", str(img), out])
+    if p.returncode:
+        return ["%s: convert: %s" % (what, p.stderr)]
+    raw = open(out, "rb").read()
+    os.unlink(out)
+    bad = []
+    for sec in range(min(len(raw), model.size) // 512):
+        v = cr.sector_value(raw[sec * 512:(sec + 1) * 512], sec)
+        ok = model.allowed(sec, started, flushed)
+        if v not in ok:
+            bad.append("%s: guest sector %d reads as %s, allowed %s" % (
+                what, sec, "garbage" if v < 0 else v, sorted(ok)))
+            if len(bad) >= 10:
+                break
+    return bad
+
+
+def test_backing_fault_injection(work):  # noqa: F811
+    prep = BackedPrep(work)
+    cases = [(e, err, once) for e in EVENTS for err in (EIO,) for once in (True, False)]
+
+    def case(c):
+        event, err, once = c
+        tag = "%s-%d-%s" % (event, err, "once" if once else "always")
+        img = prep.fresh(tag + ".qed")
+        rule = {"event": event, "errno": err, "once": once}
+        p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
+        probs = []
+        if p.returncode not in (0, 1) or "Sanitizer" in p.stderr or "bad script" in p.stderr:
+            probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
+        return probs + verify_flat(img, prep.model(), started, flushed, tag), p.returncode == 1
+
+    with ThreadPoolExecutor(WORKERS) as ex:
+        results = list(ex.map(case, cases))
+    probs = [p for r in results for p in r[0]]
+    assert not probs, "\n".join(probs[:20])
+    assert any(r[1] for r in results)
+
+
+def test_backing_crash_replay(work):  # noqa: F811
+    prep = BackedPrep(work)
+    img, log = prep.fresh("rec.qed"), work / "rec.log"
+    base = open(img, "rb").read()
+    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
+    assert p.returncode == 0, p.stderr
+    rp = cr.Replay(str(log), base)
+    rng, model = random.Random(3), prep.model()
+    probs, running = [], []
+    with ThreadPoolExecutor(WORKERS) as ex:
+        for cut, v, data, started, flushed in rp.images(rp.cuts(8 if SAN else 14, rng),
+                                                        ("drop", "random", "keep"), rng):
+            path = work / ("cut%d-%s.qed" % (cut, v))
+            path.write_bytes(data)
+            running.append(ex.submit(verify_flat, path, model, started, flushed,
+                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
+        for f in running:
+            probs += f.result()
+    assert not probs, "\n".join(probs[:20])
+
+
 def test_reader_matches_qemu(tmp_path):
     """The test's own qed reader agrees with qemu-img convert."""
     prep = Prepared(tmp_path, "random")

@@ -287,6 +287,13 @@ static int64_t alloc_write(vd_node *n, uint64_t off, uint64_t len, const uint8_t
             (r = write_new_clusters(n, off, len, p, host,
                                     run.kind == QR_UNALLOC && n->backing)) < 0)
             goto out;
+        /* invariant 2 over a backing file: a linked cluster whose data a
+         * crash lost would read zeroes, not the backing file's bytes */
+        if (n->backing_name) {
+            vd_event(n->file, "flush_to_disk");
+            if ((r = vd_flush(n->file)) < 0)
+                goto out;
+        }
     }
     pthread_mutex_lock(&s->lock);
     r = link_clusters(n, first >> s->l2_shift, count, host);

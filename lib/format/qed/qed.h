@@ -12,7 +12,10 @@
  *  2. A cluster is linked (L2 entry, or L1 entry for a new L2 table) only
  *     after its contents (guest data and copied-on-write fill, or a whole
  *     new L2 table) have been written; the L1 entry of a new L2 table is
- *     written after that table.
+ *     written after that table.  With a backing file, new data clusters
+ *     are flushed before they are linked (a cluster linked but lost would
+ *     read zeroes instead of the backing file's bytes); without one, such
+ *     a cluster reads zeroes, which it read before.
  *  3. Allocations run one at a time under alloc_lock, which is held across
  *     their data writes; the next free offset (file_size) only grows.
  *  4. lock guards the header fields, L1 table, L2 cache and file_size in
