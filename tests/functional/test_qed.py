@@ -533,3 +533,17 @@ def test_check_leak_count_right(tmp_path):
         f.write(b"\1" * 4096)
     v = vimg("check", "--output=json", img)
     assert v.returncode == 3 and '"leaks": 1' in v.stdout, v.stdout
+
+
+def test_compare_same_output(tmp_path):
+    """compare of qed images (with -s too, and against raw): the same
+    message and exit code as qemu-img's."""
+    a, b, r = tmp_path / "a.qed", tmp_path / "b.qed", tmp_path / "r.raw"
+    for img in (a, b):
+        qimg("create", "-q", "-f", "qed", img, "4M", check=True)
+    qimg("create", "-q", "-f", "raw", r, "4M", check=True)
+    qio(a, ["write 0x01 0 65536", "zero 1048576 65536"])
+    qio(b, ["write 0x01 0 65536", "write 0x02 2097664 512"])
+    for args in ([a, b], ["-s", a, b], [a, a], ["-f", "qed", "-F", "raw", a, r],
+                 ["-s", "-f", "qed", "-F", "raw", b, r]):
+        same_run(qimg("compare", *args), vimg("compare", *args))
