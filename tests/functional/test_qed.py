@@ -112,15 +112,6 @@ def same_run(q, v):
     assert same_output(v.stderr, q.stderr), (q.stderr, v.stderr)
 
 
-def both(tmp_path, name, *args):
-    """Run the command on copies q/NAME and v/NAME; the two runs."""
-    out = []
-    for tool, d in ((QEMU_IMG, "q"), (VDISK_IMG, "v")):
-        out.append(run([tool] + [a if a != "IMG" else name for a in args], timeout=TIMEOUT,
-                       env=dict(os.environ, PWD=str(tmp_path / d))))
-    return out
-
-
 # ---- create ----
 
 CREATE = {
