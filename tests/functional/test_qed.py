@@ -538,3 +538,24 @@ def test_compare_same_output(tmp_path):
     for args in ([a, b], ["-s", a, b], [a, a], ["-f", "qed", "-F", "raw", a, r],
                  ["-s", "-f", "qed", "-F", "raw", b, r]):
         same_run(qimg("compare", *args), vimg("compare", *args))
+
+
+def test_open_side_effects(tmp_path):
+    """A read-only open (info, map, check) changes nothing, need-check set
+    or not; a read-write open drops unknown autoclear feature bits and
+    keeps unknown compatible ones, as QEMU's."""
+    base = tmp_path / "base.qed"
+    qimg("create", "-q", "-f", "qed", base, "4M", check=True)
+    qio(base, ["write 0x01 0 100000"])
+    poke(base, 16, "<QQQ", NEED_CHECK, 0x10, 0x3)      # features, compat, autoclear
+    before = base.read_bytes()
+    for args in (["info"], ["map"], ["check"], ["info", "--output=json"]):
+        assert vimg(*args, base).returncode == 0
+        assert base.read_bytes() == before, args
+    q, v = tmp_path / "q.qed", tmp_path / "v.qed"
+    shutil.copy(base, q)
+    shutil.copy(base, v)
+    run([QEMU_IO, "-c", "flush", str(q)], check=True)
+    run([VDISK_IO, "-f", "qed", str(v), "flush"], check=True)
+    assert q.read_bytes() == v.read_bytes()
+    assert header(v)[4:7] == (0, 0x10, 0)
