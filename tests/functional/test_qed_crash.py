@@ -17,11 +17,9 @@ finds no corruption; when it is set, check -r repairs what there is; then
 qemu-img check passes (leaked clusters aside: qed cannot free them) and
 every guest sector reads as its value at the last completed flush or as
 something written after it."""
-import glob
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import struct
@@ -31,13 +29,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import TOP, VDISK_IMG, run, vimg, needs_vdisk_format
+from conftest import VDISK_IMG, run, vimg, needs_vdisk_format
 import crash_replay as cr
-from test_qcow2_crash import LOAD, QEMU_IMG, load, progress, rand_ops, script_file, \
+from crash_kit import EIO, ENOSPC, LOAD, load, progress, rand_ops, script_file, \
     work  # noqa: F401  (work: the scratch directory fixture)
+import crash_kit as kit
 
+QEMU_IMG = shutil.which("qemu-img")
 M = 1 << 20
-EIO, ENOSPC = 5, 28
 WORKERS = 2
 NEED_CHECK = 2
 SAN = bool(os.environ.get("VDISK_SANITIZED"))
@@ -78,23 +77,11 @@ class QedReader:
         return b + bytes(ln - len(b))
 
 
-def driver_events():
-    names = set()
-    for f in glob.glob(os.path.join(TOP, "lib", "format", "qed", "*.c")):
-        names.update(re.findall(r'vd_event\([^,]+, "([a-z0-9_]+)"\)', open(f).read()))
-    return sorted(names)
-
-
-EVENTS = driver_events()
+EVENTS = kit.driver_events("qed")
 
 
 def json_name(img, log=None, rule=None):
-    node = {"driver": "file", "filename": str(img)}
-    if rule:
-        node = {"driver": "blkdebug", "inject-error": [rule], "image": node}
-    if log:
-        node = {"driver": "record", "log": str(log), "image": node}
-    return "json:" + json.dumps({"driver": "qed", "file": node})
+    return kit.json_name("qed", img, log, rule)
 
 
 def features(data):
