@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Command handlers and the agent state they share. */
+#ifndef VD_GA_CMDS_H
+#define VD_GA_CMDS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "dispatch.h"
+
+/* state.c: the state directory (handle counter, frozen marker). */
+int ga_state_init(const char *statedir, const char *hook);
+int64_t ga_state_next_handle(struct ga_err *e);
+bool ga_state_frozen(void);
+void ga_state_set_frozen(bool frozen);
+const char *ga_state_hook(void);
+
+/* base64.c */
+char *ga_base64_encode(const unsigned char *p, size_t n);
+unsigned char *ga_base64_decode(const char *s, size_t *len, struct ga_err *e);
+
+/* cmd-file.c */
+ga_handler ga_cmd_file_open, ga_cmd_file_close, ga_cmd_file_read,
+    ga_cmd_file_write, ga_cmd_file_seek, ga_cmd_file_flush;
+void ga_files_close_all(void);
+
+/* cmd-freeze.c */
+ga_handler ga_cmd_fsfreeze_status, ga_cmd_fsfreeze_freeze,
+    ga_cmd_fsfreeze_freeze_list, ga_cmd_fsfreeze_thaw;
+/* Thaw what the agent froze (agent exit). */
+void ga_fsfreeze_cleanup(void);
+
+/* cmd-info.c */
+ga_handler ga_cmd_sync, ga_cmd_ping, ga_cmd_info, ga_cmd_get_time,
+    ga_cmd_get_host_name, ga_cmd_get_timezone, ga_cmd_get_osinfo,
+    ga_cmd_get_users, ga_cmd_get_vcpus;
+
+#endif
