@@ -104,7 +104,7 @@ class Agent:
             req["arguments"] = arguments
         req.update(extra)
         out = self.fenced(json.dumps(req))
-        return json.loads(out)
+        return json.loads(out.split(b"\n")[0])
 
     def stop(self):
         if self.conn:

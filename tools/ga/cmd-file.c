@@ -134,7 +134,7 @@ void ga_cmd_file_read(const vd_json *args, vd_json **ret, struct ga_err *e)
     *ret = vd_json_new_object();
     vd_json_set_int(*ret, "count", (int64_t)n);
     vd_json_set_str(*ret, "buf-b64", b64 ? b64 : "");
-    vd_json_set_bool(*ret, "eof", feof(h->f) != 0);
+    vd_json_set_bool(*ret, "eof", count > 0 && feof(h->f) != 0);   /* qemu-ga: 0 is never at EOF */
     free(b64);
 }
 

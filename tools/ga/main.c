@@ -120,8 +120,7 @@ static void opt(struct ga_config *c, int ch, const char *arg)
     case 'V': printf("%s %s\n", GA_PROG, VD_VERSION_STRING); exit(EXIT_SUCCESS);
     case 'h': usage(); exit(EXIT_SUCCESS);
     default:
-        fprintf(stderr, "Unknown option, try '%s --help' for more information.\n",
-                GA_PROG);
+        printf("Unknown option, try '%s --help' for more information.\n", GA_PROG);
         exit(EXIT_FAILURE);
     }
 }

@@ -152,7 +152,7 @@ static void emit(struct ga_stream *st, const char *errmsg)
     if (errmsg) {
         err = strdup(errmsg);
     } else {
-        obj = vd_json_parse(st->msg.p ? st->msg.p : "", st->msg.len);
+        obj = vd_json_parse_depth(st->msg.p ? st->msg.p : "", st->msg.len, MAX_NESTING + 1);
         if (!obj)
             err = strdup(vd_errmsg());
     }
@@ -165,14 +165,15 @@ static void emit(struct ga_stream *st, const char *errmsg)
     free(err);
 }
 
-/* "JSON parse error, stray '<token>'" for a lexical error. */
+/* "JSON parse error, stray '<token>'" for a lexical error (the token as a
+ * C string, as qemu-ga prints it: up to a NUL byte). */
 static void emit_stray(struct ga_stream *st)
 {
     struct vd_buf b = { 0 };
     char *s;
 
     vd_buf_adds(&b, "JSON parse error, stray '");
-    vd_buf_add(&b, st->tok.p, st->tok.len);
+    vd_buf_add(&b, st->tok.p, strnlen(st->tok.p, st->tok.len));
     vd_buf_addc(&b, '\'');
     s = vd_buf_steal(&b);
     emit(st, s ? s : "JSON parse error");
