@@ -63,10 +63,14 @@ void ga_log(const char *level, const char *fmt, ...)
     fflush(f);
 }
 
+/* SIGTERM/SIGINT end the agent, except while it holds file systems
+ * frozen: as qemu-ga, it then stays (an exit could not complete if its
+ * files are on a frozen file system, and killing it is likely a mistake). */
 static void on_signal(int sig)
 {
     (void)sig;
-    quit = 1;
+    if (!ga_state_frozen())
+        quit = 1;
 }
 
 /* Write all of buf; false on error. */

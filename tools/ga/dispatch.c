@@ -329,14 +329,7 @@ static bool check_struct(struct visit *v, const char *name, const vd_json *obj,
 /* Commands qemu-ga keeps enabled while file systems are frozen. */
 static const char *const frozen_allowed[] = {
     "guest-ping", "guest-info", "guest-sync", "guest-sync-delimited",
-    "guest-fsfreeze-status", "guest-fsfreeze-thaw", "guest-get-time",
-    "guest-get-host-name", "guest-get-timezone", "guest-get-osinfo",
-    "guest-get-users", "guest-get-vcpus", "guest-get-memory-blocks",
-    "guest-get-memory-block-info", "guest-get-fsinfo",
-    "guest-network-get-interfaces", "guest-get-disks", "guest-exec-status",
-    "guest-file-read", "guest-file-close", "guest-file-seek",
-    "guest-file-flush", "guest-get-devices", "guest-get-diskstats",
-    "guest-get-cpustats", NULL,
+    "guest-fsfreeze-status", "guest-fsfreeze-thaw", NULL,
 };
 
 static bool allowed_frozen(const char *name)
