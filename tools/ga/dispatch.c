@@ -22,6 +22,13 @@
 
 static bool blocked[64];
 static bool frozen_mode;
+static bool (*handler_filter)(const char *name);
+
+/* See dispatch.h. */
+void ga_set_handler_filter(bool (*allow)(const char *name))
+{
+    handler_filter = allow;
+}
 
 /* See dispatch.h. */
 void ga_error(struct ga_err *e, const char *fmt, ...)
@@ -436,7 +443,9 @@ static vd_json *run(const vd_json *req, struct ga_err *e, bool *no_resp, bool *s
         args = empty = vd_json_new_object();
     if (check_members(&v, NULL, args, ga_commands[i].args)) {
         *sync = strcmp(name, "guest-sync-delimited") == 0;
-        if (ga_commands[i].fn)
+        if (handler_filter && !handler_filter(name))
+            ret = NULL;
+        else if (ga_commands[i].fn)
             ga_commands[i].fn(args, &ret, e);
         else
             ga_error(e, "this feature or command is not currently supported");
