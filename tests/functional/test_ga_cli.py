@@ -146,3 +146,17 @@ def test_no_pidfile_without_daemon(tmp_path):
                                  "-f", str(pid), "-t", str(tmp_path)])
     assert v.returncode == 1
     assert not pid.exists()
+
+
+def test_manpage_matches_help():
+    """docs/vdisk-ga.8 names every option --help shows, and no other."""
+    import os
+    from conftest import TOP
+    with open(os.path.join(TOP, "docs", "vdisk-ga.8")) as f:
+        man = re.sub(r"\\f[BIRP]", "", f.read().replace("\\-", "-"))
+    helptext = run([VDISK_GA, "--help"]).stdout
+    opts = set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", helptext)) - {"-F/var"}
+    man_opts = set(re.findall(r"(?<![\w/-])(--?[A-Za-z][a-z-]*)", man.split(".SH OPTIONS")[1]
+                              .split(".SH FILES")[0]))
+    assert sorted(o for o in opts if o not in man_opts) == []
+    assert sorted(o for o in man_opts - opts if o not in ("--blacklist",)) == []
