@@ -155,7 +155,8 @@ def test_disconnect_mid_command(agents):
         a.reconnect()
     assert compare(v, q, [b'{"execute":"guest-ping"}', b'{"execute":"guest-ping"}']) == []
     for a in (v, q):
-        a.send(b'{"execute":"guest-ping"}{"exec')
+        a.fenced(b'{"execute":"guest-ping"}')   # answered before leaving:
+        a.send(b'{"exec')                       # a write to a closed peer races
         a.reconnect()
     assert compare(v, q, [b'{"execute":"guest-ping"}']) == []
 
@@ -222,3 +223,44 @@ def test_resync_over_serial_line(tmp_path):
     finally:
         v.stop()
         q.stop()
+
+
+EXEC_CASES = [
+    {"path": "/bin/echo", "arg": ["hi", "there"], "capture-output": True},
+    {"path": "echo", "arg": ["hi"], "capture-output": True},
+    {"path": "/bin/sh", "arg": ["-c", "echo out; echo err >&2; exit 3"], "capture-output": True},
+    {"path": "/bin/sh", "arg": ["-c", "echo out; kill -9 $$"], "capture-output": True},
+    {"path": "/bin/sh", "arg": ["-c", "echo out; exit 1"]},
+    {"path": "/bin/cat", "input-data": "aGVsbG8=", "capture-output": True},
+    {"path": "/bin/cat", "capture-output": True},
+    {"path": "/bin/sh", "arg": ["-c", "env; ls /proc/self/fd | wc -l"], "env": ["A=1", "B=2"],
+     "capture-output": True},
+    {"path": "/bin/sh", "arg": ["-c", "head -c 200000 /dev/zero; head -c 70000 >&2 /dev/zero"],
+     "capture-output": True},
+    {"path": "/bin/cat", "input-data": "eA==" * 50000, "capture-output": True},
+    {"path": "/nonexistent"},
+    {"path": "/etc/passwd"},
+    {"path": "/bin/cat", "input-data": "!!"},
+]
+
+
+def run_exec(agent, args):
+    """guest-exec, then guest-exec-status until exited, then once more."""
+    r = agent.cmd("guest-exec", args)
+    out = [r]
+    if "return" in r:
+        pid = r["return"]["pid"]
+        while True:
+            s = agent.cmd("guest-exec-status", {"pid": pid})
+            if s.get("return", {}).get("exited") is not False:
+                break
+        out += [s, agent.cmd("guest-exec-status", {"pid": pid})]
+        r["return"]["pid"] = "P"
+    return out
+
+
+def test_exec(agents):
+    v, q = agents()
+    for args in EXEC_CASES:
+        assert run_exec(v, args) == run_exec(q, args), args
+    assert v.cmd("guest-exec-status", {"pid": 1}) == q.cmd("guest-exec-status", {"pid": 1})

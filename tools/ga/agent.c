@@ -29,6 +29,7 @@
 static FILE *log_file;
 static bool log_verbose;
 static volatile sig_atomic_t quit;
+static sigset_t wait_mask;   /* the mask while waiting: SIGTERM/SIGINT open */
 
 struct channel {
     bool listening;     /* a socket that accepts clients */
@@ -236,16 +237,23 @@ static bool read_input(struct channel *ch, struct ga_stream *st)
     return true;
 }
 
-/* One round of the loop: wait, then accept or read. */
+/* One round of the loop: wait (for the channel and guest-exec children's
+ * pipes), then accept or read. */
 static void loop_once(struct channel *ch, struct ga_stream *st)
 {
-    struct pollfd p;
+    struct pollfd fds[64], p;
+    size_t n;
     int r;
 
-    p.fd = ch->fd >= 0 ? ch->fd : ch->listen_fd;
-    p.events = POLLIN;
-    r = poll(&p, 1, ch->fd < 0 || !ch->virtio ? -1 : 1000);
-    if (r <= 0)
+    fds[0].fd = ch->fd >= 0 ? ch->fd : ch->listen_fd;
+    fds[0].events = POLLIN;
+    n = 1 + ga_exec_pollfds(fds + 1, 63);
+    r = ppoll(fds, n, ch->fd < 0 || !ch->virtio ? NULL : &(struct timespec){ 1, 0 },
+              &wait_mask);
+    if (n > 1)
+        ga_exec_service();
+    p = fds[0];
+    if (r <= 0 || !p.revents)
         return;
     if (ch->fd < 0) {
         ch->fd = accept4(ch->listen_fd, NULL, NULL, SOCK_CLOEXEC);
@@ -265,14 +273,23 @@ static void loop_once(struct channel *ch, struct ga_stream *st)
     }
 }
 
-/* Signals that end the agent; others it ignores. */
+/* Signals that end the agent; others it ignores.  SIGTERM and SIGINT are
+ * blocked except inside ppoll(), so one arriving between the loop's check
+ * and the wait is not lost. */
 static void setup_signals(void)
 {
     struct sigaction sa = { .sa_handler = on_signal };
+    sigset_t block;
 
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    sigemptyset(&block);
+    sigaddset(&block, SIGTERM);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &wait_mask);
+    sigdelset(&wait_mask, SIGTERM);
+    sigdelset(&wait_mask, SIGINT);
 }
 
 /* -d: fork away, new session, pid file (written only here). */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* Base64 (RFC 4648, standard alphabet) for file payloads and exec output.
- * Decoding rejects anything outside the alphabet; padding may be left
- * out, as qemu-ga accepts. */
+ * Decoding rejects anything outside the alphabet and '=', and is as
+ * lenient as qemu-ga's about where '=' appears. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -42,41 +42,41 @@ static int sextet(char c)
     return p ? (int)(p - alphabet) : -1;
 }
 
-/* See cmds.h. */
+/* See cmds.h: every character must be of the alphabet or '='; then
+ * groups of four decode to three bytes, fewer when the group's last one
+ * or two characters are '=' ('=' otherwise counts as zero bits), and a
+ * trailing incomplete group is dropped -- the way qemu-ga decodes. */
 unsigned char *ga_base64_decode(const char *s, size_t *len, struct ga_err *e)
 {
-    size_t n = strlen(s), pad = 0, nq;
-    unsigned char *out;
+    size_t n = strlen(s), i = 0;
+    unsigned char *out, *o;
+    unsigned v = 0;
+    char last0 = 0, last1 = 0;
 
-    while (pad < 2 && n > pad && s[n - 1 - pad] == '=')
-        pad++;
-    nq = n - pad;
-    for (size_t i = 0; i < nq; i++)
-        if (sextet(s[i]) < 0) {
+    for (size_t k = 0; k < n; k++)
+        if (s[k] != '=' && sextet(s[k]) < 0) {
             ga_error(e, "Base64 data contains invalid characters");
             return NULL;
         }
-    if (nq % 4 == 1 || (pad && n % 4)) {
-        ga_error(e, "Base64 data contains invalid characters");
-        return NULL;
-    }
-    out = malloc(nq / 4 * 3 + 3);
+    out = o = malloc(n / 4 * 3 + 1);
     if (!out) {
         ga_error(e, "out of memory");
         return NULL;
     }
-    *len = 0;
-    for (size_t i = 0; i < nq; i += 4) {
-        size_t k = nq - i < 4 ? nq - i : 4;
-        unsigned v = 0;
-
-        for (size_t j = 0; j < 4; j++)
-            v = v << 6 | (j < k ? (unsigned)sextet(s[i + j]) : 0);
-        out[(*len)++] = (unsigned char)(v >> 16);
-        if (k > 2)
-            out[(*len)++] = (unsigned char)(v >> 8);
-        if (k > 3)
-            out[(*len)++] = (unsigned char)v;
+    for (size_t k = 0; k < n; k++) {
+        last1 = last0;
+        last0 = s[k];
+        v = v << 6 | (s[k] == '=' ? 0u : (unsigned)sextet(s[k]));
+        if (++i == 4) {
+            *o++ = (unsigned char)(v >> 16);
+            if (last1 != '=')
+                *o++ = (unsigned char)(v >> 8);
+            if (last0 != '=')
+                *o++ = (unsigned char)v;
+            i = 0;
+            v = 0;
+        }
     }
+    *len = (size_t)(o - out);
     return out;
 }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -95,6 +96,10 @@ static void run_hook(const char *arg, struct ga_err *e)
     pid = fork();
     if (pid == 0) {
         int fd = open("/dev/null", O_RDWR);
+        sigset_t mask;
+
+        sigemptyset(&mask);
+        sigprocmask(SIG_SETMASK, &mask, NULL);
         setsid();
         if (fd >= 0) {
             dup2(fd, 0);

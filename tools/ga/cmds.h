@@ -30,6 +30,13 @@ ga_handler ga_cmd_fsfreeze_status, ga_cmd_fsfreeze_freeze,
 /* Thaw what the agent froze (agent exit). */
 void ga_fsfreeze_cleanup(void);
 
+/* cmd-exec.c */
+struct pollfd;
+ga_handler ga_cmd_exec, ga_cmd_exec_status;
+/* The children's pipe fds to wait on (up to max); then service them. */
+size_t ga_exec_pollfds(struct pollfd *p, size_t max);
+void ga_exec_service(void);
+
 /* cmd-info.c */
 ga_handler ga_cmd_sync, ga_cmd_ping, ga_cmd_info, ga_cmd_get_time,
     ga_cmd_get_host_name, ga_cmd_get_timezone, ga_cmd_get_osinfo,
