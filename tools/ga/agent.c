@@ -52,7 +52,7 @@ void ga_log(const char *level, const char *fmt, ...)
     va_list ap;
     FILE *f = log_file ? log_file : stderr;
 
-    if (strcmp(level, "debug") == 0 && !log_verbose)
+    if (!fmt || (strcmp(level, "debug") == 0 && !log_verbose))
         return;
     gettimeofday(&tv, NULL);
     fprintf(f, "%lu.%06lu: %s: ", (unsigned long)tv.tv_sec,

@@ -146,6 +146,17 @@ static void defaults(struct ga_config *c)
     }
 }
 
+static void config_free(struct ga_config *c)
+{
+    free(c->method);
+    free(c->path);
+    free(c->logfile);
+    free(c->pidfile);
+    free(c->hook);
+    free(c->statedir);
+    ga_strlist_free(&c->blocked);
+}
+
 int main(int argc, char **argv)
 {
     struct ga_config c = { 0 };
@@ -160,15 +171,10 @@ int main(int argc, char **argv)
         char *s = ga_config_dump(&c);
         fputs(s, stdout);
         free(s);
+        config_free(&c);
         return EXIT_SUCCESS;
     }
     rc = ga_agent_run(&c);
-    free(c.method);
-    free(c.path);
-    free(c.logfile);
-    free(c.pidfile);
-    free(c.hook);
-    free(c.statedir);
-    ga_strlist_free(&c.blocked);
+    config_free(&c);
     return rc;
 }
