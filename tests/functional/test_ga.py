@@ -6,6 +6,7 @@ client that goes away mid-command, and a serial line with garbage on it."""
 import json
 import os
 import pty
+import re
 import select
 import subprocess
 import termios
@@ -264,3 +265,25 @@ def test_exec(agents):
     for args in EXEC_CASES:
         assert run_exec(v, args) == run_exec(q, args), args
     assert v.cmd("guest-exec-status", {"pid": 1}) == q.cmd("guest-exec-status", {"pid": 1})
+
+
+def test_sys_commands(agents):
+    """vCPUs, memory blocks and the statistics (counters masked: they move);
+    nothing is taken offline: only no-op and failing requests are sent."""
+    v, q = agents()
+    items = [
+        b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[]}}',
+        b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":99999,"online":true}]}}',
+        b'{"execute":"guest-set-vcpus","arguments":{"vcpus":[{"logical-id":0,"online":true}]}}',
+        b'{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":[]}}',
+        b'{"execute":"guest-set-memory-blocks","arguments":{"mem-blks":'
+        b'[{"phys-index":999999999,"online":true}]}}',
+        b'{"execute":"guest-get-memory-block-info"}',
+        b'{"execute":"guest-get-memory-blocks"}',
+    ]
+    assert compare(v, q, items) == []
+    for item in (b'{"execute":"guest-get-cpustats"}', b'{"execute":"guest-get-diskstats"}'):
+        # devices may come and go meanwhile (loop devices): the first two
+        a, b = v.fenced(item), q.fenced(item)
+        a, b = [re.sub(rb": \d+", b": N", x).split(b"}, {")[:2] for x in (a, b)]
+        assert a == b

@@ -37,6 +37,10 @@ ga_handler ga_cmd_exec, ga_cmd_exec_status;
 size_t ga_exec_pollfds(struct pollfd *p, size_t max);
 void ga_exec_service(void);
 
+/* cmd-sys.c */
+ga_handler ga_cmd_set_vcpus, ga_cmd_get_memory_block_info, ga_cmd_get_memory_blocks,
+    ga_cmd_set_memory_blocks, ga_cmd_get_cpustats, ga_cmd_get_diskstats;
+
 /* cmd-info.c */
 ga_handler ga_cmd_sync, ga_cmd_ping, ga_cmd_info, ga_cmd_get_time,
     ga_cmd_get_host_name, ga_cmd_get_timezone, ga_cmd_get_osinfo,
