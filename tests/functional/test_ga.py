@@ -287,3 +287,11 @@ def test_sys_commands(agents):
         a, b = v.fenced(item), q.fenced(item)
         a, b = [re.sub(rb": \d+", b": N", x).split(b"}, {")[:2] for x in (a, b)]
         assert a == b
+
+
+def test_network_interfaces(agents):
+    v, q = agents()
+    item = b'{"execute":"guest-network-get-interfaces"}'
+    a, b = [re.sub(rb'("[rt]x-[a-z]+": )\d+', rb"\1N", x.fenced(item)) for x in (v, q)]
+    assert a == b
+    assert b'"name": "lo"' in a

@@ -41,6 +41,9 @@ void ga_exec_service(void);
 ga_handler ga_cmd_set_vcpus, ga_cmd_get_memory_block_info, ga_cmd_get_memory_blocks,
     ga_cmd_set_memory_blocks, ga_cmd_get_cpustats, ga_cmd_get_diskstats;
 
+/* cmd-net.c */
+ga_handler ga_cmd_network_get_interfaces;
+
 /* cmd-info.c */
 ga_handler ga_cmd_sync, ga_cmd_ping, ga_cmd_info, ga_cmd_get_time,
     ga_cmd_get_host_name, ga_cmd_get_timezone, ga_cmd_get_osinfo,

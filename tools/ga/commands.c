@@ -38,7 +38,7 @@ const struct ga_command ga_commands[] = {
     { "guest-suspend-disk", NULL, NULL, true },
     { "guest-suspend-ram", NULL, NULL, true },
     { "guest-suspend-hybrid", NULL, NULL, true },
-    { "guest-network-get-interfaces", NULL, NULL, false },
+    { "guest-network-get-interfaces", ga_cmd_network_get_interfaces, NULL, false },
     { "guest-get-vcpus", ga_cmd_get_vcpus, NULL, false },
     { "guest-set-vcpus", ga_cmd_set_vcpus, ARGS(REQ("vcpus", GA_T_VCPULIST)), false },
     { "guest-get-disks", NULL, NULL, false },
