@@ -133,6 +133,17 @@ def mask(data):
     return data
 
 
+def fsinfo_by_mountpoint(agent):
+    """guest-get-fsinfo as {mountpoint: entry}, usage masked (it moves)."""
+    out = {}
+    for fs in agent.cmd("guest-get-fsinfo")["return"]:
+        for k in ("used-bytes", "total-bytes"):
+            if k in fs:
+                fs[k] = "N"
+        out[fs["mountpoint"]] = fs
+    return out
+
+
 @pytest.fixture
 def agents(tmp_path):
     """Start (vdisk-ga, qemu-ga) with the same options; stop them after."""

@@ -15,7 +15,7 @@ import tty
 import pytest
 
 from ga_helpers import (QEMU_GA, VDISK_GA, agents, env_with_conf, mask,  # noqa: F401
-                        needs_qemu_ga)
+                        fsinfo_by_mountpoint, needs_qemu_ga)
 
 SANITIZED = bool(os.environ.get("VDISK_SANITIZED"))
 
@@ -295,3 +295,12 @@ def test_network_interfaces(agents):
     a, b = [re.sub(rb'("[rt]x-[a-z]+": )\d+', rb"\1N", x.fenced(item)) for x in (v, q)]
     assert a == b
     assert b'"name": "lo"' in a
+
+
+def test_fsinfo(agents):
+    """The file systems both agents saw (others may mount meanwhile)."""
+    v, q = agents()
+    a, b = fsinfo_by_mountpoint(v), fsinfo_by_mountpoint(q)
+    common = sorted(set(a) & set(b))
+    assert common
+    assert [a[m] for m in common] == [b[m] for m in common]

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from ga_helpers import QEMU_GA, VDISK_GA, Agent, mask, needs_qemu_ga
+from ga_helpers import QEMU_GA, VDISK_GA, Agent, fsinfo_by_mountpoint, mask, needs_qemu_ga
 
 FIFREEZE = 0xC0045877
 FITHAW = 0xC0045878
@@ -82,6 +82,7 @@ def scenario(binary, workdir, mnt):
         def send(req):
             out.append(mask(a.fenced(req)))
         send('{"execute":"guest-fsfreeze-status"}')
+        out.append(fsinfo_by_mountpoint(a)[mnt])
         send('{"execute":"guest-fsfreeze-freeze-list","arguments":{"mountpoints":["%s"]}}' % mnt)
         send('{"execute":"guest-fsfreeze-status"}')
         send('{"execute":"guest-file-open","arguments":{"path":"%s/f","mode":"w"}}' % mnt)
@@ -119,7 +120,7 @@ def test_freeze_thaw_loop(loopfs, tmp_path):
     v = scenario(VDISK_GA, str(tmp_path / "v"), loopfs)
     q = scenario(QEMU_GA, str(tmp_path / "q"), loopfs)
     assert v == q
-    assert v[1].startswith(b'{"return": 1}')
+    assert v[2].startswith(b'{"return": 1}')
     assert v[-3] == 0 and v[-2] is False        # exited, nothing left frozen
     assert v[-1] == "freeze\nthaw\nfreeze\nthaw\nfreeze\nthaw\n"
     hook_errors(tmp_path)

@@ -24,8 +24,8 @@ struct mounts {
     size_t n;
 };
 
-/* Undo the \040-style octal escapes of mountinfo paths, in place. */
-static void unescape_octal(char *s)
+/* See cmds.h: undo the \040-style octal escapes of mountinfo paths. */
+void ga_unescape_mount_path(char *s)
 {
     char *o = s;
 
@@ -64,7 +64,7 @@ static int mount_list(struct mounts *m, struct ga_err *e)
             continue;
         if (major == 0 || strcmp(type, "rootfs") == 0)
             continue;
-        unescape_octal(dir);
+        ga_unescape_mount_path(dir);
         m->dir[m->n] = strdup(dir);
         if (m->dir[m->n])
             m->n++;

@@ -27,6 +27,8 @@ void ga_files_close_all(void);
 /* cmd-freeze.c */
 ga_handler ga_cmd_fsfreeze_status, ga_cmd_fsfreeze_freeze,
     ga_cmd_fsfreeze_freeze_list, ga_cmd_fsfreeze_thaw;
+/* Undo the \040-style octal escapes of a mountinfo path, in place. */
+void ga_unescape_mount_path(char *s);
 /* Thaw what the agent froze (agent exit). */
 void ga_fsfreeze_cleanup(void);
 
@@ -40,6 +42,9 @@ void ga_exec_service(void);
 /* cmd-sys.c */
 ga_handler ga_cmd_set_vcpus, ga_cmd_get_memory_block_info, ga_cmd_get_memory_blocks,
     ga_cmd_set_memory_blocks, ga_cmd_get_cpustats, ga_cmd_get_diskstats;
+
+/* cmd-fsinfo.c */
+ga_handler ga_cmd_get_fsinfo;
 
 /* cmd-net.c */
 ga_handler ga_cmd_network_get_interfaces;
