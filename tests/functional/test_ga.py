@@ -304,3 +304,12 @@ def test_fsinfo(agents):
     common = sorted(set(a) & set(b))
     assert common
     assert [a[m] for m in common] == [b[m] for m in common]
+
+
+def test_disks(agents):
+    """guest-get-disks: the devices both agents saw, in the same order."""
+    v, q = agents()
+    a, b = [x.cmd("guest-get-disks")["return"] for x in (v, q)]
+    names = set(d["name"] for d in a) & set(d["name"] for d in b)
+    assert names
+    assert [d for d in a if d["name"] in names] == [d for d in b if d["name"] in names]

@@ -64,15 +64,15 @@ static bool udev_serial(const char *name, char *out, size_t size)
     return found;
 }
 
-/* Add the address of a whole disk (sysfs path, name) to list. */
-static void add_disk_address(vd_json *list, const char *syspath, const char *name)
+/* See cmds.h: the address of a whole disk (sysfs path, name), or NULL. */
+vd_json *ga_disk_address(const char *syspath, const char *name)
 {
     char serial[256], path[PATH_MAX + 32];
     unsigned v[4];
     vd_json *a, *pci;
 
     if (!strstr(syspath, "/virtio") || !pci_address(syspath, v))
-        return;
+        return NULL;
     a = vd_json_new_object();
     pci = vd_json_new_object();
     vd_json_set_int(pci, "domain", v[0]);
@@ -88,7 +88,7 @@ static void add_disk_address(vd_json *list, const char *syspath, const char *nam
         vd_json_set_str(a, "serial", serial);
     snprintf(path, sizeof(path), "/dev/%s", name);
     vd_json_set_str(a, "dev", path);
-    vd_json_append(list, a);
+    return a;
 }
 
 /* Walk a block device's sysfs directory: slaves first (device mapper),
@@ -121,8 +121,11 @@ static void add_disks(vd_json *list, const char *syspath, int depth)
     if (access(slaves, F_OK) == 0 && (base = strrchr(real, '/')))
         *base = 0;                          /* the disk holding the partition */
     base = strrchr(real, '/');
-    if (base)
-        add_disk_address(list, real, base + 1);
+    if (base) {
+        vd_json *a = ga_disk_address(real, base + 1);
+        if (a)
+            vd_json_append(list, a);
+    }
 }
 
 /* One mount's entry. */
@@ -145,6 +148,139 @@ static vd_json *fs_entry(const char *dir, const char *type, unsigned major, unsi
     add_disks(disks, sys, 0);
     vd_json_set(o, "disk", disks);
     return o;
+}
+
+/* The /dev names of the entries of dir (a slaves directory), in order. */
+static vd_json *dev_names(const char *dir)
+{
+    vd_json *l = vd_json_new_array();
+    struct dirent *de;
+    DIR *d = opendir(dir);
+
+    if (!d)
+        return l;
+    while ((de = readdir(d))) {
+        char n[300];
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(n, sizeof(n), "/dev/%s", de->d_name);
+        vd_json_append(l, vd_json_new_string(n));
+    }
+    closedir(d);
+    return l;
+}
+
+/* A small sysfs attribute of /sys/block/name/attr; false if none. */
+static bool block_attr(const char *name, const char *attr, char *buf, size_t size)
+{
+    char path[PATH_MAX];
+    FILE *f;
+    bool ok;
+
+    snprintf(path, sizeof(path), "/sys/block/%s/%s", name, attr);
+    f = fopen(path, "r");
+    if (!f)
+        return false;
+    ok = fgets(buf, (int)size, f) != NULL;
+    fclose(f);
+    if (ok)
+        buf[strcspn(buf, "\n")] = 0;
+    return ok;
+}
+
+/* The entries of one disk: its partitions, then itself (the caller puts
+ * them in front, so the list reads latest first as qemu-ga's does). */
+static void disk_entries(vd_json *out, const char *name)
+{
+    char path[PATH_MAX], real[PATH_MAX], buf[256];
+    struct dirent *de;
+    vd_json *o, *a;
+    DIR *d;
+
+    o = vd_json_new_object();
+    snprintf(path, sizeof(path), "/dev/%s", name);
+    vd_json_set_str(o, "name", path);
+    vd_json_set_bool(o, "partition", false);
+    snprintf(path, sizeof(path), "/sys/block/%s/slaves", name);
+    vd_json_set(o, "dependencies", dev_names(path));
+    snprintf(path, sizeof(path), "/sys/block/%s", name);
+    if (realpath(path, real) && (a = ga_disk_address(real, name)))
+        vd_json_set(o, "address", a);
+    if (block_attr(name, "dm/name", buf, sizeof(buf)))
+        vd_json_set_str(o, "alias", buf);
+    vd_json_append(out, o);
+    d = opendir(path);
+    if (!d)
+        return;
+    while ((de = readdir(d))) {
+        char part[PATH_MAX + 300];
+        vd_json *p, *deps;
+
+        if (strncmp(de->d_name, name, strlen(name)) != 0)
+            continue;
+        snprintf(part, sizeof(part), "%s/%s/partition", path, de->d_name);
+        if (access(part, F_OK) != 0)
+            continue;
+        p = vd_json_new_object();
+        snprintf(part, sizeof(part), "/dev/%s", de->d_name);
+        vd_json_set_str(p, "name", part);
+        vd_json_set_bool(p, "partition", true);
+        deps = vd_json_new_array();
+        snprintf(part, sizeof(part), "/dev/%s", name);
+        vd_json_append(deps, vd_json_new_string(part));
+        vd_json_set(p, "dependencies", deps);
+        vd_json_append(out, p);
+    }
+    closedir(d);
+}
+
+/* Move the values of src to the front of dst, last first. */
+static void prepend_all(vd_json **dst, vd_json *src)
+{
+    vd_json *n = vd_json_new_array();
+    char *s;
+
+    for (size_t i = vd_json_count(src); i-- > 0;) {
+        s = vd_json_to_compact(vd_json_at(src, i));
+        if (s)
+            vd_json_append(n, vd_json_parse(s, strlen(s)));
+        free(s);
+    }
+    for (size_t i = 0; i < vd_json_count(*dst); i++) {
+        s = vd_json_to_compact(vd_json_at(*dst, i));
+        if (s)
+            vd_json_append(n, vd_json_parse(s, strlen(s)));
+        free(s);
+    }
+    vd_json_free(*dst);
+    *dst = n;
+}
+
+/* guest-get-disks: the block devices with a size, latest listed first. */
+void ga_cmd_get_disks(const vd_json *args, vd_json **ret, struct ga_err *e)
+{
+    DIR *d = opendir("/sys/block");
+    struct dirent *de;
+
+    (void)args;
+    if (!d) {
+        ga_error(e, "Can't open directory \"/sys/block\": %s", strerror(errno));
+        return;
+    }
+    *ret = vd_json_new_array();
+    while ((de = readdir(d))) {
+        char size[32];
+        vd_json *entries;
+
+        if (de->d_name[0] == '.' || !block_attr(de->d_name, "size", size, sizeof(size)) ||
+            strtoull(size, NULL, 10) == 0)
+            continue;
+        entries = vd_json_new_array();
+        disk_entries(entries, de->d_name);
+        prepend_all(ret, entries);
+        vd_json_free(entries);
+    }
+    closedir(d);
 }
 
 /* guest-get-fsinfo */

@@ -44,7 +44,8 @@ ga_handler ga_cmd_set_vcpus, ga_cmd_get_memory_block_info, ga_cmd_get_memory_blo
     ga_cmd_set_memory_blocks, ga_cmd_get_cpustats, ga_cmd_get_diskstats;
 
 /* cmd-fsinfo.c */
-ga_handler ga_cmd_get_fsinfo;
+ga_handler ga_cmd_get_fsinfo, ga_cmd_get_disks;
+vd_json *ga_disk_address(const char *syspath, const char *name);
 
 /* cmd-net.c */
 ga_handler ga_cmd_network_get_interfaces;

@@ -41,7 +41,7 @@ const struct ga_command ga_commands[] = {
     { "guest-network-get-interfaces", ga_cmd_network_get_interfaces, NULL, false },
     { "guest-get-vcpus", ga_cmd_get_vcpus, NULL, false },
     { "guest-set-vcpus", ga_cmd_set_vcpus, ARGS(REQ("vcpus", GA_T_VCPULIST)), false },
-    { "guest-get-disks", NULL, NULL, false },
+    { "guest-get-disks", ga_cmd_get_disks, NULL, false },
     { "guest-get-fsinfo", ga_cmd_get_fsinfo, NULL, false },
     { "guest-set-user-password", NULL,
       ARGS(REQ("username", GA_T_STR), REQ("password", GA_T_STR), REQ("crypted", GA_T_BOOL)),
