@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* guest-fsfreeze-*: FIFREEZE/FITHAW on the mounted block-backed file
+/* guest-fsfreeze-* and guest-fstrim: FIFREEZE/FITHAW/FITRIM on the mounted block-backed file
  * systems (those of /proc/self/mountinfo whose device major is not 0),
  * frozen last-mounted first, the hook script run with "freeze" before and
  * "thaw" after.  While anything is frozen the agent refuses the commands
@@ -241,6 +241,46 @@ void ga_cmd_fsfreeze_thaw(const vd_json *args, vd_json **ret, struct ga_err *e)
     run_hook("thaw", e);
     if (!e->desc)
         *ret = vd_json_new_int(n);
+}
+
+/* guest-fstrim: FITRIM on every mount, answers listed last-mounted first. */
+void ga_cmd_fstrim(const vd_json *args, vd_json **ret, struct ga_err *e)
+{
+    const vd_json *min = vd_json_get(args, "minimum");
+    vd_json *paths;
+    struct mounts m;
+
+    if (mount_list(&m, e) < 0)
+        return;
+    paths = vd_json_new_array();
+    for (size_t i = m.n; i-- > 0;) {
+        struct fstrim_range r = { 0, UINT64_MAX, min ? (uint64_t)vd_json_int(min) : 0 };
+        vd_json *o = vd_json_new_object();
+        int fd = open(m.dir[i], O_RDONLY | O_CLOEXEC);
+        char msg[300];
+
+        vd_json_set_str(o, "path", m.dir[i]);
+        vd_json_append(paths, o);
+        if (fd < 0) {
+            snprintf(msg, sizeof(msg), "failed to open: %s", strerror(errno));
+            vd_json_set_str(o, "error", msg);
+            continue;
+        }
+        if (ioctl(fd, FITRIM, &r) < 0) {
+            if (errno == ENOTTY || errno == EOPNOTSUPP)
+                snprintf(msg, sizeof(msg), "trim not supported");
+            else
+                snprintf(msg, sizeof(msg), "failed to trim: %s", strerror(errno));
+            vd_json_set_str(o, "error", msg);
+        } else {
+            vd_json_set_uint(o, "trimmed", r.len);
+            vd_json_set_uint(o, "minimum", r.minlen);
+        }
+        close(fd);
+    }
+    mounts_free(&m);
+    *ret = vd_json_new_object();
+    vd_json_set(*ret, "paths", paths);
 }
 
 /* See cmds.h. */

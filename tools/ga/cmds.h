@@ -26,7 +26,7 @@ void ga_files_close_all(void);
 
 /* cmd-freeze.c */
 ga_handler ga_cmd_fsfreeze_status, ga_cmd_fsfreeze_freeze,
-    ga_cmd_fsfreeze_freeze_list, ga_cmd_fsfreeze_thaw;
+    ga_cmd_fsfreeze_freeze_list, ga_cmd_fsfreeze_thaw, ga_cmd_fstrim;
 /* Undo the \040-style octal escapes of a mountinfo path, in place. */
 void ga_unescape_mount_path(char *s);
 /* Thaw what the agent froze (agent exit). */

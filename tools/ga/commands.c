@@ -34,7 +34,7 @@ const struct ga_command ga_commands[] = {
     { "guest-fsfreeze-freeze-list", ga_cmd_fsfreeze_freeze_list,
       ARGS(OPT("mountpoints", GA_T_STRLIST)), false },
     { "guest-fsfreeze-thaw", ga_cmd_fsfreeze_thaw, NULL, false },
-    { "guest-fstrim", NULL, ARGS(OPT("minimum", GA_T_INT)), false },
+    { "guest-fstrim", ga_cmd_fstrim, ARGS(OPT("minimum", GA_T_INT)), false },
     { "guest-suspend-disk", NULL, NULL, true },
     { "guest-suspend-ram", NULL, NULL, true },
     { "guest-suspend-hybrid", NULL, NULL, true },
