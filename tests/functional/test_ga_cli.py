@@ -160,3 +160,39 @@ def test_manpage_matches_help():
                               .split(".SH FILES")[0]))
     assert sorted(o for o in opts if o not in man_opts) == []
     assert sorted(o for o in man_opts - opts if o not in ("--blacklist",)) == []
+
+
+def test_daemonize_pidfile(tmp_path):
+    """-d: both fork away and write their pid in the pid file."""
+    import os
+    import signal
+    import socket
+    import time
+    needs_qemu_ga()
+    for name, binary in (("v", VDISK_GA), ("q", QEMU_GA)):
+        d = tmp_path / name
+        d.mkdir()
+        pid, sock = d / "ga.pid", d / "ga.sock"
+        p = run([binary, "-d", "-m", "unix-listen", "-p", str(sock), "-t", str(d),
+                 "-f", str(pid)], env=env_with_conf(d / "none.conf"), timeout=30)
+        assert p.returncode == 0, p.stderr
+        deadline = time.monotonic() + 20
+        while not (pid.exists() and pid.read_text().strip()):
+            assert time.monotonic() < deadline, name
+            time.sleep(0.02)
+        n = int(pid.read_text())
+        s = socket.socket(socket.AF_UNIX)
+        while True:
+            try:
+                s.connect(str(sock))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, name
+                time.sleep(0.02)
+        s.sendall(b'{"execute":"guest-ping"}')
+        assert s.recv(100) == b'{"return": {}}\n'
+        s.close()
+        os.kill(n, signal.SIGTERM)
+        while pid.exists():          # removed on the way out
+            assert time.monotonic() < deadline, name
+            time.sleep(0.02)
