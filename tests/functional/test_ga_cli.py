@@ -190,7 +190,10 @@ def test_daemonize_pidfile(tmp_path):
                 assert time.monotonic() < deadline, name
                 time.sleep(0.02)
         s.sendall(b'{"execute":"guest-ping"}')
-        assert s.recv(100) == b'{"return": {}}\n'
+        got = b""
+        while not got.endswith(b"\n"):
+            got += s.recv(100)
+        assert got == b'{"return": {}}\n'
         s.close()
         os.kill(n, signal.SIGTERM)
         while pid.exists():          # removed on the way out

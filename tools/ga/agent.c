@@ -98,7 +98,8 @@ static void on_message(void *opaque, vd_json *obj, const char *err)
 {
     struct channel *ch = opaque;
     bool sync;
-    char *rsp;
+    char *rsp, *line;
+    size_t n, len;
 
     ga_debug("process_event: called");
     if (!err)
@@ -106,11 +107,22 @@ static void on_message(void *opaque, vd_json *obj, const char *err)
     rsp = ga_dispatch(obj, err, &sync);
     if (!rsp)
         return;
-    ga_debug("sending data, count: %zu", strlen(rsp) + 1 + (sync ? 1 : 0));
-    if (ch->fd >= 0 && ((sync && !write_all(ch->fd, "\xff", 1)) ||
-                        !write_all(ch->fd, rsp, strlen(rsp)) ||
-                        !write_all(ch->fd, "\n", 1)))
+    n = strlen(rsp);
+    line = malloc(n + 3);
+    if (!line) {
+        free(rsp);
+        return;
+    }
+    len = 0;
+    if (sync)
+        line[len++] = '\xff';
+    memcpy(line + len, rsp, n);
+    len += n;
+    line[len++] = '\n';
+    ga_debug("sending data, count: %zu", len);
+    if (ch->fd >= 0 && !write_all(ch->fd, line, len))
         ga_log("warning", "error sending response");
+    free(line);
     free(rsp);
 }
 
