@@ -313,3 +313,19 @@ def test_disks(agents):
     names = set(d["name"] for d in a) & set(d["name"] for d in b)
     assert names
     assert [d for d in a if d["name"] in names] == [d for d in b if d["name"] in names]
+
+
+def test_verbose_log(agents):
+    """-v: the same debug lines (times, version and whether EOF was seen
+    before the signal masked)."""
+    v, q = agents(["-v", "-b", "guest-ping"])
+    logs = []
+    for a in (v, q):
+        a.fenced(b'{"execute":"guest-ping"}garbage{')
+        a.stop()
+        with open(a.log, "rb") as f:
+            text = f.read()
+        text = re.sub(rb"(?m)^\d+\.\d+: ", b"", text)
+        text = re.sub(rb"Guest agent version .* started", b"V", text)
+        logs.append(text.replace(b"debug: received EOF\n", b""))
+    assert logs[0] == logs[1]

@@ -69,9 +69,8 @@ void ga_log(const char *level, const char *fmt, ...)
  * files are on a frozen file system, and killing it is likely a mistake). */
 static void on_signal(int sig)
 {
-    (void)sig;
     if (!ga_state_frozen())
-        quit = 1;
+        quit = sig;
 }
 
 /* Write all of buf; false on error. */
@@ -279,7 +278,7 @@ static void loop_once(struct channel *ch, struct ga_stream *st)
             } else if (ch->virtio) {
                 poll(NULL, 0, 100);    /* host side closed: wait for it */
             } else {
-                quit = 1;
+                quit = 1;      /* the serial device is gone */
             }
         }
     }
@@ -381,6 +380,8 @@ int ga_agent_run(const struct ga_config *c)
     }
     while (!quit)
         loop_once(&ch, &st);
+    if (quit > 1)
+        ga_debug("received signal num %d, quitting", (int)quit);
     ga_fsfreeze_cleanup();
     ga_files_close_all();
     ga_stream_free(&st);
