@@ -76,6 +76,14 @@ REQUESTS = [
     b'{"execute":"guest-get-users"}',
     b'{"execute":"guest-get-vcpus"}',
     b'{"execute":"guest-get-time","arguments":{"x":1}}',
+    # Only times the kernel refuses whatever the agent does with them (a
+    # negative clock): a test must never move this machine's clock.
+    b'{"execute":"guest-set-time","arguments":{"time":-5}}',
+    b'{"execute":"guest-set-time","arguments":{"time":-31500000000000000}}',
+    b'{"execute":"guest-set-time","arguments":{"time":"x"}}',
+    # Never a valid mode: the machine would go down.
+    b'{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}',
+    b'{"execute":"guest-shutdown","arguments":{"mode":1}}',
 ]
 
 

@@ -26,8 +26,6 @@
 
 #define READ_CHUNK 4096
 
-static FILE *log_file;
-static bool log_verbose;
 static volatile sig_atomic_t quit;
 static sigset_t wait_mask;   /* the mask while waiting: SIGTERM/SIGINT open */
 
@@ -37,32 +35,6 @@ struct channel {
     int listen_fd;      /* -1 unless listening */
     int fd;             /* the client or device, -1 when none */
 };
-
-/* See ga.h. */
-void ga_log_open(FILE *f, bool verbose)
-{
-    log_file = f;
-    log_verbose = verbose;
-}
-
-/* See ga.h. */
-void ga_log(const char *level, const char *fmt, ...)
-{
-    struct timeval tv;
-    va_list ap;
-    FILE *f = log_file ? log_file : stderr;
-
-    if (!fmt || (strcmp(level, "debug") == 0 && !log_verbose))
-        return;
-    gettimeofday(&tv, NULL);
-    fprintf(f, "%lu.%06lu: %s: ", (unsigned long)tv.tv_sec,
-            (unsigned long)tv.tv_usec, level);
-    va_start(ap, fmt);
-    vfprintf(f, fmt, ap);
-    va_end(ap);
-    fputc('\n', f);
-    fflush(f);
-}
 
 /* SIGTERM/SIGINT end the agent, except while it holds file systems
  * frozen: as qemu-ga, it then stays (an exit could not complete if its
@@ -304,7 +276,7 @@ static void setup_signals(void)
 }
 
 /* -d: fork away, new session, pid file (written only here). */
-static int daemonize(const char *pidfile)
+static int daemonize(const char *pidfile, bool logging_to_file)
 {
     pid_t pid = fork();
     char buf[32];
@@ -331,7 +303,7 @@ static int daemonize(const char *pidfile)
     if (fd >= 0) {
         dup2(fd, 0);
         dup2(fd, 1);
-        if (!log_file)
+        if (!logging_to_file)
             dup2(fd, 2);
     }
     return 0;
@@ -361,7 +333,7 @@ int ga_agent_run(const struct ga_config *c)
         return EXIT_SUCCESS;
     }
     ga_log_open(lf, c->verbose);
-    if (c->daemonize && daemonize(c->pidfile) < 0)
+    if (c->daemonize && daemonize(c->pidfile, lf != NULL) < 0)
         return EXIT_FAILURE;
     if (ga_state_init(c->statedir, c->hook) < 0) {
         ga_log("critical", "unable to create state file at path %s/qga.state", c->statedir);

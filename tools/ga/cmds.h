@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "dispatch.h"
+#include "ga.h"
 
 /* state.c: the state directory (handle counter, frozen marker). */
 int ga_state_init(const char *statedir, const char *hook);
@@ -46,6 +47,9 @@ ga_handler ga_cmd_set_vcpus, ga_cmd_get_memory_block_info, ga_cmd_get_memory_blo
 /* cmd-fsinfo.c */
 ga_handler ga_cmd_get_fsinfo, ga_cmd_get_disks;
 vd_json *ga_disk_address(const char *syspath, const char *name);
+
+/* cmd-power.c */
+ga_handler ga_cmd_shutdown, ga_cmd_set_time;
 
 /* cmd-net.c */
 ga_handler ga_cmd_network_get_interfaces;
