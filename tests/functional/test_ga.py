@@ -81,6 +81,14 @@ REQUESTS = [
     b'{"execute":"guest-set-time","arguments":{"time":-5}}',
     b'{"execute":"guest-set-time","arguments":{"time":-31500000000000000}}',
     b'{"execute":"guest-set-time","arguments":{"time":"x"}}',
+    # Users that do not exist or have no home: nothing is written.
+    b'{"execute":"guest-ssh-get-authorized-keys","arguments":{"username":"nosuchuserx"}}',
+    b'{"execute":"guest-ssh-get-authorized-keys","arguments":{"username":"nobody"}}',
+    b'{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nobody","keys":["a\\nb"]}}',
+    b'{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nosuchuserx","keys":["#a"]}}',
+    b'{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nosuchuserx",'
+    b'"keys":["a"],"reset":true}}',
+    b'{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"nosuchuserx","keys":[]}}',
     # Never a valid mode: the machine would go down.
     b'{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}',
     b'{"execute":"guest-shutdown","arguments":{"mode":1}}',
