@@ -89,6 +89,15 @@ REQUESTS = [
     b'{"execute":"guest-ssh-add-authorized-keys","arguments":{"username":"nosuchuserx",'
     b'"keys":["a"],"reset":true}}',
     b'{"execute":"guest-ssh-remove-authorized-keys","arguments":{"username":"nosuchuserx","keys":[]}}',
+    # Passwords only for a user that does not exist.
+    b'{"execute":"guest-set-user-password","arguments":{"username":"nosuchuserx",'
+    b'"password":"!!","crypted":false}}',
+    b'{"execute":"guest-set-user-password","arguments":{"username":"nosuchuserx",'
+    b'"password":"YWJj","crypted":false}}',
+    b'{"execute":"guest-set-user-password","arguments":{"username":"nosuchuserx",'
+    b'"password":"YQpi","crypted":true}}',
+    b'{"execute":"guest-set-user-password","arguments":{"username":"nosuch:x",'
+    b'"password":"YWJj","crypted":false}}',
     # Never a valid mode: the machine would go down.
     b'{"execute":"guest-shutdown","arguments":{"mode":"bogus"}}',
     b'{"execute":"guest-shutdown","arguments":{"mode":1}}',

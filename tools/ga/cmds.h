@@ -49,7 +49,7 @@ ga_handler ga_cmd_get_fsinfo, ga_cmd_get_disks;
 vd_json *ga_disk_address(const char *syspath, const char *name);
 
 /* cmd-power.c */
-ga_handler ga_cmd_shutdown, ga_cmd_set_time;
+ga_handler ga_cmd_shutdown, ga_cmd_set_time, ga_cmd_set_user_password;
 
 /* cmd-ssh.c */
 ga_handler ga_cmd_ssh_get_keys, ga_cmd_ssh_add_keys, ga_cmd_ssh_remove_keys;

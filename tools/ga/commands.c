@@ -43,7 +43,7 @@ const struct ga_command ga_commands[] = {
     { "guest-set-vcpus", ga_cmd_set_vcpus, ARGS(REQ("vcpus", GA_T_VCPULIST)), false },
     { "guest-get-disks", ga_cmd_get_disks, NULL, false },
     { "guest-get-fsinfo", ga_cmd_get_fsinfo, NULL, false },
-    { "guest-set-user-password", NULL,
+    { "guest-set-user-password", ga_cmd_set_user_password,
       ARGS(REQ("username", GA_T_STR), REQ("password", GA_T_STR), REQ("crypted", GA_T_BOOL)),
       false },
     { "guest-get-memory-blocks", ga_cmd_get_memory_blocks, NULL, false },
