@@ -42,7 +42,7 @@ CONFS = [
     None,
     "",
     "# only a comment\n",
-    "[general]\ndaemon=1\nmethod = unix-listen\npath=/tmp/x\nverbose=true\n",
+    "[general]\ndaemon=1\nmethod = unix-listen\npath=/run/x\nverbose=true\n",
     "[general]\nblock-rpcs=guest-ping,guest-info\n",
     "[general]\nblacklist=guest-ping,guest-info\nblock-rpcs=guest-sync\n",
     "[general]\nblock-rpcs=,a,,b,\n",
