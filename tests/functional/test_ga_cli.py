@@ -181,21 +181,23 @@ def test_daemonize_pidfile(tmp_path):
             assert time.monotonic() < deadline, name
             time.sleep(0.02)
         n = int(pid.read_text())
-        s = socket.socket(socket.AF_UNIX)
-        while True:
-            try:
-                s.connect(str(sock))
-                break
-            except OSError:
-                assert time.monotonic() < deadline, name
-                time.sleep(0.02)
-        s.sendall(b'{"execute":"guest-ping"}')
-        got = b""
-        while not got.endswith(b"\n"):
-            got += s.recv(100)
-        assert got == b'{"return": {}}\n'
-        s.close()
-        os.kill(n, signal.SIGTERM)
+        try:
+            s = socket.socket(socket.AF_UNIX)
+            while True:
+                try:
+                    s.connect(str(sock))
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, name
+                    time.sleep(0.02)
+            s.sendall(b'{"execute":"guest-ping"}')
+            got = b""
+            while not got.endswith(b"\n"):
+                got += s.recv(100)
+            assert got == b'{"return": {}}\n'
+            s.close()
+        finally:
+            os.kill(n, signal.SIGTERM)
         while pid.exists():          # removed on the way out
             assert time.monotonic() < deadline, name
             time.sleep(0.02)
