@@ -176,8 +176,9 @@ def test_daemonize_pidfile(tmp_path):
         p = run([binary, "-d", "-m", "unix-listen", "-p", str(sock), "-t", str(d),
                  "-f", str(pid)], env=env_with_conf(d / "none.conf"), timeout=30)
         assert p.returncode == 0, p.stderr
-        deadline = time.monotonic() + 20
-        while not (pid.exists() and pid.read_text().strip()):
+        deadline = time.monotonic() + 90
+        # Both write "PID\n": wait for the whole line, never a part of it.
+        while not (pid.exists() and pid.read_text().endswith("\n")):
             assert time.monotonic() < deadline, name
             time.sleep(0.02)
         n = int(pid.read_text())

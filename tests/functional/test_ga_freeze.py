@@ -60,7 +60,7 @@ def blocked_writer(path):
     p = subprocess.Popen([sys.executable, "-c",
                           "import os\nfd=os.open(%r, os.O_WRONLY|os.O_CREAT)\n"
                           "os.write(fd, b'x'*4096)\nos.fsync(fd)\n" % path])
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while proc_state(p.pid) != "D":
         assert p.poll() is None, "write completed on a frozen file system"
         assert time.monotonic() < deadline, "writer never blocked"
