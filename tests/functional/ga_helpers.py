@@ -18,7 +18,7 @@ VDISK_GA = os.path.join(BUILD, "tools", "ga", "vdisk-ga")
 QEMU_GA = shutil.which("qemu-ga") or (
     "/usr/sbin/qemu-ga" if os.path.exists("/usr/sbin/qemu-ga") else None)
 
-STARTUP_TIMEOUT = 20
+STARTUP_TIMEOUT = 60
 
 
 def needs_qemu_ga():
