@@ -365,6 +365,24 @@ static bool bit_at(const struct qc_bitmap *b, uint64_t i)
     return (b->bits[i / 8] >> (i % 8)) & 1;
 }
 
+/* The last bit from i up to last (inclusive) that, with every bit before
+ * it from i, equals val: whole bytes of one value are skipped at once. */
+static uint64_t run_end(const struct qc_bitmap *b, uint64_t i, uint64_t last, bool val)
+{
+    const uint8_t same = val ? 0xff : 0;
+
+    while (i < last) {
+        if ((i + 1) % 8 == 0 && i + 8 <= last && b->bits[(i + 1) / 8] == same) {
+            i += 8;
+            continue;
+        }
+        if (bit_at(b, i + 1) != val)
+            break;
+        i++;
+    }
+    return i;
+}
+
 /* ---- marking in use (invariant 1) ---- */
 
 /* Set the in-use flag of every entry of the directory dir (len bytes,
@@ -977,8 +995,7 @@ static int op_status(vd_node *n, struct vd_bitmap_req *req)
     i = req->off >> b->gran_bits;
     last = (end - 1) >> b->gran_bits;
     req->dirty = bit_at(b, i);
-    while (i < last && bit_at(b, i + 1) == req->dirty)
-        i++;
+    i = run_end(b, i, last, req->dirty);
     req->pnum = VD_MIN(end, (i + 1) << b->gran_bits) - req->off;
     return 0;
 }
