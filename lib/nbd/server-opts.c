@@ -318,13 +318,14 @@ static int opt_extended(struct vd_nbd_conn *c, uint32_t len)
 static uint64_t meta_match_qemu(const struct vd_nbd_export *e, bool list, const char *q,
                                 uint32_t ql)
 {
-    const uint32_t bl = sizeof(NBD_META_QEMU_BITMAP) - 1 - 5;
+    static const char depth[] = "allocation-depth", bitmap[] = "dirty-bitmap:";
+    const uint32_t bl = sizeof(bitmap) - 1;
     uint64_t m = 0;
 
     if (e->allocation_depth && ((list && ql == 0) ||
-        (ql == sizeof(NBD_META_QEMU_DEPTH) - 1 - 5 && !memcmp(q, NBD_META_QEMU_DEPTH + 5, ql))))
+        (ql == sizeof(depth) - 1 && !memcmp(q, depth, ql))))
         m |= CTX_DEPTH;
-    if (!(list && ql == 0) && (ql < bl || memcmp(q, NBD_META_QEMU_BITMAP + 5, bl)))
+    if (!(list && ql == 0) && (ql < bl || memcmp(q, bitmap, bl)))
         return m;
     /* A name given twice by -B is offered twice; a query selects the first. */
     for (int i = 0; i < e->nbitmaps; i++) {
