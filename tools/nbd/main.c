@@ -517,14 +517,21 @@ int main(int argc, char **argv)
 
     argv0 = argv[0];
     while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1)
-        if ((r = parse_one(&cli, c, argv)) != 0)
+        if ((r = parse_one(&cli, c, argv)) != 0) {
+            free(cli.bitmaps);
             return r;
-    if (cli.list)
-        return run_list(&cli, argc - optind);
-    if (argc - optind != 1)
-        return usage_error("%s", "Invalid number of arguments");
-    if (cli.disconnect)
+        }
+    if (cli.list) {
+        r = run_list(&cli, argc - optind);
+        free(cli.bitmaps);
+        return r;
+    }
+    if (argc - optind != 1 || cli.disconnect) {
+        free(cli.bitmaps);
+        if (argc - optind != 1)
+            return usage_error("%s", "Invalid number of arguments");
         return nbd_kernel_disconnect(argv[optind]) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+    }
     cli.filename = argv[optind];
     r = check_server_mode(&cli) < 0 ? EXIT_FAILURE : run_server(&cli);
     free(cli.bitmaps);
