@@ -56,9 +56,14 @@ class Pair:
         img = args[-1]
         copy = tmp_path / ("copy-" + img.name)
         shutil.copy(img, copy)
-        for i, (prog, path) in enumerate([(VDISK_NBD, img), (QEMU_NBD, copy)]):
-            self.servers.append(Server(prog, ["-t"] + list(args[:-1]) + [path],
-                                       sock=str(tmp_path / ("s%d" % i))))
+        try:
+            for i, (prog, path) in enumerate([(VDISK_NBD, img), (QEMU_NBD, copy)]):
+                self.servers.append(Server(prog, ["-t"] + list(args[:-1]) + [path],
+                                           sock=str(tmp_path / ("s%d" % i))))
+        except AssertionError:
+            for s in self.servers:
+                s.stop()
+            raise
 
     def stop(self):
         for s in self.servers:
