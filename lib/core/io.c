@@ -459,7 +459,9 @@ int vd_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
             p2 = *pnum;
         }
         *pnum = VD_MIN(*pnum, p2);
-        r = (r2 & (VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET_VALID)) | VD_BS_ALLOCATED;
+        /* Neither data nor zeroes (an NBD hole that may not read as
+         * zeroes, an x-dirty-bitmap dirty area) is not allocated, as in QEMU. */
+        r = r2 & (VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET_VALID | VD_BS_ALLOCATED);
     }
     if (r & (VD_BS_DATA | VD_BS_ZERO))
         r |= VD_BS_ALLOCATED;
