@@ -231,9 +231,10 @@ int vd_cipher_decrypt(struct vd_cipher *c, const uint8_t *iv, size_t iv_len, voi
     return crypt(c, false, iv, iv_len, buf, len);
 }
 
-/* En/decrypt whole sectors of sector_len bytes in place, each with the IV
- * that ivfn gives for its index (0 for the first), through one borrowed
- * handle. */
+/* En/decrypt sectors of sector_len bytes in place, each with the IV that
+ * ivfn gives for its index (0 for the first), through one borrowed
+ * handle; the last may be shorter (whole cipher blocks: cryptsetup's key
+ * material of 24-byte keys ends in half a sector). */
 int vd_cipher_sectors(struct vd_cipher *c, bool enc, void *buf, size_t len, size_t sector_len,
                       int (*ivfn)(void *opaque, uint64_t idx, uint8_t *iv), void *opaque)
 {
@@ -243,18 +244,17 @@ int vd_cipher_sectors(struct vd_cipher *c, bool enc, void *buf, size_t len, size
     gcry_error_t e = 0;
     int r;
 
-    if (len % sector_len || sector_len % bl)
-        return vd_error(EINVAL, "Length %zu must be a multiple of the sector size %zu", len,
-                        sector_len);
+    if (len % bl || sector_len % bl)
+        return vd_error(EINVAL, "Length %zu must be a multiple of the block size %zu", len, bl);
     if ((r = take_handle(c, &h)) < 0)
         return r;
     for (size_t off = 0; off < len && r >= 0 && !e; off += sector_len) {
         uint8_t *p = (uint8_t *)buf + off;
+        size_t l = VD_MIN(sector_len, len - off);
         if (c->mode != VD_MODE_ECB && ((r = ivfn(opaque, off / sector_len, iv)) < 0 ||
                                        (r = set_iv(c, h, iv, bl)) < 0))
             break;
-        e = enc ? gcry_cipher_encrypt(h, p, sector_len, NULL, 0)
-                : gcry_cipher_decrypt(h, p, sector_len, NULL, 0);
+        e = enc ? gcry_cipher_encrypt(h, p, l, NULL, 0) : gcry_cipher_decrypt(h, p, l, NULL, 0);
     }
     if (e)
         r = vd_error(EIO, "Cannot %s data: %s", enc ? "encrypt" : "decrypt", gcry_strerror(e));

@@ -93,8 +93,9 @@ struct vd_blockcrypt_params {
 int vd_blockcrypt_new(struct vd_blockcrypt **out, const struct vd_blockcrypt_params *p,
                       const uint8_t *key, size_t key_len);
 void vd_blockcrypt_free(struct vd_blockcrypt *bc);
-/* En/decrypt len bytes (whole sectors) in place, the first being sector
- * number sector.  Large requests are spread over every core. */
+/* En/decrypt len bytes in place (whole sectors, the last may be a shorter
+ * run of cipher blocks), the first being sector number sector.  Thread-safe:
+ * concurrent requests run on as many cores. */
 int vd_blockcrypt_encrypt(struct vd_blockcrypt *bc, uint64_t sector, void *buf, size_t len);
 int vd_blockcrypt_decrypt(struct vd_blockcrypt *bc, uint64_t sector, void *buf, size_t len);
 

@@ -7,6 +7,7 @@
 #include <gcrypt.h>
 #include <gnutls/crypto.h>
 #include <gnutls/gnutls.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -82,7 +83,7 @@ static int64_t thread_ns(void)
 /* Iterations per second: run growing counts until one takes 100 ms of
  * CPU time (CPU time, so that a loaded machine does not shrink the
  * count). */
-int64_t vd_pbkdf2_rate(enum vd_hash_alg h)
+static int64_t measure_rate(enum vd_hash_alg h)
 {
     static const uint8_t pass[] = "passphrase", salt[32] = { 0 };
     uint8_t out[32];
@@ -98,6 +99,23 @@ int64_t vd_pbkdf2_rate(enum vd_hash_alg h)
             return (int64_t)(iters * 1000000000ull / (uint64_t)(dt > 0 ? dt : 1));
         iters *= dt > 1000000 ? 2 : 16;
     }
+}
+
+/* The rate, measured once per hash and process. */
+int64_t vd_pbkdf2_rate(enum vd_hash_alg h)
+{
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    static int64_t rates[VD_HASH__MAX];
+    int64_t r;
+
+    pthread_mutex_lock(&lock);
+    if (!rates[h])
+        rates[h] = measure_rate(h);
+    r = rates[h];
+    if (r < 0)
+        rates[h] = 0;
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 
 /* The diffusion function of the splitter: each hash-sized piece i of d
