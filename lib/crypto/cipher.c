@@ -1,10 +1,15 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Block ciphers and modes over libgcrypt, with QEMU's algorithm names.  A
+/* Block ciphers and modes over libgcrypt, with QEMU's algorithm names
+ * (twofish-192, which libgcrypt lacks, over nettle).  A
  * libgcrypt handle carries its IV, so it serves one thread at a time:
  * each cipher keeps a small pool of keyed handles and every call borrows
  * one (the pool grows to the number of threads that use it at once). */
 #include <errno.h>
 #include <gcrypt.h>
+#include <nettle/cbc.h>
+#include <nettle/ctr.h>
+#include <nettle/twofish.h>
+#include <nettle/xts.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +35,7 @@ static const struct alg_desc algs[VD_CIPHER__MAX] = {
     [VD_CIPHER_SERPENT_192] = { "serpent-192", "serpent", GCRY_CIPHER_SERPENT192, 24, 16 },
     [VD_CIPHER_SERPENT_256] = { "serpent-256", "serpent", GCRY_CIPHER_SERPENT256, 32, 16 },
     [VD_CIPHER_TWOFISH_128] = { "twofish-128", "twofish", GCRY_CIPHER_TWOFISH128, 16, 16 },
-    [VD_CIPHER_TWOFISH_192] = { "twofish-192", "twofish", GCRY_CIPHER_TWOFISH, 24, 16 },
+    [VD_CIPHER_TWOFISH_192] = { "twofish-192", "twofish", 0, 24, 16 },   /* nettle */
     [VD_CIPHER_TWOFISH_256] = { "twofish-256", "twofish", GCRY_CIPHER_TWOFISH, 32, 16 },
 };
 static const char *const mode_names[VD_MODE__MAX] = { "ecb", "cbc", "xts", "ctr" };
@@ -46,6 +51,8 @@ struct vd_cipher {
     pthread_mutex_t lock;
     gcry_cipher_hd_t pool[POOL_MAX];   /* idle keyed handles */
     size_t idle;
+    bool nettle;                       /* twofish-192: the contexts below */
+    struct twofish_ctx tf[2];          /* key (xts: data key, tweak key) */
 };
 
 static pthread_once_t gcry_once = PTHREAD_ONCE_INIT;
@@ -159,6 +166,14 @@ int vd_cipher_new(struct vd_cipher **out, enum vd_cipher_alg a, enum vd_cipher_m
     memcpy(c->key, key, key_len);
     c->key_len = key_len;
     pthread_mutex_init(&c->lock, NULL);
+    if (!algs[a].gcry) {
+        c->nettle = true;
+        twofish_set_key(&c->tf[0], algs[a].key_len, key);
+        if (m == VD_MODE_XTS)
+            twofish_set_key(&c->tf[1], algs[a].key_len, key + algs[a].key_len);
+        *out = c;
+        return 0;
+    }
     if ((r = open_handle(c, &h)) < 0) {
         vd_cipher_free(c);
         return r;
@@ -195,6 +210,43 @@ static int set_iv(struct vd_cipher *c, gcry_cipher_hd_t h, const uint8_t *iv, si
     return e ? vd_error(EINVAL, "Cannot set IV: %s", gcry_strerror(e)) : 0;
 }
 
+/* One en/decryption over nettle (the contexts are read-only: no lock). */
+static int crypt_nettle(struct vd_cipher *c, bool enc, const uint8_t *iv, void *buf, size_t len)
+{
+    nettle_cipher_func *f = enc ? (nettle_cipher_func *)twofish_encrypt
+                                : (nettle_cipher_func *)twofish_decrypt;
+    uint8_t v[TWOFISH_BLOCK_SIZE];
+    uint8_t *p = buf;
+
+    if (c->mode != VD_MODE_ECB)
+        memcpy(v, iv, sizeof(v));
+    switch (c->mode) {
+    case VD_MODE_ECB:
+        f(&c->tf[0], len, p, p);
+        break;
+    case VD_MODE_CBC:
+        if (enc)
+            cbc_encrypt(&c->tf[0], f, TWOFISH_BLOCK_SIZE, v, len, p, p);
+        else
+            cbc_decrypt(&c->tf[0], f, TWOFISH_BLOCK_SIZE, v, len, p, p);
+        break;
+    case VD_MODE_CTR:
+        ctr_crypt(&c->tf[0], (nettle_cipher_func *)twofish_encrypt, TWOFISH_BLOCK_SIZE, v,
+                  len, p, p);
+        break;
+    default:
+        if (enc)
+            xts_encrypt_message(&c->tf[0], &c->tf[1], (nettle_cipher_func *)twofish_encrypt,
+                                v, len, p, p);
+        else
+            xts_decrypt_message(&c->tf[0], &c->tf[1], (nettle_cipher_func *)twofish_decrypt,
+                                (nettle_cipher_func *)twofish_encrypt, v, len, p, p);
+        break;
+    }
+    vd_wipe(v, sizeof(v));
+    return 0;
+}
+
 /* One en/decryption through a borrowed handle. */
 static int crypt(struct vd_cipher *c, bool enc, const uint8_t *iv, size_t iv_len, void *buf,
                  size_t len)
@@ -206,6 +258,10 @@ static int crypt(struct vd_cipher *c, bool enc, const uint8_t *iv, size_t iv_len
 
     if (len % bl || (c->mode == VD_MODE_XTS && !len))
         return vd_error(EINVAL, "Length %zu must be a multiple of block size %zu", len, bl);
+    if (c->mode != VD_MODE_ECB && (!iv || iv_len != bl))
+        return vd_error(EINVAL, "Expected IV size %zu not %zu", bl, iv_len);
+    if (c->nettle)
+        return crypt_nettle(c, enc, iv, buf, len);
     if ((r = take_handle(c, &h)) < 0)
         return r;
     if ((r = set_iv(c, h, iv, iv_len)) >= 0) {
@@ -231,6 +287,23 @@ int vd_cipher_decrypt(struct vd_cipher *c, const uint8_t *iv, size_t iv_len, voi
     return crypt(c, false, iv, iv_len, buf, len);
 }
 
+/* vd_cipher_sectors over nettle. */
+static int sectors_nettle(struct vd_cipher *c, bool enc, void *buf, size_t len,
+                          size_t sector_len, int (*ivfn)(void *opaque, uint64_t idx, uint8_t *iv),
+                          void *opaque)
+{
+    uint8_t iv[VD_CIPHER_MAX_BLOCK];
+    int r = 0;
+
+    for (size_t off = 0; off < len && r >= 0; off += sector_len) {
+        size_t l = VD_MIN(sector_len, len - off);
+        if (c->mode != VD_MODE_ECB && (r = ivfn(opaque, off / sector_len, iv)) < 0)
+            break;
+        r = crypt_nettle(c, enc, iv, (uint8_t *)buf + off, l);
+    }
+    return r;
+}
+
 /* En/decrypt sectors of sector_len bytes in place, each with the IV that
  * ivfn gives for its index (0 for the first), through one borrowed
  * handle; the last may be shorter (whole cipher blocks: cryptsetup's key
@@ -246,6 +319,8 @@ int vd_cipher_sectors(struct vd_cipher *c, bool enc, void *buf, size_t len, size
 
     if (len % bl || sector_len % bl)
         return vd_error(EINVAL, "Length %zu must be a multiple of the block size %zu", len, bl);
+    if (c->nettle)
+        return sectors_nettle(c, enc, buf, len, sector_len, ivfn, opaque);
     if ((r = take_handle(c, &h)) < 0)
         return r;
     for (size_t off = 0; off < len && r >= 0 && !e; off += sector_len) {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* --object secret: the value comes from data= or file=, is base64 when
- * format=base64, and is encrypted (AES-256-CBC, PKCS#7 padding, base64)
+ * format=base64, and is then encrypted (AES-256-CBC, PKCS#7 padding)
  * when keyid= names another secret holding the 32-byte key, with iv= the
  * base64 IV, as QEMU's secret objects.  Every intermediate buffer is
  * wiped; messages never quote the value. */
@@ -103,8 +103,8 @@ static int base64_decode(struct sbuf *b)
 
 static int secret_load(const char *id, struct sbuf *b, int depth);
 
-/* Decrypt b (base64 of AES-256-CBC ciphertext) with the key of secret
- * keyid and the base64 IV iv_b64. */
+/* Decrypt b (AES-256-CBC ciphertext) with the key of secret keyid and the
+ * base64 IV iv_b64. */
 static int decrypt(struct sbuf *b, const char *keyid, const char *iv_b64, int depth)
 {
     struct sbuf key = { 0 }, iv = { 0 };
@@ -121,8 +121,7 @@ static int decrypt(struct sbuf *b, const char *keyid, const char *iv_b64, int de
     else if ((r = sbuf_set(&iv, iv_b64, strlen(iv_b64))) >= 0 && (r = base64_decode(&iv)) >= 0 &&
              iv.len != 16)
         r = vd_error(EINVAL, "IV should be 16 bytes in length not %zu", iv.len);
-    if (r >= 0 && (r = base64_decode(b)) >= 0 &&
-        (r = vd_cipher_new(&c, VD_CIPHER_AES_256, VD_MODE_CBC, key.p, 32)) >= 0)
+    if (r >= 0 && (r = vd_cipher_new(&c, VD_CIPHER_AES_256, VD_MODE_CBC, key.p, 32)) >= 0)
         r = b->len ? vd_cipher_decrypt(c, iv.p, 16, b->p, b->len)
                    : vd_error(EINVAL, "Incorrect number of padding bytes (0) found on "
                               "decrypted data");
@@ -157,10 +156,10 @@ static int secret_value(const vd_opts *o, struct sbuf *b, int depth)
     r = data ? sbuf_set(b, data, strlen(data)) : read_file(file, b);
     if (r < 0)
         return r;
-    if (keyid)
-        r = decrypt(b, keyid, vd_opts_get(o, "iv"), depth);
-    else if (fmt && !strcmp(fmt, "base64"))
+    if (fmt && !strcmp(fmt, "base64"))
         r = base64_decode(b);
+    if (r >= 0 && keyid)
+        r = decrypt(b, keyid, vd_opts_get(o, "iv"), depth);
     if (r < 0)
         sbuf_free(b);
     return r;

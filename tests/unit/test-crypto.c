@@ -94,6 +94,8 @@ static void test_ciphers(void)
     /* Twofish paper, zero key and block */
     kat("twofish-128", "ecb", "00000000000000000000000000000000", NULL,
         "00000000000000000000000000000000", "9f589f5cf6122c32b6bfec2f2ae8c35a");
+    kat("twofish-192", "ecb", "0123456789abcdeffedcba98765432100011223344556677", NULL,
+        "00000000000000000000000000000000", "cfd1d2e5a9be9cdf501f13b892bd2248");
     kat("twofish-256", "ecb", "0000000000000000000000000000000000000000000000000000000000000000",
         NULL, "00000000000000000000000000000000", "57ff739d4dc92c1bd7fc01700cc8216f");
     /* RFC 2144 B.1, 128-bit key */
@@ -115,6 +117,33 @@ static void test_cipher_errors(void)
     CHECK(vd_cipher_encrypt(c, k, 8, buf, 16) < 0);
     vd_cipher_free(c);
     CHECK_EQ_INT(vd_cipher_alg_by_family("aes", 24), VD_CIPHER_AES_192);
+    /* twofish-192 (nettle) in every mode, against twofish ECB by hand */
+    {
+        uint8_t k2[48], iv[16] = { 9 }, ref[32], x[32];
+        struct vd_cipher *e, *m;
+        for (int i = 0; i < 48; i++)
+            k2[i] = (uint8_t)(i + 1);
+        CHECK_EQ_INT(vd_cipher_new(&e, VD_CIPHER_TWOFISH_192, VD_MODE_ECB, k2, 24), 0);
+        CHECK_EQ_INT(vd_cipher_new(&m, VD_CIPHER_TWOFISH_192, VD_MODE_CBC, k2, 24), 0);
+        memset(x, 0x33, 32);
+        memcpy(ref, x, 32);
+        for (int i = 0; i < 16; i++)
+            ref[i] ^= iv[i];
+        vd_cipher_encrypt(e, NULL, 0, ref, 16);
+        for (int i = 0; i < 16; i++)
+            ref[16 + i] ^= ref[i];
+        vd_cipher_encrypt(e, NULL, 0, ref + 16, 16);
+        CHECK_EQ_INT(vd_cipher_encrypt(m, iv, 16, x, 32), 0);
+        CHECK(!memcmp(x, ref, 32));
+        vd_cipher_free(e);
+        vd_cipher_free(m);
+        CHECK_EQ_INT(vd_cipher_new(&m, VD_CIPHER_TWOFISH_192, VD_MODE_XTS, k2, 48), 0);
+        memset(x, 0x44, 32);
+        CHECK_EQ_INT(vd_cipher_encrypt(m, iv, 16, x, 32), 0);
+        CHECK_EQ_INT(vd_cipher_decrypt(m, iv, 16, x, 32), 0);
+        CHECK(x[0] == 0x44 && x[31] == 0x44);
+        vd_cipher_free(m);
+    }
     CHECK(vd_cipher_alg_by_family("aes", 8) < 0);
 }
 
@@ -268,7 +297,7 @@ static void test_secrets(void)
     /* key 603deb..f4 (base64), iv 000102..0f, plaintext 6bc1..2a */
     CHECK_EQ_INT(vd_object_add("secret,id=k,format=base64,"
                                "data=YD3rEBXKcb4rc67whX13gR81LAc7YQjXLZgQowkU3/Q="), 0);
-    CHECK_EQ_INT(vd_object_add("secret,id=enc,keyid=k,iv=AAECAwQFBgcICQoLDA0ODw==,"
+    CHECK_EQ_INT(vd_object_add("secret,id=enc,keyid=k,iv=AAECAwQFBgcICQoLDA0ODw==,format=base64,"
                                "data=9YxMBNbl8bp3nqv7X3v71khaXIFRnPN4+jbUK4VH7cA="), 0);
     CHECK_EQ_INT(vd_secret_get("enc", &v, &l), 0);
     CHECK(l == 16 && same(v, "6bc1bee22e409f96e93d7e117393172a"));

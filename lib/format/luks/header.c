@@ -191,7 +191,7 @@ static int essiv_cipher(enum vd_cipher_alg c, enum vd_hash_alg hash, enum vd_cip
 /* A name lookup failure as QEMU words it. */
 static int not_supported(const char *what, const char *name)
 {
-    return vd_error(ENOTSUP, "%s %s not supported", what, name);
+    return vd_error(ENOTSUP, "%s '%s' not supported", what, name);
 }
 
 /* QEMU's parse of the algorithm names (cipher-mode string
@@ -243,8 +243,7 @@ int luks_parse(const uint8_t *buf, struct luks_header *h, struct luks_algs *a)
     if ((r = parse_algs(h, a)) < 0)
         return r;
     if (a->bc.mode == VD_MODE_XTS && vd_cipher_block_len(a->bc.cipher) != 16)
-        return vd_error(ENOTSUP, "Cipher mode xts is not supported with %s",
-                        vd_cipher_alg_name(a->bc.cipher));
+        return vd_error(ENOTSUP, "Unsupported cipher mode xts");
     return check_iters(h);
 }
 
@@ -389,6 +388,8 @@ static int check_create_algs(struct luks_create_params *p)
     size_t kl = vd_cipher_key_len(p->a.bc.cipher) * (p->a.bc.mode == VD_MODE_XTS ? 2 : 1);
     int r;
 
+    if (p->a.bc.mode == VD_MODE_XTS && vd_cipher_block_len(p->a.bc.cipher) != 16)
+        return vd_error(ENOTSUP, "Unsupported cipher mode xts");
     if (p->a.bc.ivgen == VD_IVGEN_ESSIV &&
         (r = essiv_cipher(p->a.bc.cipher, p->a.bc.ivgen_hash, &p->a.bc.ivgen_cipher)) < 0)
         return r;
@@ -424,15 +425,16 @@ uint64_t luks_payload_bytes(const struct luks_create_params *p)
            LUKS_SECTOR;
 }
 
-int luks_new_header(struct luks_header *h, const struct luks_create_params *cp, uint8_t *mk)
+int luks_new_header(struct luks_header *h, struct luks_create_params *cp, uint8_t *mk)
 {
-    struct luks_create_params p = *cp;
+    struct luks_create_params p;
     const struct vd_blockcrypt_params *b = &p.a.bc;
     uint32_t split;
     int r;
 
-    if ((r = check_create_algs(&p)) < 0)
+    if ((r = check_create_algs(cp)) < 0)
         return r;
+    p = *cp;
     memset(h, 0, sizeof(*h));
     h->key_bytes = (uint32_t)(vd_cipher_key_len(b->cipher) * (b->mode == VD_MODE_XTS ? 2 : 1));
     snprintf(h->cipher_name, sizeof(h->cipher_name), "%s", vd_cipher_family(b->cipher));

@@ -246,7 +246,7 @@ static int prealloc_opt(vd_opts *opts, int *out)
 }
 
 /* Header, key slot 0 and the payload in the (empty) file f. */
-static int write_image(vd_node *f, const struct luks_create_params *p, const uint8_t *pass,
+static int write_image(vd_node *f, struct luks_create_params *p, const uint8_t *pass,
                        size_t pass_len, uint64_t size, int prealloc)
 {
     struct luks_header h;

@@ -82,8 +82,9 @@ struct luks_create_params {
  * iter-time from opts (keys prefixed by prefix) as QEMU does. */
 int luks_parse_create_opts(vd_opts *opts, const char *prefix, struct luks_create_params *p);
 /* A new header for p (master key in mk, random), slots laid out as QEMU
- * lays them out; payload offset in sectors in h->payload. */
-int luks_new_header(struct luks_header *h, const struct luks_create_params *p, uint8_t *mk);
+ * lays them out; payload offset in sectors in h->payload.  Checks the
+ * algorithms and completes p (the essiv cipher). */
+int luks_new_header(struct luks_header *h, struct luks_create_params *p, uint8_t *mk);
 /* Fill QEMU's format-specific luks info object. */
 void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd_json *d);
 /* The payload offset in bytes QEMU gives an image created with p. */
