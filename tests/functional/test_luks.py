@@ -470,3 +470,27 @@ def test_payload_past_eof(tmp_path, vimage):
     put32(img, 104, 0x7fffffff)
     p = vimg("info", img)
     assert p.returncode == 1 and "vdisk-img:" in p.stderr
+
+
+# ---- vdisk-nbd ----
+
+def test_nbd_serves_luks(tmp_path, vimage):
+    from conftest import BUILD
+    from nbd_helpers import Server
+    img, data = vimage
+    nbd = os.path.join(BUILD, "tools", "nbd", "vdisk-nbd")
+    sock = str(tmp_path / "s.sock")
+    srv = Server(nbd, ["--object", SECRET, "--image-opts", opts_img(img)], sock=sock)
+    try:
+        out = tmp_path / "o.raw"
+        p = qimg("convert", "-f", "raw", srv.uri(), "-O", "raw", out)
+        assert p.returncode == 0, p.stderr
+        assert out.read_bytes() == data
+    finally:
+        srv.stop()
+    args = ["--object", "secret,id=sec0,data=wrong", "-k", str(tmp_path / "w.sock"),
+            "--image-opts", opts_img(img)]
+    pv = run([nbd] + args)
+    pq = run([shutil.which("qemu-nbd") or "qemu-nbd"] + args)
+    assert pv.returncode == pq.returncode == 1
+    assert pv.stderr.replace("vdisk-nbd", "qemu-nbd") == pq.stderr
