@@ -182,10 +182,10 @@ static void print_human(const vd_json *o)
     } else {
         printf("disk size: unavailable\n");
     }
-    if (vd_json_get(o, "cluster-size"))
-        printf("cluster_size: %" PRId64 "\n", vd_json_int(vd_json_get(o, "cluster-size")));
     if (vd_json_get(o, "encrypted"))
         printf("encrypted: yes\n");
+    if (vd_json_get(o, "cluster-size"))
+        printf("cluster_size: %" PRId64 "\n", vd_json_int(vd_json_get(o, "cluster-size")));
     print_backing(o);
     img_print_snapshots(vd_json_get(o, "snapshots"));
     if (fs) {

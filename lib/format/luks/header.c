@@ -478,7 +478,8 @@ static vd_json *slot_info(const struct luks_slot *s)
     return o;
 }
 
-void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd_json *d)
+void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd_json *d,
+               const char *fmt)
 {
     vd_json *slots = vd_json_new_array();
 
@@ -486,6 +487,8 @@ void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd
     vd_json_set_str(d, "hash-alg", vd_hash_name(a->hash));
     vd_json_set_str(d, "cipher-alg", vd_cipher_alg_name(a->bc.cipher));
     vd_json_set_str(d, "uuid", h->uuid);
+    if (fmt)
+        vd_json_set_str(d, "format", fmt);
     if (a->has_ivhash)
         vd_json_set_str(d, "ivgen-hash-alg", vd_hash_name(a->bc.ivgen_hash));
     vd_json_set_str(d, "cipher-mode", vd_cipher_mode_name(a->bc.mode));

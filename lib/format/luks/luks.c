@@ -199,7 +199,7 @@ static int luks_drv_info(vd_node *n, struct vd_json *d)
 {
     struct luks_state *s = n->state;
 
-    luks_info(&s->h, &s->a, d);
+    luks_info(&s->h, &s->a, d, NULL);
     return 0;
 }
 

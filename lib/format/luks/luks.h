@@ -85,8 +85,10 @@ int luks_parse_create_opts(vd_opts *opts, const char *prefix, struct luks_create
  * lays them out; payload offset in sectors in h->payload.  Checks the
  * algorithms and completes p (the essiv cipher). */
 int luks_new_header(struct luks_header *h, struct luks_create_params *p, uint8_t *mk);
-/* Fill QEMU's format-specific luks info object. */
-void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd_json *d);
+/* Fill QEMU's format-specific luks info object (with "format": fmt when
+ * fmt is not NULL, where qcow2's "encrypt" object has it). */
+void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd_json *d,
+               const char *fmt);
 /* The payload offset in bytes QEMU gives an image created with p. */
 uint64_t luks_payload_bytes(const struct luks_create_params *p);
 
