@@ -80,7 +80,7 @@ static int64_t thread_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-/* Iterations per second: run growing counts until one takes 100 ms of
+/* Iterations per second: run growing counts until one takes 50 ms of
  * CPU time (CPU time, so that a loaded machine does not shrink the
  * count). */
 static int64_t measure_rate(enum vd_hash_alg h)
@@ -95,7 +95,7 @@ static int64_t measure_rate(enum vd_hash_alg h)
         if (r < 0)
             return r;
         dt = thread_ns() - t0;
-        if (dt >= 100000000 || iters >= (1u << 30))
+        if (dt >= 50000000 || iters >= (1u << 30))
             return (int64_t)(iters * 1000000000ull / (uint64_t)(dt > 0 ? dt : 1));
         iters *= dt > 1000000 ? 2 : 16;
     }
