@@ -544,3 +544,82 @@ def test_qcow2_encrypted_reads_as_qemu(tmp_path, fmt):
     # writing is not there yet: refused, never garbage
     p = vimg("resize", "--object", SECRET, "--image-opts", qopts(img), "+1M")
     assert p.returncode == 1 and "not supported" in p.stderr
+
+
+# ---- amend: key slots ----
+
+AMEND_CASES = [
+    ("s0", "state=inactive,old-secret=sec0"),
+    ("s1", "state=inactive,old-secret=sec1"),
+    ("s1", "state=inactive,keyslot=1"),
+    ("s1", "state=active"),
+    ("s1", "state=active,new-secret=sec1,keyslot=0"),
+    ("s1", "state=active,new-secret=sec1,old-secret=sec0"),
+    ("s1", "state=inactive"),
+    ("s1", "state=inactive,keyslot=9"),
+    ("s1", "state=inactive,keyslot=3"),
+    ("s1", "state=inactive,keyslot=0,old-secret=sec1"),
+    ("s1", "state=inactive,new-secret=sec1,keyslot=0"),
+    ("s1", "state=inactive,old-secret=sec2"),
+    ("s1", "state=bogus"),
+    ("s1", "keyslot=1"),
+]
+AMEND_OBJS = ["--object", SECRET, "--object", "secret,id=sec1,data=second pass",
+              "--object", "secret,id=sec2,data=not there"]
+
+
+@pytest.fixture
+def two_slots(tmp_path, vimage):
+    """vimage with a second passphrase (sec1) added by vdisk in slot 1."""
+    img, data = vimage
+    p = vimg(*(["amend"] + AMEND_OBJS + ["--image-opts", opts_img(img), "-o",
+                                         "state=active,new-secret=sec1,iter-time=10"]))
+    assert p.returncode == 0, p.stderr
+    return img, data
+
+
+def test_amend_adds_and_erases(tmp_path, two_slots):
+    img, data = two_slots
+    objs = ["--object", "secret,id=sec1,data=second pass"]
+    out = tmp_path / "o.raw"
+    p = qimg(*(["convert"] + objs + ["--image-opts", opts_img(img, "sec1"), "-O", "raw", out]))
+    assert p.returncode == 0, p.stderr
+    assert out.read_bytes() == data
+    if CRYPTSETUP:
+        ok = run([CRYPTSETUP, "open", "--test-passphrase", "--key-file", "-", str(img)],
+                 input="second pass")
+        assert ok.returncode == 0, ok.stderr
+    info = json.loads(vimg("info", "--output=json", img).stdout)
+    slots = info["format-specific"]["data"]["slots"]
+    assert [s["active"] for s in slots] == [True, True] + [False] * 6
+    # erase the first passphrase by its secret: only the second opens
+    p = vimg(*(["amend"] + AMEND_OBJS + ["--image-opts", opts_img(img, "sec1"), "-o",
+                                         "state=inactive,old-secret=sec0"]))
+    assert p.returncode == 0, p.stderr
+    p = qimg("convert", "--object", SECRET, "--image-opts", opts_img(img), "-O", "raw", out)
+    assert p.returncode == 1 and "Invalid password" in p.stderr
+    assert read_luks(qimg, img, out, sec="secret,id=sec0,data=second pass") == data
+    # the last one needs --force
+    a = ["amend"] + AMEND_OBJS + ["--image-opts", opts_img(img, "sec1"), "-o",
+                                  "state=inactive,keyslot=1"]
+    assert vimg(*a).returncode == 1
+    assert vimg(*(a[:1] + ["--force"] + a[1:])).returncode == 0
+    assert json.loads(vimg("info", "--output=json", img).stdout)["format-specific"]["data"][
+        "slots"][1]["active"] is False
+
+
+@pytest.mark.parametrize("key,opts", AMEND_CASES)
+def test_amend_refusals_as_qemu(tmp_path, two_slots, key, opts):
+    img, _ = two_slots
+    q = tmp_path / "q.luks"
+    shutil.copy(img, q)
+    sec = "sec0" if key == "s0" else "sec1"
+    pv = vimg(*(["amend"] + AMEND_OBJS + ["--image-opts", opts_img(img, sec), "-o", opts]))
+    pq = qimg(*(["amend"] + AMEND_OBJS + ["--image-opts", opts_img(q, sec), "-o", opts]))
+    assert pv.returncode == pq.returncode, (pv.stderr, pq.stderr)
+    assert same_output(pv.stderr.replace(str(img), "X"), pq.stderr.replace(str(q), "X"))
+    for fmt in ("json",):
+        iv = json.loads(vimg("info", "--output=" + fmt, img).stdout)["format-specific"]
+        iq = json.loads(qimg("info", "--output=" + fmt, q).stdout)["format-specific"]
+        assert [s["active"] for s in iv["data"]["slots"]] == \
+            [s["active"] for s in iq["data"]["slots"]]

@@ -6,8 +6,9 @@
  * the header only.
  *
  * Invariants:
- *  1. The master key lives only inside the block cipher (bc); every copy
- *     of it, of the passphrase and of derived keys is wiped after use.
+ *  1. The master key lives inside the block cipher (bc) and, for keyslot
+ *     changes (amend), in mk; mk, the passphrase and derived keys are
+ *     wiped after use and at close.
  *  2. Guest sector s is payload sector s, encrypted with IV number s.
  *  3. A write encrypts a private copy of the caller's data (the caller's
  *     buffer is never changed), at most max_transfer bytes at a time;
@@ -27,6 +28,7 @@ struct luks_state {
     struct luks_header h;
     struct luks_algs a;
     struct vd_blockcrypt *bc;      /* NULL when opened without I/O */
+    uint8_t mk[VD_CIPHER_MAX_KEY]; /* the master key (amend) */
     uint64_t payload;              /* bytes */
 };
 
@@ -88,6 +90,8 @@ static int unlock(vd_node *n, const char *id)
     vd_secret_free(pass, pass_len);
     if (r >= 0)
         r = vd_blockcrypt_new(&s->bc, &s->a.bc, mk, s->h.key_bytes);
+    if (r >= 0 && !n->read_only)
+        memcpy(s->mk, mk, sizeof(mk));
     vd_wipe(mk, sizeof(mk));
     return r;
 }
@@ -202,6 +206,251 @@ static int luks_drv_info(vd_node *n, struct vd_json *d)
     luks_info(&s->h, &s->a, d, NULL);
     return 0;
 }
+
+/* ---- amend: key slots ---- */
+
+/* What an amend asks for. */
+struct amend_req {
+    bool active, has_slot;
+    int64_t slot;
+    const char *old_id, *new_id;
+    bool has_iter;
+    uint64_t iter_time;
+};
+
+/* Parse the amend options (QEMU's names and messages). */
+static int amend_parse(vd_opts *o, struct amend_req *q)
+{
+    const char *st = vd_opts_get(o, "state"), *ks = vd_opts_get(o, "keyslot");
+    uint64_t v;
+    int r;
+
+    memset(q, 0, sizeof(*q));
+    if (!st)
+        return vd_error(EINVAL, "Parameter 'state' is missing");
+    if (strcmp(st, "active") && strcmp(st, "inactive"))
+        return vd_error(EINVAL, "Parameter 'state' does not accept value '%s'", st);
+    q->active = !strcmp(st, "active");
+    if (ks) {
+        if ((r = vd_opts_get_u64(o, "keyslot", 0, &v)) < 0)
+            return r;
+        q->has_slot = true;
+        q->slot = v > INT32_MAX ? INT32_MAX : (int64_t)v;
+    }
+    q->old_id = vd_opts_get(o, "old-secret");
+    q->new_id = vd_opts_get(o, "new-secret");
+    q->has_iter = vd_opts_get(o, "iter-time") != NULL;
+    return vd_opts_get_u64(o, "iter-time", 2000, &q->iter_time);
+}
+
+/* Write the header (the key slot table lives there). */
+static int store_header(vd_node *n)
+{
+    struct luks_state *s = n->state;
+    uint8_t buf[LUKS_HDR_LEN];
+    int r;
+
+    luks_encode(&s->h, buf);
+    if ((r = vd_pwrite(n->file, 0, sizeof(buf), buf, 0)) < 0 || (r = vd_flush(n->file)) < 0)
+        return vd_error_prefix(r, "Failed to write the LUKS header");
+    return 0;
+}
+
+static int count_active(const struct luks_header *h)
+{
+    int c = 0;
+
+    for (int i = 0; i < LUKS_SLOTS; i++)
+        c += h->slots[i].active == LUKS_SLOT_ENABLED;
+    return c;
+}
+
+/* Add a passphrase in a free (or the given) slot: the new key material is
+ * written while the slot is inactive in the header on disk, then the
+ * header, so a crash in between leaves the old passphrases working. */
+static int amend_add(vd_node *n, const struct amend_req *q, bool force)
+{
+    struct luks_state *s = n->state;
+    uint8_t *pass = NULL;
+    size_t pass_len = 0;
+    int slot = -1, r;
+
+    if (!q->new_id)
+        return vd_error(EINVAL, "'new-secret' is required to activate a keyslot");
+    if (q->old_id)
+        return vd_error(EINVAL, "'old-secret' must not be given when activating keyslots");
+    if (q->has_slot) {
+        if (q->slot >= LUKS_SLOTS)
+            return vd_error(EINVAL, "Invalid keyslot %u specified, must be between 0 and %u",
+                            (unsigned)q->slot, LUKS_SLOTS - 1);
+        slot = (int)q->slot;
+    } else {
+        for (int i = LUKS_SLOTS - 1; i >= 0; i--)
+            if (s->h.slots[i].active != LUKS_SLOT_ENABLED)
+                slot = i;
+        if (slot < 0)
+            return vd_error(ENOSPC, "Can't add a keyslot - all keyslots are in use");
+    }
+    if (!force && s->h.slots[slot].active == LUKS_SLOT_ENABLED)
+        return vd_error(EINVAL, "Refusing to overwrite active keyslot %i - please erase it "
+                        "first", slot);
+    if ((r = vd_secret_get(q->new_id, &pass, &pass_len)) < 0)
+        return r;
+    s->h.slots[slot].active = LUKS_SLOT_DISABLED;
+    if ((r = store_header(n)) >= 0 &&
+        (r = luks_store_slot(&s->h, &s->a, slot, pass, pass_len, s->mk, q->iter_time,
+                             write_material, n->file)) >= 0 &&
+        (r = vd_flush(n->file)) >= 0)
+        r = store_header(n);
+    else if (r < 0)
+        r = vd_error_prefix(r, "Failed to write to keyslot %i", slot);
+    vd_secret_free(pass, pass_len);
+    return r;
+}
+
+/* Does slot i open with the passphrase of secret id?  1, 0 or -errno. */
+static int slot_matches(vd_node *n, int i, const uint8_t *pass, size_t pass_len)
+{
+    struct luks_state *s = n->state;
+    struct luks_header one = s->h;
+    uint8_t mk[VD_CIPHER_MAX_KEY];
+    int r;
+
+    if (s->h.slots[i].active != LUKS_SLOT_ENABLED)
+        return 0;
+    for (int j = 0; j < LUKS_SLOTS; j++)
+        if (j != i)
+            one.slots[j].active = LUKS_SLOT_DISABLED;
+    r = luks_unlock(&one, &s->a, pass, pass_len, mk, read_material, n->file);
+    vd_wipe(mk, sizeof(mk));
+    vd_wipe(&one, sizeof(one));
+    if (r == -EPERM) {
+        vd_error_clear();
+        return 0;
+    }
+    return r < 0 ? r : 1;
+}
+
+/* Erase slot i: inactive in the header first, then the key material
+ * overwritten with random bytes. */
+static int erase_slot(vd_node *n, int i)
+{
+    struct luks_state *s = n->state;
+    size_t len = (size_t)s->h.key_bytes * LUKS_STRIPES;
+    uint8_t *junk = malloc(len);
+    int r;
+
+    if (!junk)
+        return vd_error(ENOMEM, "out of memory");
+    memset(s->h.slots[i].salt, 0, LUKS_SALT_LEN);
+    s->h.slots[i].iters = 0;
+    s->h.slots[i].active = LUKS_SLOT_DISABLED;
+    if ((r = store_header(n)) >= 0 && (r = vd_random(junk, len)) >= 0 &&
+        (r = vd_pwrite(n->file, (uint64_t)s->h.slots[i].key_offset * LUKS_SECTOR, len, junk,
+                       0)) < 0)
+        r = vd_error_prefix(r, "Failed to erase keyslot %i", i);
+    free(junk);
+    return r < 0 ? r : vd_flush(n->file);
+}
+
+/* The slots an erase by passphrase selects (bit i: slot i). */
+static int match_slots(vd_node *n, const char *id, unsigned *mask)
+{
+    uint8_t *pass = NULL;
+    size_t pass_len = 0;
+    int r;
+
+    *mask = 0;
+    if ((r = vd_secret_get(id, &pass, &pass_len)) < 0)
+        return r;
+    for (int i = 0; i < LUKS_SLOTS && r >= 0; i++)
+        if ((r = slot_matches(n, i, pass, pass_len)) > 0)
+            *mask |= 1u << i;
+    vd_secret_free(pass, pass_len);
+    return r < 0 ? r : 0;
+}
+
+/* Erase one given slot (checked against old-secret when given). */
+static int erase_given(vd_node *n, const struct amend_req *q, bool force)
+{
+    struct luks_state *s = n->state;
+    int i = (int)q->slot, r;
+    unsigned mask;
+
+    if (q->slot >= LUKS_SLOTS)
+        return vd_error(EINVAL, "Invalid keyslot %i specified, must be between 0 and %i", i,
+                        LUKS_SLOTS - 1);
+    if (q->old_id) {
+        if ((r = match_slots(n, q->old_id, &mask)) < 0)
+            return r;
+        if (!(mask & (1u << i)))
+            return vd_error(EINVAL, "Given keyslot %i doesn't contain the given old password "
+                            "for erase operation", i);
+    }
+    if (s->h.slots[i].active != LUKS_SLOT_ENABLED)
+        return vd_error(EINVAL, "Given keyslot %i is already erased (inactive) ", i);
+    if (!force && count_active(&s->h) == 1)
+        return vd_error(EINVAL, "Attempt to erase the only active keyslot %i which will erase "
+                        "all the data in the image irreversibly - refusing operation", i);
+    return erase_slot(n, i);
+}
+
+/* Erase every slot the old passphrase opens. */
+static int erase_matching(vd_node *n, const struct amend_req *q, bool force)
+{
+    struct luks_state *s = n->state;
+    unsigned mask;
+    int r = match_slots(n, q->old_id, &mask);
+
+    if (r < 0)
+        return r;
+    if (!mask)
+        return vd_error(EINVAL, "No keyslots match given (old) password for erase operation");
+    if (!force && __builtin_popcount(mask) == count_active(&s->h))
+        return vd_error(EINVAL, "All the active keyslots match the (old) password that was "
+                        "given and erasing them will erase all the data in the image "
+                        "irreversibly - refusing operation");
+    for (int i = 0; i < LUKS_SLOTS && r >= 0; i++)
+        if (mask & (1u << i))
+            r = erase_slot(n, i);
+    return r;
+}
+
+static int amend_erase(vd_node *n, const struct amend_req *q, bool force)
+{
+    if (q->new_id)
+        return vd_error(EINVAL, "'new-secret' must not be given when erasing keyslots");
+    if (q->has_iter)
+        return vd_error(EINVAL, "'iter-time' must not be given when erasing keyslots");
+    if (q->has_slot)
+        return erase_given(n, q, force);
+    if (q->old_id)
+        return erase_matching(n, q, force);
+    return vd_error(EINVAL, "To erase keyslot(s), either explicit keyslot index or the "
+                    "password currently contained in them must be given");
+}
+
+static int luks_amend(vd_node *n, vd_opts *opts, bool force,
+                      void (*progress)(void *opaque, uint64_t done, uint64_t total),
+                      void *opaque)
+{
+    struct amend_req q;
+    int r;
+
+    if ((r = need_key(n)) < 0 || (r = amend_parse(opts, &q)) < 0)
+        return r;
+    return q.active ? amend_add(n, &q, force) : amend_erase(n, &q, force);
+}
+
+static const struct vd_opt_desc luks_amend_opts[] = {
+    { "state", VD_OPT_STRING, "Select new state of affected keyslots (active/inactive)", NULL },
+    { "keyslot", VD_OPT_NUMBER, "Select a single keyslot to modify explicitly", NULL },
+    { "old-secret", VD_OPT_STRING, "Select all keyslots that match this password", NULL },
+    { "new-secret", VD_OPT_STRING, "New secret to set in the matching keyslots. Empty string "
+      "to erase", NULL },
+    { "iter-time", VD_OPT_NUMBER, "Time to spend in PBKDF in milliseconds", NULL },
+    { NULL, 0, NULL, NULL },
+};
 
 /* ---- create ---- */
 
@@ -380,5 +629,7 @@ static const struct vd_driver luks_driver = {
     .measure = luks_measure,
     .info = luks_drv_info,
     .is_encrypted = luks_is_encrypted,
+    .amend_opts = luks_amend_opts,
+    .amend = luks_amend,
 };
 VD_DRIVER_REGISTER(luks_driver)
