@@ -623,3 +623,36 @@ def test_amend_refusals_as_qemu(tmp_path, two_slots, key, opts):
         iq = json.loads(qimg("info", "--output=" + fmt, q).stdout)["format-specific"]
         assert [s["active"] for s in iv["data"]["slots"]] == \
             [s["active"] for s in iq["data"]["slots"]]
+
+
+def amend_json(img, k):
+    """img with every write from the kth on failing (a crash there)."""
+    rule = {"event": "none", "iotype": "write", "nth": k, "errno": 5}
+    node = {"driver": "blkdebug", "inject-error": [rule],
+            "image": {"driver": "file", "filename": str(img)}}
+    return "json:" + json.dumps({"driver": "luks", "key-secret": "sec0", "file": node})
+
+
+@pytest.mark.parametrize("opts", ["state=active,new-secret=sec1,iter-time=10",
+                                  "state=active,new-secret=sec1,keyslot=5,iter-time=10",
+                                  "state=inactive,keyslot=1"])
+def test_amend_interrupted_keeps_old_passphrase(tmp_path, two_slots, opts):
+    """Interrupted at any write, the image still opens with sec0 (qemu-img
+    and vdisk) and its data is intact."""
+    img, data = two_slots
+    if "new-secret" in opts and "keyslot" not in opts:
+        # add to a fresh copy with only slot 0, as the first add did
+        p = vimg(*(["amend"] + AMEND_OBJS + ["--image-opts", opts_img(img, "sec1"), "-o",
+                                             "state=inactive,keyslot=1"]))
+        assert p.returncode == 0, p.stderr
+    for k in range(1, 6):
+        work = tmp_path / ("k%d.luks" % k)
+        shutil.copy(img, work)
+        p = vimg(*(["amend"] + AMEND_OBJS + [amend_json(work, k), "-o", opts]))
+        done = p.returncode == 0
+        assert k > 1 or not done        # the fault does reach the amend
+        for tool in (vimg, qimg):
+            assert read_luks(tool, work, tmp_path / "o.raw") == data, (k, p.stderr)
+        if done:
+            break
+    assert done
