@@ -18,6 +18,7 @@
 #include <gnutls/gnutls.h>
 
 #include "util/checked.h"
+#include "util/json.h"
 #include "vdisk/driver.h"
 #include "vdisk/object.h"
 
@@ -200,17 +201,27 @@ static int parse_numbers(struct curl_state *s, const vd_opts *o)
     return 0;
 }
 
+/* Does url start with "proto://"? */
+static bool scheme_is(const char *url, const char *proto)
+{
+    size_t l = strlen(proto);
+    return !strncasecmp(url, proto, l) && !strncmp(url + l, "://", 3);
+}
+
 /* All the node's options into s. */
-static int parse_options(struct curl_state *s, const vd_opts *o)
+static int parse_options(struct curl_state *s, const vd_opts *o, const char *proto)
 {
     int r;
 
     if (vd_opts_has(o, "cookie") && vd_opts_has(o, "cookie-secret"))
-        return vd_error(EINVAL, "curl: cookie and cookie-secret are mutually exclusive");
+        return vd_error(EINVAL, "curl driver cannot handle both cookie and cookie secret");
     if ((r = parse_numbers(s, o)) < 0 || (r = opt_str(o, "url", &s->url)) < 0)
         return r;
     if (!s->url)
         return vd_error(EINVAL, "curl block driver requires an 'url' option");
+    if (!scheme_is(s->url, proto))
+        return vd_error(EINVAL, "%s curl driver cannot handle the URL '%s' (does not start "
+                        "with '%s://')", proto, s->url, proto);
     if ((r = opt_str(o, "cookie", &s->cookie)) < 0 ||
         (!s->cookie && (r = opt_secret(o, "cookie-secret", &s->cookie)) < 0) ||
         (r = opt_str(o, "username", &s->user)) < 0 ||
@@ -218,7 +229,7 @@ static int parse_options(struct curl_state *s, const vd_opts *o)
         (r = opt_str(o, "proxy-username", &s->proxy_user)) < 0 ||
         (r = opt_secret(o, "proxy-password-secret", &s->proxy_password)) < 0)
         return r;
-    s->is_http = !strncasecmp(s->url, "http://", 7) || !strncasecmp(s->url, "https://", 8);
+    s->is_http = scheme_is(s->url, "http") || scheme_is(s->url, "https");
     return 0;
 }
 
@@ -599,6 +610,68 @@ static int curl_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int fla
     return fetch(s, off, l, buf);
 }
 
+/* ---- the node's name ---- */
+
+/* Options QEMU does not consider implied by the URL: any of them makes the
+ * name a json: object. */
+static const char *const strong_opts[] = {
+    "sslverify", "cookie", "cookie-secret", "username", "password-secret",
+    "proxy-username", "proxy-password-secret",
+};
+
+/* QEMU prints a json: name's keys in the order of its dictionary's hash
+ * buckets (512 of them); this is that bucket for key. */
+static unsigned key_bucket(const char *key)
+{
+    uint32_t v = 0x238F13AFu * (uint32_t)strlen(key);
+
+    for (unsigned i = 0; key[i]; i++)
+        v += (uint32_t)(unsigned char)key[i] << (i * 5 % 24);
+    return (1103515243u * v + 12345u) % 512;
+}
+
+/* The json: name QEMU gives the node when a strong option is set, else
+ * NULL (the URL names it). */
+static char *json_name(const vd_opts *o, const char *driver, const char *url)
+{
+    const char *keys[VD_ARRAY_SIZE(strong_opts) + 2] = { "url", "driver" };
+    size_t nk = 2;
+    vd_json *j;
+    char *text, *name = NULL;
+
+    for (size_t i = 0; i < VD_ARRAY_SIZE(strong_opts); i++)
+        if (vd_opts_has(o, strong_opts[i]))
+            keys[nk++] = strong_opts[i];
+    if (nk == 2)
+        return NULL;
+    for (size_t i = 1; i < nk; i++)          /* insertion sort by bucket */
+        for (size_t k = i; k > 0 && key_bucket(keys[k]) < key_bucket(keys[k - 1]); k--) {
+            const char *t = keys[k];
+            keys[k] = keys[k - 1];
+            keys[k - 1] = t;
+        }
+    if (!(j = vd_json_new_object()))
+        return NULL;
+    for (size_t i = 0; i < nk; i++)
+        vd_json_set_str(j, keys[i], !strcmp(keys[i], "url") ? url
+                        : !strcmp(keys[i], "driver") ? driver : vd_opts_get(o, keys[i]));
+    if ((text = vd_json_to_compact(j)) && asprintf(&name, "json:%s", text) < 0)
+        name = NULL;
+    free(text);
+    vd_json_free(j);
+    return name;
+}
+
+/* Name the node: its URL, or QEMU's json: name. */
+static int set_name(vd_node *n, const vd_opts *o, const char *url)
+{
+    char *name = json_name(o, n->drv->name, url);
+
+    free(n->filename);
+    n->filename = name ? name : strdup(url);
+    return n->filename ? 0 : vd_error(ENOMEM, "out of memory");
+}
+
 /* ---- open / close ---- */
 
 /* Make the multi handle, the easy handles and the transfer thread. */
@@ -637,13 +710,12 @@ static int curl_open(vd_node *n, vd_opts *opts, int flags)
         return vd_error(EACCES, "curl driver does not support writes");
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
         return vd_error(EIO, "CURL: could not initialise libcurl");
-    if ((r = parse_options(s, opts)) < 0 || (r = probe(s)) < 0 ||
+    if ((r = parse_options(s, opts, n->drv->name)) < 0 || (r = probe(s)) < 0 ||
         (r = start_transfers(s)) < 0)
         return r;
     n->max_transfer = CURL_MAX_XFER;
-    free(n->filename);
-    if (!(n->filename = strdup(s->url)))
-        return vd_error(ENOMEM, "out of memory");
+    if ((r = set_name(n, opts, s->url)) < 0)
+        return r;
     static const char *const ours[] = {
         "url", "readahead", "timeout", "sslverify", "cookie", "cookie-secret", "username",
         "password-secret", "proxy-username", "proxy-password-secret", "filename",
