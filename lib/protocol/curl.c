@@ -29,9 +29,9 @@
 #define CURL_MAX_XFER (2u << 20)       /* largest range fetched at once */
 #define CURL_RA_LIMIT (1u << 20)       /* reads this long get no readahead */
 #define CURL_CACHE_SLOTS 8
-#define CURL_RETRIES 6
+#define CURL_RETRIES 5                 /* backoff 0.1+0.2+0.4+0.8+1.6 s */
 #define CURL_BACKOFF_MS 100
-#define CURL_BACKOFF_MAX_MS 3200
+#define CURL_BACKOFF_MAX_MS 1600
 #define CURL_MAX_REDIRS 20
 
 /* One range request, owned by the caller that waits for it. */
@@ -58,7 +58,7 @@ struct cslot {
 struct curl_state {
     char *url, *cookie, *user, *password, *proxy_user, *proxy_password;
     uint64_t readahead, timeout, length;
-    bool sslverify, is_http;
+    bool sslverify, is_http, is_tls;
     CURLM *multi;
     CURL *easy[CURL_HANDLES];
     struct creq *active[CURL_HANDLES];
@@ -230,6 +230,7 @@ static int parse_options(struct curl_state *s, const vd_opts *o, const char *pro
         (r = opt_secret(o, "proxy-password-secret", &s->proxy_password)) < 0)
         return r;
     s->is_http = scheme_is(s->url, "http") || scheme_is(s->url, "https");
+    s->is_tls = scheme_is(s->url, "https") || scheme_is(s->url, "ftps");
     return 0;
 }
 
@@ -440,6 +441,16 @@ static void collect_done(struct curl_state *s)
     }
 }
 
+/* How long to wait for socket activity.  Over TLS, libcurl 7.88 may hold
+ * decrypted FTP data that no socket announces (what hangs the socket-action
+ * interface): while transfers run there, poll briefly and perform again. */
+static int poll_ms(const struct curl_state *s, int running)
+{
+    if (!running)
+        return 1000;                /* idle: curl_multi_wakeup ends it */
+    return s->is_tls ? 5 : 100;
+}
+
 /* Drive the multi handle until the node closes. */
 static void *transfer_main(void *arg)
 {
@@ -457,7 +468,7 @@ static void *transfer_main(void *arg)
         if (s->queue || s->stopping)
             continue;
         pthread_mutex_unlock(&s->lock);
-        curl_multi_poll(s->multi, NULL, 0, 1000, NULL);
+        curl_multi_poll(s->multi, NULL, 0, poll_ms(s, running), NULL);
         pthread_mutex_lock(&s->lock);
     }
     pthread_mutex_unlock(&s->lock);
@@ -775,6 +786,12 @@ static int64_t curl_getlength(vd_node *n)
     return (int64_t)s->length;
 }
 
+/* QEMU's curl driver has no get_info: info over it shows no dirty flag. */
+static int64_t curl_cluster_size(vd_node *n)
+{
+    return -1;
+}
+
 static const struct vd_opt_desc curl_open_opts[] = {
     { "url", VD_OPT_STRING, "URL of the image file", NULL },
     { "readahead", VD_OPT_SIZE, "Bytes read beyond a short request and kept", "256k" },
@@ -803,6 +820,7 @@ static const struct vd_opt_desc curl_open_opts[] = {
         .close = curl_close,                            \
         .pread = curl_pread,                            \
         .getlength = curl_getlength,                    \
+        .cluster_size = curl_cluster_size,              \
     };                                                  \
     VD_DRIVER_REGISTER(var)
 

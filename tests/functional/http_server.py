@@ -8,6 +8,7 @@ Ports are picked free at start.  A small threaded Python server
 (FaultServer) plays hostile or flaky web servers."""
 import http.server
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -62,7 +63,10 @@ def stop(proc):
             proc.wait()
 
 
-NGINX_CONF = """worker_processes 1;
+# Workers run as the user starting nginx (root here): pytest's temporary
+# directories are closed to nginx's usual worker user.
+NGINX_CONF = """user {user};
+worker_processes 1;
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
 daemon off;
@@ -101,7 +105,8 @@ class Nginx:
         self.http_port, self.https_port = free_port(), free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(NGINX_CONF.format(d=d, http=self.http_port, https=self.https_port))
+            f.write(NGINX_CONF.format(d=d, http=self.http_port, https=self.https_port,
+                                      user=pwd.getpwuid(os.geteuid()).pw_name))
         self.proc = subprocess.Popen([NGINX, "-e", os.path.join(d, "error.log"),
                                       "-p", d, "-c", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -217,7 +222,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if fault == "redirect":
             return self._redirect()
         self.send_response(200)
-        self.send_header("Content-Length", str(self.server.head_length()))
+        if self.server.head_length() >= 0:
+            self.send_header("Content-Length", str(self.server.head_length()))
         if self.server.ranges:
             self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
@@ -229,6 +235,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
+        self.server.enter()
+        try:
+            self._get()
+        finally:
+            self.server.leave()
+
+    def _get(self):
         fault = self.server.fault_for("GET")
         a, b, ranged = self._range()
         body = self.server.data[a:b + 1]
@@ -275,12 +288,17 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     faults maps a method to a list of (n, kind): the n-th request of that
     method (1-based) gets the fault kind ("drop", "503", "redirect",
     "wrong-range", "short", "long", "no-range"); kind "always:X" applies X
-    to every request from the n-th on."""
+    to every request from the n-th on.  length (-1: none) overrides the
+    Content-Length of HEAD.  With gather=k, a GET waits (at most 10 s)
+    until k GETs are in flight at once; max_inflight records the most seen."""
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, data, faults=None, ranges=True, length=None):
+    def __init__(self, data, faults=None, ranges=True, length=None, gather=0):
         super().__init__(("127.0.0.1", 0), _Handler)
+        self.gather = gather
+        self.inflight = self.max_inflight = 0
+        self.cond = threading.Condition()
         self.data = data
         self.faults = faults or {}
         self.ranges = ranges
@@ -289,6 +307,18 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.serve_forever, daemon=True)
         self.thread.start()
+
+    def enter(self):
+        with self.cond:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+            self.cond.notify_all()
+            if self.gather:
+                self.cond.wait_for(lambda: self.max_inflight >= self.gather, timeout=10)
+
+    def leave(self):
+        with self.cond:
+            self.inflight -= 1
 
     def head_length(self):
         return self.length if self.length is not None else len(self.data)
