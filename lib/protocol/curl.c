@@ -29,7 +29,8 @@
 #define CURL_MAX_XFER (2u << 20)       /* largest range fetched at once */
 #define CURL_RA_LIMIT (1u << 20)       /* reads this long get no readahead */
 #define CURL_CACHE_SLOTS 8
-#define CURL_RETRIES 5                 /* backoff 0.1+0.2+0.4+0.8+1.6 s */
+#define CURL_RETRIES 5                 /* default; backoff 0.1+0.2+0.4+0.8+1.6 s */
+#define CURL_RETRIES_MAX 30
 #define CURL_BACKOFF_MS 100
 #define CURL_BACKOFF_MAX_MS 1600
 #define CURL_MAX_REDIRS 20
@@ -57,7 +58,7 @@ struct cslot {
 
 struct curl_state {
     char *url, *cookie, *user, *password, *proxy_user, *proxy_password;
-    uint64_t readahead, timeout, length;
+    uint64_t readahead, timeout, length, retries;
     bool sslverify, is_http, is_tls;
     CURLM *multi;
     CURL *easy[CURL_HANDLES];
@@ -189,8 +190,11 @@ static int parse_numbers(struct curl_state *s, const vd_opts *o)
 
     if ((r = vd_opts_get_size(o, "readahead", CURL_DEFAULT_READAHEAD, &s->readahead)) < 0 ||
         (r = vd_opts_get_u64(o, "timeout", CURL_DEFAULT_TIMEOUT, &s->timeout)) < 0 ||
-        (r = vd_opts_get_bool(o, "sslverify", true, &s->sslverify)) < 0)
+        (r = vd_opts_get_bool(o, "sslverify", true, &s->sslverify)) < 0 ||
+        (r = vd_opts_get_u64(o, "x-retries", CURL_RETRIES, &s->retries)) < 0)
         return r;
+    if (s->retries > CURL_RETRIES_MAX)
+        return vd_error(EINVAL, "x-retries must not be over %d", CURL_RETRIES_MAX);
     if (s->readahead % 512)
         return vd_error(EINVAL, "HTTP_READAHEAD_SIZE %llu is not a multiple of 512",
                         (unsigned long long)s->readahead);
@@ -544,7 +548,7 @@ static int fetch(struct curl_state *s, uint64_t off, uint64_t len, char *buf)
         q.len = len;
         q.buf = buf;
         run_request(s, &q);
-        if (!retryable(&q) || attempt == CURL_RETRIES)
+        if (!retryable(&q) || (uint64_t)attempt >= s->retries)
             break;
         nanosleep(&(struct timespec){ delay / 1000, (long)(delay % 1000) * 1000000 }, NULL);
         delay = VD_MIN(delay * 2, (unsigned)CURL_BACKOFF_MAX_MS);
@@ -729,7 +733,7 @@ static int curl_open(vd_node *n, vd_opts *opts, int flags)
         return r;
     static const char *const ours[] = {
         "url", "readahead", "timeout", "sslverify", "cookie", "cookie-secret", "username",
-        "password-secret", "proxy-username", "proxy-password-secret", "filename",
+        "password-secret", "proxy-username", "proxy-password-secret", "x-retries", "filename",
     };
     for (size_t i = 0; i < VD_ARRAY_SIZE(ours); i++)
         vd_opts_del(opts, ours[i]);
@@ -804,6 +808,7 @@ static const struct vd_opt_desc curl_open_opts[] = {
     { "proxy-username", VD_OPT_STRING, "User name for the proxy", NULL },
     { "proxy-password-secret", VD_OPT_STRING, "ID of a secret holding the proxy password",
       NULL },
+    { "x-retries", VD_OPT_NUMBER, "Retries of a failed read, with backoff", "5" },
     { NULL, 0, NULL, NULL },
 };
 
