@@ -325,3 +325,23 @@ def test_huge_content_length(curl_driver, tmp_path, data):
         assert "Input/output error" in v.stderr, v.stderr
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("proto", ["http", "ftp"])
+def test_nbd_export_of_http_image(curl_driver, web, ftp, images, tmp_path, proto):
+    """vdisk-nbd serves a qcow2 image that lives on a web or FTP server;
+    nbdcopy reads the guest data back."""
+    import nbd_helpers
+    if not shutil.which("nbdcopy", path="/usr/bin"):
+        pytest.skip("nbdcopy is not installed")
+    sock = str(tmp_path / "nbd.sock")
+    srv = nbd_helpers.Server(nbd_helpers.VDISK_NBD,
+                             ["-r", "-f", "qcow2", name_for(proto, web, ftp, "qcow2")],
+                             sock=sock)
+    try:
+        out = str(tmp_path / "out.raw")
+        r = nbd_helpers.run(["nbdcopy", srv.uri(), out])
+        assert r.returncode == 0, r.stderr
+    finally:
+        srv.stop()
+    assert read(out) == read(images["raw"])
