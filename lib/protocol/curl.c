@@ -455,6 +455,15 @@ static int poll_ms(const struct curl_state *s, int running)
     return s->is_tls ? 5 : 100;
 }
 
+/* Is a handle free for a queued request (lock held)? */
+static bool has_free_handle(const struct curl_state *s)
+{
+    for (int i = 0; i < CURL_HANDLES; i++)
+        if (!s->active[i])
+            return true;
+    return false;
+}
+
 /* Drive the multi handle until the node closes. */
 static void *transfer_main(void *arg)
 {
@@ -469,7 +478,7 @@ static void *transfer_main(void *arg)
         curl_multi_perform(s->multi, &running);
         pthread_mutex_lock(&s->lock);
         collect_done(s);
-        if (s->queue || s->stopping)
+        if ((s->queue && has_free_handle(s)) || s->stopping)
             continue;
         pthread_mutex_unlock(&s->lock);
         curl_multi_poll(s->multi, NULL, 0, poll_ms(s, running), NULL);
