@@ -87,6 +87,17 @@ def json_name(name):
     return "json:" + name if name.startswith("{") else name
 
 
+def qref(*args, timeout=60):
+    """qemu-img as the reference.  Its curl driver (socket-action interface)
+    now and then stalls on an FTP transfer until its 5 s timeout: such a
+    run is repeated (up to three times), as it says nothing of vdisk."""
+    for _ in range(3):
+        q = qimg(*args, timeout=timeout)
+        if q.returncode == 0 or "Operation timed out" not in q.stderr:
+            break
+    return q
+
+
 PROTOS = ["http", "https", "ftp"]
 FMTS = ["raw", "qcow2"]
 
@@ -97,7 +108,7 @@ FMTS = ["raw", "qcow2"]
 def test_info_same_as_qemu(curl_driver, web, ftp, proto, fmt, out):
     name = json_name(name_for(proto, web, ftp, fmt))
     v = vimg("info", "--output=" + out, name, timeout=60)
-    q = qimg("info", "--output=" + out, name, timeout=60)
+    q = qref("info", "--output=" + out, name)
     assert q.returncode == 0, q.stderr
     assert v.returncode == 0, v.stderr
     assert v.stdout == q.stdout
@@ -109,7 +120,7 @@ def test_info_same_as_qemu(curl_driver, web, ftp, proto, fmt, out):
 def test_map_same_as_qemu(curl_driver, web, ftp, proto, fmt, out):
     name = json_name(name_for(proto, web, ftp, fmt))
     v = vimg("map", "--output=" + out, name, timeout=60)
-    q = qimg("map", "--output=" + out, name, timeout=60)
+    q = qref("map", "--output=" + out, name)
     assert q.returncode == 0, q.stderr
     assert v.returncode == 0, v.stderr
     assert v.stdout == q.stdout
@@ -127,7 +138,7 @@ def test_convert_same_as_qemu(curl_driver, web, ftp, images, tmp_path, proto, fm
     vout, qout = str(tmp_path / "v.raw"), str(tmp_path / "q.raw")
     v = vimg("convert", "-O", "raw", name, vout, timeout=120)
     # qemu-img 7.2 can hang on parallel http reads here: one request at a time.
-    q = qimg("convert", "-m", "1", "-O", "raw", name, qout, timeout=120)
+    q = qref("convert", "-m", "1", "-O", "raw", name, qout, timeout=120)
     assert q.returncode == 0, q.stderr
     assert v.returncode == 0, v.stderr
     assert v.stdout == q.stdout
@@ -145,7 +156,7 @@ def test_ftps(curl_driver, web, ftp, images, tmp_path, fmt):
     assert v.returncode == 0, v.stderr
     assert read(out) == read(images["raw"])
     v = vimg("info", "--output=json", name, timeout=60)
-    q = qimg("info", "--output=json", ftp.url("disk." + fmt), timeout=60)
+    q = qref("info", "--output=json", ftp.url("disk." + fmt))
     assert v.returncode == 0 and q.returncode == 0, v.stderr + q.stderr
     expect = json.loads(q.stdout)
     expect["filename"] = json.dumps({"driver": fmt, "file": {"url": url, "driver": "ftps",
@@ -158,7 +169,7 @@ def test_ftps(curl_driver, web, ftp, images, tmp_path, fmt):
 
 def test_compare_across_protocols(curl_driver, web, ftp, images):
     v = vimg("compare", web.url("disk.raw"), ftp.url("disk.qcow2"), timeout=60)
-    q = qimg("compare", web.url("disk.raw"), ftp.url("disk.qcow2"), timeout=60)
+    q = qref("compare", web.url("disk.raw"), ftp.url("disk.qcow2"))
     assert (v.returncode, v.stdout) == (q.returncode, q.stdout) == (0, "Images are identical.\n")
 
 
