@@ -356,3 +356,13 @@ def test_nbd_export_of_http_image(curl_driver, web, ftp, images, tmp_path, proto
     finally:
         srv.stop()
     assert read(out) == read(images["raw"])
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_create_refused(curl_driver, web, ftp, fmt):
+    """create and convert onto a read-only protocol: qemu-img's refusal."""
+    for url in (web.url("new." + fmt), ftp.url("new." + fmt)):
+        v = vimg("create", "-f", fmt, url, "1M", timeout=60)
+        q = qimg("create", "-f", fmt, url, "1M", timeout=60)
+        assert (v.returncode, v.stdout) == (q.returncode, q.stdout) == (1, "")
+        assert same_output(v.stderr, q.stderr), (v.stderr, q.stderr)
