@@ -27,6 +27,9 @@
 #define CURL_DEFAULT_TIMEOUT 5
 #define CURL_TIMEOUT_MAX 10000         /* QEMU's limit, seconds */
 #define CURL_MAX_XFER (2u << 20)       /* largest range fetched at once */
+/* FTP: each range costs a new control connection (libcurl closes it after
+ * a transfer ended early), so fewer, larger ones. */
+#define CURL_FTP_MAX_XFER (8u << 20)
 #define CURL_RA_LIMIT (1u << 20)       /* reads this long get no readahead */
 #define CURL_CACHE_SLOTS 8
 #define CURL_RETRIES 5                 /* default; backoff 0.1+0.2+0.4+0.8+1.6 s */
@@ -455,6 +458,17 @@ static int poll_ms(const struct curl_state *s, int running)
     return s->is_tls ? 5 : 100;
 }
 
+/* Body bytes received so far by the running transfers (lock held). */
+static uint64_t bytes_in_flight(const struct curl_state *s)
+{
+    uint64_t sum = 0;
+
+    for (int i = 0; i < CURL_HANDLES; i++)
+        if (s->active[i])
+            sum += s->active[i]->got;
+    return sum;
+}
+
 /* Is a handle free for a queued request (lock held)? */
 static bool has_free_handle(const struct curl_state *s)
 {
@@ -469,16 +483,20 @@ static void *transfer_main(void *arg)
 {
     struct curl_state *s = arg;
     int running;
+    uint64_t before;
 
     pthread_mutex_lock(&s->lock);
     while (!s->stopping) {
         start_queued(s);
         pthread_cond_broadcast(&s->cond);
+        before = bytes_in_flight(s);
         pthread_mutex_unlock(&s->lock);
         curl_multi_perform(s->multi, &running);
         pthread_mutex_lock(&s->lock);
+        /* Data came: more may wait in TLS buffers that poll cannot see. */
+        bool moved = bytes_in_flight(s) != before;
         collect_done(s);
-        if ((s->queue && has_free_handle(s)) || s->stopping)
+        if ((s->queue && has_free_handle(s)) || s->stopping || moved)
             continue;
         pthread_mutex_unlock(&s->lock);
         curl_multi_poll(s->multi, NULL, 0, poll_ms(s, running), NULL);
@@ -737,7 +755,7 @@ static int curl_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = parse_options(s, opts, n->drv->name)) < 0 || (r = probe(s)) < 0 ||
         (r = start_transfers(s)) < 0)
         return r;
-    n->max_transfer = CURL_MAX_XFER;
+    n->max_transfer = s->is_http ? CURL_MAX_XFER : CURL_FTP_MAX_XFER;
     if ((r = set_name(n, opts, s->url)) < 0)
         return r;
     static const char *const ours[] = {
