@@ -43,6 +43,7 @@ struct creq {
     uint64_t off, len;        /* the range asked for */
     char *buf;
     uint64_t got;             /* body bytes stored */
+    uint64_t last_ms;         /* when it started or last got data */
     bool overflow;            /* the body ran past len */
     bool range_ok;            /* a Content-Range matching the request */
     bool range_bad;           /* a Content-Range naming another range */
@@ -243,6 +244,15 @@ static int parse_options(struct curl_state *s, const vd_opts *o, const char *pro
 
 /* ---- easy handles ---- */
 
+/* Milliseconds on the monotonic clock. */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
 /* Body bytes of a range request: stored up to the length asked for. */
 static size_t on_body(char *p, size_t size, size_t nmemb, void *opaque)
 {
@@ -255,6 +265,7 @@ static size_t on_body(char *p, size_t size, size_t nmemb, void *opaque)
     }
     memcpy(q->buf + q->got, p, n);
     q->got += n;
+    q->last_ms = now_ms();
     return n;
 }
 
@@ -311,10 +322,9 @@ static int setup_easy(struct curl_state *s, CURL *c, char *errbuf)
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https,ftp,ftps");
     SET(CURLOPT_SSL_VERIFYPEER, s->sslverify ? 1L : 0L);
     SET(CURLOPT_SSL_VERIFYHOST, s->sslverify ? 2L : 0L);
-    SET(CURLOPT_CONNECTTIMEOUT, t ? t : 1L);
-    /* A transfer that moves nothing for timeout seconds fails. */
-    SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
-    SET(CURLOPT_LOW_SPEED_TIME, t ? t : 1L);
+    /* A connection not made in timeout seconds fails (0: libcurl's
+     * default); a stalled range request is ended by expire_stalled. */
+    SET(CURLOPT_CONNECTTIMEOUT, t);
     SET(CURLOPT_COOKIE, s->cookie);
     SET(CURLOPT_USERNAME, s->user);
     SET(CURLOPT_PASSWORD, s->password);
@@ -371,6 +381,7 @@ static int probe(struct curl_state *s)
     if ((r = setup_easy(s, c, errbuf)) < 0)
         goto out;
     curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT, (long)s->timeout);   /* 0: none */
     curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, probe_header);
     curl_easy_setopt(c, CURLOPT_HEADERDATA, &p);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, probe_body);
@@ -414,12 +425,32 @@ static void start_queued(struct curl_state *s)
         curl_easy_setopt(c, CURLOPT_HEADERDATA, q);
         curl_easy_setopt(c, CURLOPT_PRIVATE, (void *)(intptr_t)i);
         s->active[i] = q;
+        q->last_ms = now_ms();
         if (curl_multi_add_handle(s->multi, c) != CURLM_OK) {
             s->active[i] = NULL;
             q->code = CURLE_OUT_OF_MEMORY;
             snprintf(q->errbuf, sizeof(q->errbuf), "cannot start a transfer");
             q->done = true;
         }
+    }
+}
+
+/* End the transfers that got no data for timeout seconds (lock held). */
+static void expire_stalled(struct curl_state *s)
+{
+    uint64_t now = now_ms();
+
+    for (int i = 0; s->timeout && i < CURL_HANDLES; i++) {
+        struct creq *q = s->active[i];
+        if (!q || now - q->last_ms < s->timeout * 1000)
+            continue;
+        curl_multi_remove_handle(s->multi, s->easy[i]);
+        q->code = CURLE_OPERATION_TIMEDOUT;
+        snprintf(q->errbuf, sizeof(q->errbuf), "no data for %llu seconds",
+                 (unsigned long long)s->timeout);
+        q->done = true;
+        s->active[i] = NULL;
+        pthread_cond_broadcast(&s->cond);
     }
 }
 
@@ -496,6 +527,7 @@ static void *transfer_main(void *arg)
         /* Data came: more may wait in TLS buffers that poll cannot see. */
         bool moved = bytes_in_flight(s) != before;
         collect_done(s);
+        expire_stalled(s);
         if ((s->queue && has_free_handle(s)) || s->stopping || moved)
             continue;
         pthread_mutex_unlock(&s->lock);

@@ -234,6 +234,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", "0")
         self.end_headers()
 
+    def _stall(self, a, b, body):
+        """Headers and half the body, then nothing until the server stops."""
+        self.send_response(206)
+        self.send_header("Content-Range", "bytes %d-%d/%d" % (a, b, len(self.server.data)))
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[:len(body) // 2])
+        self.wfile.flush()
+        self.server.stopped.wait(60)
+        self.close_connection = True
+
     def do_GET(self):
         self.server.enter()
         try:
@@ -256,6 +267,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return
         if fault == "redirect":
             return self._redirect()
+        if fault == "stall":
+            return self._stall(a, b, body)
         status, cr = 206, "bytes %d-%d/%d" % (a, b, len(self.server.data))
         length = len(body)
         if fault == "wrong-range":
@@ -287,7 +300,7 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     faults maps a method to a list of (n, kind): the n-th request of that
     method (1-based) gets the fault kind ("drop", "503", "redirect",
-    "wrong-range", "short", "long", "no-range"); kind "always:X" applies X
+    "wrong-range", "short", "long", "no-range", "stall"); kind "always:X" applies X
     to every request from the n-th on.  length (-1: none) overrides the
     Content-Length of HEAD.  With gather=k, a GET waits (at most 10 s)
     until k GETs are in flight at once; max_inflight records the most seen."""
@@ -299,6 +312,7 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         self.gather = gather
         self.inflight = self.max_inflight = 0
         self.cond = threading.Condition()
+        self.stopped = threading.Event()
         self.data = data
         self.faults = faults or {}
         self.ranges = ranges
@@ -338,5 +352,6 @@ class FaultServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
         return "http://127.0.0.1:%d/%s" % (self.server_address[1], name)
 
     def stop(self):
+        self.stopped.set()
         self.shutdown()
         self.server_close()

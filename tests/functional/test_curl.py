@@ -366,3 +366,17 @@ def test_create_refused(curl_driver, web, ftp, fmt):
         q = qimg("create", "-f", fmt, url, "1M", timeout=60)
         assert (v.returncode, v.stdout) == (q.returncode, q.stdout) == (1, "")
         assert same_output(v.stderr, q.stderr), (v.stderr, q.stderr)
+
+
+def test_stalled_server_times_out(curl_driver, tmp_path, data):
+    """A server that stops sending mid-answer: the read fails after the
+    timeout (1 s here, no retries) instead of hanging."""
+    s = FaultServer(data, {"GET": [(2, "always:stall")]})
+    try:
+        name = "json:" + json.dumps({"driver": "raw", "file.driver": "http", "file.url": s.url(),
+                                     "file.timeout": "1", "file.x-retries": "0"})
+        v, _ = convert(name, tmp_path, timeout=60)
+        assert v.returncode == 1, v.stderr
+        assert "error while reading at byte" in v.stderr, v.stderr
+    finally:
+        s.stop()
