@@ -380,3 +380,16 @@ def test_stalled_server_times_out(curl_driver, tmp_path, data):
         assert "error while reading at byte" in v.stderr, v.stderr
     finally:
         s.stop()
+
+
+@pytest.mark.parametrize("proto", ["http", "https", "ftps"])
+def test_repeated_parallel_converts(curl_driver, web, ftp, images, tmp_path, proto):
+    """Parallel converts (-m 8) done again and again never hang (qemu-img
+    7.2's do, now and then, over http) and always give the data."""
+    name = json_name(name_for(proto, web, ftp, "qcow2"))
+    out = str(tmp_path / "out.raw")
+    runs = {"http": 12, "https": 6, "ftps": 3}[proto]
+    for _ in range(3 if SANITIZED else runs):
+        v = vimg("convert", "-m", "8", "-O", "raw", name, out, timeout=60)
+        assert v.returncode == 0, v.stderr
+        assert read(out) == read(images["raw"])
