@@ -2,7 +2,9 @@
 """Real web and FTP servers on loopback for the curl protocol tests.
 
 nginx serves http and https (a self-signed certificate made at start with
-openssl) from a temporary docroot; /norange/ answers without byte ranges.
+openssl) from a temporary docroot; /norange/ answers without byte ranges,
+/auth/ asks for user "user" with password "secret", /cookie/ for the
+cookie session=abc.
 vsftpd serves anonymous ftp and implicit-TLS ftps from one directory.
 Ports are picked free at start.  A small threaded Python server
 (FaultServer) plays hostile or flaky web servers."""
@@ -86,6 +88,8 @@ http {{
     ssl_certificate_key {d}/key.pem;
     root {d}/www;
     location /norange/ {{ max_ranges 0; }}
+    location /auth/ {{ auth_basic "vdisk"; auth_basic_user_file {d}/htpasswd; }}
+    location /cookie/ {{ if ($cookie_session != "abc") {{ return 403; }} }}
   }}
 }}
 """
@@ -102,6 +106,13 @@ class Nginx:
         for p in (d, self.root, os.path.join(self.root, "norange")):
             os.chmod(p, 0o755)
         make_cert(d)
+        for sub in ("auth", "cookie"):
+            os.makedirs(os.path.join(self.root, sub), mode=0o755)
+        # /auth/ takes user "user" with password "secret".
+        pw = subprocess.run([OPENSSL, "passwd", "-apr1", "secret"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+        with open(os.path.join(d, "htpasswd"), "w") as f:
+            f.write("user:%s\n" % pw)
         self.http_port, self.https_port = free_port(), free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:

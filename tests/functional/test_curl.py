@@ -58,7 +58,8 @@ def web(tmp_path_factory, images):
     s = Nginx(d)
     for fmt, path in images.items():
         s.put("disk." + fmt, path)
-    s.put("norange/disk.raw", images["raw"])
+    for sub in ("norange", "auth", "cookie"):
+        s.put(sub + "/disk.raw", images["raw"])
     yield s
     s.stop()
 
@@ -393,3 +394,30 @@ def test_repeated_parallel_converts(curl_driver, web, ftp, images, tmp_path, pro
         v = vimg("convert", "-m", "8", "-O", "raw", name, out, timeout=60)
         assert v.returncode == 0, v.stderr
         assert read(out) == read(images["raw"])
+
+
+@pytest.mark.parametrize("opts,ok", [
+    ("url={auth},username=user,password-secret=good", True),
+    ("url={auth},username=user,password-secret=bad", False),
+    ("url={auth}", False),
+    ("url={cookie},cookie=session=abc", True),
+    ("url={cookie},cookie-secret=cookie", True),
+    ("url={cookie},cookie=session=xyz", False),
+])
+def test_credentials(curl_driver, web, opts, ok):
+    """Basic authentication and cookies, secrets from --object secret:
+    the same image name, or the same refusal, as qemu-img."""
+    spec = "driver=http," + opts.format(auth=web.url("auth/disk.raw"),
+                                        cookie=web.url("cookie/disk.raw"))
+    args = ["info", "--object", "secret,id=good,data=secret",
+            "--object", "secret,id=bad,data=wrong",
+            "--object", "secret,id=cookie,data=c2Vzc2lvbj1hYmM=,format=base64",
+            "--image-opts", spec]
+    if not ok:
+        v = same_error(args)
+        assert "The requested URL returned error: 40" in v.stderr
+        return
+    v, q = vimg(*args, timeout=60), qimg(*args, timeout=60)
+    assert q.returncode == 0, q.stderr
+    assert v.returncode == 0, v.stderr
+    assert v.stdout == q.stdout
