@@ -209,6 +209,8 @@ int vd_driver_print_create_opts(const char *fmt, const char *proto);
 const struct vd_opt_desc *vd_driver_amend_opts(const struct vd_driver *d);
 /* Print "-o help" of amend for d to stdout ("Amend options for ..."). */
 int vd_driver_print_amend_opts(const struct vd_driver *d);
+/* Can the format driver create images (read-only formats cannot)? */
+bool vd_driver_can_create(const struct vd_driver *d);
 
 #ifdef __cplusplus
 }

@@ -277,7 +277,8 @@ static int probe_format(vd_node *file, const char *name, const struct vd_driver 
 
     if (r < 0)
         return vd_error_prefix(r, "Could not read image for determining its format");
-    *out = vd_probe_format(buf, len, name);
+    /* an empty file is raw whatever its name says (QEMU's rule) */
+    *out = len ? vd_probe_format(buf, len, name) : vd_driver_find("raw");
     if (!*out)
         return vd_error(EINVAL, "Could not determine image format");
     *probed_raw = !strcmp((*out)->name, "raw");

@@ -190,3 +190,9 @@ bool vd_probe_changes_format(const uint8_t *buf, size_t len)
     const struct vd_driver *d = vd_probe_format(buf, len, NULL);
     return d && strcmp(d->name, "raw") != 0;
 }
+
+/* See vdisk.h. */
+bool vd_driver_can_create(const struct vd_driver *d)
+{
+    return d && d->create;
+}

@@ -15,71 +15,38 @@ invariants under test):
 
 Sectors are judged by crash_replay: each reads as its value at the last
 completed flush or as something written after it."""
-import glob
 import json
 import os
-import pathlib
 import random
-import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import BUILD, TOP, run, same_output, vimg
+from conftest import run, same_output, vimg
+import crash_kit as kit
 import crash_replay as cr
 
-LOAD = os.path.join(BUILD, "tests", "helpers", "vdisk-crashload")
-VDISK_IO = os.path.join(BUILD, "tests", "helpers", "vdisk-io")
+from crash_kit import EIO, ENOSPC, LOAD, VDISK_IO, load, progress, rand_ops, script_file, \
+    work  # noqa: F401  (work: the scratch directory fixture)
+
 QEMU_IMG = shutil.which("qemu-img")
 K, M = 1024, 1 << 20
-EIO, ENOSPC = 5, 28
 WORKERS = max(2, min(8, os.cpu_count() or 2))
 
 
-def driver_events():
-    """Every event name the qcow2 driver emits (vd_event calls and the
-    cache's load / write-back events)."""
-    names = set()
-    for f in glob.glob(os.path.join(TOP, "lib", "format", "qcow2", "*.c")):
-        text = open(f).read()
-        names.update(re.findall(r'vd_event\([^;]*?"([a-z0-9_]+)"\)', text))
-        names.update(re.findall(r'qc_cache_(?:new|set_write_event)\([^;]*?"([a-z0-9_]+)"',
-                                text))
-    return sorted(names)
-
-
-EVENTS = driver_events()
+# Every event the qcow2 driver emits: vd_event calls and the cache's load /
+# write-back events.
+EVENTS = kit.driver_events("qcow2", (r'qc_cache_(?:new|set_write_event)\([^;]*?"([a-z0-9_]+)"',))
 
 
 @pytest.fixture(autouse=True)
 def _needs(needs_qemu):
     if not os.path.exists(LOAD):
         pytest.skip("vdisk-crashload is not built")
-
-
-@pytest.fixture
-def work(tmp_path):
-    """A scratch directory in memory when /dev/shm has room (these tests
-    write hundreds of images; the disk may be busy), else tmp_path;
-    VDISK_CRASH_KEEP=1 keeps it."""
-    try:
-        st = os.statvfs("/dev/shm")
-        if st.f_bavail * st.f_frsize < (2 << 30):
-            raise OSError
-        d = tempfile.mkdtemp(prefix="vdisk-crash-", dir="/dev/shm")
-    except OSError:
-        yield tmp_path
-        return
-    try:
-        yield pathlib.Path(d)
-    finally:
-        if not os.environ.get("VDISK_CRASH_KEEP"):     # keep to debug
-            shutil.rmtree(d, ignore_errors=True)
 
 
 # ---- helpers ----
@@ -89,30 +56,7 @@ def create(path, opts, size):
 
 
 def json_name(img, log=None, rule=None):
-    """json: name of img, through blkdebug (rule) and record (log)."""
-    node = {"driver": "file", "filename": str(img)}
-    if rule:
-        node = {"driver": "blkdebug", "inject-error": [rule], "image": node}
-    if log:
-        node = {"driver": "record", "log": str(log), "image": node}
-    return "json:" + json.dumps({"driver": "qcow2", "file": node})
-
-
-def load(name, script, first=1, timeout=120):
-    """Run vdisk-crashload; (process, last op started, last op flushed)."""
-    p = run([LOAD, "-k", str(first), name, str(script)], timeout=timeout)
-    return (p,) + progress(p.stdout)
-
-
-def progress(out):
-    started = flushed = 0
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) == 2 and f[0] == "start":
-            started = int(f[1])
-        elif len(f) == 2 and f[0] == "flushed":
-            flushed = int(f[1])
-    return started, flushed
+    return kit.json_name("qcow2", img, log, rule)
 
 
 def qcheck(img):
@@ -144,24 +88,6 @@ def verify(img, model, started, flushed, lazy=False, what=""):
         if rc not in (0, 3):
             return ["%s: qemu-img check (%d): %s" % (what, rc, out)]
     return ["%s: %s" % (what, b) for b in cr.judge(data, model, started, flushed)]
-
-
-def script_file(path, lines):
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def rand_ops(rng, n, size, maxlen, flush_every=6, kinds=("write",)):
-    """n random sector-aligned operations in [0, size), flushes between."""
-    ops = []
-    for i in range(n):
-        ln = rng.randrange(1, maxlen // 512 + 1) * 512
-        off = rng.randrange(0, (size - ln) // 512 + 1) * 512
-        kind = rng.choice(kinds)
-        ops.append("%s %d %d" % (kind, off, ln))
-        if rng.randrange(flush_every) == 0:
-            ops.append("flush")
-    return ops
 
 
 # ---- scenarios: (create options, size, setup ops, ops under test) ----

@@ -16,27 +16,25 @@ read-write open; qemu-img check then finds no error; every guest sector
 reads as its value at the last completed flush or as something written
 after it (crash_replay's model); and QEMU's own replay of the crashed
 image reads the same as vdisk's."""
-import glob
-import json
 import os
 import pathlib
 import random
-import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import BUILD, TOP, run
+from conftest import run
 import crash_replay as cr
 import vhdx_log_gen as g
 
-LOAD = os.path.join(BUILD, "tests", "helpers", "vdisk-crashload")
-VDISK_IO = os.path.join(BUILD, "tests", "helpers", "vdisk-io")
+from crash_kit import LOAD, VDISK_IO, progress, script_file, \
+    work  # noqa: F401  (work: the scratch directory fixture)
+import crash_kit as kit
+
 QEMU_IMG = shutil.which("qemu-img")
 K, M = 1024, 1 << 20
 EIO, ENOSPC = 5, 28
@@ -44,15 +42,7 @@ WORKERS = 2
 SECTOR = 512
 
 
-def driver_events():
-    """Every event name the vhdx driver and its log emit."""
-    names = set()
-    for f in glob.glob(os.path.join(TOP, "lib", "format", "vhdx", "*.c")):
-        names.update(re.findall(r'vd_event\([^;]*?"([a-z0-9_]+)"\)', open(f).read()))
-    return sorted(names)
-
-
-EVENTS = driver_events()
+EVENTS = kit.driver_events("vhdx")      # the driver's and its log's
 LOG_EVENTS = ["vhdx_log_flush_data", "vhdx_log_write_entry", "vhdx_log_flush_entry",
               "vhdx_log_write_update", "vhdx_log_flush_update"]
 
@@ -63,24 +53,6 @@ def _needs(needs_qemu):
         pytest.skip("vdisk-crashload is not built")
 
 
-@pytest.fixture
-def work(tmp_path):
-    """Scratch space in memory when /dev/shm has room, else tmp_path."""
-    try:
-        st = os.statvfs("/dev/shm")
-        if st.f_bavail * st.f_frsize < (1 << 30):
-            raise OSError
-        d = tempfile.mkdtemp(prefix="vdisk-vhdx-crash-", dir="/dev/shm")
-    except OSError:
-        yield tmp_path
-        return
-    try:
-        yield pathlib.Path(d)
-    finally:
-        if not os.environ.get("VDISK_CRASH_KEEP"):
-            shutil.rmtree(d, ignore_errors=True)
-
-
 # ---- helpers ----
 
 def create(path, size):
@@ -89,28 +61,11 @@ def create(path, size):
 
 
 def json_name(img, log=None, rule=None):
-    node = {"driver": "file", "filename": str(img)}
-    if rule:
-        node = {"driver": "blkdebug", "inject-error": [rule], "image": node}
-    if log:
-        node = {"driver": "record", "log": str(log), "image": node}
-    return "json:" + json.dumps({"driver": "vhdx", "file": node})
-
-
-def progress(out):
-    started = flushed = 0
-    for line in out.splitlines():
-        f = line.split()
-        if len(f) == 2 and f[0] == "start":
-            started = int(f[1])
-        elif len(f) == 2 and f[0] == "flushed":
-            flushed = int(f[1])
-    return started, flushed
+    return kit.json_name("vhdx", img, log, rule)
 
 
 def load(name, script, first=1, timeout=120):
-    p = run([LOAD, "-f", "vhdx", "-k", str(first), name, str(script)], timeout=timeout)
-    return (p,) + progress(p.stdout)
+    return kit.load(name, script, first, timeout, fmt="vhdx")
 
 
 def judge(data, model, started, flushed):
@@ -172,20 +127,8 @@ def verify(img, model, started, flushed, what):
     return probs
 
 
-def script_file(path, lines):
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def rand_ops(rng, n, size, maxlen, flush_every=5, kinds=("write",)):
-    ops = []
-    for _ in range(n):
-        ln = rng.randrange(1, maxlen // SECTOR + 1) * SECTOR
-        off = rng.randrange(0, (size - ln) // SECTOR + 1) * SECTOR
-        ops.append("%s %d %d" % (rng.choice(kinds), off, ln))
-        if rng.randrange(flush_every) == 0:
-            ops.append("flush")
-    return ops
+    return kit.rand_ops(rng, n, size, maxlen, flush_every, kinds)
 
 
 # ---- scenarios: (size, setup ops, ops under test) ----

@@ -14,7 +14,6 @@ flush), with the qcow2 crash tools (crash_replay.py, vdisk-crashload):
 After each, qemu-img check passes and every guest sector reads as its
 value at the last completed flush or as something written after it."""
 import glob
-import json
 import os
 import random
 import re
@@ -29,8 +28,11 @@ import pytest
 
 from conftest import TOP, run, vimg
 import crash_replay as cr
-from test_qcow2_crash import LOAD, QEMU_IMG, load, progress, rand_ops, script_file, \
+from crash_kit import LOAD, load, progress, rand_ops, script_file, \
     work  # noqa: F401  (work: the scratch directory fixture)
+import crash_kit as kit
+
+QEMU_IMG = shutil.which("qemu-img")
 
 M = 1 << 20
 EIO, ENOSPC = 5, 28
@@ -81,12 +83,7 @@ EVENTS = driver_events()
 
 
 def json_name(img, log=None, rule=None):
-    node = {"driver": "file", "filename": str(img)}
-    if rule:
-        node = {"driver": "blkdebug", "inject-error": [rule], "image": node}
-    if log:
-        node = {"driver": "record", "log": str(log), "image": node}
-    return "json:" + json.dumps({"driver": "vmdk", "file": node})
+    return kit.json_name("vmdk", img, log, rule)
 
 
 def qcheck(img):

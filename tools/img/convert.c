@@ -347,6 +347,10 @@ static int check_target_setup(const struct convert_ctx *cx, const vd_opts *o)
     const struct convert_args *ca = cx->ca;
     const char *backing = target_backing(ca, o);
 
+    if (!ca->no_create && ca->out_fmt && !vd_driver_can_create(vd_driver_find(ca->out_fmt))) {
+        img_error("Format driver '%s' does not support image creation", ca->out_fmt);
+        return -1;
+    }
     if (ca->target_is_zero && backing) {
         /* qemu-img 7.2 prints this and exits with status 0. */
         img_error("Cannot use --target-is-zero when the destination image has "

@@ -254,6 +254,11 @@ static int do_create(const struct create_args *ca)
         img_error("%s: Unknown file format '%s'", ca->filename, ca->fmt);
         return 1;
     }
+    if (!vd_driver_can_create(c.drv)) {
+        img_error("%s: Format driver '%s' does not support image creation",
+                  ca->filename, ca->fmt);
+        return 1;
+    }
     const struct vd_driver *proto = img_protocol_for(ca->filename);
     /* A protocol that cannot write (http, ftp, ...) is refused first, as
      * qemu-img does. */

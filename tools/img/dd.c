@@ -160,6 +160,10 @@ static int create_output(const struct dd_args *da, uint64_t size)
     char buf[32];
     int r;
 
+    if (!vd_driver_can_create(vd_driver_find(da->out_fmt))) {
+        img_error("Format driver '%s' does not support image creation", da->out_fmt);
+        return -1;
+    }
     if (img_check_protocol_create(da->out) < 0)
         return -1;
     if (!(o = vd_opts_new())) {
