@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* libFuzzer harness for the NBD server: the input is everything a client
  * sends (handshake, options, requests, payloads), fed over a socketpair to
- * a server exporting a memory node; the replies are drained and dropped.
+ * a server exporting a memory node (with two dirty bitmaps, one offered
+ * twice); the replies are drained and dropped.
  * Nothing the client sends may crash, hang or leak the server. */
+#include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,6 +14,7 @@
 
 #include "nbd/server.h"
 #include "nbd/wire.h"
+#include "vdisk/bitmap.h"
 #include "vdisk/driver.h"
 
 struct feed {
@@ -75,6 +78,21 @@ static int64_t mem_getlength(vd_node *n)
     return MEM_SIZE;
 }
 
+/* Bitmaps of the memory disk: dirty in every other 64 KiB (b0) or 512 B
+ * (any other name), so qemu:dirty-bitmap:NAME answers have many extents. */
+static int mem_bitmap(vd_node *n, struct vd_bitmap_req *req)
+{
+    uint64_t g = strcmp(req->name ? req->name : "", "b0") ? 512 : 65536;
+
+    if (req->op != VD_BITMAP_STATUS)
+        return -ENOTSUP;
+    req->dirty = (req->off / g) % 2;
+    req->pnum = g - req->off % g;
+    if (req->pnum > req->len)
+        req->pnum = req->len;
+    return 0;
+}
+
 static const struct vd_driver fuzz_mem = {
     .struct_size = sizeof(struct vd_driver),
     .name = "fuzz-mem",
@@ -85,6 +103,7 @@ static const struct vd_driver fuzz_mem = {
     .pwrite_zeroes = mem_zero,
     .discard = mem_discard,
     .getlength = mem_getlength,
+    .bitmap = mem_bitmap,
 };
 VD_DRIVER_REGISTER(fuzz_mem)
 
@@ -106,9 +125,11 @@ static vd_node *mem_node(void)
 /* One input. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    struct vd_nbd_bitmap bms[3] = { { "b0", NULL }, { "b1", NULL }, { "b0", NULL } };
     struct vd_nbd_export exps[2] = {
         { .name = "", .description = "fuzz", .size = 1 << 20, .allocation_depth = true,
-          .discard_unmap = true, .detect_zeroes = VD_NBD_DZ_ON },
+          .discard_unmap = true, .detect_zeroes = VD_NBD_DZ_ON, .bitmaps = bms,
+          .nbitmaps = 3 },
         { .name = "ro", .offset = 4096, .size = (1 << 20) - 4096, .read_only = true },
     };
     struct vd_nbd_server srv;
@@ -116,7 +137,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     pthread_t tw, td;
     int sv[2];
 
-    exps[0].node = exps[1].node = mem_node();
+    exps[0].node = exps[1].node = bms[0].node = bms[1].node = bms[2].node = mem_node();
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) < 0)
         return 0;
     vd_nbd_server_init(&srv);

@@ -141,6 +141,8 @@ struct vd_driver {
     int (*amend)(vd_node *n, vd_opts *opts, bool force,
                  void (*progress)(void *opaque, uint64_t done, uint64_t total),
                  void *opaque);
+    /* Is the guest data encrypted (info's "encrypted: yes")?  NULL: no. */
+    bool (*is_encrypted)(vd_node *n);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

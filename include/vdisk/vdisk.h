@@ -45,6 +45,9 @@ void vd_error_clear(void);
  * are capped (VD_UNTRUSTED_TABLE_MAX).  Every node opened below inherits
  * it.  See lib/core/untrusted.c. */
 #define VD_O_UNTRUSTED    0x0200
+/* Opened to read metadata only (info): no guest data I/O, so an encrypted
+ * image needs no key. */
+#define VD_O_NO_IO        0x0400
 
 /* ---- I/O flags ---- */
 #define VD_REQ_FUA        0x0001 /* pwrite: data on stable storage on return */
@@ -177,6 +180,8 @@ vd_node *vd_node_file(const vd_node *n);          /* protocol child */
 vd_node *vd_node_backing(const vd_node *n);
 bool vd_node_read_only(const vd_node *n);
 bool vd_node_probed_raw(const vd_node *n);
+/* Is the image's guest data encrypted? */
+bool vd_node_encrypted(vd_node *n);
 uint32_t vd_node_request_alignment(const vd_node *n);
 /* The backing file name recorded in the image (NULL if none), as stored and
  * as resolved against the image's directory, and its format (may be NULL). */

@@ -364,10 +364,17 @@ int vd_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data
     return n->drv->store_compressed(n, off, len, data, data_len);
 }
 
-/* The driver's cluster size, 0 when it has none. */
+/* The driver's cluster size, 0 when it has none.  A data-only format
+ * (raw) without its own answers as its file does (QEMU's raw forwards
+ * get_info: over a protocol whose get_info fails, info shows no dirty flag). */
 int64_t vd_node_cluster_size(vd_node *n)
 {
-    return n->drv->cluster_size ? n->drv->cluster_size(n) : 0;
+    if (n->drv->cluster_size)
+        return n->drv->cluster_size(n);
+    if (n->drv->data_only && n->file && n->file->drv->cluster_size &&
+        n->file->drv->cluster_size(n->file) < 0)
+        return -1;
+    return 0;
 }
 
 /* The format takes only compressed writes (see vdisk.h). */
@@ -459,7 +466,9 @@ int vd_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
             p2 = *pnum;
         }
         *pnum = VD_MIN(*pnum, p2);
-        r = (r2 & (VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET_VALID)) | VD_BS_ALLOCATED;
+        /* Neither data nor zeroes (an NBD hole that may not read as
+         * zeroes, an x-dirty-bitmap dirty area) is not allocated, as in QEMU. */
+        r = r2 & (VD_BS_DATA | VD_BS_ZERO | VD_BS_OFFSET_VALID | VD_BS_ALLOCATED);
     }
     if (r & (VD_BS_DATA | VD_BS_ZERO))
         r |= VD_BS_ALLOCATED;

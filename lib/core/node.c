@@ -15,6 +15,7 @@ vd_node *vd_node_file(const vd_node *n) { return n->file; }
 vd_node *vd_node_backing(const vd_node *n) { return n->backing; }
 bool vd_node_read_only(const vd_node *n) { return n->read_only; }
 bool vd_node_probed_raw(const vd_node *n) { return n->probed_raw; }
+bool vd_node_encrypted(vd_node *n) { return n->drv->is_encrypted && n->drv->is_encrypted(n); }
 uint32_t vd_node_request_alignment(const vd_node *n) { return n->request_alignment; }
 const char *vd_node_backing_name(const vd_node *n) { return n->backing_name; }
 const char *vd_node_backing_full_name(const vd_node *n) { return n->backing_full_name; }

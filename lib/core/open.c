@@ -104,6 +104,19 @@ static vd_node *node_new(const struct vd_driver *d, int flags)
     return n;
 }
 
+/* A format node's name: its file's, or for a file named by a json:
+ * object, QEMU's json:{"driver": fmt, "file": {...}}. */
+static char *format_node_name(const struct vd_driver *d, const char *file)
+{
+    char *out;
+
+    if (strncmp(file, "json:{", 6))
+        return strdup(file);
+    if (asprintf(&out, "json:{\"driver\": \"%s\", \"file\": %s}", d->name, file + 5) < 0)
+        return NULL;
+    return out;
+}
+
 /* Close a node and its children. */
 void vd_close(vd_node *n)
 {
@@ -412,7 +425,7 @@ static int open_format(vd_node **out, const struct vd_driver *d,
     file->parent = n;
     file = NULL;
     n->probed_raw = probed_raw;
-    n->filename = strdup(n->file->filename);
+    n->filename = format_node_name(d, n->file->filename);
     if (!n->filename) {
         r = vd_error(ENOMEM, "out of memory");
         goto fail;

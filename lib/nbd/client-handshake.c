@@ -188,8 +188,9 @@ static uint8_t *name_payload(const char *name, size_t extra, uint32_t *len)
     return p;
 }
 
-/* Handle one reply to SET_META_CONTEXT; 1 when it was the last. */
-static int meta_reply(struct nbdc_conn *c, struct opt_reply *rep)
+/* Handle one reply to SET_META_CONTEXT for context q; 1 when it was the
+ * last. */
+static int meta_reply(struct nbdc_conn *c, const char *q, struct opt_reply *rep)
 {
     if (rep->type == NBD_REP_ACK)
         return 1;
@@ -197,19 +198,19 @@ static int meta_reply(struct nbdc_conn *c, struct opt_reply *rep)
         return 1;                /* no metadata: block status says "all data" */
     if (rep->type != NBD_REP_META_CONTEXT || rep->len < 4)
         return vd_error(EPROTO, "Unexpected reply type %u to set meta context", rep->type);
-    if (rep->len - 4 == strlen(NBD_META_BASE_ALLOCATION) &&
-        !memcmp(rep->data + 4, NBD_META_BASE_ALLOCATION, rep->len - 4)) {
+    if (rep->len - 4 == strlen(q) && !memcmp(rep->data + 4, q, rep->len - 4)) {
         c->info.have_alloc = true;
         c->info.alloc_id = vd_get_be32(rep->data);
     }
     return 0;
 }
 
-/* Ask for the base:allocation metadata context of the export. */
+/* Ask for the base:allocation metadata context of the export (or the one
+ * x-dirty-bitmap names, whose dirty flag then reads as a hole). */
 static int set_meta_context(const struct nbdc_config *cfg, struct nbdc_conn *c,
                             int64_t deadline)
 {
-    const char *q = NBD_META_BASE_ALLOCATION;
+    const char *q = cfg->meta_context ? cfg->meta_context : NBD_META_BASE_ALLOCATION;
     size_t nl = strlen(cfg->export), ql = strlen(q);
     uint32_t len;
     uint8_t *p = name_payload(cfg->export, 8 + ql, &len);
@@ -226,7 +227,7 @@ static int set_meta_context(const struct nbdc_config *cfg, struct nbdc_conn *c,
     for (int i = 0; r >= 0 && i < MAX_OPT_REPLIES; i++) {
         if ((r = recv_option_reply(c, NBD_OPT_SET_META_CONTEXT, &rep, deadline)) < 0)
             return r;
-        r = meta_reply(c, &rep);
+        r = meta_reply(c, q, &rep);
         free(rep.data);
         if (r)
             return r < 0 ? r : 0;
@@ -349,6 +350,18 @@ static int oldstyle(const struct nbdc_config *cfg, struct nbdc_conn *c, int64_t 
     return 0;
 }
 
+/* The export lacks the context x-dirty-bitmap named: say goodbye with
+ * NBD_OPT_ABORT (its reply read, whatever it is) and fail as QEMU does. */
+static int abort_option_phase(struct nbdc_conn *c, int64_t deadline)
+{
+    struct opt_reply rep = { 0 };
+
+    if (send_option(c, NBD_OPT_ABORT, NULL, 0, deadline) == 0 &&
+        recv_option_reply(c, NBD_OPT_ABORT, &rep, deadline) == 0)
+        free(rep.data);
+    return vd_error(EINVAL, "Could not open image: Invalid argument");
+}
+
 /* Options after the (optional) TLS upgrade, ending in transmission. */
 static int haggle(const struct nbdc_config *cfg, struct nbdc_conn *c, bool no_zeroes,
                   int64_t deadline)
@@ -367,6 +380,9 @@ static int haggle(const struct nbdc_config *cfg, struct nbdc_conn *c, bool no_ze
     }
     if (c->info.structured && !cfg->no_meta && (r = set_meta_context(cfg, c, deadline)) < 0)
         return r;
+    /* A context asked for by name must be there, as in QEMU (its words). */
+    if (cfg->meta_context && !c->info.have_alloc)
+        return abort_option_phase(c, deadline);
     if ((r = opt_go(cfg, c, deadline)) != 0)
         return r < 0 ? r : 0;
     return opt_export_name(cfg, c, no_zeroes, deadline);

@@ -34,6 +34,7 @@ struct nbdc_config {
     bool tls_verify;             /* check the server certificate */
     bool no_extended;            /* do not ask for extended headers */
     bool no_meta;                /* do not ask for base:allocation */
+    char *meta_context;          /* asked for instead (x-dirty-bitmap); NULL: none */
     int64_t handshake_timeout_ms;   /* > 0 */
     int64_t io_timeout_ms;       /* 0: wait for replies forever */
     const atomic_bool *cancel;   /* set: give up waiting (may be NULL) */
@@ -46,7 +47,7 @@ struct nbdc_info {
     uint32_t min_block, pref_block, max_payload;  /* 0: not advertised */
     bool structured;             /* structured replies negotiated */
     bool extended;               /* extended headers negotiated */
-    bool have_alloc;             /* base:allocation context negotiated */
+    bool have_alloc;             /* base:allocation (or meta_context) negotiated */
     uint32_t alloc_id;           /* its context id */
     bool oldstyle;
 };

@@ -112,6 +112,7 @@
 /* base:allocation flags */
 #define NBD_STATE_HOLE (1u << 0)
 #define NBD_STATE_ZERO (1u << 1)
+#define NBD_STATE_DIRTY (1u << 0)      /* qemu:dirty-bitmap:NAME */
 
 /* Errors on the wire */
 #define NBD_SUCCESS    0

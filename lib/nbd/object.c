@@ -10,6 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "crypto/crypto.h"
 #include "vdisk/object.h"
 #include "vdisk/vdisk.h"
 
@@ -125,6 +126,8 @@ static int check_object(const vd_opts *o)
             return vd_error(EINVAL, "Parameter '%s' is unexpected", vd_opts_key(o, i));
     if (!strncmp(type, "tls-creds-", 10))
         return check_tls_creds(o, type);
+    if (!strcmp(type, "secret"))
+        return vd_secret_check(o);
     return 0;
 }
 

@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "nbd/server-int.h"
+#include "vdisk/bitmap.h"
 #include "nbd/wire.h"
 #include "util/checked.h"
 
@@ -350,12 +351,31 @@ static int do_cache(struct vd_nbd_conn *c, const struct req *q, struct rbuf *o)
     return put_status(c, q, o, r);
 }
 
-/* The flags of one extent in a context. */
-static uint32_t extent_flags(bool depth_ctx, int st, int depth)
+/* The status of [off, off+len) of the export in context id: the flags of
+ * its first extent in *fl, its length in *pnum (1..len); -errno. */
+static int context_status(struct vd_nbd_conn *c, uint32_t id, uint64_t off, uint64_t len,
+                          uint32_t *fl, uint64_t *pnum)
 {
-    if (depth_ctx)
-        return st & VD_BS_ALLOCATED ? (uint32_t)depth + 1 : 0;
-    return (st & VD_BS_DATA ? 0 : NBD_STATE_HOLE) | (st & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
+    int depth, st;
+
+    if (id >= CTX_ID_BITMAP) {
+        const struct vd_nbd_bitmap *b = &c->exp->bitmaps[id - CTX_ID_BITMAP];
+        bool dirty;
+        st = vd_bitmap_status(b->node, b->name, node_off(c, off), len, &dirty, pnum);
+        *fl = dirty ? NBD_STATE_DIRTY : 0;
+    } else {
+        st = vd_block_status_above(c->exp->node, node_off(c, off), len, pnum, NULL, NULL,
+                                   &depth);
+        if (id == CTX_ID_DEPTH)
+            *fl = st & VD_BS_ALLOCATED ? (uint32_t)depth + 1 : 0;
+        else
+            *fl = (st & VD_BS_DATA ? 0 : NBD_STATE_HOLE) | (st & VD_BS_ZERO ? NBD_STATE_ZERO : 0);
+    }
+    if (st < 0)
+        return st;
+    if (*pnum == 0 || *pnum > len)
+        return vd_error(EIO, "no block status");
+    return 0;
 }
 
 /* Bytes of one block status descriptor on c: (length, flags) as 32-bit
@@ -417,21 +437,20 @@ static int add_extent(const struct vd_nbd_conn *c, const struct req *q, struct r
 /* Extents for a context written at o->p + at (beyond o->len); the count
  * or -errno. */
 static int collect_extents(struct vd_nbd_conn *c, const struct req *q,
-                           bool depth_ctx, struct rbuf *o, size_t at)
+                           uint32_t id, struct rbuf *o, size_t at)
 {
     uint64_t pos = 0;
     int n = 0;
 
     while (pos < q->len && n < MAX_EXTENTS) {
         uint64_t pnum;
-        int depth, st = vd_block_status_above(c->exp->node, node_off(c, q->off + pos),
-                                              q->len - pos, &pnum, NULL, NULL, &depth);
-        int k;
+        uint32_t fl;
+        int k, st = context_status(c, id, q->off + pos, q->len - pos, &fl, &pnum);
+        if (st == -EIO && n)
+            break;
         if (st < 0)
             return n ? n : st;
-        if (pnum == 0 || pnum > q->len - pos)
-            break;
-        k = add_extent(c, q, o, at, n, pnum, extent_flags(depth_ctx, st, depth));
+        k = add_extent(c, q, o, at, n, pnum, fl);
         if (k == -1)
             break;
         if (k < 0)
@@ -444,7 +463,7 @@ static int collect_extents(struct vd_nbd_conn *c, const struct req *q,
 
 /* Append one status chunk for a context (BLOCK_STATUS, or BLOCK_STATUS_EXT
  * with its descriptor count): 0, or (put_fail) an error chunk instead. */
-static int put_extents(struct vd_nbd_conn *c, const struct req *q, bool depth_ctx,
+static int put_extents(struct vd_nbd_conn *c, const struct req *q, uint32_t id,
                        bool last, struct rbuf *o)
 {
     size_t fixed = c->extended ? 8 : 4, at = o->len + hdr_len(c) + fixed;
@@ -454,7 +473,7 @@ static int put_extents(struct vd_nbd_conn *c, const struct req *q, bool depth_ct
 
     if (!rbuf_room(o, at - o->len + desc_len(c)))
         return put_fail(c, q, o, NBD_ENOMEM, "out of memory");
-    n = collect_extents(c, q, depth_ctx, o, at);
+    n = collect_extents(c, q, id, o, at);
     if (n < 0)
         return put_fail(c, q, o, nbd_errno(n), vd_errmsg());
     if (n == 0)
@@ -465,7 +484,7 @@ static int put_extents(struct vd_nbd_conn *c, const struct req *q, bool depth_ct
                  c->extended ? NBD_REPLY_TYPE_BLOCK_STATUS_EXT : NBD_REPLY_TYPE_BLOCK_STATUS,
                  plen);
     h += hdr_len(c);
-    vd_put_be32(h, depth_ctx ? CTX_ID_DEPTH : CTX_ID_BASE);
+    vd_put_be32(h, id);
     if (c->extended)
         vd_put_be32(h + 4, (uint32_t)n);
     o->len += hdr_len(c) + plen;
@@ -473,18 +492,18 @@ static int put_extents(struct vd_nbd_conn *c, const struct req *q, bool depth_ct
 }
 
 /* NBD_CMD_BLOCK_STATUS: one chunk per context asked for (all selected
- * ones, or those the payload named). */
+ * ones, or those the payload named), in id order. */
 static int do_block_status(struct vd_nbd_conn *c, const struct req *q,
                            struct rbuf *o)
 {
-    bool base = c->meta_base && (q->ctx & CTX_BASE);
-    bool depth = c->meta_depth && (q->ctx & CTX_DEPTH);
+    uint64_t want = c->meta & q->ctx;
     int r = 0;
 
-    if (base)
-        r = put_extents(c, q, false, !depth, o);
-    if (r == 0 && depth)
-        r = put_extents(c, q, true, true, o);
+    for (uint32_t id = 0; r == 0 && id < 64; id++) {
+        uint64_t bit = 1ull << id;
+        if (want & bit)
+            r = put_extents(c, q, id, !(want & ~(bit | (bit - 1))), o);
+    }
     return r;
 }
 
@@ -551,7 +570,7 @@ uint32_t nbd_validate(const struct vd_nbd_conn *c, const struct req *q,
         q->len > NBD_MAX_PAYLOAD)
         return *msg = "request length exceeds the maximum payload",
                q->type == NBD_CMD_READ && c->structured ? NBD_EOVERFLOW : NBD_EINVAL;
-    if (q->type == NBD_CMD_BLOCK_STATUS && !(c->meta_base || c->meta_depth))
+    if (q->type == NBD_CMD_BLOCK_STATUS && !c->meta)
         return *msg = "no metadata context negotiated", NBD_EINVAL;
     if (q->type == NBD_CMD_BLOCK_STATUS && q->len == 0)
         return *msg = "block status of zero length", NBD_EINVAL;

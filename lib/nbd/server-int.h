@@ -23,11 +23,16 @@
 /* Option payloads we parse are read whole into memory up to this. */
 #define OPT_MAX_READ (1u << 20)
 
-/* Metadata context ids, and the bits of struct req's ctx for them. */
+/* Metadata context ids, and the bits of struct req's ctx and the
+ * connection's meta for them: base:allocation, qemu:allocation-depth, then
+ * qemu:dirty-bitmap:NAME for the export's bitmap i at id CTX_ID_BITMAP + i
+ * (at most VD_NBD_MAX_BITMAPS of them, so every id has a bit). */
 #define CTX_ID_BASE  0
 #define CTX_ID_DEPTH 1
-#define CTX_BASE  (1u << CTX_ID_BASE)
-#define CTX_DEPTH (1u << CTX_ID_DEPTH)
+#define CTX_ID_BITMAP 2
+#define CTX_BASE  (1ull << CTX_ID_BASE)
+#define CTX_DEPTH (1ull << CTX_ID_DEPTH)
+#define CTX_ALL   (~0ull)
 
 /* Reply bytes being built: whole chunks are appended, then the lot goes
  * out in one write under the send lock. */
@@ -44,7 +49,7 @@ struct req {
     uint64_t cookie, off;          /* off: in the export */
     uint64_t len;                  /* effect length (WRITE: = payload) */
     uint64_t payload;              /* bytes following the header */
-    unsigned ctx;                  /* BLOCK_STATUS: CTX_* bits to answer */
+    uint64_t ctx;                  /* BLOCK_STATUS: CTX_* bits to answer */
     int rflags;                    /* READ: vd_pread flags (VD_REQ_NOWAIT) */
     uint64_t bytes;                /* buffered bytes counted in flight */
     const void *data;              /* WRITE payload */
@@ -62,7 +67,7 @@ struct vd_nbd_conn {
 
     /* Negotiated in the handshake.  extended implies structured. */
     bool fixed, no_zeroes, structured, extended;
-    bool meta_base, meta_depth;    /* selected contexts */
+    uint64_t meta;                 /* selected contexts: bit = context id */
     char *meta_export;             /* export they were selected for */
     const struct vd_nbd_export *exp;
 

@@ -110,7 +110,7 @@ static const struct vd_nbd_export *find_export(struct vd_nbd_conn *c,
 /* Are metadata contexts selected for export e? */
 static bool meta_selected(const struct vd_nbd_conn *c, const struct vd_nbd_export *e)
 {
-    return (c->meta_base || c->meta_depth) && c->meta_export &&
+    return c->meta && c->meta_export &&
            !strcmp(c->meta_export, e->name);
 }
 
@@ -131,7 +131,7 @@ static uint16_t client_flags(struct vd_nbd_conn *c, const struct vd_nbd_export *
 /* Forget the selected metadata contexts. */
 static void meta_clear(struct vd_nbd_conn *c)
 {
-    c->meta_base = c->meta_depth = false;
+    c->meta = 0;
     free(c->meta_export);
     c->meta_export = NULL;
 }
@@ -313,33 +313,91 @@ static int opt_extended(struct vd_nbd_conn *c, uint32_t len)
     return opt_reply(c, NBD_OPT_EXTENDED_HEADERS, NBD_REP_ACK, NULL, 0);
 }
 
-/* Which contexts does query q (ql bytes) name?  A LIST may name a whole
- * namespace ("base:", "qemu:"). */
-static void meta_match(const struct vd_nbd_export *e, bool list, const char *q,
-                       uint32_t ql, bool *base, bool *depth)
+/* The context bits query q (ql bytes) names on e, after "qemu:": a LIST
+ * may name all of them ("") or all bitmaps ("dirty-bitmap:"). */
+static uint64_t meta_match_qemu(const struct vd_nbd_export *e, bool list, const char *q,
+                                uint32_t ql)
+{
+    static const char depth[] = "allocation-depth", bitmap[] = "dirty-bitmap:";
+    const uint32_t bl = sizeof(bitmap) - 1;
+    uint64_t m = 0;
+
+    if (e->allocation_depth && ((list && ql == 0) ||
+        (ql == sizeof(depth) - 1 && !memcmp(q, depth, ql))))
+        m |= CTX_DEPTH;
+    if (!(list && ql == 0) && (ql < bl || memcmp(q, bitmap, bl)))
+        return m;
+    /* A name given twice by -B is offered twice; a query selects the first. */
+    for (int i = 0; i < e->nbitmaps; i++) {
+        const char *name = e->bitmaps[i].name;
+        if (list && ql <= bl)
+            m |= 1ull << (CTX_ID_BITMAP + i);
+        else if (strlen(name) == ql - bl && !memcmp(q + bl, name, ql - bl))
+            return m | 1ull << (CTX_ID_BITMAP + i);
+    }
+    return m;
+}
+
+/* The context bits query q (ql bytes) names on e.  A LIST may name a
+ * whole namespace ("base:", "qemu:", "qemu:dirty-bitmap:"). */
+static uint64_t meta_match(const struct vd_nbd_export *e, bool list, const char *q,
+                           uint32_t ql)
 {
 #define QIS(s) (ql == sizeof(s) - 1 && !memcmp(q, s, ql))
     if (QIS(NBD_META_BASE_ALLOCATION) || (list && QIS("base:")))
-        *base = true;
-    if (e->allocation_depth && (QIS(NBD_META_QEMU_DEPTH) || (list && QIS("qemu:"))))
-        *depth = true;
+        return CTX_BASE;
+    if (ql >= 5 && !memcmp(q, "qemu:", 5))
+        return meta_match_qemu(e, list, q + 5, ql - 5);
+    return 0;
 #undef QIS
 }
 
-/* Send one NBD_REP_META_CONTEXT. */
-static int send_context(struct vd_nbd_conn *c, uint32_t opt, uint32_t id, const char *name)
+/* Every context e offers. */
+static uint64_t meta_all(const struct vd_nbd_export *e)
 {
-    uint8_t buf[4 + 64];
-    size_t l = strlen(name);
+    uint64_t m = CTX_BASE | (e->allocation_depth ? CTX_DEPTH : 0);
 
-    vd_put_be32(buf, id);
-    memcpy(buf + 4, name, l);
-    return opt_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + l));
+    for (int i = 0; i < e->nbitmaps; i++)
+        m |= 1ull << (CTX_ID_BITMAP + i);
+    return m;
 }
 
-/* Parse the queries of a meta context option: 0, or 1 when malformed. */
+/* Send one NBD_REP_META_CONTEXT: id and name (prefix then rest). */
+static int send_context(struct vd_nbd_conn *c, uint32_t opt, uint32_t id, const char *prefix,
+                        const char *rest)
+{
+    size_t pl = strlen(prefix), rl = strlen(rest);
+    CLEANUP_FREE uint8_t *buf = malloc(4 + pl + rl);
+
+    if (!buf || 4 + pl + rl > 4 + NBD_MAX_STRING)
+        return vd_error(ENOMEM, "context name too long");
+    vd_put_be32(buf, id);
+    memcpy(buf + 4, prefix, pl);
+    memcpy(buf + 4 + pl, rest, rl);
+    return opt_reply(c, opt, NBD_REP_META_CONTEXT, buf, (uint32_t)(4 + pl + rl));
+}
+
+/* Send the contexts of bits m (ids 0 in a LIST reply). */
+static int send_contexts(struct vd_nbd_conn *c, uint32_t opt, const struct vd_nbd_export *e,
+                         uint64_t m, bool list)
+{
+    int r = 0;
+
+    if (m & CTX_BASE)
+        r = send_context(c, opt, list ? 0 : CTX_ID_BASE, NBD_META_BASE_ALLOCATION, "");
+    if (r >= 0 && (m & CTX_DEPTH))
+        r = send_context(c, opt, list ? 0 : CTX_ID_DEPTH, NBD_META_QEMU_DEPTH, "");
+    for (int i = 0; r >= 0 && i < e->nbitmaps; i++)
+        if (m & (1ull << (CTX_ID_BITMAP + i)))
+            r = send_context(c, opt, list ? 0 : (uint32_t)(CTX_ID_BITMAP + i),
+                             NBD_META_QEMU_BITMAP, e->bitmaps[i].name);
+    return r;
+}
+
+/* Parse the queries of a meta context option into *m: 0, or 1 when
+ * malformed. */
 static int meta_parse(const struct vd_nbd_export *e, bool list, const char *p,
-                      uint32_t len, uint32_t pos, uint32_t nq, bool *base, bool *depth)
+                      uint32_t len, uint32_t pos, uint32_t nq, uint64_t *m)
 {
     for (uint32_t i = 0; i < nq; i++) {
         uint32_t ql;
@@ -349,22 +407,23 @@ static int meta_parse(const struct vd_nbd_export *e, bool list, const char *p,
         pos += 4;
         if (ql > NBD_MAX_STRING || ql > len - pos)
             return 1;
-        meta_match(e, list, p + pos, ql, base, depth);
+        *m |= meta_match(e, list, p + pos, ql);
         pos += ql;
     }
     if (pos != len)
         return 1;
     if (list && nq == 0)
-        *base = true, *depth = e->allocation_depth;
+        *m = meta_all(e);
     return 0;
 }
 
 /* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT. */
 static int opt_meta(struct vd_nbd_conn *c, uint32_t opt, uint32_t len)
 {
-    bool list = opt == NBD_OPT_LIST_META_CONTEXT, base = false, depth = false;
+    bool list = opt == NBD_OPT_LIST_META_CONTEXT;
     const struct vd_nbd_export *e;
     CLEANUP_FREE char *p = NULL;
+    uint64_t m = 0;
     uint32_t nl, nq;
     int r;
 
@@ -380,17 +439,12 @@ static int opt_meta(struct vd_nbd_conn *c, uint32_t opt, uint32_t len)
     if (!(e = find_export(c, p + 4, nl)))
         return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "export '%.*s' not present",
                          (int)VD_MIN(nl, 256u), p + 4);
-    if (meta_parse(e, list, p, len, 8 + nl, nq, &base, &depth))
+    if (meta_parse(e, list, p, len, 8 + nl, nq, &m))
         return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed context query list");
-    if (base && (r = send_context(c, opt, list ? 0 : CTX_ID_BASE,
-                                  NBD_META_BASE_ALLOCATION)) < 0)
-        return r;
-    if (depth && (r = send_context(c, opt, list ? 0 : CTX_ID_DEPTH,
-                                   NBD_META_QEMU_DEPTH)) < 0)
+    if ((r = send_contexts(c, opt, e, m, list)) < 0)
         return r;
     if (!list) {
-        c->meta_base = base;
-        c->meta_depth = depth;
+        c->meta = m;
         if (!(c->meta_export = strdup(e->name)))
             return vd_error(ENOMEM, "out of memory");
     }

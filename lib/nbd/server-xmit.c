@@ -428,10 +428,10 @@ static int read_bs_payload(struct vd_nbd_conn *c, struct req *q)
 {
     const uint8_t *p;
     uint64_t n = q->payload;
-    unsigned ctx = 0;
+    uint64_t ctx = 0;
     int r;
 
-    if (n < 12 || n > 8 + 4 * 2 || n % 4)
+    if (n < 12 || n > 8 + 4 * 64 || n % 4)
         return 1;
     if ((r = in_need(c, (size_t)n)) < 0)
         return r;
@@ -440,8 +440,7 @@ static int read_bs_payload(struct vd_nbd_conn *c, struct req *q)
     q->payload = 0;
     for (size_t i = 8; i < n; i += 4) {
         uint32_t id = vd_get_be32(p + i);
-        unsigned bit = id == CTX_ID_BASE && c->meta_base ? CTX_BASE
-                     : id == CTX_ID_DEPTH && c->meta_depth ? CTX_DEPTH : 0;
+        uint64_t bit = id < 64 ? c->meta & (1ull << id) : 0;
         if (!bit || (ctx & bit))
             return 1;
         ctx |= bit;
@@ -481,7 +480,7 @@ static int read_request(struct vd_nbd_conn *c, struct req *q)
     else
         parse_compact(h, q);
     c->in_start += hl;
-    q->ctx = CTX_BASE | CTX_DEPTH;
+    q->ctx = CTX_ALL;
     if (c->extended && q->payload > NBD_MAX_PAYLOAD)
         return vd_error(EINVAL, "request payload of %llu bytes is too large",
                         (unsigned long long)q->payload);

@@ -18,6 +18,16 @@ struct vd_nbd_conn;
 
 enum vd_nbd_detect_zeroes { VD_NBD_DZ_OFF, VD_NBD_DZ_ON, VD_NBD_DZ_UNMAP };
 
+/* Dirty bitmaps an export may offer, at most. */
+#define VD_NBD_MAX_BITMAPS 62
+
+/* A persistent dirty bitmap offered as qemu:dirty-bitmap:NAME; node is the
+ * image of the chain that holds it (same offsets as the export's node). */
+struct vd_nbd_bitmap {
+    const char *name;
+    vd_node *node;
+};
+
 /* One export: a window [offset, offset + size) of a node. */
 struct vd_nbd_export {
     const char *name;              /* "" is the default export */
@@ -27,6 +37,8 @@ struct vd_nbd_export {
     bool read_only;
     bool multi_conn;               /* advertise NBD_FLAG_CAN_MULTI_CONN */
     bool allocation_depth;         /* offer qemu:allocation-depth */
+    const struct vd_nbd_bitmap *bitmaps;   /* offer qemu:dirty-bitmap:NAME */
+    int nbitmaps;                  /* <= VD_NBD_MAX_BITMAPS */
     bool discard_unmap;            /* TRIM and NO_HOLE-less zeroing unmap */
     enum vd_nbd_detect_zeroes detect_zeroes;
 };

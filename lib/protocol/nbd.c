@@ -294,8 +294,6 @@ static int config_numbers(struct nbdc_config *cfg, const vd_opts *o, int *max_co
     *max_conns = (int)mc;
     cfg->io_timeout_ms = (int64_t)io * 1000;
     cfg->handshake_timeout_ms = ot ? (int64_t)ot * 1000 : NBD_HANDSHAKE_TIMEOUT_MS;
-    if (vd_opts_has(o, "x-dirty-bitmap"))
-        return vd_error(ENOTSUP, "x-dirty-bitmap is not supported");
     return 0;
 }
 
@@ -311,6 +309,9 @@ static int parse_config(struct nbd_state *s, vd_opts *o)
     if ((r = legacy_keys(o)) < 0 || (r = config_address(&s->cfg, o)) < 0)
         return r;
     s->cfg.export = opt_dup(o, "export", "", &r);
+    s->cfg.meta_context = opt_dup(o, "x-dirty-bitmap", NULL, &r);
+    if (r >= 0 && s->cfg.meta_context && strlen(s->cfg.meta_context) > NBD_MAX_STRING)
+        return vd_error(EINVAL, "x-dirty-bitmap is too long");
     if (r < 0 || (r = config_tls(&s->cfg, o)) < 0 ||
         (r = config_numbers(&s->cfg, o, &s->max_conns)) < 0)
         return r;
@@ -448,6 +449,7 @@ static void free_config(struct nbdc_config *c)
     free(c->port);
     free(c->path);
     free(c->export);
+    free(c->meta_context);
     free(c->tls_creds);
     free(c->tls_certs_dir);
     free(c->tls_psk_file);
@@ -580,7 +582,8 @@ static int nbd_flush(vd_node *n)
     return 0;
 }
 
-/* base:allocation as DATA/ZERO; offsets map 1:1. */
+/* base:allocation as DATA/ZERO (or x-dirty-bitmap's context, whose flag 1,
+ * dirty, reads as a hole, as in QEMU); offsets map 1:1. */
 static int nbd_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                             uint64_t *map, vd_node **file)
 {
@@ -625,7 +628,8 @@ static const struct vd_opt_desc nbd_open_opts[] = {
     { "tls-hostname", VD_OPT_STRING, "Host name checked in the server certificate", NULL },
     { "reconnect-delay", VD_OPT_NUMBER, "Accepted; connections are not re-established", "0" },
     { "open-timeout", VD_OPT_NUMBER, "Seconds the handshake may take", "0" },
-    { "x-dirty-bitmap", VD_OPT_STRING, "Not supported", NULL },
+    { "x-dirty-bitmap", VD_OPT_STRING, "Metadata context read as block status "
+      "(qemu:dirty-bitmap:NAME: dirty reads as a hole)", NULL },
     { "x-multi-conn", VD_OPT_NUMBER, "Most connections with CAN_MULTI_CONN", "4" },
     { "x-io-timeout", VD_OPT_NUMBER, "Seconds to wait for a reply (0: forever)", "0" },
     { "x-tls", VD_OPT_BOOL, "Require TLS (nbds:// names)", "off" },

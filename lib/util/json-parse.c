@@ -22,6 +22,7 @@ struct parser {
     const char *p, *end;
     int depth;
     bool failed;
+    int max_depth;
 };
 
 /* Record the first error (later ones are consequences). */
@@ -449,7 +450,7 @@ static vd_json *parse_nested(struct parser *ps)
 {
     vd_json *v;
 
-    if (ps->depth >= JSON_MAX_DEPTH) {
+    if (ps->depth >= ps->max_depth) {
         if (!ps->failed)
             vd_error(EINVAL, "JSON nesting depth limit exceeded");
         ps->failed = true;
@@ -493,7 +494,13 @@ static vd_json *parse_value(struct parser *ps)
 /* See json.h. */
 vd_json *vd_json_parse(const char *text, size_t len)
 {
-    struct parser ps = { text, text + len, 0, false };
+    return vd_json_parse_depth(text, len, JSON_MAX_DEPTH);
+}
+
+/* See json.h. */
+vd_json *vd_json_parse_depth(const char *text, size_t len, int max_depth)
+{
+    struct parser ps = { text, text + len, 0, false, max_depth };
     vd_json *v;
 
     if (!text || len > JSON_MAX_TEXT) {

@@ -13,7 +13,8 @@ import sys
 from conftest import BUILD, TOP, vdisk_formats
 
 W5 = ["W5vmdk", "W5vmdk-raw", "W5stream", "W5stream-raw", "W5vhdx", "W5vhdx-raw",
-      "W5vpc", "W5vpc-raw", "W5vdi", "W5vdi-raw", "W5rs", "W5vq", "W5rx"]
+      "W5vpc", "W5vpc-raw", "W5vdi", "W5vdi-raw", "W5qed", "W5qed-raw",
+      "W5rs", "W5vq", "W5rx"]
 VHDX = {"W5vhdx", "W5vhdx-raw", "W5rx"}
 MIB = 1 << 20
 MKMIXED = os.path.join(os.path.dirname(TOP), "shared", "bench", "mkmixed")

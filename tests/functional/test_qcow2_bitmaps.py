@@ -141,3 +141,35 @@ def test_flush_stores_and_rewrite_marks_again(tmp_path):
     ref = with_bitmaps(tmp_path, "ref.qcow2")
     qio(ref, "write -P 1 0 65536")
     same_bits(img, ref, ["b0", "b1"])
+
+
+def bitmap_tables(img):
+    """{name: (table offset, table size)} from the bitmap directory."""
+    import struct
+    from test_qcow2_bitmaps_hostile import ext_pos
+    data = img.read_bytes()
+    e = ext_pos(bytearray(data))
+    count, dsize, doff = struct.unpack(">I4xQQ", data[e:e + 24])
+    out, p = {}, doff
+    for _ in range(count):
+        toff, tsize, _fl, _t, _g, nl, extra = struct.unpack(">QIIBBHI", data[p:p + 24])
+        out[data[p + 24:p + 24 + nl].decode()] = (toff, tsize)
+        p += (24 + extra + nl + 7) // 8 * 8
+    return out
+
+
+def test_store_keeps_unchanged_tables(tmp_path):
+    """A flush stores only bitmaps whose bits changed: the disabled one
+    keeps its table, the enabled one gets a new one, both read back right."""
+    img = with_bitmaps(tmp_path)
+    qio(img, "write -P 0x22 4M 64k")           # both bitmaps get tables on disk
+    before = bitmap_tables(img)
+    script = tmp_path / "s"
+    script.write_text("write 0 65536\nflush\n")
+    run([LOAD, str(img), str(script)], check=True)
+    after = bitmap_tables(img)
+    assert after["b1"] == before["b1"] and after["b0"] != before["b0"]
+    ref = with_bitmaps(tmp_path, "ref.qcow2")
+    qio(ref, "write -P 0x22 4M 64k", "write -P 1 0 65536")
+    same_bits(img, ref, ["b0", "b1"])
+    assert qimg("check", img).returncode == 0

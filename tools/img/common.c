@@ -229,6 +229,8 @@ static int img_open_flags(const struct img_open_args *a)
         flags |= VD_O_NO_BACKING;
     if (a->check)
         flags |= VD_O_CHECK;
+    if (a->no_io)
+        flags |= VD_O_NO_IO;
     return flags;
 }
 
@@ -247,6 +249,12 @@ vd_node *img_open(const struct img_open_args *a)
     opts = a->image_opts ? img_parse_image_opts(a->name) : vd_opts_new();
     if (!opts)
         return NULL;
+    for (size_t i = 0; a->extra && i < vd_opts_count(a->extra); i++)
+        if (vd_opts_set(opts, vd_opts_key(a->extra, i), vd_opts_value(a->extra, i)) < 0) {
+            img_error("Could not open '%s': %s", a->name, strerror(ENOMEM));
+            vd_opts_free(opts);
+            return NULL;
+        }
     if (a->cache && img_cache_mode_opts(a->cache, opts) < 0) {
         img_error("Invalid cache option: %s", a->cache);
         vd_opts_free(opts);

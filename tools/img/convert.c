@@ -389,20 +389,39 @@ static int create_target(const struct convert_ctx *cx, vd_opts *o)
     return 0;
 }
 
-/* Open the target for writing; -1 (printed). */
-static int open_target(struct convert_ctx *cx)
+/* The key secrets among the create options o, which the created target
+ * needs to open (as qemu-img passes them on); NULL when none. */
+static vd_opts *key_secrets(const vd_opts *o)
+{
+    static const char *const keys[] = { "key-secret", "encrypt.key-secret" };
+    vd_opts *k = NULL;
+
+    for (size_t i = 0; o && i < 2; i++) {
+        const char *v = vd_opts_get(o, keys[i]);
+        if (v && (k || (k = vd_opts_new())))
+            vd_opts_set(k, keys[i], v);
+    }
+    return k;
+}
+
+/* Open the target for writing (o: its create options, or NULL); -1
+ * (printed). */
+static int open_target(struct convert_ctx *cx, const vd_opts *o)
 {
     const struct convert_args *ca = cx->ca;
+    vd_opts *keys = key_secrets(o);
     struct img_open_args a = { .name = ca->out, .fmt = ca->out_fmt,
         .image_opts = ca->target_image_opts, .writable = true,
-        .cache = ca->cache, .quiet = ca->quiet, .target = true };
+        .cache = ca->cache, .quiet = ca->quiet, .target = true, .extra = keys };
     int64_t len;
 
     if (img_check_cache(ca->cache, false) < 0)
         return -1;
     if (ca->no_create && img_check_image_opts_fmt(a.image_opts, a.fmt) < 0)
         return -1;
-    if (!(cx->dst = img_open(&a)))
+    cx->dst = img_open(&a);
+    vd_opts_free(keys);
+    if (!cx->dst)
         return -1;
     if (ca->bitmaps && img_convert_check_target_bitmaps(cx->dst) < 0)
         return -1;
@@ -483,7 +502,7 @@ static int do_convert(struct convert_ctx *cx)
         vd_opts_free(o);
         return r < 0 ? 1 : 0;
     }
-    if ((ca->no_create || create_target(cx, o) == 0) && open_target(cx) == 0 &&
+    if ((ca->no_create || create_target(cx, o) == 0) && open_target(cx, o) == 0 &&
         run_copy(cx, target_backing(ca, o) != NULL) == 0 &&
         (!ca->bitmaps ||
          img_convert_copy_bitmaps(cx->src[0], cx->dst, ca->skip_broken_bitmaps) == 0))

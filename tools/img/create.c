@@ -259,7 +259,15 @@ static int do_create(const struct create_args *ca)
                   ca->filename, ca->fmt);
         return 1;
     }
-    c.table = img_create_opt_table(c.drv, img_protocol_for(ca->filename));
+    const struct vd_driver *proto = img_protocol_for(ca->filename);
+    /* A protocol that cannot write (http, ftp, ...) is refused first, as
+     * qemu-img does. */
+    if (proto && !proto->create && !proto->pwrite) {
+        img_error("%s: Protocol driver '%s' does not support image creation",
+                  ca->filename, proto->name);
+        return 1;
+    }
+    c.table = img_create_opt_table(c.drv, proto);
     c.opts = vd_opts_new();
     if (!c.table || !c.opts) {
         img_error("%s: out of memory", ca->filename);

@@ -52,6 +52,8 @@ struct img_open_args {
     bool force_share;       /* -U */
     bool no_backing;
     bool check;             /* check: no repair of a dirty image at open */
+    bool no_io;             /* metadata only (info): no key for encrypted images */
+    const vd_opts *extra;   /* more open options (a created target's key secret), or NULL */
     const char *cache;      /* -t / -T cache mode, or NULL */
     bool quiet;
     bool target;            /* an image this run creates or writes as output

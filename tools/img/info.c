@@ -77,6 +77,8 @@ static vd_json *image_info(vd_node *n)
         vd_json_set_str(o, "full-backing-filename", bfull ? bfull : bname);
         vd_json_set_str(o, "backing-filename", bname);
     }
+    if (vd_node_encrypted(n))
+        vd_json_set_bool(o, "encrypted", true);
     if (vd_node_cluster_size(n) >= 0)
         vd_json_set_bool(o, "dirty-flag", n->drv->is_dirty && n->drv->is_dirty(n));
     return o;
@@ -180,6 +182,8 @@ static void print_human(const vd_json *o)
     } else {
         printf("disk size: unavailable\n");
     }
+    if (vd_json_get(o, "encrypted"))
+        printf("encrypted: yes\n");
     if (vd_json_get(o, "cluster-size"))
         printf("cluster_size: %" PRId64 "\n", vd_json_int(vd_json_get(o, "cluster-size")));
     print_backing(o);
@@ -196,7 +200,7 @@ static vd_node *open_link(const struct info_args *ia, const char *name,
 {
     struct img_open_args a = {
         .name = name, .fmt = fmt, .force_share = ia->force_share,
-        .no_backing = true, .image_opts = first && ia->image_opts,
+        .no_backing = true, .image_opts = first && ia->image_opts, .no_io = true,
     };
     return img_open(&a);
 }

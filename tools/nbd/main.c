@@ -200,7 +200,7 @@ static int parse_one(struct nbd_cli *cli, int c, char **argv)
         return parse_offset(optarg, &cli->offset) < 0 ? EXIT_FAILURE : 0;
     case 'r': cli->read_only = true; break;
     case 'A': cli->alloc_depth = true; break;
-    case 'B': cli->bitmap = optarg; break;
+    case 'B': return nbd_cli_add_bitmap(cli, optarg) < 0 ? EXIT_FAILURE : 0;
     case 'c': cli->device = optarg; break;
     case 'd': cli->disconnect = true; break;
     case 'L': cli->list = true; break;
@@ -245,7 +245,7 @@ static int check_list_mode(const struct nbd_cli *cli, int nargs)
         return EXIT_FAILURE;
     }
     if (cli->export_name || cli->description || cli->has_offset || cli->partition ||
-        cli->bitmap || cli->aio || cli->discard || cli->cache || cli->snapshot_param ||
+        cli->nbitmaps || cli->aio || cli->discard || cli->cache || cli->snapshot_param ||
         cli->detect_zeroes || cli->alloc_depth) {
         nbd_err("List mode is incompatible with per-device settings");
         return EXIT_FAILURE;
@@ -425,15 +425,11 @@ static int export_window(const struct nbd_cli *cli, vd_node *n, struct vd_nbd_ex
     return 0;
 }
 
-/* -l loads an internal snapshot; bitmaps need image support vdisk lacks. */
+/* -l loads an internal snapshot. */
 static int check_image_features(const struct nbd_cli *cli, vd_node *n)
 {
     if (cli->snapshot_param && vd_snapshot_load_param(n, cli->snapshot_param) < 0) {
         nbd_err("Failed to load snapshot: %s", vd_errmsg());
-        return -1;
-    }
-    if (cli->bitmap) {
-        nbd_err("Bitmap '%s' is not found", cli->bitmap);
         return -1;
     }
     return 0;
@@ -449,6 +445,9 @@ static int setup_export(const struct nbd_cli *cli, vd_node *n, struct vd_nbd_exp
     e->read_only = cli->read_only || vd_node_read_only(n);
     e->multi_conn = cli->shared != 1;     /* as qemu-nbd 7.2 */
     e->allocation_depth = cli->alloc_depth;
+    if (nbd_export_bitmaps(cli, n, (struct vd_nbd_bitmap **)&e->bitmaps) < 0)
+        return -1;
+    e->nbitmaps = cli->nbitmaps;
     e->discard_unmap = cli->discard && (!strcmp(cli->discard, "unmap") ||
                                         !strcmp(cli->discard, "on"));
     e->detect_zeroes = !cli->detect_zeroes || !strcmp(cli->detect_zeroes, "off")
@@ -461,7 +460,7 @@ static int setup_export(const struct nbd_cli *cli, vd_node *n, struct vd_nbd_exp
 static int run_server(struct nbd_cli *cli)
 {
     struct vd_nbd_server srv;
-    struct vd_nbd_export exp;
+    struct vd_nbd_export exp = { 0 };
     struct vd_nbd_tls *tls = NULL;
     vd_node *n;
     int r = EXIT_FAILURE;
@@ -487,6 +486,7 @@ static int run_server(struct nbd_cli *cli)
                         : nbd_serve(cli, &srv, n);
         vd_nbd_server_destroy(&srv);
     }
+    free((void *)exp.bitmaps);
     vd_flush(n);
     vd_close(n);
     vd_nbd_tls_free(tls);
@@ -517,16 +517,23 @@ int main(int argc, char **argv)
 
     argv0 = argv[0];
     while ((c = getopt_long(argc, argv, short_opts, long_opts, NULL)) != -1)
-        if ((r = parse_one(&cli, c, argv)) != 0)
+        if ((r = parse_one(&cli, c, argv)) != 0) {
+            free(cli.bitmaps);
             return r;
-    if (cli.list)
-        return run_list(&cli, argc - optind);
-    if (argc - optind != 1)
-        return usage_error("%s", "Invalid number of arguments");
-    if (cli.disconnect)
+        }
+    if (cli.list) {
+        r = run_list(&cli, argc - optind);
+        free(cli.bitmaps);
+        return r;
+    }
+    if (argc - optind != 1 || cli.disconnect) {
+        free(cli.bitmaps);
+        if (argc - optind != 1)
+            return usage_error("%s", "Invalid number of arguments");
         return nbd_kernel_disconnect(argv[optind]) < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
+    }
     cli.filename = argv[optind];
-    if (check_server_mode(&cli) < 0)
-        return EXIT_FAILURE;
-    return run_server(&cli);
+    r = check_server_mode(&cli) < 0 ? EXIT_FAILURE : run_server(&cli);
+    free(cli.bitmaps);
+    return r;
 }

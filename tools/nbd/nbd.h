@@ -16,7 +16,9 @@
 struct nbd_cli {
     const char *port, *bind, *sockpath;
     const char *fmt, *cache, *aio, *discard, *detect_zeroes;
-    const char *export_name, *description, *bitmap, *snapshot_param;
+    const char *export_name, *description, *snapshot_param;
+    const char **bitmaps;          /* -B, in command-line order */
+    int nbitmaps;
     const char *device, *tls_creds, *tls_authz, *tls_hostname;
     const char *pid_file, *partition, *selinux_label;
     const char *filename;
@@ -36,6 +38,12 @@ int nbd_object_add(const char *def);
 /* The TLS credentials of object id for the endpoint, with the authz
  * object authz_id (may be NULL) applied: NULL with the error printed. */
 struct vd_nbd_tls *nbd_object_tls(const char *id, bool server, const char *authz_id);
+
+/* -B (bitmap.c): add one to the command line (0, or -1 printed); the
+ * bitmaps of the export for n, last -B first (*out NULL when none; free
+ * it), or -1 with the error printed. */
+int nbd_cli_add_bitmap(struct nbd_cli *cli, const char *name);
+int nbd_export_bitmaps(const struct nbd_cli *cli, vd_node *n, struct vd_nbd_bitmap **out);
 
 /* -P (partition.c): the window of partition number part of n. */
 int nbd_find_partition(vd_node *n, int part, uint64_t *offset, uint64_t *size);

@@ -50,6 +50,7 @@ struct qc_bitmap {
     bool enabled;
     uint8_t *bits;                 /* NULL until loaded */
     uint64_t nbytes;               /* bytes of bits */
+    bool modified;                 /* bits changed since open or the last store */
 };
 
 /* A bitmap table to free after the store (its bitmap was removed or
@@ -365,6 +366,24 @@ static bool bit_at(const struct qc_bitmap *b, uint64_t i)
     return (b->bits[i / 8] >> (i % 8)) & 1;
 }
 
+/* The last bit from i up to last (inclusive) that, with every bit before
+ * it from i, equals val: whole bytes of one value are skipped at once. */
+static uint64_t run_end(const struct qc_bitmap *b, uint64_t i, uint64_t last, bool val)
+{
+    const uint8_t same = val ? 0xff : 0;
+
+    while (i < last) {
+        if ((i + 1) % 8 == 0 && i + 8 <= last && b->bits[(i + 1) / 8] == same) {
+            i += 8;
+            continue;
+        }
+        if (bit_at(b, i + 1) != val)
+            break;
+        i++;
+    }
+    return i;
+}
+
 /* ---- marking in use (invariant 1) ---- */
 
 /* Set the in-use flag of every entry of the directory dir (len bytes,
@@ -649,11 +668,13 @@ static int store_locked(vd_node *n)
         struct qc_bitmap *b = &s->bm->v[i];
         uint64_t off = b->table_off;
         uint32_t size = b->table_size;
-        if (b->inconsistent)
+        /* Bits as on disk already: the table stays (only the flags change). */
+        if (b->inconsistent || (!b->modified && b->table_off))
             continue;
         if ((r = load_bits(n, b)) < 0 || (r = store_one(n, b)) < 0 ||
             (r = drop_table(s, off, size)) < 0)
             return r;
+        b->modified = false;
     }
     if ((r = build_dir(s, &dir, &dlen)) < 0)
         return r;
@@ -702,8 +723,10 @@ static int note_write(vd_node *n, uint64_t off, uint64_t len)
         r = qcow2_bitmaps_mark_in_use(n);
     for (uint32_t i = 0; r >= 0 && i < s->bm->count; i++) {
         struct qc_bitmap *b = &s->bm->v[i];
-        if (b->enabled && !b->inconsistent)
+        if (b->enabled && !b->inconsistent) {
             set_range(s, b, off, len, true);
+            b->modified = true;
+        }
     }
     pthread_mutex_unlock(&s->lock);
     return r;
@@ -803,6 +826,7 @@ int qcow2_bm_truncate(vd_node *n, uint64_t size, bool exact, int prealloc)
             clear_from(b, size, old);
         if (r >= 0)
             r = resize_bits(b, old, size);
+        b->modified = true;
     }
     if (s->bm && s->bm->count)
         s->bm->changed = true;
@@ -952,6 +976,7 @@ static int op_change(vd_node *n, const struct vd_bitmap_req *req)
 
     if ((r = usable(n, req->name, &b)) < 0 || (r = begin_change(n)) < 0)
         return r;
+    b->modified = true;
     if (req->op == VD_BITMAP_CLEAR)
         memset(b->bits, 0, b->nbytes);
     else if (req->op == VD_BITMAP_SET_DIRTY)
@@ -977,8 +1002,7 @@ static int op_status(vd_node *n, struct vd_bitmap_req *req)
     i = req->off >> b->gran_bits;
     last = (end - 1) >> b->gran_bits;
     req->dirty = bit_at(b, i);
-    while (i < last && bit_at(b, i + 1) == req->dirty)
-        i++;
+    i = run_end(b, i, last, req->dirty);
     req->pnum = VD_MIN(end, (i + 1) << b->gran_bits) - req->off;
     return 0;
 }

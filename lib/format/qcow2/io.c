@@ -179,6 +179,8 @@ int qcow2_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
         case QC_NORMAL:
             vd_event(n->file, "read_aio");
             r = qcow2_read_padded(s->data, m.host, m.bytes, p);
+            if (r >= 0 && s->crypt_method)
+                r = qcow2_crypto_decrypt(n, off, m.host, p, m.bytes);
             break;
         case QC_COMPRESSED_T:
             r = read_compressed(n, m.entry, off, m.bytes, p);
@@ -262,7 +264,8 @@ int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
     if (r < 0)
         return r;
     *pnum = m.bytes;
-    if (m.type == QC_NORMAL || m.type == QC_ZERO_ALLOC || m.type == QC_UNALLOC_ALLOC) {
+    if ((m.type == QC_NORMAL || m.type == QC_ZERO_ALLOC || m.type == QC_UNALLOC_ALLOC) &&
+        !s->crypt_method) {          /* QEMU gives no offset of encrypted data */
         *map = m.host;
         *file = s->data;
         st |= VD_BS_OFFSET_VALID;
@@ -271,7 +274,7 @@ int qcow2_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
         st |= VD_BS_ZERO;
     else if (m.type == QC_NORMAL || m.type == QC_COMPRESSED_T)
         st |= VD_BS_DATA;
-    if (m.type == QC_NORMAL && prealloc)
+    if (m.type == QC_NORMAL && prealloc && !s->crypt_method)
         st |= data_zero_status(n, m.host, pnum);
     return st;
 }

@@ -297,8 +297,6 @@ static int check_features(vd_node *n, const uint8_t *ftbl, size_t flen,
     } else if (s->compression_type != QC_COMP_ZLIB) {
         return vd_error(EINVAL, "qcow2: Compression type incompatible feature bit must be set");
     }
-    if (s->crypt_method)
-        return vd_error(ENOTSUP, "qcow2: encrypted images are not supported");
     if ((s->autoclear & QC_AUTOCLEAR_DATA_RAW) && !(s->incompat & QC_INCOMPAT_DATA_FILE))
         return vd_error(EINVAL, "data-file-raw requires a data file");
     return 0;
@@ -388,8 +386,11 @@ static int parse_extensions(vd_node *n, const uint8_t *c, uint64_t file_len,
             *flen = len;
         } else if (type == QC_EXT_BITMAPS)
             r = ext_bitmaps(s, d, len, file_len);
-        else if (type == QC_EXT_CRYPTO)
+        else if (type == QC_EXT_CRYPTO && len >= 16) {
             s->has_crypto_ext = true;
+            s->crypt_off = be64_get(d);
+            s->crypt_len = be64_get(d + 8);
+        }
         if (r < 0)
             return r;
         off += 8 + ((uint64_t)len + 7) / 8 * 8;
@@ -693,7 +694,7 @@ static void drop_known_opts(vd_opts *opts)
 {
     static const char *const keys[] = {
         "l2-cache-size", "refcount-cache-size", "cache-size", "l2-cache-entry-size",
-        "cache-clean-interval", "lazy-refcounts", NULL,
+        "cache-clean-interval", "lazy-refcounts", "encrypt.key-secret", NULL,
     };
     for (int i = 0; keys[i]; i++)
         vd_opts_del(opts, keys[i]);
@@ -739,6 +740,7 @@ static int qcow2_open(vd_node *n, vd_opts *opts, int flags)
         (r = check_tables(s, (uint64_t)file_len)) < 0 ||
         (r = read_backing(n, c)) < 0 ||
         (r = open_misc_opts(n, opts)) < 0 ||
+        (r = qcow2_crypto_open(n, opts, flags)) < 0 ||
         (r = open_caches(n, opts)) < 0)
         goto out;
     drop_known_opts(opts);
@@ -858,6 +860,7 @@ static void qcow2_close(vd_node *n)
         if (r >= 0 && s->write_prepared)
             mark_clean(n);
     }
+    qcow2_crypto_close(n);
     qc_cache_free(s->l2_cache);
     qc_cache_free(s->rc_cache);
     if (s->data_external)
@@ -970,6 +973,7 @@ static int qcow2_info(vd_node *n, struct vd_json *d)
     if (s->has_bitmaps_ext && (bm = bitmaps_info(n)))
         vd_json_set(d, "bitmaps", bm);
     vd_json_set_int(d, "refcount-bits", s->refcount_bits);
+    qcow2_crypto_info(n, d);
     if (s->data_file_name)
         vd_json_set_str(d, "data-file", s->data_file_name);
     if (s->incompat & QC_INCOMPAT_DATA_FILE)
@@ -1051,6 +1055,12 @@ static bool qcow2_is_dirty(vd_node *n)
 
 /* ---- tables ---- */
 
+/* The guest data is encrypted (luks or legacy aes). */
+static bool qcow2_is_encrypted(vd_node *n)
+{
+    return ((struct qcow2_state *)n->state)->crypt_method != 0;
+}
+
 static const struct vd_opt_desc qcow2_open_opts[] = {
     { "l2-cache-size", VD_OPT_SIZE, "Maximum L2 table cache size", NULL },
     { "l2-cache-entry-size", VD_OPT_SIZE, "Size of each entry in the L2 cache", NULL },
@@ -1060,6 +1070,8 @@ static const struct vd_opt_desc qcow2_open_opts[] = {
     { "cache-clean-interval", VD_OPT_NUMBER, "Clean unused cache entries after this "
       "time (in seconds)", NULL },
     { "lazy-refcounts", VD_OPT_BOOL, "Postpone refcount updates", NULL },
+    { "encrypt.key-secret", VD_OPT_STRING, "ID of secret providing qcow2 AES key or LUKS "
+      "passphrase", NULL },
     { "data-file", VD_OPT_STRING, "External data file", NULL },
     { "pass-discard-request", VD_OPT_BOOL, "Pass guest discard requests to the layer below", NULL },
     { "pass-discard-snapshot", VD_OPT_BOOL, "Generate discard requests when snapshot "
@@ -1136,6 +1148,7 @@ const struct vd_driver qcow2_driver = {
     .open = qcow2_open,
     .close = qcow2_close,
     .pread = qcow2_pread,
+    .is_encrypted = qcow2_is_encrypted,
     .pwrite = qcow2_bm_pwrite,
     .pwrite_zeroes = qcow2_bm_pwrite_zeroes,
     .discard = qcow2_bm_discard,

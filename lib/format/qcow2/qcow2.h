@@ -143,6 +143,10 @@ struct qcow2_state {
     /* Header extensions kept for info and rewrites. */
     char *backing_fmt, *data_file_name;
     bool has_bitmaps_ext, has_crypto_ext;
+    uint64_t crypt_off, crypt_len;      /* the crypto header extension */
+    struct vd_blockcrypt *crypt;        /* data cipher (NULL: none or no key) */
+    struct luks_header *luks_h;         /* encrypt.format=luks: its header */
+    struct luks_algs *luks_a;
     uint64_t bitmap_dir_offset, bitmap_dir_size;
     uint32_t bitmap_count;         /* from the bitmaps extension */
     struct qc_bitmaps *bm;         /* persistent bitmaps (bitmaps.c) */
@@ -229,6 +233,15 @@ int qcow2_prepare_write(vd_node *n);
 int qcow2_flush_caches(vd_node *n);
 /* Pread from the file that zero-fills beyond its end (as QEMU reads). */
 int qcow2_read_padded(vd_node *f, uint64_t off, uint64_t len, void *buf);
+
+/* Encryption (crypto.c): at open, the LUKS header (or legacy AES) and,
+ * unless VD_O_NO_IO, the key from encrypt.key-secret; decrypt data read
+ * from host (guest: its guest offset); the info's "encrypt" object. */
+int qcow2_crypto_open(vd_node *n, vd_opts *opts, int flags);
+void qcow2_crypto_close(vd_node *n);
+int qcow2_crypto_decrypt(vd_node *n, uint64_t guest, uint64_t host, void *buf, uint64_t len);
+struct vd_json;
+void qcow2_crypto_info(vd_node *n, struct vd_json *d);
 /* Cut what qcow2_grow_file added past file_end (nothing else changed the
  * length since). Lock held or no other user. */
 void qcow2_trim_grown_tail(vd_node *n);
