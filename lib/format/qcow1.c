@@ -5,7 +5,8 @@
  * a zlib-compressed cluster, raw deflate, its byte count in the bits under
  * the top one).  New L2 tables and clusters go at the end of the file,
  * aligned to the cluster size.  Header checks and messages as QEMU 7.2;
- * AES-encrypted images (crypt_method 1) are recognised and refused.
+ * AES-encrypted images (crypt_method 1) are read with their key (writing
+ * and creating them is not supported yet).
  *
  * Invariants:
  *  1. A cluster is linked (L2 entry) only after its whole contents (guest
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "crypto/crypto.h"
 #include "util/checked.h"
 #include "util/endian.h"
 #include "vdisk/driver.h"
@@ -72,6 +74,7 @@ struct q1_state {
     uint8_t *zbuf, *zcache;        /* compressed bytes read, decompressed cluster */
     uint64_t zcache_off;           /* entry of the cluster in zcache (0: none) */
     uint8_t *fill;                 /* one cluster of fill (alloc_lock) */
+    struct vd_blockcrypt *crypt;   /* AES images opened with their key */
 };
 
 enum q1_kind { K_UNALLOC, K_DATA, K_COMPRESSED };
@@ -132,9 +135,6 @@ static int check_header(struct q1_state *s)
         return vd_error(EINVAL, "L2 table size must be between 512 and 64k");
     if (h->crypt > Q1_CRYPT_AES)
         return vd_error(EINVAL, "invalid encryption method in qcow header");
-    if (h->crypt == Q1_CRYPT_AES)
-        return vd_error(ENOTSUP, "qcow: AES-encrypted images (encrypt.format=aes) are not "
-                        "supported by vdisk yet");
     s->cluster = 1ull << h->cluster_bits;
     s->l2_entries = 1ull << h->l2_bits;
     s->l2_bytes = s->l2_entries * 8;
@@ -208,6 +208,35 @@ static int load_l1(vd_node *n)
     return 0;
 }
 
+/* The legacy AES key of an encrypted image (AES-128-CBC, the passphrase
+ * cut or zero-padded to 16 bytes, plain64 IVs from the guest sector), as
+ * QEMU reads it; an image opened without I/O (info) needs none.  Writing
+ * encrypted images is refused. */
+static int open_crypt(vd_node *n, vd_opts *opts, int flags)
+{
+    struct q1_state *s = n->state;
+    struct vd_blockcrypt_params p = { VD_CIPHER_AES_128, VD_MODE_CBC, VD_IVGEN_PLAIN64,
+                                      VD_CIPHER_AES_128, VD_HASH_SHA256 };
+    const char *id = vd_opts_get(opts, "encrypt.key-secret");
+    uint8_t key[16] = { 0 }, *pass = NULL;
+    size_t pass_len = 0;
+    int r;
+
+    if (s->h.crypt != Q1_CRYPT_AES || (flags & VD_O_NO_IO))
+        return 0;
+    if (!n->read_only)
+        return vd_error(ENOTSUP, "qcow: writing AES-encrypted images is not supported yet");
+    if (!id)
+        return vd_error(EINVAL, "Parameter 'encrypt.key-secret' is required for cipher");
+    if ((r = vd_secret_get(id, &pass, &pass_len)) < 0)
+        return r;
+    memcpy(key, pass, VD_MIN(pass_len, sizeof(key)));
+    vd_secret_free(pass, pass_len);
+    r = vd_blockcrypt_new(&s->crypt, &p, key, sizeof(key));
+    vd_wipe(key, sizeof(key));
+    return r;
+}
+
 /* Read and check the header, name the backing file, read the L1 table. */
 static int q1_open(vd_node *n, vd_opts *opts, int flags)
 {
@@ -227,7 +256,7 @@ static int q1_open(vd_node *n, vd_opts *opts, int flags)
         return vd_error_prefix(r, "qcow: cannot read the header");
     decode_header(b, &s->h);
     if ((r = check_header(s)) < 0 || (r = read_backing_name(n)) < 0 ||
-        (r = load_l1(n)) < 0)
+        (r = load_l1(n)) < 0 || (r = open_crypt(n, opts, flags)) < 0)
         return r;
     if (!(s->zbuf = malloc(s->cluster)) || !(s->zcache = malloc(s->cluster)))
         return vd_error(ENOMEM, "qcow: out of memory");
@@ -246,6 +275,7 @@ static void q1_close(vd_node *n)
     free(s->zbuf);
     free(s->zcache);
     free(s->fill);
+    vd_blockcrypt_free(s->crypt);
     if (s->locks_ok) {
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->alloc_lock);
@@ -449,6 +479,21 @@ static int read_backing(vd_node *n, uint64_t off, uint64_t len, uint8_t *buf)
     return vd_pread(n->backing, off, l, buf, 0);
 }
 
+/* Read guest bytes of data clusters, decrypted in an encrypted image. */
+static int read_data(vd_node *n, uint64_t off, uint64_t host, uint64_t len, uint8_t *p,
+                     int flags)
+{
+    struct q1_state *s = n->state;
+    int r;
+
+    vd_event(n->file, "read_aio");
+    if ((r = vd_pread(n->file, host, len, p, flags)) < 0 || s->h.crypt != Q1_CRYPT_AES)
+        return r;
+    if (!s->crypt)
+        return vd_error(EACCES, "qcow: image opened without its key");
+    return vd_blockcrypt_decrypt(s->crypt, off / 512, p, len);
+}
+
 /* Read guest bytes. */
 static int q1_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
 {
@@ -464,7 +509,7 @@ static int q1_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags
         else if (run.kind == K_COMPRESSED)
             r = read_compressed(n, run.entry, off, run.bytes, p);
         else
-            vd_event(n->file, "read_aio"), r = vd_pread(n->file, run.host, run.bytes, p, flags);
+            r = read_data(n, off, run.host, run.bytes, p, flags);
         if (r < 0)
             return r;
         off += run.bytes;
@@ -795,6 +840,7 @@ static int q1_pwrite_compressed(vd_node *n, uint64_t off, uint64_t len, const vo
 static int q1_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                            uint64_t *map, vd_node **file)
 {
+    struct q1_state *s = n->state;
     struct q1_run run;
     int r;
 
@@ -803,7 +849,7 @@ static int q1_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnu
     *pnum = run.bytes;
     if (run.kind == K_UNALLOC)
         return 0;
-    if (run.kind == K_COMPRESSED)
+    if (run.kind == K_COMPRESSED || s->h.crypt)
         return VD_BS_DATA;
     *map = run.host;
     *file = n->file;
@@ -999,6 +1045,18 @@ static int64_t q1_cluster_size(vd_node *n)
     return (int64_t)((struct q1_state *)n->state)->cluster;
 }
 
+/* Is the guest data encrypted (info's "encrypted: yes")? */
+static bool q1_is_encrypted(vd_node *n)
+{
+    return ((struct q1_state *)n->state)->h.crypt == Q1_CRYPT_AES;
+}
+
+static const struct vd_opt_desc q1_open_opts[] = {
+    { "encrypt.key-secret", VD_OPT_STRING, "ID of the secret that provides the AES "
+      "encryption key", NULL },
+    { NULL, 0, NULL, NULL },
+};
+
 /* A new image reads as zeroes (or its backing file). */
 static bool q1_has_zero_init(vd_node *n)
 {
@@ -1012,6 +1070,8 @@ static const struct vd_driver qcow1_driver = {
     .kind = VD_DRV_FORMAT,
     .state_size = sizeof(struct q1_state),
     .create_opts = q1_create_opts,
+    .open_opts = q1_open_opts,
+    .is_encrypted = q1_is_encrypted,
     .probe = q1_probe,
     .open = q1_open,
     .close = q1_close,

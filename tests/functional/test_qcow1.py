@@ -4,7 +4,7 @@ qemu-img's bytes; images qemu writes (plain, over a backing file,
 compressed by convert -c) read the same in vdisk, with the same info and
 map; images vdisk writes read the same in qemu-img; check, resize and
 measure are refused as qemu-img refuses them.  AES-encrypted images are
-recognised and refused.  Hostile images come from qcow1_gen.py."""
+read with their key (writing and creating them is refused).  Hostile images come from qcow1_gen.py."""
 import os
 import shutil
 import subprocess
@@ -270,17 +270,36 @@ def test_qcow1_refusals_as_qemu(tmp_path):
     assert (tmp_path / "img").read_bytes() == before
 
 
-def test_qcow1_encrypted_refused(tmp_path):
-    """An AES-encrypted image (crypt_method 1) made by qemu-img is named as
-    such in vdisk's refusal; creating one is refused too."""
-    (tmp_path / "key").write_text("secret")
-    q = run(QEMU_IMG, "create", "-f", "qcow", "--object",
-            "secret,id=s0,file=key", "-o", "encrypt.format=aes,encrypt.key-secret=s0",
-            "enc.img", "1M", cwd=tmp_path)
+def test_qcow1_encrypted_read(tmp_path):
+    """An AES-encrypted image (crypt_method 1) made and written by qemu:
+    info (no key needed), map and contents with the key as qemu-img's;
+    without the key, qemu-img's message; writing and creating encrypted
+    images are refused."""
+    (tmp_path / "key").write_text("passw0rd")
+    obj = ["--object", "secret,id=s0,file=key"]
+    opts = "driver=qcow,file.filename=enc.img,encrypt.key-secret=s0"
+    q = run(QEMU_IMG, "create", "-q", "-f", "qcow", *obj,
+            "-o", "encrypt.format=aes,encrypt.key-secret=s0", "enc.img", "4M", cwd=tmp_path)
     assert q.returncode == 0, q.stderr
-    v = run(VDISK_IMG, "info", "enc.img", cwd=tmp_path)
-    assert v.returncode == 1
-    assert "AES-encrypted images (encrypt.format=aes) are not supported" in v.stderr
+    q = subprocess.run([QEMU_IO, *obj, "--image-opts", opts, "-c", "write -P 0x5a 4096 70000",
+                        "-c", "write -P 0x33 3M 512"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert q.returncode == 0, q.stderr
+    for args in (["info", "enc.img"], ["info", "--output=json", "enc.img"],
+                 ["map", "enc.img"], ["convert", "-O", "raw", "enc.img", "x.raw"],
+                 ["map", "--output=json", *obj, "--image-opts", opts],
+                 ["map", *obj, "--image-opts", opts]):
+        same_result(*both(*args, cwd=tmp_path))
+    want = bytearray(4 * M)
+    want[4096:4096 + 70000] = b"\x5a" * 70000
+    want[3 * M:3 * M + 512] = b"\x33" * 512
+    for prog, out in ((QEMU_IMG, "q.raw"), (VDISK_IMG, "v.raw")):
+        r = run(prog, "convert", *obj, "--image-opts", opts, "-O", "raw", out, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / out).read_bytes() == bytes(want)
+    v = subprocess.run([VDISK_IO, "-f", "qcow", "enc.img", "write", "1", "0", "512"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert v.returncode == 1 and "encrypted" in v.stderr, v.stderr
     v = run(VDISK_IMG, "create", "-f", "qcow", "-o", "encrypt.format=aes", "new.img", "1M",
             cwd=tmp_path)
     assert v.returncode == 1 and "encryption (encrypt.format=aes) is not supported" in v.stderr
