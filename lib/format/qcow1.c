@@ -5,8 +5,8 @@
  * a zlib-compressed cluster, raw deflate, its byte count in the bits under
  * the top one).  New L2 tables and clusters go at the end of the file,
  * aligned to the cluster size.  Header checks and messages as QEMU 7.2;
- * AES-encrypted images (crypt_method 1) are read with their key (writing
- * and creating them is not supported yet).
+ * AES-encrypted images (crypt_method 1) are read, written and created
+ * through the crypto layer, with QEMU's key and IVs.
  *
  * Invariants:
  *  1. A cluster is linked (L2 entry) only after its whole contents (guest
@@ -224,8 +224,6 @@ static int open_crypt(vd_node *n, vd_opts *opts, int flags)
 
     if (s->h.crypt != Q1_CRYPT_AES || (flags & VD_O_NO_IO))
         return 0;
-    if (!n->read_only)
-        return vd_error(ENOTSUP, "qcow: writing AES-encrypted images is not supported yet");
     if (!id)
         return vd_error(EINVAL, "Parameter 'encrypt.key-secret' is required for cipher");
     if ((r = vd_secret_get(id, &pass, &pass_len)) < 0)
@@ -609,6 +607,27 @@ static int old_bytes(vd_node *n, enum q1_kind k, uint64_t e, uint64_t a, uint64_
     return read_backing(n, a, b - a, buf);
 }
 
+/* Write len guest bytes (from guest offset guest) at host, encrypted in
+ * an encrypted image (whole sectors: the request alignment). */
+static int write_guest(vd_node *n, uint64_t guest, uint64_t host, uint64_t len,
+                       const void *buf)
+{
+    struct q1_state *s = n->state;
+    uint8_t *c;
+    int r;
+
+    if (!s->crypt)
+        return vd_pwrite(n->file, host, len, buf, 0);
+    if (!(c = malloc(len)))
+        return vd_error(ENOMEM, "qcow: out of memory");
+    memcpy(c, buf, len);
+    r = vd_blockcrypt_encrypt(s->crypt, guest / 512, c, len);
+    if (r >= 0)
+        r = vd_pwrite(n->file, host, len, c, 0);
+    free(c);
+    return r;
+}
+
 /* Write guest bytes [off, off+len) at host (cluster-aligned, the first
  * of the run's new clusters), with the old contents around them. */
 static int write_new_clusters(vd_node *n, const struct q1_run *run, uint64_t off,
@@ -623,16 +642,16 @@ static int write_new_clusters(vd_node *n, const struct q1_run *run, uint64_t off
         return vd_error(ENOMEM, "qcow: out of memory");
     if (first < off) {
         if ((r = old_bytes(n, run->kind, run->entry, first, off, s->fill)) < 0 ||
-            (r = vd_pwrite(n->file, host, off - first, s->fill, 0)) < 0)
+            (r = write_guest(n, first, host, off - first, s->fill)) < 0)
             return r;
     }
     vd_event(n->file, "write_aio");
-    if ((r = vd_pwrite(n->file, host + (off - first), len, p, 0)) < 0)
+    if ((r = write_guest(n, off, host + (off - first), len, p)) < 0)
         return r;
     if (off + len < end) {
         uint64_t tail = end - (off + len);
         if ((r = old_bytes(n, run->kind, run->entry, off + len, end, s->fill)) < 0 ||
-            (r = vd_pwrite(n->file, host + (off + len - first), tail, s->fill, 0)) < 0)
+            (r = write_guest(n, off + len, host + (off + len - first), tail, s->fill)) < 0)
             return r;
     }
     return 0;
@@ -697,7 +716,7 @@ static int q1_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, in
             return r;
         if (run.kind == K_DATA) {
             vd_event(n->file, "write_aio");
-            if ((r = vd_pwrite(n->file, run.host, run.bytes, p, 0)) < 0)
+            if ((r = write_guest(n, off, run.host, run.bytes, p)) < 0)
                 return r;
             done = (int64_t)run.bytes;
         } else if ((done = alloc_write(n, off, run.bytes, p)) < 0) {
@@ -746,6 +765,8 @@ static int q1_compress_cluster(vd_node *n, uint64_t off, uint64_t len, const voi
     size_t clen;
 
     (void)off;
+    if (s->h.crypt)
+        return vd_error(ENOTSUP, "qcow: compression is not supported with encryption");
     if (len < s->cluster) {
         if (!(full = calloc(1, s->cluster)))
             return vd_error(ENOMEM, "qcow: out of memory");
@@ -791,6 +812,8 @@ static int q1_store_compressed(vd_node *n, uint64_t off, uint64_t len, const voi
     struct q1_run run;
     int r;
 
+    if (s->h.crypt)
+        return vd_error(ENOTSUP, "qcow: compression is not supported with encryption");
     if (clen >= s->cluster)
         return q1_pwrite(n, off, len, data, 0);
     pthread_mutex_lock(&s->alloc_lock);
@@ -902,6 +925,7 @@ static int q1_make_empty(vd_node *n)
 struct q1_create {
     uint64_t size;
     const char *backing;
+    bool aes;
 };
 
 /* Options of the file under the image: everything but qcow's own, and no
@@ -935,17 +959,12 @@ static vd_opts *proto_opts(vd_opts *o)
 /* Read and check the options (size rounded up to a sector, as qemu-img). */
 static int parse_create(vd_opts *o, struct q1_create *c)
 {
-    const char *ef = vd_opts_get(o, "encrypt.format"), *enc = vd_opts_get(o, "encryption");
     int r;
 
     if ((r = vd_opts_get_size(o, "size", 0, &c->size)) < 0)
         return r;
     if (!round_up_checked(c->size, 512, &c->size) || c->size > (uint64_t)INT64_MAX / 2)
         return vd_error(EINVAL, "qcow: image size %" PRIu64 " is too large", c->size);
-    if ((ef && strcmp(ef, "")) || (enc && (!strcmp(enc, "on") || !strcmp(enc, "true"))) ||
-        vd_opts_get(o, "encrypt.key-secret"))
-        return vd_error(ENOTSUP, "qcow: encryption (encrypt.format=aes) is not supported "
-                        "by vdisk yet");
     c->backing = vd_opts_get(o, "backing_file");
     /* QEMU 7.2 creates images too large for its own open; vdisk refuses
      * them (2 MiB of guest a table entry with either layout) */
@@ -955,6 +974,29 @@ static int parse_create(vd_opts *o, struct q1_create *c)
     if (c->backing && strlen(c->backing) > Q1_NAME_MAX)
         return vd_error(EINVAL, "qcow: backing file name of %zu bytes is over the %u "
                         "bytes QEMU reads", strlen(c->backing), Q1_NAME_MAX);
+    return 0;
+}
+
+/* The encryption options, checked as QEMU (after the file is made): aes
+ * only, with a secret that exists. */
+static int parse_crypt(vd_opts *o, struct q1_create *c)
+{
+    const char *ef = vd_opts_get(o, "encrypt.format"), *enc = vd_opts_get(o, "encryption");
+    const char *id = vd_opts_get(o, "encrypt.key-secret");
+    uint8_t *pass;
+    size_t len;
+    int r;
+
+    if (ef && strcmp(ef, "aes"))
+        return vd_error(EINVAL, "Unsupported encryption format");
+    c->aes = ef || (enc && (!strcmp(enc, "on") || !strcmp(enc, "true")));
+    if (!c->aes)
+        return id ? vd_error(EINVAL, "Parameter 'encrypt.format' is missing") : 0;
+    if (!id)
+        return vd_error(EINVAL, "Parameter 'encrypt.key-secret' is required for cipher");
+    if ((r = vd_secret_get(id, &pass, &len)) < 0)
+        return r;
+    vd_secret_free(pass, len);
     return 0;
 }
 
@@ -982,6 +1024,7 @@ static int write_layout(vd_node *f, const struct q1_create *c)
     vd_put_be64(h + H_SIZE, c->size);
     h[H_CLUSTER_BITS] = (uint8_t)cb;
     h[H_L2_BITS] = (uint8_t)l2b;
+    vd_put_be32(h + H_CRYPT, c->aes ? Q1_CRYPT_AES : Q1_CRYPT_NONE);
     vd_put_be64(h + H_L1, hlen);
     memcpy(h + Q1_HEADER_LEN, named ? c->backing : "", nl);
     if ((r = vd_truncate(f, total, true, VD_PREALLOC_OFF)) >= 0)
@@ -1006,7 +1049,7 @@ static int q1_create(const char *filename, vd_opts *opts)
         return vd_error(ENOMEM, "out of memory");
     r = vd_protocol_create(filename, p);
     vd_opts_free(p);
-    if (r < 0)
+    if (r < 0 || (r = parse_crypt(opts, &c)) < 0)
         return r;
     if ((r = vd_open(&f, filename, "raw", NULL, VD_O_RDWR | VD_O_CREATE)) < 0)
         return r;

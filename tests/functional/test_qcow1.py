@@ -4,7 +4,7 @@ qemu-img's bytes; images qemu writes (plain, over a backing file,
 compressed by convert -c) read the same in vdisk, with the same info and
 map; images vdisk writes read the same in qemu-img; check, resize and
 measure are refused as qemu-img refuses them.  AES-encrypted images are
-read with their key (writing and creating them is refused).  Hostile images come from qcow1_gen.py."""
+read, written and created with their key.  Hostile images come from qcow1_gen.py."""
 import os
 import shutil
 import subprocess
@@ -273,8 +273,7 @@ def test_qcow1_refusals_as_qemu(tmp_path):
 def test_qcow1_encrypted_read(tmp_path):
     """An AES-encrypted image (crypt_method 1) made and written by qemu:
     info (no key needed), map and contents with the key as qemu-img's;
-    without the key, qemu-img's message; writing and creating encrypted
-    images are refused."""
+    without the key, qemu-img's message."""
     (tmp_path / "key").write_text("passw0rd")
     obj = ["--object", "secret,id=s0,file=key"]
     opts = "driver=qcow,file.filename=enc.img,encrypt.key-secret=s0"
@@ -297,12 +296,45 @@ def test_qcow1_encrypted_read(tmp_path):
         r = run(prog, "convert", *obj, "--image-opts", opts, "-O", "raw", out, cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert (tmp_path / out).read_bytes() == bytes(want)
-    v = subprocess.run([VDISK_IO, "-f", "qcow", "enc.img", "write", "1", "0", "512"],
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert v.returncode == 1 and "encrypted" in v.stderr, v.stderr
-    v = run(VDISK_IMG, "create", "-f", "qcow", "-o", "encrypt.format=aes", "new.img", "1M",
+
+
+def test_qcow1_encrypted_create_and_write(tmp_path):
+    """vdisk creates AES-encrypted images with qemu-img's bytes and options'
+    checks; what vdisk writes (convert into one, then writes over its
+    clusters and into new partial clusters) qemu reads with the key."""
+    (tmp_path / "key").write_text("passw0rd")
+    obj = ["--object", "secret,id=s0,file=key"]
+    for o in ("encrypt.format=aes", "encryption=on,encrypt.key-secret=s0",
+              "encrypt.format=luks,encrypt.key-secret=s0",
+              "encrypt.format=aes,encrypt.key-secret=nope", "encrypt.key-secret=s0"):
+        q, v = both("create", "-f", "qcow", *obj, "-o", o, "n.img", "3M", cwd=tmp_path)
+        same_result(q, v)
+        if q.returncode == 0:
+            os.rename(tmp_path / "n.img", tmp_path / "v.img")
+            run(QEMU_IMG, "create", "-q", "-f", "qcow", *obj, "-o", o, "n.img", "3M",
+                cwd=tmp_path)
+            assert (tmp_path / "n.img").read_bytes() == (tmp_path / "v.img").read_bytes()
+    data = pattern_file(tmp_path / "src.raw", 3 * M, [(0x21, 0, 5000), (0x22, 1 * M, 70000)])
+    aes = "encrypt.format=aes,encrypt.key-secret=s0"
+    v = run(VDISK_IMG, "convert", *obj, "-O", "qcow", "-o", aes, "src.raw", "e.img",
             cwd=tmp_path)
-    assert v.returncode == 1 and "encryption (encrypt.format=aes) is not supported" in v.stderr
+    assert v.returncode == 0, v.stderr
+    opts = "driver=qcow,file.filename=e.img,encrypt.key-secret=s0"
+    assert run(QEMU_IMG, "compare", *obj, "--image-opts", opts,
+               "driver=raw,file.filename=src.raw", cwd=tmp_path).returncode == 0
+    # over its clusters and into new ones, in place of the first image
+    pattern_file(tmp_path / "src2.raw", 3 * M, [(0x23, 0, 4096), (0x24, 2 * M + 512, 1024)])
+    v = run(VDISK_IMG, "convert", "-n", *obj, "--target-image-opts", "src2.raw", opts,
+            cwd=tmp_path)
+    assert v.returncode == 0, v.stderr
+    q = subprocess.run([QEMU_IO, *obj, "--image-opts", opts, "-c", "read -P 0x23 0 4096",
+                        "-c", "read -P 0 4096 1M", "-c", "read -P 0x24 2097664 1024",
+                        "-c", "read -P 0 2098688 512"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert q.returncode == 0 and "fail" not in q.stdout.lower(), q.stdout + q.stderr
+    v = run(VDISK_IMG, "convert", "-c", *obj, "-O", "qcow", "-o", aes, "src.raw", "c.img",
+            cwd=tmp_path)
+    assert v.returncode == 1
 
 
 def test_qcow1_untrusted_refuses_the_backing_file(tmp_path):
