@@ -616,8 +616,10 @@ static int write_guest(vd_node *n, uint64_t guest, uint64_t host, uint64_t len,
     uint8_t *c;
     int r;
 
-    if (!s->crypt)
+    if (s->h.crypt != Q1_CRYPT_AES)
         return vd_pwrite(n->file, host, len, buf, 0);
+    if (!s->crypt)
+        return vd_error(EACCES, "qcow: image opened without its key");
     if (!(c = malloc(len)))
         return vd_error(ENOMEM, "qcow: out of memory");
     memcpy(c, buf, len);
