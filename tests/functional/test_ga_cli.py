@@ -199,6 +199,17 @@ def test_daemonize_pidfile(tmp_path):
             s.close()
         finally:
             os.kill(n, signal.SIGTERM)
-        while pid.exists():          # removed on the way out
-            assert time.monotonic() < deadline, name
+        # vdisk-ga removes its pid file on the way out.  qemu-ga does too,
+        # but on a loaded machine qemu-ga 7.2 was seen to stay up after
+        # SIGTERM for good: give it a while, then kill it, and judge the
+        # removal on vdisk-ga alone.
+        stop = time.monotonic() + (90 if name == "v" else 20)
+        while pid.exists() and time.monotonic() < stop:
             time.sleep(0.02)
+        if name == "v":
+            assert not pid.exists(), "vdisk-ga left its pid file"
+        elif pid.exists():
+            try:
+                os.kill(n, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -147,8 +147,11 @@ def assert_same_files(vd, qd):
         if q[:4] == b"KDMV":
             assert v[:512] == q[:512], f
             assert v[DESC_END:] == q[DESC_END:], f
-            assert no_cid(v[512:DESC_END]).rstrip(b"\0") == \
-                no_cid(q[512:DESC_END]).rstrip(b"\0"), f
+            # The embedded descriptor is text up to its first NUL: qemu-img
+            # rewrites it in place with the final CID, and when that CID has
+            # a digit fewer the old text's last byte stays after the NUL.
+            assert no_cid(v[512:DESC_END]).split(b"\0")[0] == \
+                no_cid(q[512:DESC_END]).split(b"\0")[0], f
         else:
             assert no_cid(v).split(b"\0")[0] == no_cid(q).split(b"\0")[0], f
 
