@@ -202,6 +202,10 @@ int vd_untrusted_table_check(const vd_node *n, uint64_t bytes, const char *what)
  * while an untrusted n is being opened. */
 int vd_node_set_backing_name(vd_node *n, const char *name, const char *fmt);
 
+/* Guest bytes [off, off+len) of n's backing file into buf: zeroes past its
+ * end or without one; fires "read_backing_aio" on n's file first. */
+int vd_read_backing(vd_node *n, uint64_t off, uint64_t len, void *buf);
+
 #ifdef __cplusplus
 }
 #endif

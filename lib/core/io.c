@@ -414,6 +414,22 @@ int vd_truncate(vd_node *n, uint64_t size, bool exact, int prealloc)
     return vd_refresh_length(n) < 0 ? -EIO : 0;
 }
 
+/* See driver.h. */
+int vd_read_backing(vd_node *n, uint64_t off, uint64_t len, void *buf)
+{
+    int64_t bl = n->backing ? vd_getlength(n->backing) : 0;
+    uint64_t l;
+
+    if (bl < 0)
+        return (int)bl;
+    l = off >= (uint64_t)bl ? 0 : VD_MIN(len, (uint64_t)bl - off);
+    memset((char *)buf + l, 0, len - l);
+    if (!l)
+        return 0;
+    vd_event(n->file, "read_backing_aio");
+    return vd_pread(n->backing, off, l, buf, 0);
+}
+
 /* Host bytes used by the node and everything below it. */
 int64_t vd_get_allocated_size(vd_node *n)
 {

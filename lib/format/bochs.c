@@ -250,15 +250,6 @@ static int bochs_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int fl
     return 0;
 }
 
-/* Everything is data with no offset in the file (QEMU's default). */
-static int bochs_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
-                              uint64_t *map, vd_node **file)
-{
-    (void)n; (void)off; (void)map; (void)file;
-    *pnum = len;
-    return VD_BS_DATA;
-}
-
 /* Guest size: the header's, in whole sectors. */
 static int64_t bochs_getlength(vd_node *n)
 {
@@ -283,7 +274,6 @@ static const struct vd_driver bochs_driver = {
     .open = bochs_open,
     .close = bochs_close,
     .pread = bochs_pread,
-    .block_status = bochs_block_status,
     .getlength = bochs_getlength,
     .cluster_size = bochs_cluster_size,
 };

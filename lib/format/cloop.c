@@ -259,15 +259,6 @@ static int cloop_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int fl
     return 0;
 }
 
-/* Everything is data with no offset in the file (QEMU's default). */
-static int cloop_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
-                              uint64_t *map, vd_node **file)
-{
-    (void)n; (void)off; (void)map; (void)file;
-    *pnum = len;
-    return VD_BS_DATA;
-}
-
 /* Guest size: the blocks. */
 static int64_t cloop_getlength(vd_node *n)
 {
@@ -292,7 +283,6 @@ static const struct vd_driver cloop_driver = {
     .open = cloop_open,
     .close = cloop_close,
     .pread = cloop_pread,
-    .block_status = cloop_block_status,
     .getlength = cloop_getlength,
     .cluster_size = cloop_cluster_size,
 };

@@ -623,15 +623,6 @@ static int dmg_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flag
     return 0;
 }
 
-/* Everything is data with no offset in the file (QEMU's default). */
-static int dmg_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
-                            uint64_t *map, vd_node **file)
-{
-    (void)n; (void)off; (void)map; (void)file;
-    *pnum = len;
-    return VD_BS_DATA;
-}
-
 /* Guest size: the trailer's sector count. */
 static int64_t dmg_getlength(vd_node *n)
 {
@@ -656,7 +647,6 @@ static const struct vd_driver dmg_driver = {
     .open = dmg_open,
     .close = dmg_close,
     .pread = dmg_pread,
-    .block_status = dmg_block_status,
     .getlength = dmg_getlength,
     .cluster_size = dmg_cluster_size,
 };

@@ -461,22 +461,6 @@ static int read_compressed(vd_node *n, uint64_t e, uint64_t off, uint64_t len, u
     return r;
 }
 
-/* Guest bytes from the backing file: zeroes past its end or without one. */
-static int read_backing(vd_node *n, uint64_t off, uint64_t len, uint8_t *buf)
-{
-    int64_t bl = n->backing ? vd_getlength(n->backing) : 0;
-    uint64_t l;
-
-    if (bl < 0)
-        return (int)bl;
-    l = off >= (uint64_t)bl ? 0 : VD_MIN(len, (uint64_t)bl - off);
-    memset(buf + l, 0, len - l);
-    if (!l)
-        return 0;
-    vd_event(n->file, "read_backing_aio");
-    return vd_pread(n->backing, off, l, buf, 0);
-}
-
 /* Read guest bytes of data clusters, decrypted in an encrypted image. */
 static int read_data(vd_node *n, uint64_t off, uint64_t host, uint64_t len, uint8_t *p,
                      int flags)
@@ -503,7 +487,7 @@ static int q1_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags
         if ((r = lookup(n, off, len, &run)) < 0)
             return r;
         if (run.kind == K_UNALLOC)
-            r = read_backing(n, off, run.bytes, p);
+            r = vd_read_backing(n, off, run.bytes, p);
         else if (run.kind == K_COMPRESSED)
             r = read_compressed(n, run.entry, off, run.bytes, p);
         else
@@ -604,7 +588,7 @@ static int old_bytes(vd_node *n, enum q1_kind k, uint64_t e, uint64_t a, uint64_
     if (k == K_COMPRESSED)
         return read_compressed(n, e, a, b - a, buf);
     vd_event(n->file, "cow_read");
-    return read_backing(n, a, b - a, buf);
+    return vd_read_backing(n, a, b - a, buf);
 }
 
 /* Write len guest bytes (from guest offset guest) at host, encrypted in

@@ -96,20 +96,6 @@ void qcow2_inflight_end(vd_node *n, struct qc_inflight *f)
 
 /* ---- reads ---- */
 
-/* Read from the backing file; zeroes past its end or without one. */
-static int read_backing(vd_node *n, uint64_t off, uint64_t len, void *buf)
-{
-    int64_t bl = n->backing ? vd_getlength(n->backing) : 0;
-    uint64_t l = bl > 0 && off < (uint64_t)bl ? VD_MIN(len, (uint64_t)bl - off) : 0;
-
-    if (l < len)
-        memset((char *)buf + l, 0, len - l);
-    if (!l)
-        return 0;
-    vd_event(n->file, "read_backing_aio");
-    return vd_pread(n->backing, off, l, buf, 0);
-}
-
 /* Read part [off, off+len) of a compressed guest cluster. */
 static int read_compressed(vd_node *n, uint64_t entry, uint64_t off, uint64_t len, void *buf)
 {
@@ -169,7 +155,7 @@ int qcow2_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
         switch (m.type) {
         case QC_UNALLOC:
         case QC_UNALLOC_ALLOC:
-            r = read_backing(n, off, m.bytes, p);
+            r = vd_read_backing(n, off, m.bytes, p);
             break;
         case QC_ZERO:
         case QC_ZERO_ALLOC:

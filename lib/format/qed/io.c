@@ -86,23 +86,6 @@ static int lookup(vd_node *n, uint64_t off, uint64_t len, struct qed_run *run)
     return r;
 }
 
-/* Read guest bytes from the backing file: zeroes past its end or without
- * one. */
-static int read_backing(vd_node *n, uint64_t off, uint64_t len, uint8_t *buf)
-{
-    int64_t bl = n->backing ? vd_getlength(n->backing) : 0;
-    uint64_t l;
-
-    if (bl < 0)
-        return (int)bl;
-    l = off >= (uint64_t)bl ? 0 : VD_MIN(len, (uint64_t)bl - off);
-    memset(buf + l, 0, len - l);
-    if (!l)
-        return 0;
-    vd_event(n->file, "read_backing_aio");
-    return vd_pread(n->backing, off, l, buf, 0);
-}
-
 /* ---- reads ---- */
 
 /* See qed.h. */
@@ -116,7 +99,7 @@ int qed_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
         if ((r = lookup(n, off, len, &run)) < 0)
             return r;
         if (run.kind == QR_UNALLOC)
-            r = read_backing(n, off, run.bytes, p);
+            r = vd_read_backing(n, off, run.bytes, p);
         else if (run.kind == QR_ZERO)
             memset(p, 0, run.bytes), r = 0;
         else
@@ -177,7 +160,7 @@ static int write_fill(vd_node *n, uint64_t a, uint64_t b, uint64_t h, bool cow)
         return vd_error(ENOMEM, "qed: out of memory");
     if (cow) {
         vd_event(n->file, "cow_read");
-        if ((r = read_backing(n, a, b - a, s->fill)) < 0)
+        if ((r = vd_read_backing(n, a, b - a, s->fill)) < 0)
             return r;
     } else {
         memset(s->fill, 0, b - a);
