@@ -32,12 +32,21 @@ def free_port():
     return port
 
 
+class Exited(RuntimeError):
+    """The server exited while starting: most likely a port free_port
+    picked was taken by another process before the server could bind it."""
+
+
+# Servers started on fresh ports after an Exited, at most.
+START_ATTEMPTS = 5
+
+
 def wait_port(port, proc, what, timeout=30):
-    """Wait until something listens on port (or proc died)."""
+    """Wait until something listens on port (or proc died: Exited)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
-            raise RuntimeError("%s exited with %d" % (what, proc.returncode))
+            raise Exited("%s exited with %d" % (what, proc.returncode))
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
@@ -113,6 +122,15 @@ class Nginx:
                             capture_output=True, text=True).stdout.strip()
         with open(os.path.join(d, "htpasswd"), "w") as f:
             f.write("user:%s\n" % pw)
+        for attempt in range(START_ATTEMPTS):
+            try:
+                self._start(d)
+                break
+            except Exited:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def _start(self, d):
         self.http_port, self.https_port = free_port(), free_port()
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
@@ -186,6 +204,14 @@ class Vsftpd:
         self.ftps_port = self._start("ftps", "YES")
 
     def _start(self, name, implicit):
+        for attempt in range(START_ATTEMPTS):
+            try:
+                return self._start_once(name, implicit)
+            except Exited:
+                if attempt == START_ATTEMPTS - 1:
+                    raise
+
+    def _start_once(self, name, implicit):
         port = free_port()
         conf = os.path.join(self.dir, "vsftpd-%s.conf" % name)
         with open(conf, "w") as f:
