@@ -37,7 +37,7 @@ class Agent:
     """One agent process on a unix-listen socket in its own directory."""
 
     def __init__(self, binary, workdir, extra=(), conf=None):
-        self.dir = workdir
+        self.binary, self.dir = binary, workdir
         os.makedirs(workdir, exist_ok=True)
         self.sock = os.path.join(workdir, "ga.sock")
         self.log = os.path.join(workdir, "ga.log")
@@ -160,5 +160,8 @@ def agents(tmp_path):
     yield start
     codes = [(a.stop(), a) for a in started]
     for code, a in codes:
-        # SIGTERM ends both cleanly (and a sanitizer build finds no leak)
-        assert code == 0, open(a.log).read()[-3000:]
+        # SIGTERM ends vdisk-ga cleanly (and a sanitizer build finds no
+        # leak).  qemu-ga 7.2 was seen to stay up after SIGTERM on a loaded
+        # machine until stop() killed it: its exit is not judged.
+        if a.binary == VDISK_GA:
+            assert code == 0, open(a.log).read()[-3000:]

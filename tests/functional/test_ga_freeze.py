@@ -119,7 +119,11 @@ def test_freeze_thaw_loop(loopfs, tmp_path):
     needs_qemu_ga()
     v = scenario(VDISK_GA, str(tmp_path / "v"), loopfs)
     q = scenario(QEMU_GA, str(tmp_path / "q"), loopfs)
-    assert v == q
+    # v[-3] is the exit status after the last SIGTERM: vdisk-ga's must be 0;
+    # qemu-ga 7.2 was seen to stay up after SIGTERM on a loaded machine until
+    # it was killed (-9), so its status is not compared.
+    assert v[:-3] + v[-2:] == q[:-3] + q[-2:]
+    assert q[-3] in (0, -9)
     assert v[2].startswith(b'{"return": 1}')
     assert v[-3] == 0 and v[-2] is False        # exited, nothing left frozen
     assert v[-1] == "freeze\nthaw\nfreeze\nthaw\nfreeze\nthaw\n"
