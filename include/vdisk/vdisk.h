@@ -204,6 +204,8 @@ const char *vd_prealloc_name(int mode);
 /* ---- drivers ---- */
 /* Look up a driver by name (format, protocol or filter); NULL if none. */
 const struct vd_driver *vd_driver_find(const char *name);
+/* The protocol driver for the prefix name[0..len) ("nbd", "http"...). */
+const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len);
 /* Call fn for every registered driver, sorted by name. */
 void vd_driver_foreach(void (*fn)(const struct vd_driver *d, void *opaque), void *opaque);
 const char *vd_driver_name(const struct vd_driver *d);

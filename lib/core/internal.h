@@ -8,7 +8,6 @@
 /* Bytes read for format probing. */
 #define VD_PROBE_SIZE 2048
 
-const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len);
 const struct vd_driver *vd_probe_format(const uint8_t *buf, size_t len,
                                         const char *filename);
 /* Would these first bytes of a probed raw image make it probe as another

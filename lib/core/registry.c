@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "core/internal.h"
+#include "core/module.h"
 #include "util/checked.h"
 
 #define VD_MAX_DRIVERS 64
@@ -15,20 +16,43 @@
 static const struct vd_driver *drivers[VD_MAX_DRIVERS];
 static size_t ndrivers;
 
-/* Add a driver (called from constructors, before main). */
-void vd_driver_register(const struct vd_driver *d)
+/* Drivers registered so far (modules may add more while others look). */
+static size_t driver_count(void)
 {
-    if (ndrivers < VD_MAX_DRIVERS && d->struct_size <= sizeof(struct vd_driver))
-        drivers[ndrivers++] = d;
+    return __atomic_load_n(&ndrivers, __ATOMIC_ACQUIRE);
 }
 
-/* Find a driver by name. */
-const struct vd_driver *vd_driver_find(const char *name)
+/* Add a driver (called from constructors: before main, or when a module
+ * loads, under the module lock). */
+void vd_driver_register(const struct vd_driver *d)
 {
-    for (size_t i = 0; name && i < ndrivers; i++)
+    size_t n = driver_count();
+
+    if (n < VD_MAX_DRIVERS && d->struct_size <= sizeof(struct vd_driver)) {
+        drivers[n] = d;
+        __atomic_store_n(&ndrivers, n + 1, __ATOMIC_RELEASE);
+    }
+}
+
+/* Find a registered driver by name. */
+static const struct vd_driver *find_loaded(const char *name)
+{
+    size_t n = driver_count();
+
+    for (size_t i = 0; name && i < n; i++)
         if (!strcmp(drivers[i]->name, name))
             return drivers[i];
     return NULL;
+}
+
+/* Find a driver by name, loading the module that provides it if needed. */
+const struct vd_driver *vd_driver_find(const char *name)
+{
+    const struct vd_driver *d = find_loaded(name);
+
+    if (!d && name && vd_module_load_for(name, strlen(name)))
+        d = find_loaded(name);
+    return d;
 }
 
 /* Does prefix p equal name[0..len)? */
@@ -37,10 +61,12 @@ static bool prefix_is(const char *p, const char *name, size_t len)
     return p && strlen(p) == len && !strncmp(p, name, len);
 }
 
-/* Find the protocol driver whose prefix (or an alias) is name[0..len). */
-const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len)
+/* The registered protocol driver whose prefix (or an alias) is name[0..len). */
+static const struct vd_driver *find_protocol_loaded(const char *name, size_t len)
 {
-    for (size_t i = 0; i < ndrivers; i++) {
+    size_t n = driver_count();
+
+    for (size_t i = 0; i < n; i++) {
         const struct vd_driver *d = drivers[i];
         if (prefix_is(d->protocol, name, len))
             return d;
@@ -51,6 +77,16 @@ const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len)
                 return d;
     }
     return NULL;
+}
+
+/* Find the protocol driver for prefix name[0..len), loading its module. */
+const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len)
+{
+    const struct vd_driver *d = find_protocol_loaded(name, len);
+
+    if (!d && vd_module_load_for(name, len))
+        d = find_protocol_loaded(name, len);
+    return d;
 }
 
 /* qsort comparator: by driver name. */
@@ -65,9 +101,11 @@ void vd_driver_foreach(void (*fn)(const struct vd_driver *d, void *opaque), void
 {
     const struct vd_driver *sorted[VD_MAX_DRIVERS];
 
-    memcpy(sorted, drivers, ndrivers * sizeof(sorted[0]));
-    qsort(sorted, ndrivers, sizeof(sorted[0]), cmp_driver);
-    for (size_t i = 0; i < ndrivers; i++)
+    vd_module_load_all();
+    size_t n = driver_count();
+    memcpy(sorted, drivers, n * sizeof(sorted[0]));
+    qsort(sorted, n, sizeof(sorted[0]), cmp_driver);
+    for (size_t i = 0; i < n; i++)
         fn(sorted[i], opaque);
 }
 
@@ -80,8 +118,9 @@ const struct vd_driver *vd_probe_format(const uint8_t *buf, size_t len,
 {
     const struct vd_driver *best = NULL;
     int best_score = 0;
+    size_t n = driver_count();
 
-    for (size_t i = 0; i < ndrivers; i++) {
+    for (size_t i = 0; i < n; i++) {
         const struct vd_driver *d = drivers[i];
         if (d->kind != VD_DRV_FORMAT || !d->probe)
             continue;

@@ -352,34 +352,17 @@ void img_progress_end(void)
 
 /* ---- create options of a format and its protocol ---- */
 
-/* A protocol lookup: the prefix before ':' and the driver found. */
-struct proto_query {
-    const char *prefix;
-    size_t len;
-    const struct vd_driver *found;
-};
-
-/* vd_driver_foreach callback: match a protocol driver by its prefix. */
-static void match_protocol(const struct vd_driver *d, void *opaque)
-{
-    struct proto_query *q = opaque;
-
-    if (!q->found && d->kind == VD_DRV_PROTOCOL && d->protocol &&
-        strlen(d->protocol) == q->len && !strncmp(d->protocol, q->prefix, q->len))
-        q->found = d;
-}
-
 /* The protocol driver that would store filename ("nbd://", "file:"...). */
 const struct vd_driver *img_protocol_for(const char *filename)
 {
-    struct proto_query q = { filename, 0, NULL };
+    const struct vd_driver *d = NULL;
 
     if (filename) {
-        q.len = strcspn(filename, ":/");
-        if (filename[q.len] == ':')
-            vd_driver_foreach(match_protocol, &q);
+        size_t len = strcspn(filename, ":/");
+        if (filename[len] == ':')
+            d = vd_driver_find_protocol(filename, len);
     }
-    return q.found ? q.found : vd_driver_find("file");
+    return d ? d : vd_driver_find("file");
 }
 
 /* Number of entries of an option table. */
