@@ -18,13 +18,12 @@ import random
 import re
 import shutil
 import struct
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import TOP, needs_vdisk_format, run, vimg
 import crash_replay as cr
-from crash_kit import EIO, ENOSPC, LOAD, load, rand_ops, script_file, \
+from crash_kit import EIO, ENOSPC, rand_ops, \
     work  # noqa: F401  (work: the scratch directory fixture)
 import crash_kit as kit
 
@@ -106,106 +105,35 @@ def scenarios():
 SCEN = scenarios()
 
 
-class Prepared:
+def prepared(d, name):
     """A scenario's image after its setup ops."""
-
-    def __init__(self, d, name):
-        size, setup, ops = SCEN[name]
-        self.d, self.size = d, size
-        self.base = d / "base.qcow"
-        vimg("create", "-q", "-f", "qcow", self.base, str(size), check=True)
-        p, _, _ = load(json_name(self.base), script_file(d / "setup.txt", setup))
-        assert p.returncode == 0, p.stderr
-        self.script = script_file(d / "ops.txt", ops)
-        self.ops = cr.parse_script("\n".join(setup)) + \
-            cr.parse_script("\n".join(ops), len(setup) + 1)
-        self.first = len(setup) + 1
-
-    def model(self):
-        return cr.Model(self.ops, self.size)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+    size, setup, ops = SCEN[name]
+    return kit.Prepared(d, "qcow", size, setup, ops, lambda path: vimg(
+        "create", "-q", "-f", "qcow", path, str(size), check=True), json_name)
 
 
 def test_events_listed():
     """The driver names its allocation steps, and blkdebug knows them."""
-    assert {"cluster_alloc", "l1_update", "l2_update", "l2_alloc_write",
-            "write_aio"} <= set(EVENTS)
-    for e in EVENTS:
-        p = run([kit.VDISK_IO, json_name("/nonexistent", rule={"event": e}), "flush"])
-        assert "invalid parameter value" not in p.stderr, e
-
-
-def inject_case(prep, event, err, once):
-    tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-    img = prep.fresh(tag + ".qcow")
-    rule = {"event": event, "errno": err, "once": once}
-    p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-    probs = []
-    if p.returncode not in (0, 1) or "Sanitizer" in p.stderr:
-        probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-    if p.returncode == 1 and "vdisk-crashload: op" not in p.stderr:
-        probs.append("%s: failed without a message: %r" % (tag, p.stderr))
-    probs += verify(img, prep.model(), started, flushed, tag)
-    return probs, p.returncode == 1
+    kit.events_listed(EVENTS, {"cluster_alloc", "l1_update", "l2_update", "l2_alloc_write",
+                               "write_aio"}, json_name)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_qcow1_fault_injection(work, name):  # noqa: F811
-    prep = Prepared(work, name)
     errs = (EIO,) if SANITIZED else (EIO, ENOSPC)
-    cases = [(e, err, once) for e in EVENTS for err in errs for once in (True, False)]
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(lambda c: inject_case(prep, *c), cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results), "no injected error ever reached the workload"
+    kit.fault_injection(prepared(work, name), kit.injection_cases(EVENTS, errs), json_name,
+                        verify, WORKERS)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_qcow1_crash_replay(work, name):  # noqa: F811
-    prep = Prepared(work, name)
-    img, log = prep.fresh("rec.qcow"), work / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    assert rp.flush_at, "the workload never flushed"
-    rng, model = random.Random(1), prep.model()
-
-    def job(path, started, flushed, what):
-        probs = verify(path, model, started, flushed, what)
-        if not probs:
-            os.unlink(path)
-        return probs
-
-    probs, running = [], []
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(rp.cuts(10 if SANITIZED else 25, rng),
-                                                        ("drop", "random", "keep"), rng):
-            path = work / ("cut%d-%s.qcow" % (cut, v))
-            path.write_bytes(data)
-            running.append(ex.submit(job, path, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-        for f in running:
-            probs += f.result()
+    prep = prepared(work, name)
+    rp = kit.record(prep, json_name)
+    probs = kit.replay_cuts(rp, prep, 10 if SANITIZED else 25, random.Random(1), verify,
+                            WORKERS)
     assert not probs, "\n".join(probs[:20])
 
 
 def test_qcow1_reader_matches_qemu(tmp_path):
     """The test's own reader agrees with qemu-img convert."""
-    prep = Prepared(tmp_path, "random")
-    img = prep.fresh("x.qcow")
-    p, started, _ = load(json_name(img), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    raw = tmp_path / "x.raw"
-    run([QEMU_IMG, "convert", "-O", "raw", str(img), str(raw)], check=True)
-    q = Qcow1Reader(open(img, "rb").read())
-    want = bytearray(q.size)
-    for gc, host in q.clusters():
-        want[gc * q.cs:(gc + 1) * q.cs] = q.read(host, q.cs)[:q.size - gc * q.cs]
-    assert raw.read_bytes() == bytes(want)
-    assert not cr.judge(open(img, "rb").read(), prep.model(), started, started, Qcow1Reader)
+    kit.reader_matches_qemu(prepared(tmp_path, "random"), Qcow1Reader, tmp_path, json_name)

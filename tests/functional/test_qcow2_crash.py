@@ -21,8 +21,6 @@ import random
 import shutil
 import signal
 import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -30,7 +28,7 @@ from conftest import run, same_output, vimg
 import crash_kit as kit
 import crash_replay as cr
 
-from crash_kit import EIO, ENOSPC, LOAD, VDISK_IO, load, progress, rand_ops, script_file, \
+from crash_kit import LOAD, VDISK_IO, rand_ops, script_file, \
     work  # noqa: F401  (work: the scratch directory fixture)
 
 QEMU_IMG = shutil.which("qemu-img")
@@ -135,75 +133,33 @@ def scenarios():
 SCEN = scenarios()
 
 
-class Prepared:
+def prepared(d, name, lazy=False):
     """A scenario's image after its setup ops (flushed and closed)."""
+    opts, size, setup, ops = SCEN[name]
+    if lazy:
+        opts += ",lazy_refcounts=on"
+    prep = kit.Prepared(d, "qcow2", size, setup, ops, lambda path: create(path, opts, size))
+    prep.lazy = lazy
+    return prep
 
-    def __init__(self, d, name, lazy=False):
-        opts, size, setup, ops = SCEN[name]
-        if lazy:
-            opts += ",lazy_refcounts=on"
-        self.d, self.name, self.lazy, self.size = d, name, lazy, size
-        self.base = d / "base.qcow2"
-        create(self.base, opts, size)
-        self.n_setup = len([o for o in setup if o.strip()])
-        p, _, _ = load(str(self.base), script_file(d / "setup.txt", setup))
-        assert p.returncode == 0, p.stderr
-        self.script = script_file(d / "ops.txt", ops)
-        self.ops = cr.parse_script("\n".join(setup)) + \
-            cr.parse_script("\n".join(ops), self.n_setup + 1)
-        self.first = self.n_setup + 1
 
-    def model(self):
-        return cr.Model(self.ops, self.size)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+def lazy_verify(lazy):
+    """verify for an image made with lazy_refcounts=on (or off)."""
+    return lambda img, model, started, flushed, what="": verify(img, model, started,
+                                                                 flushed, lazy, what)
 
 
 # ---- (a) fault injection ----
-
-def fired_events(prep):
-    """Events emitted while the ops under test run (from a record log)."""
-    img, log = prep.fresh("discover.qcow2"), prep.d / "discover.log"
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    fired = {r[1] for r in cr.parse_log(str(log)) if r[0] == "E"}
-    return [e for e in EVENTS if e in fired]
-
-
-def inject_case(prep, event, err, once):
-    """Run the ops under test with one failure rule; problems found."""
-    tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-    img = prep.fresh(tag + ".qcow2")
-    rule = {"event": event, "errno": err, "once": once}
-    p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-    probs = []
-    if p.returncode not in (0, 1) or "Sanitizer" in p.stderr:
-        probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-    if p.returncode == 1 and "vdisk-crashload: op" not in p.stderr:
-        probs.append("%s: failed without a message: %r" % (tag, p.stderr))
-    probs += verify(img, prep.model(), started, flushed, prep.lazy, tag)
-    if not probs:
-        os.unlink(img)
-    return probs, p.returncode == 1
-
 
 @pytest.mark.parametrize("name", ["alloc", "l1_growth", "reftable_growth", "zero",
                                   "discard", "truncate", "random"])
 def test_fault_injection(work, name):
     """Each event the ops fire fails with EIO and ENOSPC, once and always."""
-    prep = Prepared(work, name)
-    events = fired_events(prep)
+    prep = prepared(work, name)
+    events = kit.fired_events(prep, EVENTS, json_name)
     assert events, "no driver events fired"
-    cases = [(e, err, once) for e in events for err in (EIO, ENOSPC)
-             for once in (True, False)]
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(lambda c: inject_case(prep, *c), cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results), "no injected error ever reached the workload"
+    kit.fault_injection(prep, kit.injection_cases(events), json_name, lazy_verify(False),
+                        WORKERS)
 
 
 def test_events_listed():
@@ -223,33 +179,9 @@ REPLAY_CUTS = 40
 
 
 def replay_scenario(tmp_path, name, lazy, ncuts=REPLAY_CUTS, seed=1):
-    prep = Prepared(tmp_path, name, lazy)
-    img, log = prep.fresh("rec.qcow2"), tmp_path / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    rng = random.Random(seed)
-    model = prep.model()
-
-    def job(path, started, flushed, what):
-        probs = verify(path, model, started, flushed, lazy, what)
-        if not probs:
-            os.unlink(path)
-        return probs
-
-    probs, running = [], []
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(
-                rp.cuts(ncuts, rng), ("drop", "random", "keep"), rng):
-            path = tmp_path / ("cut%d-%s.qcow2" % (cut, v))
-            path.write_bytes(data)
-            running.append(ex.submit(job, path, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-            if len(running) >= 2 * WORKERS:
-                probs += running.pop(0).result()
-        for f in running:
-            probs += f.result()
+    prep = prepared(tmp_path, name, lazy)
+    rp = kit.record(prep, json_name)
+    probs = kit.replay_cuts(rp, prep, ncuts, random.Random(seed), lazy_verify(lazy), WORKERS)
     assert not probs, "\n".join(probs[:20])
     return rp
 
@@ -268,19 +200,7 @@ def test_crash_replay(work, name, lazy, seed):
 
 def test_replay_reader_matches_qemu(tmp_path):
     """The test's own qcow2 reader agrees with qemu-img convert."""
-    prep = Prepared(tmp_path, "random")
-    img = prep.fresh("x.qcow2")
-    p, started, flushed = load(str(img), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    raw = tmp_path / "x.raw"
-    run([QEMU_IMG, "convert", "-O", "raw", str(img), str(raw)], check=True)
-    q = cr.Qcow2Reader(open(img, "rb").read())
-    want = bytearray(q.size)
-    for gc, host in q.clusters():
-        if host is not None:
-            want[gc * q.cs:(gc + 1) * q.cs] = q.read(host, q.cs)[:q.size - gc * q.cs]
-    assert raw.read_bytes() == bytes(want)
-    assert not cr.judge(open(img, "rb").read(), prep.model(), started, started)
+    kit.reader_matches_qemu(prepared(tmp_path, "random"), cr.Qcow2Reader, tmp_path)
 
 
 def test_dirty_image_repaired_at_open(tmp_path):
@@ -328,38 +248,11 @@ def test_sigkill(work, lazy):
     time the image checks clean (after vdisk's repair when lazy) and keeps
     everything flushed; the next run opens what the last one left (and
     repairs it when dirty)."""
-    rng = random.Random(11 + lazy)
     size = 8 * M
     img = work / "k.qcow2"
     create(img, "cluster_size=4k" + (",lazy_refcounts=on" if lazy else ""), size)
-    first, probs, left = 1, [], {}
-    deadline = time.monotonic() + 30
-    for it in range(KILL_ITERATIONS):
-        if time.monotonic() > deadline:
-            break
-        lines = rand_ops(rng, 300, size, 65536, flush_every=5,
-                         kinds=("write",) * 6 + ("zero", "discard"))
-        s = script_file(work / ("s%d.txt" % it), lines)
-        if os.environ.get("VDISK_CRASH_KEEP"):
-            shutil.copyfile(img, work / ("before%d.qcow2" % it))
-        proc = subprocess.Popen([LOAD, "-k", str(first), "-r", "100", str(img), str(s)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.05, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err
-        started, flushed = progress(out)
-        one = cr.parse_script("\n".join(lines))
-        ops = [(first + i,) + one[i % len(one)][1:]
-               for i in range(max(0, started - first + 1))]
-        model = cr.Model(ops, size, left)
-        check = work / ("check%d.qcow2" % it)
-        shutil.copyfile(img, check)  # the next run opens the original as left
-        probs += verify(check, model, started, flushed, lazy,
-                        "iteration %d (ops %d..%d, flushed %d)" % (it, first, started,
-                                                                   flushed))
-        if probs:
-            break
-        left = cr.observe(open(check, "rb").read())
-        first = max(started, first) + 1
+    probs = kit.sigkill_rounds(work, img, size, random.Random(11 + lazy), lazy_verify(lazy),
+                               None, 30, rounds=KILL_ITERATIONS,
+                               kinds=("write",) * 6 + ("zero", "discard"),
+                               observe=cr.observe)
     assert not probs, "\n".join(probs)

@@ -21,17 +21,13 @@ import json
 import os
 import random
 import shutil
-import signal
 import struct
-import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import VDISK_IMG, run, vimg, needs_vdisk_format
 import crash_replay as cr
-from crash_kit import EIO, ENOSPC, LOAD, load, progress, rand_ops, script_file, \
+from crash_kit import EIO, ENOSPC, load, rand_ops, script_file, \
     work  # noqa: F401  (work: the scratch directory fixture)
 import crash_kit as kit
 
@@ -138,105 +134,42 @@ def scenarios():
 SCEN = scenarios()
 
 
-class Prepared:
+def prepared(d, name):
     """A scenario's image after its setup ops."""
-
-    def __init__(self, d, name):
-        opts, size, setup, ops = SCEN[name]
-        self.d, self.size = d, size
-        self.base = d / "base.qed"
-        vimg("create", "-q", "-f", "qed", "-o", opts, self.base, str(size), check=True)
-        n_setup = len(setup)
-        p, _, _ = load(str(self.base), script_file(d / "setup.txt", setup))
-        assert p.returncode == 0, p.stderr
-        self.script = script_file(d / "ops.txt", ops)
-        self.ops = cr.parse_script("\n".join(setup)) + \
-            cr.parse_script("\n".join(ops), n_setup + 1)
-        self.first = n_setup + 1
-
-    def model(self):
-        return cr.Model(self.ops, self.size)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+    opts, size, setup, ops = SCEN[name]
+    return kit.Prepared(d, "qed", size, setup, ops, lambda path: vimg(
+        "create", "-q", "-f", "qed", "-o", opts, path, str(size), check=True))
 
 
 def test_events_listed():
     """The driver names its allocation steps, and blkdebug knows them."""
-    assert {"header_update", "l2_update", "l1_update", "l2_alloc_write", "cow_write",
-            "write_aio"} <= set(EVENTS)
-    for e in EVENTS:
-        p = run([os.path.join(os.path.dirname(LOAD), "vdisk-io"),
-                 json_name("/nonexistent", rule={"event": e}), "flush"])
-        assert "invalid parameter value" not in p.stderr, e
-
-
-def inject_case(prep, event, err, once):
-    tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-    img = prep.fresh(tag + ".qed")
-    rule = {"event": event, "errno": err, "once": once}
-    p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-    probs = []
-    if p.returncode not in (0, 1) or "Sanitizer" in p.stderr:
-        probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-    if p.returncode == 1 and "vdisk-crashload: op" not in p.stderr:
-        probs.append("%s: failed without a message: %r" % (tag, p.stderr))
-    probs += verify(img, prep.model(), started, flushed, tag)
-    return probs, p.returncode == 1
+    kit.events_listed(EVENTS, {"header_update", "l2_update", "l1_update", "l2_alloc_write",
+                               "cow_write", "write_aio"}, json_name)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_fault_injection(work, name):  # noqa: F811
-    prep = Prepared(work, name)
-    cases = [(e, err, once) for e in EVENTS for err in (EIO, ENOSPC) for once in (True, False)]
-    if SAN:
-        cases = [c for c in cases if c[1] == EIO]
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(lambda c: inject_case(prep, *c), cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results), "no injected error ever reached the workload"
+    errs = (EIO,) if SAN else (EIO, ENOSPC)
+    kit.fault_injection(prepared(work, name), kit.injection_cases(EVENTS, errs), json_name,
+                        verify, WORKERS)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_crash_replay(work, name):  # noqa: F811
-    prep = Prepared(work, name)
-    img, log = prep.fresh("rec.qed"), work / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    assert rp.flush_at, "the workload never flushed"
-    rng, model = random.Random(1), prep.model()
-
-    def job(path, started, flushed, what):
-        probs = verify(path, model, started, flushed, what)
-        if not probs:
-            os.unlink(path)
-        return probs
-
-    probs, running, dirty = [], [], 0
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(rp.cuts(15 if SAN else 30, rng),
-                                                        ("drop", "random", "keep"), rng):
-            dirty += bool(features(data) & NEED_CHECK)
-            path = work / ("cut%d-%s.qed" % (cut, v))
-            path.write_bytes(data)
-            running.append(ex.submit(job, path, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-        for f in running:
-            probs += f.result()
+    prep = prepared(work, name)
+    rp = kit.record(prep, json_name)
+    dirty = []
+    probs = kit.replay_cuts(rp, prep, 15 if SAN else 30, random.Random(1), verify, WORKERS,
+                            seen=lambda data: dirty.append(features(data) & NEED_CHECK))
     assert not probs, "\n".join(probs[:20])
-    assert dirty, "no cut saw the need-check bit set"
+    assert any(dirty), "no cut saw the need-check bit set"
 
 
 def test_need_check_protocol(work):  # noqa: F811
     """The recorded writes keep invariant 1: the header write that sets
     need-check is followed by a flush before anything else is written; the
     one that clears it comes right after a flush; the image ends clean."""
-    prep = Prepared(work, "random")
+    prep = prepared(work, "random")
     img, log = prep.fresh("rec.qed"), work / "rec.log"
     p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
     assert p.returncode == 0, p.stderr
@@ -265,33 +198,24 @@ BACKING_OPS = ["write 1024 3072", "write 2097152 5120", "flush", "zero 65536 409
                "write 3500544 4096", "zero 2101248 512", "write 1536 512"]
 
 
-class BackedPrep:
+def backed_prep(d):
     """A raw base whose every sector holds op 1, under a qed overlay with
     4 KiB clusters; the ops under test run on the overlay."""
-
-    def __init__(self, d):
-        self.d, self.size = d, 4 * M
-        base = d / "base.raw"
-        run([QEMU_IMG, "create", "-q", "-f", "raw", str(base), str(self.size)], check=True)
-        p, _, _ = load("json:" + json.dumps({"driver": "raw", "file": {
-            "driver": "file", "filename": str(base)}}),
-            script_file(d / "base.txt", ["write 0 %d" % self.size, "flush"]))
-        assert p.returncode == 0, p.stderr
-        self.base = d / "top.qed"
-        run([QEMU_IMG, "create", "-q", "-f", "qed", "-o", "cluster_size=4k", "-b", str(base),
-             "-F", "raw", str(self.base)], check=True)
-        self.script = script_file(d / "ops.txt", BACKING_OPS)
-        self.first = 2
-        self.ops = cr.parse_script("\n".join(BACKING_OPS), 2)
-        self.initial = {s: 1 for s in range(self.size // 512)}
-
-    def model(self):
-        return cr.Model(self.ops, self.size, self.initial)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+    size = 4 * M
+    base = d / "base.raw"
+    run([QEMU_IMG, "create", "-q", "-f", "raw", str(base), str(size)], check=True)
+    p, _, _ = load("json:" + json.dumps({"driver": "raw", "file": {
+        "driver": "file", "filename": str(base)}}),
+        script_file(d / "base.txt", ["write 0 %d" % size, "flush"]))
+    assert p.returncode == 0, p.stderr
+    prep = kit.Prepared(d, "qed", size, [], BACKING_OPS, lambda path: run(
+        [QEMU_IMG, "create", "-q", "-f", "qed", "-o", "cluster_size=4k", "-b", str(base),
+         "-F", "raw", str(path)], check=True))
+    # the ops are numbered from 2: op 1 is the base's fill
+    prep.ops = cr.parse_script("\n".join(BACKING_OPS), 2)
+    prep.first = 2
+    prep.initial = {s: 1 for s in range(size // 512)}
+    return prep
 
 
 def verify_flat(img, model, started, flushed, what=""):
@@ -319,98 +243,28 @@ def verify_flat(img, model, started, flushed, what=""):
 
 
 def test_backing_fault_injection(work):  # noqa: F811
-    prep = BackedPrep(work)
-    cases = [(e, err, once) for e in EVENTS for err in (EIO,) for once in (True, False)]
-
-    def case(c):
-        event, err, once = c
-        tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-        img = prep.fresh(tag + ".qed")
-        rule = {"event": event, "errno": err, "once": once}
-        p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-        probs = []
-        if p.returncode not in (0, 1) or "Sanitizer" in p.stderr or "bad script" in p.stderr:
-            probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-        return probs + verify_flat(img, prep.model(), started, flushed, tag), p.returncode == 1
-
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(case, cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results)
+    kit.fault_injection(backed_prep(work), kit.injection_cases(EVENTS, (EIO,)), json_name,
+                        verify_flat, WORKERS, need_message=False)
 
 
 def test_backing_crash_replay(work):  # noqa: F811
-    prep = BackedPrep(work)
-    img, log = prep.fresh("rec.qed"), work / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    rng, model = random.Random(3), prep.model()
-    probs, running = [], []
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(rp.cuts(8 if SAN else 14, rng),
-                                                        ("drop", "random", "keep"), rng):
-            path = work / ("cut%d-%s.qed" % (cut, v))
-            path.write_bytes(data)
-            running.append(ex.submit(verify_flat, path, model, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-        for f in running:
-            probs += f.result()
+    prep = backed_prep(work)
+    rp = kit.record(prep, json_name)
+    probs = kit.replay_cuts(rp, prep, 8 if SAN else 14, random.Random(3), verify_flat, WORKERS)
     assert not probs, "\n".join(probs[:20])
 
 
 def test_reader_matches_qemu(tmp_path):
     """The test's own qed reader agrees with qemu-img convert."""
-    prep = Prepared(tmp_path, "random")
-    img = prep.fresh("x.qed")
-    p, started, _ = load(str(img), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    raw = tmp_path / "x.raw"
-    run([QEMU_IMG, "convert", "-O", "raw", str(img), str(raw)], check=True)
-    q = QedReader(open(img, "rb").read())
-    want = bytearray(q.size)
-    for gc, host in q.clusters():
-        if host is not None:
-            want[gc * q.cs:(gc + 1) * q.cs] = q.read(host, q.cs)[:q.size - gc * q.cs]
-    assert raw.read_bytes() == bytes(want)
-    assert not cr.judge(open(img, "rb").read(), prep.model(), started, started, QedReader)
+    kit.reader_matches_qemu(prepared(tmp_path, "random"), QedReader, tmp_path)
 
 
 def test_sigkill(work):  # noqa: F811
     """The workload killed mid-run again and again on one image."""
-    rng = random.Random(17)
     size = 8 * M
     img = work / "k.qed"
     vimg("create", "-q", "-f", "qed", "-o", "cluster_size=4k,table_size=2", img, str(size),
          check=True)
-    first, probs, left = 1, [], {}
-    deadline = time.monotonic() + (10 if SAN else 15)
-    for it in range(6):
-        if time.monotonic() > deadline:
-            break
-        lines = rand_ops(rng, 300, size, 65536, flush_every=5,
-                         kinds=("write",) * 6 + ("zero",))
-        s = script_file(work / ("s%d.txt" % it), lines)
-        proc = subprocess.Popen([LOAD, "-k", str(first), "-r", "100", str(img), str(s)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.05, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err
-        started, flushed = progress(out)
-        one = cr.parse_script("\n".join(lines))
-        ops = [(first + i,) + one[i % len(one)][1:]
-               for i in range(max(0, started - first + 1))]
-        model = cr.Model(ops, size, left)
-        check = work / ("check%d.qed" % it)
-        shutil.copyfile(img, check)
-        probs += verify(check, model, started, flushed,
-                        "iteration %d (ops %d..%d, flushed %d)" % (it, first, started, flushed))
-        if probs:
-            break
-        # the next run opens the killed image itself: its open repairs it
-        left = cr.observe(open(check, "rb").read(), QedReader)
-        first = max(started, first) + 1
+    probs = kit.sigkill_rounds(work, img, size, random.Random(17), verify, QedReader,
+                               10 if SAN else 15)
     assert not probs, "\n".join(probs)

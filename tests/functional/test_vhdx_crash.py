@@ -20,9 +20,6 @@ import os
 import pathlib
 import random
 import shutil
-import signal
-import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -31,7 +28,7 @@ from conftest import run
 import crash_replay as cr
 import vhdx_log_gen as g
 
-from crash_kit import LOAD, VDISK_IO, progress, script_file, \
+from crash_kit import LOAD, VDISK_IO, \
     work  # noqa: F401  (work: the scratch directory fixture)
 import crash_kit as kit
 
@@ -153,71 +150,24 @@ def scenarios():
 SCEN = scenarios()
 
 
-class Prepared:
+def prepared(d, name):
     """A scenario's image after its setup ops (flushed and closed)."""
-
-    def __init__(self, d, name):
-        size, setup, ops = SCEN[name]
-        self.d, self.size = d, size
-        self.base = d / "base.vhdx"
-        create(self.base, size)
-        n_setup = len(setup)
-        p, _, _ = load(str(self.base), script_file(d / "setup.txt", setup))
-        assert p.returncode == 0, p.stderr
-        self.script = script_file(d / "ops.txt", ops)
-        self.ops = cr.parse_script("\n".join(setup)) + \
-            cr.parse_script("\n".join(ops), n_setup + 1)
-        self.first = n_setup + 1
-
-    def model(self):
-        return cr.Model(self.ops, self.size)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+    size, setup, ops = SCEN[name]
+    return kit.Prepared(d, "vhdx", size, setup, ops, lambda path: create(path, size))
 
 
 # ---- (a) fault injection ----
-
-def fired_events(prep):
-    img, log = prep.fresh("discover.vhdx"), prep.d / "discover.log"
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    fired = {r[1] for r in cr.parse_log(str(log)) if r[0] == "E"}
-    return [e for e in EVENTS if e in fired]
-
-
-def inject_case(prep, event, err, once):
-    tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-    img = prep.fresh(tag + ".vhdx")
-    rule = {"event": event, "errno": err, "once": once}
-    p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-    probs = []
-    if p.returncode not in (0, 1) or "Sanitizer" in p.stderr:
-        probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-    if p.returncode == 1 and "vdisk-crashload: op" not in p.stderr:
-        probs.append("%s: failed without a message: %r" % (tag, p.stderr))
-    probs += verify(img, prep.model(), started, flushed, tag)
-    if not probs:
-        img.unlink()
-    return probs, p.returncode == 1
-
 
 @pytest.mark.parametrize("name", ["alloc", "zero_discard"])
 def test_fault_injection(work, name):
     """Each event the ops fire fails with EIO (once and always) and ENOSPC
     (once)."""
-    prep = Prepared(work, name)
-    events = fired_events(prep)
+    prep = prepared(work, name)
+    events = kit.fired_events(prep, EVENTS, json_name)
     assert set(LOG_EVENTS) <= set(events), events
     cases = [(e, err, once) for e in events
              for err, once in ((EIO, True), (EIO, False), (ENOSPC, True))]
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(lambda c: inject_case(prep, *c), cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results), "no injected error ever reached the workload"
+    kit.fault_injection(prep, cases, json_name, verify, WORKERS)
 
 
 def test_events_listed():
@@ -239,44 +189,21 @@ REPLAY_CUTS = 12
 @pytest.mark.parametrize("name,seed", [("alloc", 1), ("random", 2)])
 def test_crash_replay(work, name, seed):
     """Power loss at sampled points of the recorded writes."""
-    prep = Prepared(work, name)
-    img, log = prep.fresh("rec.vhdx"), work / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    assert rp.flush_at, "the workload never flushed"
-    rng = random.Random(seed)
-    model = prep.model()
-
-    def job(path, started, flushed, what):
-        probs = verify(path, model, started, flushed, what)
-        if not probs:
-            path.unlink()
-        return probs
-
-    probs, running, dirty = [], [], 0
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(
-                rp.cuts(REPLAY_CUTS, rng), ("drop", "random", "keep"), rng):
-            path = work / ("cut%d-%s.vhdx" % (cut, v))
-            path.write_bytes(data)
-            dirty += g.log_guid(data) not in (None, bytes(16))
-            running.append(ex.submit(job, path, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-            if len(running) >= 2 * WORKERS:
-                probs += running.pop(0).result()
-        for f in running:
-            probs += f.result()
+    prep = prepared(work, name)
+    rp = kit.record(prep, json_name)
+    dirty = []
+    probs = kit.replay_cuts(rp, prep, REPLAY_CUTS, random.Random(seed), verify, WORKERS,
+                            seen=lambda data: dirty.append(
+                                g.log_guid(data) not in (None, bytes(16))))
     assert not probs, "\n".join(probs[:20])
-    assert dirty, "no cut left a log to replay"
+    assert any(dirty), "no cut left a log to replay"
 
 
 def test_replay_of_every_log_step(work):
     """A cut right after each step of one journalled update (entry written,
     flushed, update written, flushed): the log replays to the same guest
     data whichever step the power loss follows, in vdisk and QEMU."""
-    prep = Prepared(work, "alloc")
+    prep = prepared(work, "alloc")
     img, log = prep.fresh("rec.vhdx"), work / "rec.log"
     base = open(img, "rb").read()
     p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
@@ -305,39 +232,13 @@ def test_sigkill(work):
     """The workload is killed mid-run again and again on one image; each
     time the image replays, checks clean and keeps everything flushed; the
     next run opens (and replays) what the last one left."""
-    rng = random.Random(17)
     size = 8 * M
     img = work / "k.vhdx"
     create(img, size)
-    first, probs, left = 1, [], {}
-    deadline = time.monotonic() + 25
-    for it in range(KILL_ITERATIONS):
-        if time.monotonic() > deadline:
-            break
-        lines = rand_ops(rng, 200, size, 65536, flush_every=5,
-                         kinds=("write",) * 6 + ("zero", "discard"))
-        s = script_file(work / ("s%d.txt" % it), lines)
-        proc = subprocess.Popen([LOAD, "-f", "vhdx", "-k", str(first), "-r", "100",
-                                 str(img), str(s)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.05, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err
-        started, flushed = progress(out)
-        one = cr.parse_script("\n".join(lines))
-        ops = [(first + i,) + one[i % len(one)][1:]
-               for i in range(max(0, started - first + 1))]
-        model = cr.Model(ops, size, left)
-        check = work / ("check%d.vhdx" % it)
-        shutil.copyfile(img, check)  # the next run opens the original as left
-        probs += verify(check, model, started, flushed,
-                        "iteration %d (ops %d..%d, flushed %d)" % (it, first, started,
-                                                                   flushed))
-        if probs:
-            break
-        left = observe(open(check, "rb").read())
-        first = max(started, first) + 1
+    probs = kit.sigkill_rounds(work, img, size, random.Random(17), verify, None, 25,
+                               rounds=KILL_ITERATIONS, nops=200,
+                               kinds=("write",) * 6 + ("zero", "discard"), fmt="vhdx",
+                               observe=observe)
     assert not probs, "\n".join(probs)
 
 

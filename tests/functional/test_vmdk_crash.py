@@ -18,17 +18,13 @@ import os
 import random
 import re
 import shutil
-import signal
 import struct
-import subprocess
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import TOP, run, vimg
 import crash_replay as cr
-from crash_kit import LOAD, load, progress, rand_ops, script_file, \
+from crash_kit import rand_ops, \
     work  # noqa: F401  (work: the scratch directory fixture)
 import crash_kit as kit
 
@@ -116,143 +112,42 @@ def scenarios():
 SCEN = scenarios()
 
 
-class Prepared:
+def prepared(d, name):
     """A scenario's image after its setup ops."""
-
-    def __init__(self, d, name):
-        opts, size, setup, ops = SCEN[name]
-        self.d, self.size = d, size
-        self.base = d / "base.vmdk"
-        vimg("create", "-q", "-f", "vmdk", "-o", opts, self.base, str(size), check=True)
-        n_setup = len(setup)
-        p, _, _ = load(str(self.base), script_file(d / "setup.txt", setup))
-        assert p.returncode == 0, p.stderr
-        self.script = script_file(d / "ops.txt", ops)
-        self.ops = cr.parse_script("\n".join(setup)) + \
-            cr.parse_script("\n".join(ops), n_setup + 1)
-        self.first = n_setup + 1
-
-    def model(self):
-        return cr.Model(self.ops, self.size)
-
-    def fresh(self, name):
-        img = self.d / name
-        shutil.copyfile(self.base, img)
-        return img
+    opts, size, setup, ops = SCEN[name]
+    return kit.Prepared(d, "vmdk", size, setup, ops, lambda path: vimg(
+        "create", "-q", "-f", "vmdk", "-o", opts, path, str(size), check=True))
 
 
 def test_events_listed():
     """The driver names its allocation steps, and blkdebug knows them."""
-    assert {"vmdk_grain_write", "vmdk_gt_update", "vmdk_rgt_update"} <= set(EVENTS)
-    for e in EVENTS:
-        p = run([os.path.join(os.path.dirname(LOAD), "vdisk-io"),
-                 json_name("/nonexistent", rule={"event": e}), "flush"])
-        assert "invalid parameter value" not in p.stderr, e
-
-
-def inject_case(prep, event, err, once):
-    tag = "%s-%d-%s" % (event, err, "once" if once else "always")
-    img = prep.fresh(tag + ".vmdk")
-    rule = {"event": event, "errno": err, "once": once}
-    p, started, flushed = load(json_name(img, rule=rule), prep.script, prep.first)
-    probs = []
-    if p.returncode not in (0, 1) or "Sanitizer" in p.stderr:
-        probs.append("%s: workload died (%d): %s" % (tag, p.returncode, p.stderr))
-    if p.returncode == 1 and "vdisk-crashload: op" not in p.stderr:
-        probs.append("%s: failed without a message: %r" % (tag, p.stderr))
-    probs += verify(img, prep.model(), started, flushed, tag)
-    return probs, p.returncode == 1
+    kit.events_listed(EVENTS, {"vmdk_grain_write", "vmdk_gt_update", "vmdk_rgt_update"},
+                      json_name)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_fault_injection(work, name):  # noqa: F811
-    prep = Prepared(work, name)
-    cases = [(e, err, once) for e in EVENTS for err in (EIO, ENOSPC) for once in (True, False)]
-    with ThreadPoolExecutor(WORKERS) as ex:
-        results = list(ex.map(lambda c: inject_case(prep, *c), cases))
-    probs = [p for r in results for p in r[0]]
-    assert not probs, "\n".join(probs[:20])
-    assert any(r[1] for r in results), "no injected error ever reached the workload"
+    kit.fault_injection(prepared(work, name), kit.injection_cases(EVENTS), json_name, verify,
+                        WORKERS)
 
 
 @pytest.mark.parametrize("name", sorted(SCEN))
 def test_crash_replay(work, name):  # noqa: F811
-    prep = Prepared(work, name)
-    img, log = prep.fresh("rec.vmdk"), work / "rec.log"
-    base = open(img, "rb").read()
-    p, _, _ = load(json_name(img, log=log), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    rp = cr.Replay(str(log), base)
-    assert rp.flush_at, "the workload never flushed"
-    rng, model = random.Random(1), prep.model()
-
-    def job(path, started, flushed, what):
-        probs = verify(path, model, started, flushed, what)
-        if not probs:
-            os.unlink(path)
-        return probs
-
-    probs, running = [], []
-    with ThreadPoolExecutor(WORKERS) as ex:
-        for cut, v, data, started, flushed in rp.images(rp.cuts(30, rng),
-                                                        ("drop", "random", "keep"), rng):
-            path = work / ("cut%d-%s.vmdk" % (cut, v))
-            path.write_bytes(data)
-            running.append(ex.submit(job, path, started, flushed,
-                                     "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
-        for f in running:
-            probs += f.result()
+    prep = prepared(work, name)
+    rp = kit.record(prep, json_name)
+    probs = kit.replay_cuts(rp, prep, 30, random.Random(1), verify, WORKERS)
     assert not probs, "\n".join(probs[:20])
 
 
 def test_reader_matches_qemu(tmp_path):
     """The test's own vmdk reader agrees with qemu-img convert."""
-    prep = Prepared(tmp_path, "random")
-    img = prep.fresh("x.vmdk")
-    p, started, _ = load(str(img), prep.script, prep.first)
-    assert p.returncode == 0, p.stderr
-    raw = tmp_path / "x.raw"
-    run([QEMU_IMG, "convert", "-O", "raw", str(img), str(raw)], check=True)
-    q = VmdkReader(open(img, "rb").read())
-    want = bytearray(q.size)
-    for gc, host in q.clusters():
-        if host is not None:
-            want[gc * q.cs:(gc + 1) * q.cs] = q.read(host, q.cs)[:q.size - gc * q.cs]
-    assert raw.read_bytes() == bytes(want)
-    assert not cr.judge(open(img, "rb").read(), prep.model(), started, started, VmdkReader)
+    kit.reader_matches_qemu(prepared(tmp_path, "random"), VmdkReader, tmp_path)
 
 
 def test_sigkill(work):  # noqa: F811
     """The workload killed mid-run again and again on one image."""
-    rng = random.Random(17)
     size = 8 * M
     img = work / "k.vmdk"
     vimg("create", "-q", "-f", "vmdk", "-o", "zeroed_grain=on", img, str(size), check=True)
-    first, probs, left = 1, [], {}
-    deadline = time.monotonic() + 20
-    for it in range(6):
-        if time.monotonic() > deadline:
-            break
-        lines = rand_ops(rng, 300, size, 65536, flush_every=5,
-                         kinds=("write",) * 6 + ("zero",))
-        s = script_file(work / ("s%d.txt" % it), lines)
-        proc = subprocess.Popen([LOAD, "-k", str(first), "-r", "100", str(img), str(s)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(rng.uniform(0.05, 0.3))
-        proc.send_signal(signal.SIGKILL)
-        out, err = proc.communicate()
-        assert proc.returncode in (-signal.SIGKILL, 0), err
-        started, flushed = progress(out)
-        one = cr.parse_script("\n".join(lines))
-        ops = [(first + i,) + one[i % len(one)][1:]
-               for i in range(max(0, started - first + 1))]
-        model = cr.Model(ops, size, left)
-        check = work / ("check%d.vmdk" % it)
-        shutil.copyfile(img, check)
-        probs += verify(check, model, started, flushed,
-                        "iteration %d (ops %d..%d, flushed %d)" % (it, first, started, flushed))
-        if probs:
-            break
-        left = cr.observe(open(check, "rb").read(), VmdkReader)
-        first = max(started, first) + 1
+    probs = kit.sigkill_rounds(work, img, size, random.Random(17), verify, VmdkReader, 20)
     assert not probs, "\n".join(probs)
