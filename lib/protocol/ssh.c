@@ -12,11 +12,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <netdb.h>
+#include <poll.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <libssh/libssh.h>
@@ -40,7 +43,7 @@ enum hkc_mode { HKC_NONE, HKC_KNOWN_HOSTS, HKC_HASH };
 
 /* Where and how to connect: the parsed options. */
 struct ssh_config {
-    char *host, *user, *path, *legacy_hkc, *known_hosts, *identity;
+    char *host, *port_str, *user, *path, *legacy_hkc, *known_hosts, *identity;
     int port;
     enum hkc_mode hkc;
     enum ssh_publickey_hash_type hash_type;
@@ -218,6 +221,7 @@ static int parse_server(struct ssh_config *c, const vd_opts *o)
     const char *port = vd_opts_get(o, "server.port");
     char *end;
     long v;
+    int r;
 
     if (!vd_opts_has(o, "server.host") && !port)
         return vd_error(EINVAL, "Parameter 'server' is missing");
@@ -230,6 +234,8 @@ static int parse_server(struct ssh_config *c, const vd_opts *o)
     if (!*port || *end || errno || v < INT_MIN || v > INT_MAX)
         return vd_error(EINVAL, "Use only numeric port value");
     c->port = (int)v;
+    if ((r = opt_dup(o, "server.port", &c->port_str)) < 0)
+        return r;
     return opt_dup(o, "server.host", &c->host);
 }
 
@@ -323,6 +329,7 @@ static int parse_config(struct ssh_config *c, vd_opts *o, int *conns)
 static void free_config(struct ssh_config *c)
 {
     free(c->host);
+    free(c->port_str);
     free(c->user);
     free(c->path);
     free(c->legacy_hkc);
@@ -471,6 +478,62 @@ static int authenticate(ssh_session s)
                     "identities held by your ssh-agent");
 }
 
+/* Connect fd to address a within timeout seconds; 0 or -errno. */
+static int connect_timeout(int fd, const struct addrinfo *a, long timeout)
+{
+    struct pollfd p = { .fd = fd, .events = POLLOUT };
+    int flags = fcntl(fd, F_GETFL), err = 0, r;
+    socklen_t el = sizeof(err);
+
+    if (flags < 0 || fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0)
+        return -errno;
+    if (connect(fd, a->ai_addr, a->ai_addrlen) < 0) {
+        if (errno != EINPROGRESS)
+            return -errno;
+        do
+            r = poll(&p, 1, (int)(timeout * 1000));
+        while (r < 0 && errno == EINTR);
+        if (r == 0)
+            return -ETIMEDOUT;
+        if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0)
+            return -errno;
+        if (err)
+            return -err;
+    }
+    return fcntl(fd, F_SETFL, flags) < 0 ? -errno : 0;
+}
+
+/* A TCP connection to the server (QEMU connects the socket itself and
+ * gives it to libssh; its messages). */
+static int connect_socket(const struct ssh_config *c, int *out)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM };
+    struct addrinfo *res = NULL;
+    int r, err = ECONNREFUSED, fd = -1;
+
+    if ((r = getaddrinfo(c->host, c->port_str, &hints, &res)) != 0)
+        return vd_error(EINVAL, "address resolution failed for %s:%s: %s", c->host,
+                        c->port_str, gai_strerror(r));
+    for (struct addrinfo *a = res; a && fd < 0; a = a->ai_next) {
+        fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol);
+        if (fd < 0) {
+            err = errno;
+            continue;
+        }
+        if ((r = connect_timeout(fd, a, c->timeout)) < 0) {
+            err = -r;
+            close(fd);
+            fd = -1;
+        }
+    }
+    freeaddrinfo(res);
+    if (fd < 0)
+        return vd_error(err, "Failed to connect to '%s:%s': %s", c->host, c->port_str,
+                        strerror(err));
+    *out = fd;
+    return 0;
+}
+
 /* Session options from the configuration. */
 static int session_options(ssh_session s, const struct ssh_config *c)
 {
@@ -493,12 +556,18 @@ static int session_options(ssh_session s, const struct ssh_config *c)
 static int connect_session(struct ssh_conn *conn, const struct ssh_config *c)
 {
     ssh_session s;
+    socket_t fd;
     int r;
 
     if (!(s = conn->session = ssh_new()))
         return vd_error(ENOMEM, "out of memory");
-    if ((r = session_options(s, c)) < 0)
+    if ((r = session_options(s, c)) < 0 || (r = connect_socket(c, &fd)) < 0)
         return r;
+    /* From ssh_connect on, the session owns fd and closes it. */
+    if (ssh_options_set(s, SSH_OPTIONS_FD, &fd) < 0) {
+        close(fd);
+        return vd_error(EINVAL, "%s", ssh_get_error(s));
+    }
     if (ssh_connect(s) != SSH_OK)
         return vd_error(EINVAL, "%s", ssh_get_error(s));
     if (c->hkc == HKC_KNOWN_HOSTS && (r = check_known_hosts(s)) < 0)
@@ -568,6 +637,7 @@ static struct ssh_conn *grow_pool(struct ssh_state *s)
     r = conn_open(&fresh, &s->cfg, s->open_flags, 0);
     pthread_mutex_lock(&s->lock);
     s->opening--;
+    pthread_cond_broadcast(&s->cond);   /* waiters re-count the pool */
     if (r < 0 || s->nconns >= SSH_MAX_CONNS) {
         conn_close(&fresh);
         s->max_conns = live_conns(s) + s->opening;     /* no more tries */
@@ -849,6 +919,7 @@ static int ssh_open(vd_node *n, vd_opts *opts, int flags)
     sftp_attributes_free(a);
     s->has_fsync = sftp_extension_supported(s->conns[0].sftp, "fsync@openssh.com", "1");
     n->max_transfer = SSH_MAX_XFER;
+    n->request_alignment = 512;       /* QEMU's ssh driver does sector I/O */
     if ((r = set_name(n, &s->cfg)) < 0)
         return r;
     for (size_t i = 0; i < VD_ARRAY_SIZE(known_opts); i++)
