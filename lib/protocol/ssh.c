@@ -20,6 +20,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libssh/libssh.h>
@@ -58,6 +59,7 @@ struct ssh_conn {
     sftp_session sftp;
     sftp_file fh;
     bool busy, broken;
+    uint64_t deadline_ms;             /* busy: when the request is overdue */
 };
 
 struct ssh_state {
@@ -68,6 +70,9 @@ struct ssh_state {
     pthread_mutex_t lock;             /* guards conns' busy, nconns, length */
     pthread_cond_t cond;              /* a connection became free */
     bool locks_init, has_fsync, regular;
+    pthread_t watchdog;
+    pthread_cond_t wd_cond;           /* wakes the watchdog to stop */
+    bool wd_started, stopping;
     uint64_t length;
 };
 
@@ -616,6 +621,44 @@ static int conn_open(struct ssh_conn *conn, const struct ssh_config *c, int flag
 
 /* ---- the connection pool ---- */
 
+/* Milliseconds on the monotonic clock. */
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* libssh 0.10's blocking SFTP calls wait again after the session timeout
+ * has passed (a stalled server hangs them): a request running past the
+ * timeout gets its socket shut down, which fails it at once. */
+static void *watchdog_main(void *arg)
+{
+    struct ssh_state *s = arg;
+
+    pthread_mutex_lock(&s->lock);
+    while (!s->stopping) {
+        struct timespec ts;
+        uint64_t now = now_ms();
+
+        for (int i = 0; i < s->nconns; i++) {
+            struct ssh_conn *c = &s->conns[i];
+            if (c->busy && !c->broken && now > c->deadline_ms && c->session) {
+                socket_t fd = ssh_get_fd(c->session);
+                if (fd != SSH_INVALID_SOCKET)
+                    shutdown(fd, SHUT_RDWR);
+                c->broken = true;
+            }
+        }
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&s->wd_cond, &s->lock, &ts);
+    }
+    pthread_mutex_unlock(&s->lock);
+    return NULL;
+}
+
 /* Connections not broken (lock held). */
 static int live_conns(const struct ssh_state *s)
 {
@@ -672,8 +715,10 @@ static struct ssh_conn *acquire(struct ssh_state *s)
         }
         pthread_cond_wait(&s->cond, &s->lock);
     }
-    if (c)
+    if (c) {
         c->busy = true;
+        c->deadline_ms = now_ms() + (uint64_t)s->cfg.timeout * 1000;
+    }
     pthread_mutex_unlock(&s->lock);
     return c;
 }
@@ -905,6 +950,7 @@ static int ssh_open(vd_node *n, vd_opts *opts, int flags)
 
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cond, NULL);
+    pthread_cond_init(&s->wd_cond, NULL);
     s->locks_init = true;
     if ((r = parse_config(&s->cfg, opts, &s->max_conns)) < 0)
         return r;
@@ -912,6 +958,9 @@ static int ssh_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = conn_open(&s->conns[0], &s->cfg, s->open_flags, 0)) < 0)
         return r;
     s->nconns = 1;
+    if (pthread_create(&s->watchdog, NULL, watchdog_main, s))
+        return vd_error(EAGAIN, "cannot start the ssh watchdog thread");
+    s->wd_started = true;
     if (!(a = sftp_fstat(s->conns[0].fh)))
         return sftp_error_msg(EINVAL, &s->conns[0], "failed to read file attributes");
     s->length = a->size;
@@ -931,12 +980,20 @@ static void ssh_close(vd_node *n)
 {
     struct ssh_state *s = n->state;
 
+    if (s->wd_started) {
+        pthread_mutex_lock(&s->lock);
+        s->stopping = true;
+        pthread_cond_broadcast(&s->wd_cond);
+        pthread_mutex_unlock(&s->lock);
+        pthread_join(s->watchdog, NULL);
+    }
     for (int i = 0; i < SSH_MAX_CONNS; i++)
         conn_close(&s->conns[i]);
     free_config(&s->cfg);
     if (s->locks_init) {
         pthread_mutex_destroy(&s->lock);
         pthread_cond_destroy(&s->cond);
+        pthread_cond_destroy(&s->wd_cond);
     }
 }
 

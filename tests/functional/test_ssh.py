@@ -373,3 +373,24 @@ def test_nbd_export_of_ssh_image(ssh_driver, srv, tmp_path):
     finally:
         s.stop()
     assert read(out) == read(srv.path("disk.raw"))
+
+
+def test_stalled_server_times_out(ssh_driver, tmp_path_factory):
+    """A server that accepts the connection and then says nothing (sshd
+    stopped): the open fails after x-timeout seconds instead of hanging."""
+    d = str(tmp_path_factory.mktemp("sshd-stall"))
+    try:
+        s = ssh_server.Sshd(d)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        pytest.skip("sshd cannot start here: %s" % e)
+    name = "json:" + json.dumps({"driver": "raw", "file": {
+        "driver": "ssh", "server": {"host": "127.0.0.1", "port": str(s.port)},
+        "path": s.path("x.raw"), "host_key_check": "no", "x-timeout": "1"}})
+    try:
+        os.kill(s.sshd.pid, signal.SIGSTOP)
+        v = run([VDISK_IMG, "info", name], env=s.env(), timeout=60)
+        assert v.returncode == 1, v.stderr
+        assert "Timeout connecting to 127.0.0.1" in v.stderr, v.stderr
+    finally:
+        os.kill(s.sshd.pid, signal.SIGCONT)
+        s.stop()
