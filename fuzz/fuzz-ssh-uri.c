@@ -72,8 +72,10 @@ static void open_with(const char *json)
         vd_opts_set(o, "file.x-timeout", "1");
         vd_opts_del(o, "file.x-known-hosts");
         vd_opts_del(o, "file.x-identity-file");
+        /* vd_open takes o */
         if (vd_open(&n, NULL, NULL, o, VD_O_NO_LOCK) == 0)
             vd_close(n);
+        o = NULL;
     }
     vd_error_clear();
     vd_opts_free(j);
