@@ -66,3 +66,15 @@ def test_help_lists_module_drivers():
     if os.path.exists(os.path.join(LIB, "modules", "vdisk-curl.so")):
         assert {"http", "https", "ftp", "ftps"} <= set(names), names
     assert {"file", "nbd", "qcow2", "raw"} <= set(names), names
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(LIB, "modules", "vdisk-ssh.so")),
+                    reason="built without libssh")
+def test_ssh_name_loads_ssh_module():
+    # Port 1 on loopback refuses the connection: the module loads, the open fails.
+    r, objs = loaded_objects("info", "ssh://127.0.0.1:1/x.img?host_key_check=no")
+    assert r.returncode == 1
+    assert [o for o in objs if "vdisk-ssh.so" in o], objs
+    assert "Failed to connect to '127.0.0.1:1'" in r.stderr
+    r, objs = loaded_objects("info", os.path.join(BUILD, "meson-info", "intro-buildoptions.json"))
+    assert not [o for o in objs if "vdisk-ssh" in o or "libssh" in o], objs
