@@ -153,7 +153,7 @@ static int parse_chap(struct iscsi_state *s, const vd_opts *o)
     if ((r = opt_str(o, "user", &s->user)) < 0 || !s->user)
         return r;
     if (secret && pw)
-        return vd_error(EINVAL, "'password' and 'password-secret' properties are completely "
+        return vd_error(EINVAL, "'password' and 'password-secret' properties are mutually "
                         "exclusive");
     if (secret)
         s->password = secret_value(secret);
@@ -251,12 +251,14 @@ static struct iscsi_context *session_login(const struct iscsi_state *s)
     }
     iscsi_set_header_digest(c, s->digest);
     iscsi_set_timeout(c, s->timeout);
+    /* A lost connection fails the command (libiscsi would otherwise
+     * reconnect for ever to a target that is gone). */
+    iscsi_set_noautoreconnect(c, 1);
     if (iscsi_full_connect_sync(c, s->portal, s->lun)) {
         vd_error(EINVAL, "iSCSI: Failed to connect to LUN : %s", iscsi_get_error(c));
         iscsi_destroy_context(c);
         return NULL;
     }
-    iscsi_set_noautoreconnect(c, 1);
     return c;
 }
 
@@ -705,13 +707,18 @@ static int64_t iscsi_getlength(vd_node *n)
     return (int64_t)(s->num_blocks * s->block_size);
 }
 
-/* A LUN cannot change size: shrinking is accepted, growing refused. */
+/* A LUN cannot change size: an exact other size is refused, a smaller
+ * one accepted when not exact (QEMU's rules). */
 static int iscsi_truncate(vd_node *n, uint64_t size, bool exact, int prealloc)
 {
+    uint64_t cur = (uint64_t)iscsi_getlength(n);
+
     if (prealloc)
         return vd_error(ENOTSUP, "Unsupported preallocation mode");
-    if (size > (uint64_t)iscsi_getlength(n))
-        return vd_error(EINVAL, "Cannot grow device files");
+    if (size != cur && exact)
+        return vd_error(ENOTSUP, "Cannot resize iSCSI devices");
+    if (size > cur)
+        return vd_error(EINVAL, "Cannot grow iSCSI devices");
     return 0;
 }
 
