@@ -24,7 +24,7 @@
 #define ISCSI_SESSIONS 8               /* commands in flight per node */
 #define ISCSI_DEFAULT_TIMEOUT 30       /* seconds, when the option is 0/absent */
 #define ISCSI_TIMEOUT_MAX 86400
-#define ISCSI_MAX_XFER (1u << 20)      /* largest READ/WRITE issued */
+#define ISCSI_MAX_XFER (2u << 20)      /* largest READ/WRITE issued */
 #define ISCSI_LUN_MAX 16383
 #define ISCSI_DEFAULT_INITIATOR "iqn.2008-11.org.linux-kvm"
 
@@ -45,6 +45,7 @@ struct iscsi_state {
     uint64_t num_blocks;
     bool lbpme, lbprz, lbpu, lbpws, write_same_failed;
     uint32_t max_unmap;                /* blocks per UNMAP (0: unlimited) */
+    uint64_t max_xfer;                 /* bytes per READ/WRITE */
     pthread_mutex_t lock;              /* guards sess[], no_more */
     pthread_cond_t cond;               /* a session became idle or empty */
     bool locks_init, no_more;          /* no_more: a login failed, stop adding */
@@ -392,6 +393,9 @@ static void read_limits(struct iscsi_state *s, struct isess *e)
     }
     if ((bl = inquiry_page(e, s->lun, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, &t))) {
         s->max_unmap = bl->max_unmap == 0xffffffffu ? 0 : bl->max_unmap;
+        if (bl->max_xfer_len && (uint64_t)bl->max_xfer_len * s->block_size < s->max_xfer)
+            s->max_xfer = VD_MAX((uint64_t)bl->max_xfer_len * s->block_size,
+                                 (uint64_t)s->block_size);
         if (s->lbpu && !bl->max_unmap)
             s->lbpu = false;
         scsi_free_scsi_task(t);
@@ -634,6 +638,7 @@ static int first_session(struct iscsi_state *s, bool writable)
 
     if (!e)
         return -EINVAL;
+    s->max_xfer = ISCSI_MAX_XFER;
     if ((r = read_capacity(s, e)) == 0)
         read_limits(s, e);
     e->broken = e->broken || r < 0;
@@ -655,7 +660,7 @@ static int iscsi_open(vd_node *n, vd_opts *opts, int flags)
         return r;
     s->no_more = false;
     n->request_alignment = s->block_size;
-    n->max_transfer = ISCSI_MAX_XFER;
+    n->max_transfer = s->max_xfer;
     if ((r = set_name(n, opts)) < 0)
         return r;
     static const char *const ours[] = {

@@ -104,7 +104,7 @@ class Tgtd:
             time.sleep(0.05)
         self.adm("--mode", "target", "--op", "new", "--tid", "1", "--targetname",
                  IQN + ":noauth")
-        for lun, bs, thin in luns or [(1, 512, False), (2, 4096, False), (3, 512, True),
+        for lun, bs, thin in luns if luns is not None else [(1, 512, False), (2, 4096, False), (3, 512, True),
                                       (4, 512, False)]:
             self._add_lun(1, "noauth", lun, bs, thin)
         self.adm("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-address", "ALL")
@@ -125,6 +125,14 @@ class Tgtd:
                 if self.proc.poll() is not None or time.monotonic() > end:
                     raise RuntimeError("tgtd does not listen on %d" % self.port)
                 time.sleep(0.05)
+
+    def add_file_lun(self, lun, path, readonly=True):
+        """A LUN of target noauth backed by an existing file."""
+        self.adm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", str(lun),
+                 "--backing-store", path)
+        if readonly:
+            self.adm("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", str(lun),
+                     "--params", "readonly=1")
 
     def url(self, lun=1, target="noauth", user=None, password=None):
         cred = ""
