@@ -126,13 +126,14 @@ class Tgtd:
                     raise RuntimeError("tgtd does not listen on %d" % self.port)
                 time.sleep(0.05)
 
-    def add_file_lun(self, lun, path, readonly=True):
+    def add_file_lun(self, lun, path, readonly=True, thin=False):
         """A LUN of target noauth backed by an existing file."""
         self.adm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", str(lun),
                  "--backing-store", path)
-        if readonly:
-            self.adm("--mode", "logicalunit", "--op", "update", "--tid", "1", "--lun", str(lun),
-                     "--params", "readonly=1")
+        for param, on in (("readonly", readonly), ("thin_provisioning", thin)):
+            if on:
+                self.adm("--mode", "logicalunit", "--op", "update", "--tid", "1",
+                         "--lun", str(lun), "--params", param + "=1")
 
     def url(self, lun=1, target="noauth", user=None, password=None):
         cred = ""
