@@ -569,6 +569,8 @@ static int iscsi_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *
         scsi_free_scsi_task(t);
         r = vd_error(EIO, "iSCSI: bad GET LBA STATUS answer at LBA %llu",
                      (unsigned long long)lba);
+    } else if (t && t->status == SCSI_STATUS_CHECK_CONDITION) {
+        scsi_free_scsi_task(t);     /* not supported or busy: all data, as QEMU */
     } else {
         r = task_done(e, t, "GET LBA STATUS");
     }

@@ -134,6 +134,17 @@ def test_info_options_same_as_qemu(tgt):
     same_run("info", "--output=json", name)
 
 
+def test_image_opts_same_as_qemu(tgt):
+    spec = ("driver=qcow2,file.driver=iscsi,file.transport=tcp,file.portal=127.0.0.1:%d,"
+            "file.target=%s:chap,file.lun=1,file.user=%s,file.password-secret=s0"
+            % (tgt.port, IQN, USER))
+    same_run("info", "--object", "secret,id=s0,data=" + PASSWORD, "--image-opts",
+             spec.replace(":chap,", ":noauth,").replace(",file.user=%s,file.password-secret=s0"
+                                                         % USER, ""))
+    same_run("map", "--output=json", "--object", "secret,id=s0,data=" + PASSWORD,
+             "--image-opts", spec.replace("driver=qcow2", "driver=raw"))
+
+
 @pytest.mark.parametrize("args", [["{1}", "{2}"], ["-F", "raw", "{1}", "{raw}"],
                                   ["-f", "raw", "-F", "raw", "{3}", "{raw}"],
                                   ["-f", "raw", "{3}", "{qcow2}"]])
