@@ -263,14 +263,24 @@ static struct iscsi_context *session_login(const struct iscsi_state *s)
     return c;
 }
 
-/* Take an idle session, log in a new one, or wait; NULL on failure. */
+/* Is any session logged in (lock held)? */
+static bool any_session(const struct iscsi_state *s)
+{
+    for (int i = 0; i < ISCSI_SESSIONS; i++)
+        if (s->sess[i].state != SESS_EMPTY)
+            return true;
+    return false;
+}
+
+/* Take an idle session, log in a new one, or wait; NULL on failure.  A
+ * login that fails while other sessions exist stops the pool growing and
+ * the caller waits for one of them instead. */
 static struct isess *session_get(struct iscsi_state *s)
 {
     struct isess *e;
 
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        bool any = false;
         e = NULL;
         for (int i = 0; i < ISCSI_SESSIONS; i++) {
             if (s->sess[i].state == SESS_IDLE) {
@@ -280,23 +290,26 @@ static struct isess *session_get(struct iscsi_state *s)
             }
             if (s->sess[i].state == SESS_EMPTY && !e)
                 e = &s->sess[i];
-            else if (s->sess[i].state == SESS_BUSY)
-                any = true;
         }
-        if (e && (!s->no_more || !any))
-            break;
+        if (e && (!s->no_more || !any_session(s))) {
+            e->state = SESS_BUSY;
+            e->broken = false;
+            pthread_mutex_unlock(&s->lock);
+            struct iscsi_context *c = session_login(s);
+            pthread_mutex_lock(&s->lock);
+            e->ctx = c;
+            if (c)
+                break;
+            e->state = SESS_EMPTY;
+            s->no_more = true;
+            pthread_cond_broadcast(&s->cond);
+            if (!any_session(s)) {
+                e = NULL;
+                break;
+            }
+            continue;
+        }
         pthread_cond_wait(&s->cond, &s->lock);
-    }
-    e->state = SESS_BUSY;
-    pthread_mutex_unlock(&s->lock);
-    e->broken = false;
-    e->ctx = session_login(s);
-    pthread_mutex_lock(&s->lock);
-    if (!e->ctx) {
-        e->state = SESS_EMPTY;
-        s->no_more = true;
-        pthread_cond_broadcast(&s->cond);
-        e = NULL;
     }
     pthread_mutex_unlock(&s->lock);
     return e;
