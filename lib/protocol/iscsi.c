@@ -49,6 +49,7 @@ struct iscsi_state {
     pthread_mutex_t lock;              /* guards sess[], no_more */
     pthread_cond_t cond;               /* a session became idle or empty */
     bool locks_init, no_more;          /* no_more: a login failed, stop adding */
+    bool failed;                       /* a connection failed: no logouts */
     struct isess sess[ISCSI_SESSIONS];
 };
 
@@ -322,6 +323,7 @@ static void session_put(struct iscsi_state *s, struct isess *e)
 
     pthread_mutex_lock(&s->lock);
     if (e->broken) {
+        s->failed = true;
         drop = e->ctx;
         e->ctx = NULL;
         e->state = SESS_EMPTY;
@@ -426,16 +428,18 @@ static int read_capacity(struct iscsi_state *s, struct isess *e)
         if (t && t->status == SCSI_STATUS_GOOD)
             return scsi_free_scsi_task(t), vd_error(EINVAL, "iSCSI: Failed to unmarshall "
                                                      "readcapacity16 data.");
-        return task_done(e, t, "READ CAPACITY(16)") ?: vd_error(EIO, "iSCSI: READ CAPACITY failed");
+        r = task_done(e, t, "READ CAPACITY(16)");
+        return r < 0 ? r : vd_error(EIO, "iSCSI: READ CAPACITY(16) failed");
     }
+    uint64_t last = rc->returned_lba;
     s->block_size = rc->block_length;
-    s->num_blocks = rc->returned_lba + 1;
+    s->num_blocks = last + 1;
     s->lbpme = rc->lbpme;
     s->lbprz = rc->lbprz;
     scsi_free_scsi_task(t);
     if (s->block_size < 512 || s->block_size > 65536 || (s->block_size & (s->block_size - 1)))
         return vd_error(EINVAL, "iSCSI: unsupported block size %u", s->block_size);
-    if (rc->returned_lba == UINT64_MAX || s->num_blocks > (uint64_t)INT64_MAX / s->block_size)
+    if (last == UINT64_MAX || s->num_blocks > (uint64_t)INT64_MAX / s->block_size)
         r = vd_error(EINVAL, "iSCSI: the LUN's capacity is out of range");
     else
         r = 0;
@@ -703,7 +707,7 @@ static void iscsi_close(vd_node *n)
 
     for (int i = 0; i < ISCSI_SESSIONS; i++)
         if (s->sess[i].ctx) {
-            if (!s->sess[i].broken)
+            if (!s->failed)
                 iscsi_logout_sync(s->sess[i].ctx);
             iscsi_destroy_context(s->sess[i].ctx);
             s->sess[i].ctx = NULL;
