@@ -43,7 +43,8 @@ struct iscsi_state {
     int lun, timeout;
     uint32_t block_size;
     uint64_t num_blocks;
-    bool lbpme, lbprz, lbpu, lbpws, write_same_failed;
+    bool lbpme, lbprz, lbpu, lbpws;
+    atomic_bool write_same_failed;     /* the LUN refused WRITE SAME */
     uint32_t max_unmap;                /* blocks per UNMAP (0: unlimited) */
     uint64_t max_xfer;                 /* bytes per READ/WRITE */
     pthread_mutex_t lock;              /* guards sess[], no_more */
@@ -488,7 +489,7 @@ static int iscsi_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags
     struct isess *e;
     int r;
 
-    if (s->write_same_failed)
+    if (atomic_load(&s->write_same_failed))
         return -ENOTSUP;
     if (!(zero = calloc(1, s->block_size)))
         return vd_error(ENOMEM, "out of memory");
@@ -503,7 +504,7 @@ static int iscsi_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags
     if (t && t->status == SCSI_STATUS_CHECK_CONDITION &&
         t->sense.key == SCSI_SENSE_ILLEGAL_REQUEST) {
         scsi_free_scsi_task(t);
-        s->write_same_failed = true;
+        atomic_store(&s->write_same_failed, true);
         r = -ENOTSUP;
     } else {
         r = task_done(e, t, "WRITE SAME(16)");
