@@ -369,3 +369,19 @@ def test_target_dies_mid_convert(big, tmp_path, how):
             big.kill()
     assert p.returncode == 1, err
     assert "error while reading" in err or "iSCSI" in err, err
+
+
+def test_stopped_target_at_open_times_out(big):
+    """A target that accepts the connection but never answers the login:
+    the open ends after the timeout with QEMU's message prefix."""
+    name = "json:" + json.dumps({"file": {"driver": "iscsi", "transport": "tcp",
+                                          "portal": "127.0.0.1:%d" % big.port,
+                                          "target": IQN + ":noauth", "lun": "1",
+                                          "timeout": "1"}})
+    big.proc.send_signal(signal.SIGSTOP)
+    try:
+        v = vimg("info", name, timeout=60)
+    finally:
+        big.kill()
+    assert v.returncode == 1, v.stderr
+    assert "iSCSI: Failed to connect to LUN" in v.stderr, v.stderr
