@@ -25,6 +25,7 @@ struct vd_module {
 static const struct vd_module modules[] = {
     { "curl", (const char *const[]){ "http", "https", "ftp", "ftps", NULL } },
     { "ssh", (const char *const[]){ "ssh", NULL } },
+    { "iscsi", (const char *const[]){ "iscsi", NULL } },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))

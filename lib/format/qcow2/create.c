@@ -294,7 +294,7 @@ static int write_layout(vd_node *f, const struct qc_create *c)
     if (r >= 0) {
         be64_put(buf + cs, 2 * cs);                    /* refcount table[0] */
         set_refcounts(c, buf + 2 * cs, used);
-        r = vd_truncate(f, 3 * cs + l1_size * 8, true, VD_PREALLOC_OFF);
+        r = vd_truncate(f, 3 * cs + l1_size * 8, false, VD_PREALLOC_OFF);
     }
     if (r >= 0)
         r = vd_pwrite(f, 0, 3 * cs, buf, 0);
