@@ -24,6 +24,7 @@ struct vd_module {
 
 static const struct vd_module modules[] = {
     { "curl", (const char *const[]){ "http", "https", "ftp", "ftps", NULL } },
+    { "rbd", (const char *const[]){ "rbd", NULL } },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))
