@@ -10,9 +10,12 @@
  * before the configuration is read (which may change them). */
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <gnutls/gnutls.h>
 #include <rados/librados.h>
@@ -39,6 +42,8 @@ struct rbd_state {
     rbd_image_t image;
     char *image_name, *snap;
     uint64_t obj_size;
+    uint64_t timeout;          /* seconds a request may take (0: no bound) */
+    atomic_bool dead;          /* a request timed out: the cluster is gone */
     bool have_cluster, have_io, have_image;
 };
 
@@ -389,7 +394,21 @@ static int configure(rados_t c, const vd_opts *o)
     if ((r = set_auth(c, o)) < 0)
         return r;
     rados_conf_set(c, "rbd_cache", "false");
+    rados_conf_set(c, "rbd_disable_zero_copy_writes", "true");
     return 0;
+}
+
+/* A request may take twice the OSD timeout, plus the time to find a new
+ * lock owner (0: the OSD timeout is off, so is ours). */
+static uint64_t request_timeout(rados_t c)
+{
+    char buf[32];
+    unsigned long long t;
+
+    if (rados_conf_get(c, "rados_osd_op_timeout", buf, sizeof(buf)) < 0 ||
+        sscanf(buf, "%llu", &t) != 1)
+        return 60;
+    return t ? VD_MIN(2 * t + 10, 86400ull) : 0;
 }
 
 /* Connect and open the pool (and namespace) that o names. */
@@ -406,6 +425,7 @@ static int connect_pool(struct rbd_state *s, const vd_opts *o)
     s->have_cluster = true;
     if ((r = configure(s->cluster, o)) < 0)
         return r;
+    s->timeout = request_timeout(s->cluster);
     if ((r = rados_connect(s->cluster)) < 0)
         return vd_error(-r, "error connecting: %s", strerror(-r));
     if ((r = rados_ioctx_create(s->cluster, pool, &s->io)) < 0)
@@ -424,6 +444,9 @@ static int connect_pool(struct rbd_state *s, const vd_opts *o)
 /* Drop the image, pool and cluster handles. */
 static void disconnect(struct rbd_state *s)
 {
+    /* A dead cluster would block these forever: leave them to exit. */
+    if (atomic_load(&s->dead))
+        return;
     if (s->have_image)
         rbd_close(s->image);
     if (s->have_io)
@@ -435,7 +458,61 @@ static void disconnect(struct rbd_state *s)
 
 /* ---- I/O ---- */
 
-enum rbd_op { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO };
+enum rbd_op { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO, OP_FLUSH };
+
+/* One request's pieces in flight.  The caller waits for them up to the
+ * request timeout; when that passes it gives the request up (the node is
+ * then dead) and the last piece to finish frees it.  Reads land in a
+ * buffer of the piece's own and are copied out only while the caller still
+ * waits, so a piece finishing late never writes into memory the caller
+ * has reused.  (librbd copies write data when the request starts.) */
+struct rbd_req {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int pending;              /* pieces not finished */
+    int refs;                 /* pieces not finished + the caller */
+    int err;                  /* first failure */
+    bool abandoned;
+};
+
+struct rbd_piece {
+    struct rbd_req *rq;
+    char *bounce, *dst;       /* reads */
+    uint64_t len;
+};
+
+/* Drop one reference (lock held); frees rq on the last, then unlocks. */
+static void req_put(struct rbd_req *rq)
+{
+    bool last = --rq->refs == 0;
+
+    pthread_mutex_unlock(&rq->lock);
+    if (last) {
+        pthread_mutex_destroy(&rq->lock);
+        pthread_cond_destroy(&rq->cond);
+        free(rq);
+    }
+}
+
+/* librbd's completion callback. */
+static void piece_done(rbd_completion_t c, void *arg)
+{
+    struct rbd_piece *p = arg;
+    struct rbd_req *rq = p->rq;
+    ssize_t v = rbd_aio_get_return_value(c);
+
+    rbd_aio_release(c);
+    pthread_mutex_lock(&rq->lock);
+    if (v < 0 && !rq->err)
+        rq->err = (int)v;
+    if (v >= 0 && p->bounce && !rq->abandoned)
+        memcpy(p->dst, p->bounce, p->len);
+    if (--rq->pending == 0)
+        pthread_cond_broadcast(&rq->cond);
+    free(p->bounce);
+    free(p);
+    req_put(rq);
+}
 
 /* Start one asynchronous piece. */
 static int start_piece(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64_t len,
@@ -448,53 +525,112 @@ static int start_piece(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64
         return rbd_aio_write(s->image, off, len, buf, c);
     case OP_DISCARD:
         return rbd_aio_discard(s->image, off, len, c);
-    default:
+    case OP_ZERO:
         return rbd_aio_write_zeroes(s->image, off, len, c, 0, 0);
+    default:
+        return rbd_aio_flush(s->image, c);
     }
 }
 
-/* Wait for n pieces; the first failure. */
-static int wait_pieces(rbd_completion_t *c, int n)
+/* Start a piece of rq: 0 or -errno (nothing left in flight then). */
+static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint64_t off,
+                  uint64_t len, char *buf)
 {
-    int r = 0;
+    struct rbd_piece *p = calloc(1, sizeof(*p));
+    rbd_completion_t c;
+    int r;
 
-    for (int i = 0; i < n; i++) {
-        rbd_aio_wait_for_complete(c[i]);
-        ssize_t v = rbd_aio_get_return_value(c[i]);
-        if (v < 0 && r == 0)
-            r = (int)v;
-        rbd_aio_release(c[i]);
+    if (!p)
+        return -ENOMEM;
+    *p = (struct rbd_piece){ rq, NULL, buf, len };
+    if (op == OP_READ && !(p->bounce = malloc(len))) {
+        free(p);
+        return -ENOMEM;
+    }
+    if ((r = rbd_aio_create_completion(p, piece_done, &c)) < 0) {
+        free(p->bounce);
+        free(p);
+        return r;
+    }
+    pthread_mutex_lock(&rq->lock);
+    rq->pending++;
+    rq->refs++;
+    pthread_mutex_unlock(&rq->lock);
+    if ((r = start_piece(s, op, off, len, op == OP_READ ? p->bounce : buf, c)) < 0) {
+        rbd_aio_release(c);
+        free(p->bounce);
+        free(p);
+        pthread_mutex_lock(&rq->lock);
+        rq->pending--;
+        rq->refs--;
+        pthread_mutex_unlock(&rq->lock);
     }
     return r;
+}
+
+/* Wait for rq's pieces up to the node's timeout; the first failure. */
+static int finish(struct rbd_state *s, struct rbd_req *rq, int submit_err)
+{
+    struct timespec end;
+    int r = 0;
+
+    clock_gettime(CLOCK_MONOTONIC, &end);
+    end.tv_sec += (time_t)s->timeout;
+    pthread_mutex_lock(&rq->lock);
+    while (rq->pending && r == 0)
+        r = s->timeout ? pthread_cond_timedwait(&rq->cond, &rq->lock, &end)
+                       : pthread_cond_wait(&rq->cond, &rq->lock);
+    if (rq->pending) {
+        rq->abandoned = true;
+        atomic_store(&s->dead, true);
+        r = -ETIMEDOUT;
+    } else {
+        r = submit_err < 0 ? submit_err : rq->err;
+        if (r == -ETIMEDOUT)       /* the library gave up on the cluster */
+            atomic_store(&s->dead, true);
+    }
+    req_put(rq);
+    return r;
+}
+
+/* A new request (the caller holds one reference). */
+static struct rbd_req *req_new(void)
+{
+    struct rbd_req *rq = calloc(1, sizeof(*rq));
+    pthread_condattr_t a;
+
+    if (!rq)
+        return NULL;
+    pthread_mutex_init(&rq->lock, NULL);
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    pthread_cond_init(&rq->cond, &a);
+    pthread_condattr_destroy(&a);
+    rq->refs = 1;
+    return rq;
 }
 
 /* Run op over [off, off+len): one piece per object, all in flight. */
 static int run_op(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64_t len, char *buf)
 {
-    rbd_completion_t c[RBD_MAX_PIECES];
-    int n = 0, r = 0;
+    struct rbd_req *rq;
+    int r = 0;
 
-    while (len) {
+    if (atomic_load(&s->dead))
+        return -ETIMEDOUT;
+    if (!(rq = req_new()))
+        return -ENOMEM;
+    if (op == OP_FLUSH)
+        r = submit(s, rq, op, 0, 0, NULL);
+    while (len && r >= 0) {
         uint64_t l = VD_MIN(len, s->obj_size - off % s->obj_size);
-        if (n == RBD_MAX_PIECES) {
-            if ((r = wait_pieces(c, n)) < 0)
-                return r;
-            n = 0;
-        }
-        if ((r = rbd_aio_create_completion(NULL, NULL, &c[n])) < 0)
-            break;
-        if ((r = start_piece(s, op, off, l, buf, c[n])) < 0) {
-            rbd_aio_release(c[n]);
-            break;
-        }
-        n++;
+        r = submit(s, rq, op, off, l, buf);
         off += l;
         len -= l;
         if (buf)
             buf += l;
     }
-    int w = wait_pieces(c, n);
-    return r < 0 ? r : w;
+    return finish(s, rq, r);
 }
 
 /* A failed request's message. */
@@ -516,7 +652,7 @@ static int vrbd_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, 
     int r = run_op(s, OP_WRITE, off, len, (char *)buf);
 
     if (r >= 0 && (flags & VD_REQ_FUA))
-        r = rbd_flush(s->image);
+        r = run_op(s, OP_FLUSH, 0, 0, NULL);
     return r < 0 ? io_error("write", off, len, r) : 0;
 }
 
@@ -533,14 +669,13 @@ static int rbd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
 
     r = run_op(s, OP_ZERO, off, len, NULL);
     if (r >= 0 && (flags & VD_REQ_FUA))
-        r = rbd_flush(s->image);
+        r = run_op(s, OP_FLUSH, 0, 0, NULL);
     return r < 0 ? io_error("write zeroes", off, len, r) : 0;
 }
 
 static int rbd_flush_node(vd_node *n)
 {
-    struct rbd_state *s = n->state;
-    int r = rbd_flush(s->image);
+    int r = run_op(n->state, OP_FLUSH, 0, 0, NULL);
 
     return r < 0 ? vd_error(-r, "rbd: flush failed: %s", strerror(-r)) : 0;
 }
@@ -827,7 +962,7 @@ static int rbd_snapshot_list(vd_node *n, struct vd_snapshot_info **out)
     for (int i = 0; i < count; i++) {
         list[i].id = strdup(snaps[i].name);
         list[i].name = strdup(snaps[i].name);
-        list[i].vm_state_size = 0;
+        list[i].vm_state_size = snaps[i].size;
     }
     rbd_snap_list_end(snaps);
     free(snaps);
