@@ -6,8 +6,10 @@
  * server list.  Requests are cut at object boundaries and all pieces go out
  * at once through librbd's asynchronous calls, so one caller keeps several
  * objects busy and many callers (the copy engine's threads) many more.
- * Every cluster call is bounded: mount, monitor and OSD timeouts are set
- * before the configuration is read (which may change them). */
+ * Every cluster call is bounded: mount, monitor and OSD timeouts get our
+ * defaults unless the configuration sets them, and a request that outlives
+ * twice the OSD timeout is given up (the node is then dead: later requests
+ * fail at once and close leaves the library alone). */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -369,6 +371,17 @@ static int set_auth(rados_t c, const vd_opts *o)
     return 0;
 }
 
+/* Set a timeout to ours when it still has Ceph's built-in value (values set
+ * through the library override the configuration file's). */
+static void default_timeout(rados_t c, const char *name, const char *builtin,
+                            const char *ours)
+{
+    char buf[32];
+
+    if (rados_conf_get(c, name, buf, sizeof(buf)) == 0 && !strcmp(buf, builtin))
+        rados_conf_set(c, name, ours);
+}
+
 /* Settings, in QEMU's order: timeouts (ours), conf file, name pairs,
  * servers, authentication. */
 static int configure(rados_t c, const vd_opts *o)
@@ -377,15 +390,15 @@ static int configure(rados_t c, const vd_opts *o)
     char hosts[4096];
     int r;
 
-    rados_conf_set(c, "client_mount_timeout", RBD_MOUNT_TIMEOUT);
-    rados_conf_set(c, "rados_mon_op_timeout", RBD_OP_TIMEOUT);
-    rados_conf_set(c, "rados_osd_op_timeout", RBD_OP_TIMEOUT);
     /* The library's own log lines go to its log file, not stderr. */
     rados_conf_set(c, "log_to_stderr", "false");
     rados_conf_set(c, "err_to_stderr", "false");
     r = rados_conf_read_file(c, conf);
     if (conf && r < 0)
         return vd_error(-r, "error reading conf file %s: %s", conf, strerror(-r));
+    default_timeout(c, "client_mount_timeout", "300", RBD_MOUNT_TIMEOUT);
+    default_timeout(c, "rados_mon_op_timeout", "0", RBD_OP_TIMEOUT);
+    default_timeout(c, "rados_osd_op_timeout", "0", RBD_OP_TIMEOUT);
     if ((r = set_keypairs(c, vd_opts_get(o, RBD_KEYPAIRS))) < 0 ||
         (r = mon_host(o, hosts, sizeof(hosts))) < 0)
         return r;

@@ -230,7 +230,7 @@ class Ceph:
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        end = time.monotonic() + 3   # memstore keeps nothing worth a clean stop
+        end = time.monotonic() + 1   # memstore keeps nothing worth a clean stop
         for p in self.procs.values():
             try:
                 p.wait(max(0.1, end - time.monotonic()))
