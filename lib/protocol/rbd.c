@@ -476,9 +476,12 @@ enum rbd_op { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO, OP_FLUSH };
 /* One request's pieces in flight.  The caller waits for them up to the
  * request timeout; when that passes it gives the request up (the node is
  * then dead) and the last piece to finish frees it.  Reads land in a
- * buffer of the piece's own and are copied out only while the caller still
- * waits, so a piece finishing late never writes into memory the caller
- * has reused.  (librbd copies write data when the request starts.) */
+ * buffer of the piece's own that the caller copies out once all are done
+ * (on its own thread, so copies run in parallel), so a piece finishing
+ * after a timeout never writes into memory the caller has reused.
+ * (librbd copies write data when the request starts.) */
+struct rbd_piece;
+
 struct rbd_req {
     pthread_mutex_t lock;
     pthread_cond_t cond;
@@ -486,12 +489,14 @@ struct rbd_req {
     int refs;                 /* pieces not finished + the caller */
     int err;                  /* first failure */
     bool abandoned;
+    struct rbd_piece *reads;  /* finished read pieces, for the caller */
 };
 
 struct rbd_piece {
     struct rbd_req *rq;
     char *bounce, *dst;       /* reads */
     uint64_t len;
+    struct rbd_piece *next;
 };
 
 /* Drop one reference (lock held); frees rq on the last, then unlocks. */
@@ -518,13 +523,33 @@ static void piece_done(rbd_completion_t c, void *arg)
     pthread_mutex_lock(&rq->lock);
     if (v < 0 && !rq->err)
         rq->err = (int)v;
-    if (v >= 0 && p->bounce && !rq->abandoned)
-        memcpy(p->dst, p->bounce, p->len);
+    if (p->bounce && !rq->abandoned) {
+        p->next = rq->reads;          /* the caller copies and frees it */
+        rq->reads = p;
+        p = NULL;
+    }
     if (--rq->pending == 0)
         pthread_cond_broadcast(&rq->cond);
-    free(p->bounce);
-    free(p);
+    if (p) {
+        free(p->bounce);
+        free(p);
+    }
     req_put(rq);
+}
+
+/* Copy the read pieces out (when ok) and free them. */
+static void take_reads(struct rbd_req *rq, bool ok)
+{
+    struct rbd_piece *p = rq->reads, *next;
+
+    rq->reads = NULL;
+    for (; p; p = next) {
+        next = p->next;
+        if (ok)
+            memcpy(p->dst, p->bounce, p->len);
+        free(p->bounce);
+        free(p);
+    }
 }
 
 /* Start one asynchronous piece. */
@@ -602,6 +627,8 @@ static int finish(struct rbd_state *s, struct rbd_req *rq, int submit_err)
         if (r == -ETIMEDOUT)       /* the library gave up on the cluster */
             atomic_store(&s->dead, true);
     }
+    /* Pieces finished so far are on the list, later ones free themselves. */
+    take_reads(rq, r == 0);
     req_put(rq);
     return r;
 }
