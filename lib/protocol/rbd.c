@@ -32,6 +32,7 @@
 #define RBD_MAX_SERVERS 64
 #define RBD_MAX_XFER (32u << 20)          /* largest request the core sends */
 #define RBD_MAX_PIECES 64                 /* aio pieces of one request */
+#define RBD_ZERO_BUF (1u << 20)            /* zeroes written as data at once */
 #define RBD_KEYPAIRS "=keyvalue-pairs"    /* options from the name, as JSON */
 /* Defaults that bound every cluster call (seconds); the configuration file
  * or name options may change them. */
@@ -606,6 +607,23 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     return r;
 }
 
+/* Zeroes over part of an object written from a zero buffer: only whole
+ * objects go to librbd's write-zeroes (which may punch them). */
+static int submit_zero_buffer(struct rbd_state *s, struct rbd_req *rq, uint64_t off,
+                              uint64_t len)
+{
+    static const char zero[RBD_ZERO_BUF];
+    int r = 0;
+
+    while (len && r >= 0) {
+        uint64_t l = VD_MIN(len, (uint64_t)RBD_ZERO_BUF);
+        r = submit(s, rq, OP_WRITE, off, l, (char *)zero);
+        off += l;
+        len -= l;
+    }
+    return r;
+}
+
 /* Wait for rq's pieces up to the node's timeout; the first failure. */
 static int finish(struct rbd_state *s, struct rbd_req *rq, int submit_err)
 {
@@ -664,7 +682,10 @@ static int run_op(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64_t le
         r = submit(s, rq, op, 0, 0, NULL);
     while (len && r >= 0) {
         uint64_t l = VD_MIN(len, s->obj_size - off % s->obj_size);
-        r = submit(s, rq, op, off, l, buf);
+        if (op == OP_ZERO && l < s->obj_size)
+            r = submit_zero_buffer(s, rq, off, l);
+        else
+            r = submit(s, rq, op, off, l, buf);
         off += l;
         len -= l;
         if (buf)

@@ -378,3 +378,40 @@ def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path):
         assert "rbd:" in err or "error" in err.lower(), err
     finally:
         c.stop()
+
+
+def test_nbd_writes_discard_zeroes_flush(ceph, tmp_path):
+    """vdisk-nbd serving a raw rbd image for writing: writes, write-zeroes
+    (with and without unmap), trims and flushes from an NBD client land in
+    the cluster; qemu-img reads the result and maps trimmed objects as
+    holes."""
+    nbd = pytest.importorskip("nbd")
+    import nbd_helpers
+    name = ceph.name("nbdw")
+    assert qimg("create", "-f", "raw", name, "16M").returncode == 0
+    sock = str(tmp_path / "w.sock")
+    srv = nbd_helpers.Server(nbd_helpers.VDISK_NBD, ["-f", "raw", "--discard=unmap", name],
+                             sock=sock, probe=False)
+    expect = bytearray(16 << 20)
+    try:
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        h.pwrite(b"\x5a" * (12 << 20), 0)
+        expect[0:12 << 20] = b"\x5a" * (12 << 20)
+        h.zero(1 << 20, 1 << 20)
+        h.zero(65536, 3 << 20, nbd.CMD_FLAG_NO_HOLE)
+        h.trim(4 << 20, 4 << 20)          # one whole object
+        for a, b in ((1 << 20, 2 << 20), (3 << 20, (3 << 20) + 65536), (4 << 20, 8 << 20)):
+            expect[a:b] = bytes(b - a)
+        h.pwrite(b"\xa5" * 4096, 15 << 20)
+        expect[15 << 20:(15 << 20) + 4096] = b"\xa5" * 4096
+        h.flush()
+        assert h.pread(16 << 20, 0) == bytes(expect)
+        h.shutdown()
+    finally:
+        srv.stop()
+    out = str(tmp_path / "out.raw")
+    assert qimg("convert", "-O", "raw", name, out).returncode == 0
+    assert read(out) == bytes(expect)
+    m = json.loads(qimg("map", "--output=json", name).stdout)
+    assert any(e["start"] <= 4 << 20 < e["start"] + e["length"] and not e["data"] for e in m), m
