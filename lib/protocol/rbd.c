@@ -130,7 +130,7 @@ static int parse_pairs(char *p, vd_opts *o)
 /* rbd:pool[/namespace]/image[@snapshot][:key=value...] into options. */
 static int parse_name(char *buf, vd_opts *o)
 {
-    char *p, *pool, *image, *snap, *ns;
+    char *p, *rest, *pool, *image, *snap, *ns;
     int r;
 
     pool = next_token(buf, '/', &p);
@@ -139,8 +139,11 @@ static int parse_name(char *buf, vd_opts *o)
     unescape(pool);
     if ((r = put(o, "pool", pool)) < 0)
         return r;
-    if (strchr(p, '@')) {
-        image = next_token(p, '@', &p);
+    /* The first unescaped '@' (even one in the options, as QEMU) ends the
+     * image name; without one, the first unescaped ':' does. */
+    image = next_token(p, '@', &rest);
+    if (rest) {
+        p = rest;
         snap = next_token(p, ':', &p);
         unescape(snap);
         if ((r = put(o, "snapshot", snap)) < 0)
@@ -150,8 +153,12 @@ static int parse_name(char *buf, vd_opts *o)
     }
     ns = "";
     if (strchr(image, '/')) {
-        ns = next_token(image, '/', &image);
-        unescape(ns);
+        char *first = next_token(image, '/', &rest);
+        if (rest) {             /* an unescaped '/': namespace/image */
+            ns = first;
+            image = rest;
+            unescape(ns);
+        }
     }
     unescape(image);
     if ((r = put(o, "namespace", ns)) < 0 || (r = put(o, "image", image)) < 0)

@@ -294,6 +294,8 @@ def test_missing_image_pool_and_bad_names(ceph):
     "rbd:pool/image@",
     "rbd:/image",
     "rbd:p/i:a=b:c",
+    r"rbd:p/ima\/x",
+    r"rbd:p\/x/i\=key\@n:id=u",
 ])
 def test_name_parsing_like_qemu(ceph, name):
     """Names that cannot reach a cluster (a bogus conf file): the options
