@@ -297,11 +297,10 @@ def test_missing_image_pool_and_bad_names(ceph):
     r"rbd:p/ima\/x",
     r"rbd:p\/x/i\=key\@n:id=u",
 ])
-def test_name_parsing_like_qemu(ceph, name):
-    """Names that cannot reach a cluster (a bogus conf file): the options
-    QEMU takes from them show in its errors; vdisk fails the same way."""
-    n = name + (":" if ":" not in name[4:] else ":") + "conf=/nonexistent.conf"
-    same_error(["info", n])
+def test_name_parsing_like_qemu(rbd_driver, name):
+    """Names that cannot reach a cluster (a missing conf file): vdisk fails
+    the way QEMU does."""
+    same_error(["info", name + ":conf=/nonexistent.conf"])
 
 
 def test_unreachable_monitor(ceph, tmp_path):
