@@ -31,7 +31,6 @@
 #define RBD_PREFIX "rbd:"
 #define RBD_MAX_SERVERS 64
 #define RBD_MAX_XFER (32u << 20)          /* largest request the core sends */
-#define RBD_MAX_PIECES 64                 /* aio pieces of one request */
 #define RBD_ZERO_BUF (1u << 20)            /* zeroes written as data at once */
 #define RBD_KEYPAIRS "=keyvalue-pairs"    /* options from the name, as JSON */
 /* Defaults that bound every cluster call (seconds); the configuration file
@@ -885,8 +884,10 @@ static char *json_name(const vd_opts *o)
     for (size_t i = 0; i < vd_opts_count(o) && nk < VD_ARRAY_SIZE(keys); i++)
         if (!strncmp(vd_opts_key(o, i), "server.", 7))
             keys[nk++] = vd_opts_key(o, i);
+    /* By bucket; within one, the key put last first (QEMU's buckets are
+     * lists that take new keys at their head). */
     for (size_t i = 1; i < nk; i++)
-        for (size_t k = i; k > 0 && key_bucket(keys[k]) < key_bucket(keys[k - 1]); k--) {
+        for (size_t k = i; k > 0 && key_bucket(keys[k]) <= key_bucket(keys[k - 1]); k--) {
             const char *t = keys[k];
             keys[k] = keys[k - 1];
             keys[k - 1] = t;
