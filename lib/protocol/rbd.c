@@ -406,6 +406,10 @@ static int configure(rados_t c, const vd_opts *o)
     default_timeout(c, "client_mount_timeout", "300", RBD_MOUNT_TIMEOUT);
     default_timeout(c, "rados_mon_op_timeout", "0", RBD_OP_TIMEOUT);
     default_timeout(c, "rados_osd_op_timeout", "0", RBD_OP_TIMEOUT);
+    /* Each request goes straight to the OSDs (a name may turn the cache
+     * on); write data is copied when a request starts. */
+    rados_conf_set(c, "rbd_cache", "false");
+    rados_conf_set(c, "rbd_disable_zero_copy_writes", "true");
     if ((r = set_keypairs(c, vd_opts_get(o, RBD_KEYPAIRS))) < 0 ||
         (r = mon_host(o, hosts, sizeof(hosts))) < 0)
         return r;
@@ -413,8 +417,6 @@ static int configure(rados_t c, const vd_opts *o)
         return vd_error(-r, "error setting mon_host: %s", strerror(-r));
     if ((r = set_auth(c, o)) < 0)
         return r;
-    rados_conf_set(c, "rbd_cache", "false");
-    rados_conf_set(c, "rbd_disable_zero_copy_writes", "true");
     return 0;
 }
 
@@ -1018,11 +1020,13 @@ static int rbd_snapshot_list(vd_node *n, struct vd_snapshot_info **out)
             return vd_error(EIO, "rbd: too many snapshots");
         }
     }
-    if (count < 0) {
+    if (count <= 0) {
+        if (count == 0)
+            rbd_snap_list_end(snaps);
         free(snaps);
-        return vd_error(-count, "rbd: cannot list snapshots: %s", strerror(-count));
+        return count ? vd_error(-count, "rbd: cannot list snapshots: %s", strerror(-count)) : 0;
     }
-    struct vd_snapshot_info *list = vd_calloc_array((size_t)(count ? count : 1), sizeof(*list));
+    struct vd_snapshot_info *list = vd_calloc_array((size_t)count, sizeof(*list));
     if (!list) {
         rbd_snap_list_end(snaps);
         free(snaps);
