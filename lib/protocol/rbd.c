@@ -389,8 +389,8 @@ static void default_timeout(rados_t c, const char *name, const char *builtin,
         rados_conf_set(c, name, ours);
 }
 
-/* Settings, in QEMU's order: timeouts (ours), conf file, name pairs,
- * servers, authentication. */
+/* Settings, in QEMU's order: conf file, name pairs, servers,
+ * authentication; our timeouts and cache setting go in before the pairs. */
 static int configure(rados_t c, const vd_opts *o)
 {
     const char *conf = vd_opts_get(o, "conf");
@@ -930,8 +930,8 @@ static void consume(vd_opts *o)
     }
 }
 
-/* Options given both in a filename and as keys are refused by QEMU when
- * the name carries Ceph settings; the name's own keys apply otherwise. */
+/* A filename option (--image-opts file.filename=rbd:...) gives its keys
+ * as the name would. */
 static int merge_filename(vd_opts *o)
 {
     const char *fn = vd_opts_get(o, "filename");
