@@ -66,3 +66,15 @@ def test_help_lists_module_drivers():
     if os.path.exists(os.path.join(LIB, "modules", "vdisk-curl.so")):
         assert {"http", "https", "ftp", "ftps"} <= set(names), names
     assert {"file", "nbd", "qcow2", "raw"} <= set(names), names
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(LIB, "modules", "vdisk-rbd.so")),
+                    reason="built without librbd")
+def test_rbd_name_loads_rbd_module(tmp_path):
+    # A missing configuration file: the module loads, the open fails.
+    r, objs = loaded_objects("info", "rbd:pool/img:conf=%s" % (tmp_path / "none.conf"))
+    assert r.returncode == 1
+    assert [o for o in objs if "vdisk-rbd.so" in o], objs
+    assert "error reading conf file" in r.stderr, r.stderr
+    r, objs = loaded_objects("info", tmp_path / "none.raw")
+    assert not [o for o in objs if "vdisk-rbd" in o or "librbd" in o], objs
