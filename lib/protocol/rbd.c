@@ -31,6 +31,8 @@
 #define RBD_PREFIX "rbd:"
 #define RBD_MAX_SERVERS 64
 #define RBD_MAX_XFER (32u << 20)          /* largest request the core sends */
+#define RBD_POOL 16                       /* read buffers kept for reuse */
+#define RBD_POOL_MAX_OBJ (8u << 20)       /* ... when objects are this small */
 #define RBD_ZERO_BUF (1u << 20)            /* zeroes written as data at once */
 #define RBD_KEYPAIRS "=keyvalue-pairs"    /* options from the name, as JSON */
 /* Defaults that bound every cluster call (seconds); the configuration file
@@ -46,6 +48,10 @@ struct rbd_state {
     uint64_t obj_size;
     uint64_t timeout;          /* seconds a request may take (0: no bound) */
     atomic_bool dead;          /* a request timed out: the cluster is gone */
+    pthread_mutex_t pool_lock; /* guards pool, npool */
+    char *pool[RBD_POOL];      /* read buffers of obj_size bytes, for reuse */
+    int npool;
+    bool pool_init;
     bool have_cluster, have_io, have_image;
 };
 
@@ -546,8 +552,37 @@ static void piece_done(rbd_completion_t c, void *arg)
     req_put(rq);
 }
 
-/* Copy the read pieces out (when ok) and free them. */
-static void take_reads(struct rbd_req *rq, bool ok)
+/* A buffer for a read piece of len bytes (at most an object): a kept one
+ * when there is one, so big reads do not fault fresh pages in each time. */
+static char *bounce_get(struct rbd_state *s, uint64_t len)
+{
+    char *b = NULL;
+
+    if (s->obj_size > RBD_POOL_MAX_OBJ)
+        return malloc(len);
+    pthread_mutex_lock(&s->pool_lock);
+    if (s->npool)
+        b = s->pool[--s->npool];
+    pthread_mutex_unlock(&s->pool_lock);
+    return b ? b : malloc(s->obj_size);
+}
+
+/* Give a read buffer back (kept or freed). */
+static void bounce_put(struct rbd_state *s, char *b)
+{
+    if (b && s->obj_size <= RBD_POOL_MAX_OBJ) {
+        pthread_mutex_lock(&s->pool_lock);
+        if (s->npool < RBD_POOL) {
+            s->pool[s->npool++] = b;
+            b = NULL;
+        }
+        pthread_mutex_unlock(&s->pool_lock);
+    }
+    free(b);
+}
+
+/* Copy the read pieces out (when ok) and give their buffers back. */
+static void take_reads(struct rbd_state *s, struct rbd_req *rq, bool ok)
 {
     struct rbd_piece *p = rq->reads, *next;
 
@@ -556,7 +591,7 @@ static void take_reads(struct rbd_req *rq, bool ok)
         next = p->next;
         if (ok)
             memcpy(p->dst, p->bounce, p->len);
-        free(p->bounce);
+        bounce_put(s, p->bounce);
         free(p);
     }
 }
@@ -590,12 +625,12 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     if (!p)
         return -ENOMEM;
     *p = (struct rbd_piece){ rq, NULL, buf, len };
-    if (op == OP_READ && !(p->bounce = malloc(len))) {
+    if (op == OP_READ && !(p->bounce = bounce_get(s, len))) {
         free(p);
         return -ENOMEM;
     }
     if ((r = rbd_aio_create_completion(p, piece_done, &c)) < 0) {
-        free(p->bounce);
+        bounce_put(s, p->bounce);
         free(p);
         return r;
     }
@@ -605,7 +640,7 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     pthread_mutex_unlock(&rq->lock);
     if ((r = start_piece(s, op, off, len, op == OP_READ ? p->bounce : buf, c)) < 0) {
         rbd_aio_release(c);
-        free(p->bounce);
+        bounce_put(s, p->bounce);
         free(p);
         pthread_mutex_lock(&rq->lock);
         rq->pending--;
@@ -654,7 +689,7 @@ static int finish(struct rbd_state *s, struct rbd_req *rq, int submit_err)
             atomic_store(&s->dead, true);
     }
     /* Pieces finished so far are on the list, later ones free themselves. */
-    take_reads(rq, r == 0);
+    take_reads(s, rq, r == 0);
     req_put(rq);
     return r;
 }
@@ -948,6 +983,8 @@ static int vrbd_open(vd_node *n, vd_opts *opts, int flags)
     const char *image, *snap;
     int r;
 
+    pthread_mutex_init(&s->pool_lock, NULL);
+    s->pool_init = true;
     if ((r = merge_filename(opts)) < 0)
         return r;
     if (vd_opts_has(opts, "key-secret") && vd_opts_has(opts, "password-secret"))
@@ -986,6 +1023,10 @@ static void rbd_close_node(vd_node *n)
     disconnect(s);
     free(s->image_name);
     free(s->snap);
+    for (int i = 0; i < s->npool; i++)
+        free(s->pool[i]);
+    if (s->pool_init)
+        pthread_mutex_destroy(&s->pool_lock);
 }
 
 /* The object size, as QEMU's get_info reports it. */
