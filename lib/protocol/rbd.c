@@ -52,6 +52,7 @@ struct rbd_state {
     char *pool[RBD_POOL];      /* read buffers of obj_size bytes, for reuse */
     int npool;
     bool pool_init;
+    bool diff_ok;              /* diff_layout_ok at open */
     bool have_cluster, have_io, have_image;
 };
 
@@ -837,25 +838,34 @@ static int diff_cb(uint64_t off, size_t len, int exists, void *opaque)
     return 0;
 }
 
-/* Is the object map's fast-diff usable (no striping, no parent: librbd
- * before 1.17 reports wrong offsets otherwise for unaligned starts)? */
-static bool fast_diff_ok(struct rbd_state *s)
+/* Does the image have fast-diff, default striping and no parent (librbd
+ * before 1.17 reports wrong offsets otherwise for unaligned starts)?
+ * Asked once at open: these do not change while the image is open. */
+static bool diff_layout_ok(struct rbd_state *s)
 {
-    uint64_t features, fl;
-    if (rbd_get_features(s->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF))
-        return false;
-    if (rbd_get_flags(s->image, &fl) < 0 || (fl & RBD_FLAG_FAST_DIFF_INVALID))
-        return false;
-    if (features & RBD_FEATURE_STRIPINGV2)
-        return false;
     rbd_linked_image_spec_t parent;
     rbd_snap_spec_t psnap;
-    int r = rbd_get_parent(s->image, &parent, &psnap);
+    uint64_t features;
+    int r;
+
+    if (rbd_get_features(s->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+        (features & RBD_FEATURE_STRIPINGV2))
+        return false;
+    r = rbd_get_parent(s->image, &parent, &psnap);
     if (r == 0) {
         rbd_linked_image_spec_cleanup(&parent);
         rbd_snap_spec_cleanup(&psnap);
     }
     return r == -ENOENT;
+}
+
+/* Is the object map's fast-diff usable now (not flagged invalid)? */
+static bool fast_diff_ok(struct rbd_state *s)
+{
+    uint64_t fl;
+
+    return s->diff_ok && rbd_get_flags(s->image, &fl) == 0 &&
+           !(fl & RBD_FLAG_FAST_DIFF_INVALID);
 }
 
 /* Allocated objects read as data, others as zeroes (whole objects, through
@@ -1008,6 +1018,7 @@ static int vrbd_open(vd_node *n, vd_opts *opts, int flags)
         return vd_error(EINVAL, "rbd: object size %llu is not a power of two",
                         (unsigned long long)info.obj_size);
     s->obj_size = info.obj_size;
+    s->diff_ok = diff_layout_ok(s);
     n->max_transfer = RBD_MAX_XFER;
     free(n->filename);
     if (!(n->filename = json_name(opts)))
