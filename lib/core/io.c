@@ -366,14 +366,14 @@ int vd_store_compressed(vd_node *n, uint64_t off, uint64_t len, const void *data
 
 /* The driver's cluster size, 0 when it has none.  A data-only format
  * (raw) without its own answers as its file does (QEMU's raw forwards
- * get_info: over a protocol whose get_info fails, info shows no dirty flag). */
+ * get_info: over a protocol whose get_info fails, info shows no dirty flag;
+ * rbd's gives the object size). */
 int64_t vd_node_cluster_size(vd_node *n)
 {
     if (n->drv->cluster_size)
         return n->drv->cluster_size(n);
-    if (n->drv->data_only && n->file && n->file->drv->cluster_size &&
-        n->file->drv->cluster_size(n->file) < 0)
-        return -1;
+    if (n->drv->data_only && n->file && n->file->drv->cluster_size)
+        return n->file->drv->cluster_size(n->file);
     return 0;
 }
 

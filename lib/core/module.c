@@ -26,6 +26,7 @@ static const struct vd_module modules[] = {
     { "curl", (const char *const[]){ "http", "https", "ftp", "ftps", NULL } },
     { "ssh", (const char *const[]){ "ssh", NULL } },
     { "iscsi", (const char *const[]){ "iscsi", NULL } },
+    { "rbd", (const char *const[]){ "rbd", NULL } },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))

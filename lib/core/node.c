@@ -185,10 +185,23 @@ int vd_create(const char *fmt, const char *name, vd_opts *opts)
 
 /* ---- internal snapshots ---- */
 
+/* The node whose snapshots n's are: n, or for a data-only format (raw)
+ * without its own, its file when that has them (QEMU's snapshot fallback:
+ * raw over rbd lists and takes rbd snapshots). */
+static vd_node *snapshot_node(vd_node *n, size_t op)
+{
+    if (n->drv->data_only && n->file &&
+        *(void *const *)((const char *)n->file->drv + op))
+        return n->file;
+    return n;
+}
+#define SNAPSHOT_NODE(n, fn) snapshot_node(n, offsetof(struct vd_driver, fn))
+
 /* The snapshots of n (see vdisk.h). */
 int vd_snapshot_list(vd_node *n, struct vd_snapshot_info **out)
 {
     *out = NULL;
+    n = SNAPSHOT_NODE(n, snapshot_list);
     if (!n->drv->snapshot_list)
         return 0;
     return n->drv->snapshot_list(n, out);
@@ -207,6 +220,8 @@ void vd_snapshot_list_free(struct vd_snapshot_info *list, int count)
 /* Take a snapshot (see vdisk.h). */
 int vd_snapshot_create(vd_node *n, const struct vd_snapshot_info *sn)
 {
+    if (!n->drv->snapshot_create)
+        n = SNAPSHOT_NODE(n, snapshot_create);
     if (n->read_only)
         return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
     if (!n->drv->snapshot_create)
@@ -222,6 +237,14 @@ int vd_snapshot_goto(vd_node *n, const char *id_or_name)
 {
     int r;
 
+    if (!n->drv->snapshot_goto && SNAPSHOT_NODE(n, snapshot_goto) != n) {
+        if (n->read_only)
+            return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
+        if ((r = vd_snapshot_goto(n->file, id_or_name)) < 0)
+            return r;
+        return vd_refresh_length(n) < 0 ? -EIO : 0;
+    }
+
     if (n->read_only)
         return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
     if (!n->drv->snapshot_goto)
@@ -234,6 +257,8 @@ int vd_snapshot_goto(vd_node *n, const char *id_or_name)
 /* Delete a snapshot (see vdisk.h). */
 int vd_snapshot_delete(vd_node *n, const char *id, const char *name)
 {
+    if (!n->drv->snapshot_delete)
+        n = SNAPSHOT_NODE(n, snapshot_delete);
     if (n->read_only)
         return vd_error(EPERM, "'%s' is opened read-only", n->filename ? n->filename : "");
     if (!n->drv->snapshot_delete)

@@ -78,3 +78,12 @@ def test_ssh_name_loads_ssh_module():
     assert "Failed to connect to '127.0.0.1:1'" in r.stderr
     r, objs = loaded_objects("info", os.path.join(BUILD, "meson-info", "intro-buildoptions.json"))
     assert not [o for o in objs if "vdisk-ssh" in o or "libssh" in o], objs
+@pytest.mark.skipif(not os.path.exists(os.path.join(LIB, "modules", "vdisk-rbd.so")),
+                    reason="built without librbd")
+def test_rbd_name_loads_rbd_module(tmp_path):
+    # A missing configuration file: the module loads, the open fails.
+    r, objs = loaded_objects("info", "rbd:pool/img:conf=%s" % (tmp_path / "none.conf"))
+    assert [o for o in objs if "vdisk-rbd.so" in o], objs
+    assert "error reading conf file" in r.stderr, r.stderr
+    r, objs = loaded_objects("info", tmp_path / "none.raw")
+    assert not [o for o in objs if "vdisk-rbd" in o or "librbd" in o], objs
