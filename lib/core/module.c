@@ -24,6 +24,8 @@ struct vd_module {
 
 static const struct vd_module modules[] = {
     { "curl", (const char *const[]){ "http", "https", "ftp", "ftps", NULL } },
+    { "gluster", (const char *const[]){ "gluster", "gluster+tcp", "gluster+unix",
+                                        "gluster+rdma", NULL } },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))
