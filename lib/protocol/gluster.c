@@ -301,13 +301,13 @@ static int parse_json(const vd_opts *o, struct gl_config *c)
     const char *volume = vd_opts_get(o, "volume"), *path = vd_opts_get(o, "path");
     int r;
 
+    if (!server_opt(o, 0, "type") && !server_opt(o, 0, "host") && !server_opt(o, 0, "port") &&
+        !server_opt(o, 0, "path") && !server_opt(o, 0, "socket"))
+        return json_error("server", -1);
     if (!volume)
         return json_error("volume", -1);
     if (!path)
         return json_error("path", -1);
-    if (!server_opt(o, 0, "type") && !server_opt(o, 0, "host") && !server_opt(o, 0, "port") &&
-        !server_opt(o, 0, "path") && !server_opt(o, 0, "socket"))
-        return json_error("server", -1);
     if (!(c->volume = strdup(volume)) || !(c->path = strdup(path)))
         return vd_error(ENOMEM, "out of memory");
     for (size_t i = 0; i < GL_MAX_SERVERS; i++) {
