@@ -141,10 +141,8 @@ class Glusterd:
         os.makedirs(brick, exist_ok=True)
         self.cli("volume", "create", volume, "transport", "tcp",
                  "%s:%s" % (self.host, brick), "force")
-        for key, val in (("server.allow-insecure", "on"),
-                         ("storage.owner-uid", str(os.getuid())),
-                         ("storage.owner-gid", str(os.getgid()))):
-            self.cli("volume", "set", volume, key, val)
+        # libgfapi clients connect from unprivileged ports
+        self.cli("volume", "set", volume, "server.allow-insecure", "on")
         self.cli("volume", "start", volume)
         end = time.monotonic() + START_TIMEOUT
         while time.monotonic() < end:

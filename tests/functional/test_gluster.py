@@ -126,6 +126,9 @@ def names(gluster, images):
         r = vimg("convert", "-f", fmt, "-O", fmt, images[fmt], gluster.url(n[fmt]),
                  timeout=120)
         assert r.returncode == 0, r.stderr
+        r = vimg("convert", "-f", "raw", "-O", fmt, images["raw"],
+                 gluster.url(uniq("vdisk-made." + fmt)), timeout=120)
+        assert r.returncode == 0, r.stderr
     return n
 
 
@@ -146,6 +149,8 @@ def ref(gluster, images, names):
     for fmt in ("raw", "qcow2"):
         rf.start(("convert-to", fmt), "convert", "-f", "raw", "-O", fmt, images["raw"],
                  gluster.url(uniq("qemu-made." + fmt)))
+        rf.start(("compare-vdisk-made", fmt), "compare", "-f", "raw", "-F", fmt,
+                 images["raw"], gluster.url(uniq("vdisk-made." + fmt)))
     rf.start(("create",), "create", "-f", "qcow2", gluster.url(uniq("qemu-created.qcow2")),
              "32M")
     rf.start(("missing-file",), "info", gluster.url(uniq("missing.qcow2")))
@@ -210,19 +215,17 @@ def test_convert_from_gluster(gluster, images, names, ref, tmp_path):
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])
-def test_convert_to_gluster(gluster, images, ref, fmt):
-    """vdisk-img and qemu-img each write the image to the volume; each
-    reads the other's back as the source."""
+def test_convert_to_gluster(gluster, images, names, ref, fmt):
+    """vdisk-img (in the names fixture) and qemu-img each write the image to
+    the volume; each reads the other's back as the source."""
     mine = gluster.url(uniq("vdisk-made." + fmt))
-    v = vimg("convert", "-f", "raw", "-O", fmt, images["raw"], mine, timeout=120)
-    assert v.returncode == 0, v.stderr
     q = ref.get(("convert-to", fmt))
     assert q.returncode == 0, q.stderr
     theirs = gluster.url(uniq("qemu-made." + fmt))
     for target in (mine, theirs):
         r = vimg("compare", "-f", "raw", "-F", fmt, images["raw"], target, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
-    q2 = qimg("compare", "-f", "raw", "-F", fmt, images["raw"], mine, timeout=QEMU_TIMEOUT)
+    q2 = ref.get(("compare-vdisk-made", fmt))
     assert q2.returncode == 0, q2.stdout + q2.stderr
     a = vimg("info", "--output=json", mine).stdout
     b = vimg("info", "--output=json", theirs).stdout
