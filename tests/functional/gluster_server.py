@@ -27,7 +27,7 @@ GLUSTER = shutil.which("gluster", path=SBIN)
 MGMT_PORT = 24007
 VOLUME = "vdtest"
 SHARED = os.path.join(tempfile.gettempdir(), "vdisk-test-glusterd")
-START_TIMEOUT = 60
+START_TIMEOUT = 120
 
 
 class Unavailable(Exception):
@@ -89,7 +89,7 @@ class Glusterd:
         with open(self.pidfile) as f:
             self.pid = int(f.read().split()[0])
 
-    def cli(self, *args, timeout=60, check=True):
+    def cli(self, *args, timeout=120, check=True):
         r = subprocess.run([GLUSTER, "--mode=script", "--glusterd-sock=" + self.sock,
                             "--log-file=" + os.path.join(self.dir, "logs", "cli.log")]
                            + list(args), capture_output=True, text=True, timeout=timeout)
@@ -126,8 +126,11 @@ class Glusterd:
             if proc.poll() is not None:
                 raise Unavailable("glusterd exited with %d (see %s/logs)" %
                                   (proc.returncode, self.dir))
-            if self.cli("peer", "status", timeout=10, check=False).returncode == 0:
-                return
+            try:
+                if self.cli("peer", "status", timeout=30, check=False).returncode == 0:
+                    return
+            except subprocess.TimeoutExpired:
+                pass        # a loaded machine: ask again
             time.sleep(0.1)
         kill_wait(proc.pid)
         raise Unavailable("glusterd did not answer in %d s" % START_TIMEOUT)
@@ -153,7 +156,10 @@ class Glusterd:
 
     def brick_pid(self, volume):
         """The pid of the volume's online brick process, or None."""
-        r = self.cli("volume", "status", volume, "--xml", check=False, timeout=30)
+        try:
+            r = self.cli("volume", "status", volume, "--xml", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            return None
         m = re.search(r"<node>.*?<status>1</status>.*?<pid>(\d+)</pid>", r.stdout, re.S)
         return int(m.group(1)) if m and int(m.group(1)) > 0 else None
 

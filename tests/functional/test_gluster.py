@@ -23,7 +23,9 @@ import gluster_server
 
 SANITIZED = bool(os.environ.get("VDISK_SANITIZED"))
 QEMU_TIMEOUT = 120
-LOGLINE = re.compile(r"^\[\d{4}-\d\d-\d\d [^]]*\] [A-Z] \[.*$\n?", re.M)
+# libgfapi's log lines; qemu-img writes its messages in pieces, so one may
+# land in the middle of a message line.
+LOGLINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ [+-]\d{4}\] [A-Z] \[[^\n]*\n")
 
 
 def _have_driver():
