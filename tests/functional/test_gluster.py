@@ -51,6 +51,23 @@ def gluster():
     s.release()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def sanitizer_preload():
+    """Under ASan, libtirpc must be loaded when the program starts: ASan's
+    xdr_* interceptors look the real functions up once, at start, and
+    libgfapi's libtirpc only comes later with the gluster module (then its
+    xdr calls jump to address 0)."""
+    if not SANITIZED:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as mp:
+        pre = os.environ.get("LD_PRELOAD")
+        mp.setenv("LD_PRELOAD", "libtirpc.so.3" + (" " + pre if pre else ""))
+        mp.setenv("ASAN_OPTIONS", os.environ.get("ASAN_OPTIONS", "") +
+                  ":verify_asan_link_order=0")
+        yield
+
+
 def strip_logs(text):
     """Without libgfapi's own log lines (qemu-img lets them through)."""
     return LOGLINE.sub("", text)
