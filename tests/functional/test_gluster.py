@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -412,7 +413,7 @@ def fault_volume(gluster):
     gluster.server.delete_volume(vol)
 
 
-def test_brick_killed_mid_convert(gluster, fault_volume, tmp_path):
+def brick_killed_mid_convert(gluster, fault_volume, tmp_path):
     """The brick dies while a compressing convert writes to it: vdisk-img
     ends with an error and a nonzero status, in bounded time."""
     src = tmp_path / "random.raw"
@@ -441,3 +442,40 @@ def test_brick_killed_mid_convert(gluster, fault_volume, tmp_path):
     assert p.returncode == 1, err
     assert err.startswith("vdisk-img: "), err
     assert "error" in err.lower() or "failed" in err.lower(), err
+
+
+def json_timeout_form(gluster, volume, path, seconds):
+    return "json:" + json.dumps({"driver": "raw", "file": {
+        "driver": "gluster", "volume": volume, "path": path, "x-timeout": str(seconds),
+        "server": [{"type": "tcp", "host": "127.0.0.1", "port": "24007"}]}})
+
+
+def test_brick_faults(gluster, fault_volume, tmp_path):
+    """A brick that stops answering (SIGSTOP) ends reads and new
+    connections after the x-timeout, not never; once it answers again, it
+    is killed in the middle of a convert (one volume for both: making one
+    takes seconds)."""
+    import nbd_helpers
+    if not shutil.which("nbdcopy", path="/usr/bin"):
+        pytest.skip("nbdcopy is not installed")
+    r = vimg("create", "-f", "raw", gluster.url("img.raw", volume=fault_volume), "16M")
+    assert r.returncode == 0, r.stderr
+    name = json_timeout_form(gluster, fault_volume, "img.raw", 5)
+    srv = nbd_helpers.Server(nbd_helpers.VDISK_NBD, ["-r", "-f", "raw", name],
+                             sock=str(tmp_path / "nbd.sock"))
+    brick = gluster.server.brick_pid(fault_volume)
+    os.kill(brick, signal.SIGSTOP)
+    try:
+        start = time.monotonic()
+        r = nbd_helpers.run(["nbdcopy", srv.uri(), str(tmp_path / "out.raw")])
+        assert r.returncode != 0
+        assert time.monotonic() - start < 90
+        start = time.monotonic()
+        r = vimg("info", name, timeout=90)
+        assert r.returncode == 1
+        assert "failed to connect (timed out)" in r.stderr, r.stderr
+        assert time.monotonic() - start < 60
+    finally:
+        os.kill(brick, signal.SIGCONT)
+        srv.stop()
+    brick_killed_mid_convert(gluster, fault_volume, tmp_path)
