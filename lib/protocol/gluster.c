@@ -340,6 +340,10 @@ static int gluster_open(vd_node *n, vd_opts *opts, int flags)
     if (!s->fd)
         return open_error(&s->cfg, opts, errno ? errno : EIO);
     s->seek_data = probe_seek_data(s->fd);
+    /* Whole sectors, as QEMU's gluster driver reads and writes: a file it
+     * made ends on a sector boundary, and QEMU fails reads of a file that
+     * does not (a short read is an I/O error there). */
+    n->request_alignment = 512;
     n->max_transfer = GL_MAX_XFER;
     if ((r = set_name(n, opts, &s->cfg)) < 0)
         return r;
