@@ -17,9 +17,10 @@
 
 /* ---- configuration ---- */
 
+/* Every entry, counted or not (a failed parse leaves one half made). */
 void gl_free_config(struct gl_config *c)
 {
-    for (size_t i = 0; i < c->nservers; i++) {
+    for (size_t i = 0; i < GL_MAX_SERVERS; i++) {
         free(c->servers[i].host);
         free(c->servers[i].port);
         free(c->servers[i].socket);

@@ -32,7 +32,7 @@
 #include "vdisk/driver.h"
 
 #define GL_MAX_IDLE 4                  /* idle connections kept per process */
-#define GL_MAX_XFER (4u << 20)
+#define GL_MAX_XFER (1u << 20)
 
 /* One shared connection to a volume. */
 struct gl_conn {
