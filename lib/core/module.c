@@ -27,6 +27,8 @@ static const struct vd_module modules[] = {
     { "ssh", (const char *const[]){ "ssh", NULL } },
     { "iscsi", (const char *const[]){ "iscsi", NULL } },
     { "rbd", (const char *const[]){ "rbd", NULL } },
+    { "gluster", (const char *const[]){ "gluster", "gluster+tcp", "gluster+unix",
+                                        "gluster+rdma", NULL } },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))

@@ -87,3 +87,10 @@ def test_rbd_name_loads_rbd_module(tmp_path):
     assert "error reading conf file" in r.stderr, r.stderr
     r, objs = loaded_objects("info", tmp_path / "none.raw")
     assert not [o for o in objs if "vdisk-rbd" in o or "librbd" in o], objs
+@pytest.mark.skipif(not os.path.exists(os.path.join(LIB, "modules", "vdisk-gluster.so")),
+                    reason="built without libgfapi")
+def test_gluster_name_loads_gluster_module():
+    # A URL without a path: the module loads and refuses it.
+    r, objs = loaded_objects("info", "gluster://127.0.0.1/vol")
+    assert [o for o in objs if "vdisk-gluster.so" in o], objs
+    assert "invalid URI gluster://127.0.0.1/vol" in r.stderr
