@@ -81,6 +81,9 @@ struct luks_create_params {
 /* Parse cipher-alg, cipher-mode, ivgen-alg, ivgen-hash-alg, hash-alg and
  * iter-time from opts (keys prefixed by prefix) as QEMU does. */
 int luks_parse_create_opts(vd_opts *opts, const char *prefix, struct luks_create_params *p);
+/* QEMU's checks of the algorithms of a new image (completes the essiv
+ * cipher of p). */
+int luks_check_create(struct luks_create_params *p);
 /* A new header for p (master key in mk, random), slots laid out as QEMU
  * lays them out; payload offset in sectors in h->payload.  Checks the
  * algorithms and completes p (the essiv cipher). */

@@ -76,14 +76,12 @@ static int hb_ext(struct hbuf *h, uint32_t type, const void *d, uint32_t len)
 /* Is an extension of this type written from the state, not copied? */
 static bool ext_rebuilt(uint32_t type)
 {
-    return type == QC_EXT_END || type == QC_EXT_BACKING_FMT ||
+    return type == QC_EXT_END || type == QC_EXT_BACKING_FMT || type == QC_EXT_CRYPTO ||
            type == QC_EXT_FEATURES || type == QC_EXT_DATA_FILE;
 }
 
-/* Copy the old header's extensions that are kept as they are; with
- * first, only the crypto header (QEMU puts it before the table). */
-static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbuf *h,
-                     bool first)
+/* Copy the old header's extensions that are kept as they are. */
+static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbuf *h)
 {
     uint64_t off = s->version >= 3 ? s->header_length : QC_V2_HEADER_LEN;
     uint64_t end = s->cluster_size;
@@ -95,12 +93,21 @@ static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbu
         uint32_t type = be32_get(old + off), len = be32_get(old + off + 4);
         if (type == QC_EXT_END || len > end - off - EXT_HEAD)
             break;
-        if (!ext_rebuilt(type) && (type == QC_EXT_CRYPTO) == first &&
-            (r = hb_ext(h, type, old + off + EXT_HEAD, len)) < 0)
+        if (!ext_rebuilt(type) && (r = hb_ext(h, type, old + off + EXT_HEAD, len)) < 0)
             return r;
         off += EXT_HEAD + ((uint64_t)len + 7) / 8 * 8;
     }
     return 0;
+}
+
+/* The crypto header extension from the state (offset, length). */
+static int crypto_ext(const struct qcow2_state *s, struct hbuf *h)
+{
+    uint8_t d[16];
+
+    be64_put(d, s->crypt_off);
+    be64_put(d + 8, s->crypt_len);
+    return hb_ext(h, QC_EXT_CRYPTO, d, sizeof(d));
 }
 
 /* The fixed part of the header from the state. */
@@ -108,6 +115,7 @@ static void put_fixed(const struct qcow2_state *s, const uint8_t *old, struct hb
 {
     memcpy(h->b, old, QC_V2_HEADER_LEN);
     be32_put(h->b + 4, s->version);
+    be32_put(h->b + 32, s->crypt_method);
     be32_put(h->b + 36, s->l1_size);
     be64_put(h->b + 40, s->l1_offset);
     be64_put(h->b + 48, s->reftable_offset);
@@ -140,15 +148,15 @@ static int build_header(const struct qcow2_state *s, const uint8_t *old, struct 
     if (r >= 0 && s->data_file_name)
         r = hb_ext(h, QC_EXT_DATA_FILE, s->data_file_name,
                    (uint32_t)strlen(s->data_file_name));
-    if (r >= 0)
-        r = copy_exts(s, old, h, true);
+    if (r >= 0 && s->has_crypto_ext)     /* before the table, as QEMU */
+        r = crypto_ext(s, h);
     if (r >= 0 && s->version >= 3 && flen <= sizeof(ft) &&
         h->pos + EXT_HEAD + flen + EXT_HEAD + blen <= h->cap) {
         qcow2_feature_table(ft);
         r = hb_ext(h, QC_EXT_FEATURES, ft, (uint32_t)flen);
     }
     if (r >= 0)
-        r = copy_exts(s, old, h, false);
+        r = copy_exts(s, old, h);
     if (r >= 0)
         r = hb_ext(h, QC_EXT_END, NULL, 0);
     if (r < 0 || blen > h->cap - h->pos)
