@@ -364,3 +364,139 @@ def test_convert_compressed_refused_as_qemu(tmp_path):
     assert b"\x41" * 65536 not in img.read_bytes()
     assert "2/16 = 12.50% allocated, 100.00% fragmented, 100.00% compressed" in qcheck(img)
     assert read_raw(vimg, img, tmp_path / "o.raw")[:131072] == b"\x41" * 65536 + b"\x42" * 65536
+
+
+# ---- amend: LUKS key slots ----
+
+AMEND_OBJS = ["--object", SECRET, "--object", "secret,id=sec1,data=second pass",
+              "--object", "secret,id=sec2,data=not there"]
+AMEND_CASES = [
+    ("sec0", "encrypt.state=inactive,encrypt.old-secret=sec0"),
+    ("sec1", "encrypt.state=inactive,encrypt.old-secret=sec1"),
+    ("sec1", "encrypt.state=inactive,encrypt.keyslot=1"),
+    ("sec1", "encrypt.state=active"),
+    ("sec1", "encrypt.state=active,encrypt.new-secret=sec1,encrypt.keyslot=0"),
+    ("sec1", "encrypt.state=active,encrypt.new-secret=sec1,encrypt.old-secret=sec0"),
+    ("sec1", "encrypt.state=inactive"),
+    ("sec1", "encrypt.state=inactive,encrypt.keyslot=9"),
+    ("sec1", "encrypt.state=inactive,encrypt.keyslot=3"),
+    ("sec1", "encrypt.state=inactive,encrypt.keyslot=0,encrypt.old-secret=sec1"),
+    ("sec1", "encrypt.state=inactive,encrypt.new-secret=sec1,encrypt.keyslot=0"),
+    ("sec1", "encrypt.state=inactive,encrypt.old-secret=sec2"),
+    ("sec1", "encrypt.state=inactive,encrypt.iter-time=10,encrypt.keyslot=0"),
+    ("sec1", "encrypt.state=bogus"),
+    ("sec1", "encrypt.keyslot=1"),
+    ("sec1", "encrypt.state=inactive,encrypt.keyslot=0,compat=0.10"),
+]
+if SANITIZED:
+    AMEND_CASES = AMEND_CASES[::3]
+
+
+@pytest.fixture
+def two_slots(tmp_path):
+    """A vdisk-made qcow2+luks image with data, opened by sec0 (slot 0)
+    and sec1 (slot 1, added by vdisk's amend)."""
+    raw = tmp_path / "in.raw"
+    data = mixed_raw(raw, M)
+    img = tmp_path / "two.qcow2"
+    p = vimg("convert", *OBJ, "-O", "qcow2", "-o", LUKS, raw, img)
+    assert p.returncode == 0, p.stderr
+    p = vimg("amend", *AMEND_OBJS, "--image-opts", iopts(img), "-o",
+             "encrypt.state=active,encrypt.new-secret=sec1,encrypt.iter-time=10")
+    assert p.returncode == 0, p.stderr
+    return img, data
+
+
+def slots_active(img):
+    info = json.loads(qimg("info", "--output=json", img).stdout)
+    return [s["active"] for s in info["format-specific"]["data"]["encrypt"]["slots"]]
+
+
+def read_with(tool, img, tmp_path, sec):
+    objs = ["--object", "secret,id=sec0,data=" + sec]
+    out = tmp_path / "o.raw"
+    p = tool("convert", *objs, "--image-opts", iopts(img), "-O", "raw", out)
+    return out.read_bytes() if p.returncode == 0 else p.stderr
+
+
+def test_amend_adds_and_erases(tmp_path, two_slots):
+    img, data = two_slots
+    assert slots_active(img) == [True, True] + [False] * 6
+    assert read_with(qimg, img, tmp_path, "second pass") == data
+    p = vimg("amend", *AMEND_OBJS, "--image-opts", iopts(img, "sec1"), "-o",
+             "encrypt.state=inactive,encrypt.old-secret=sec0")
+    assert p.returncode == 0, p.stderr
+    assert "Invalid password" in read_with(qimg, img, tmp_path, PASS)
+    assert read_with(qimg, img, tmp_path, "second pass") == data
+    # the last one needs --force, as in qemu-img
+    a = ["amend", *AMEND_OBJS, "--image-opts", iopts(img, "sec1"), "-o",
+         "encrypt.state=inactive,encrypt.keyslot=1"]
+    p = vimg(*a)
+    assert p.returncode == 1 and "refusing operation" in p.stderr
+    assert vimg(*(a[:1] + ["--force"] + a[1:])).returncode == 0
+    assert slots_active(img) == [False] * 8
+    qcheck_opts = ["check", "--object", "secret,id=sec0,data=second pass", "--image-opts"]
+    assert "Invalid password" in qimg(*qcheck_opts, iopts(img)).stderr
+
+
+@pytest.mark.parametrize("sec,opts", AMEND_CASES)
+def test_amend_as_qemu(tmp_path, two_slots, sec, opts):
+    img, _ = two_slots
+    q = tmp_path / "q.qcow2"
+    shutil.copy(img, q)
+    pv = vimg("amend", *AMEND_OBJS, "--image-opts", iopts(img, sec), "-o", opts)
+    pq = qimg("amend", *AMEND_OBJS, "--image-opts", iopts(q, sec), "-o", opts)
+    assert pv.returncode == pq.returncode, (pv.stderr, pq.stderr)
+    assert pv.stderr.replace(str(img), "X") == \
+        pq.stderr.replace(str(q), "X").replace("qemu-img", "vdisk-img")
+    assert slots_active(img) == slots_active(q)
+
+
+def test_amend_without_encryption_as_qemu(tmp_path):
+    for opts in ("", AES):
+        img = tmp_path / "p.qcow2"
+        a = ["create", "-q", "-f", "qcow2", *OBJ] + (["-o", opts] if opts else [])
+        assert vimg(*a, img, "1M").returncode == 0
+        args = ["amend", *AMEND_OBJS, "--image-opts", iopts(img) if opts else
+                "driver=qcow2,file.filename=%s" % img, "-o", "encrypt.state=inactive"]
+        pv, pq = vimg(*args), qimg(*args)
+        assert (pv.returncode, pv.stderr.replace("vdisk-img", "qemu-img")) == \
+            (pq.returncode, pq.stderr)
+
+
+def crash_json(img, k, sec="sec0"):
+    """img (qcow2+luks) with every write from the kth on failing."""
+    rule = {"event": "none", "iotype": "write", "nth": k, "errno": 5}
+    node = {"driver": "blkdebug", "inject-error": [rule],
+            "image": {"driver": "file", "filename": str(img)}}
+    return "json:" + json.dumps({"driver": "qcow2", "encrypt.key-secret": sec, "file": node})
+
+
+@pytest.mark.parametrize("opts", [
+    "encrypt.state=active,encrypt.new-secret=sec2,encrypt.iter-time=10",
+    "encrypt.state=active,encrypt.new-secret=sec2,encrypt.keyslot=5,encrypt.iter-time=10",
+    "encrypt.state=inactive,encrypt.keyslot=1",
+])
+def test_amend_interrupted_keeps_old_passphrase(tmp_path, two_slots, opts):
+    """Interrupted at any write, the image still opens with sec0 in
+    qemu-img and vdisk, its data intact; the amend then completes."""
+    img, data = two_slots
+    done = False
+    for k in range(1, 8):
+        work = tmp_path / ("k%d.qcow2" % k)
+        shutil.copy(img, work)
+        p = vimg("amend", *AMEND_OBJS, crash_json(work, k), "-o", opts)
+        done = p.returncode == 0
+        assert k > 1 or not done        # the fault does reach the amend
+        for tool in (vimg, qimg):
+            assert read_with(tool, work, tmp_path, PASS) == data, (k, p.stderr)
+        qcheck(work)
+        if done:
+            break
+    assert done
+    want = [True, True] + [False] * 6
+    if "inactive" in opts:
+        want[1] = False
+    else:
+        want[5 if "keyslot=5" in opts else 2] = True
+    assert slots_active(work) == want

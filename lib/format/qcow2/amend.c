@@ -32,6 +32,7 @@ struct amend_req {
     bool has_backing;              /* backing_file or backing_fmt given */
     bool lazy, data_raw;
     uint32_t refcount_bits;
+    bool encrypt;                  /* encrypt.* given: key slots change */
 };
 
 /* Progress over the operations of one amend (QEMU's projection). */
@@ -211,14 +212,33 @@ static int parse_compat(const char *v, uint32_t *version)
     return 0;
 }
 
-/* The encryption options: qcow2 LUKS keyslot changes are not done here. */
-static int check_encrypt(const struct qcow2_state *s)
+/* The encryption options: LUKS keyslot changes (crypto.c). */
+static int check_encrypt(const struct qcow2_state *s, struct amend_req *q)
 {
     if (!s->crypt_method)
         return vd_error(EINVAL, "Can't amend encryption options - encryption not present");
     if (s->crypt_method != 2)
         return vd_error(ENOTSUP, "Only LUKS encryption options can be amended");
-    return vd_error(ENOTSUP, "Amending LUKS keyslots is not supported");
+    q->encrypt = true;
+    return 0;
+}
+
+/* The keyslot change the encrypt.* options ask for (as the luks format's
+ * options, without the prefix). */
+static int amend_encrypt(vd_node *n, const vd_opts *o, bool force)
+{
+    vd_opts *sub = vd_opts_new();
+    int r = sub ? 0 : vd_error(ENOMEM, "out of memory");
+
+    for (size_t i = 0; r >= 0 && i < vd_opts_count(o); i++)
+        if (!strncmp(vd_opts_key(o, i), "encrypt.", 8))
+            r = vd_opts_set(sub, vd_opts_key(o, i) + 8, vd_opts_value(o, i));
+    if (r >= 0) {
+        vd_event(n->file, "amend_keyslots");
+        r = qcow2_crypto_amend(n, sub, force);
+    }
+    vd_opts_free(sub);
+    return r;
 }
 
 /* refcount_bits: a power of two up to 64. */
@@ -243,7 +263,7 @@ static int parse_one(vd_node *n, const vd_opts *o, const char *k, struct amend_r
     const char *v = vd_opts_get(o, k);
 
     if (!strncmp(k, "encrypt.", 8))
-        return check_encrypt(s);
+        return check_encrypt(s, q);
     if (!strcmp(k, "compat"))
         return parse_compat(v, &q->version);
     if (!strcmp(k, "size"))
@@ -714,8 +734,9 @@ int qcow2_amend(vd_node *n, vd_opts *opts, bool force,
     struct amend_req q;
     int r;
 
-    (void)force;
     if ((r = parse_req(n, opts, &q)) < 0)
+        return r;
+    if (q.encrypt && (r = amend_encrypt(n, opts, force)) < 0)
         return r;
     p.ops = (q.version != s->version) + (q.refcount_bits != s->refcount_bits);
     pthread_mutex_lock(&s->lock);

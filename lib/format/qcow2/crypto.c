@@ -63,6 +63,12 @@ static int luks_key(vd_node *n, const uint8_t *pass, size_t pass_len)
 
     if (r >= 0)
         r = vd_blockcrypt_new(&s->crypt, &s->luks_a->bc, mk, s->luks_h->key_bytes);
+    if (r >= 0 && !n->read_only) {         /* kept for keyslot changes */
+        if (!(s->luks_mk = malloc(VD_CIPHER_MAX_KEY)))
+            r = vd_error(ENOMEM, "out of memory");
+        else
+            memcpy(s->luks_mk, mk, VD_CIPHER_MAX_KEY);
+    }
     vd_wipe(mk, sizeof(mk));
     return r;
 }
@@ -114,6 +120,9 @@ void qcow2_crypto_close(vd_node *n)
     struct qcow2_state *s = n->state;
 
     vd_blockcrypt_free(s->crypt);
+    if (s->luks_mk)
+        vd_wipe(s->luks_mk, VD_CIPHER_MAX_KEY);
+    free(s->luks_mk);
     free(s->luks_h);
     free(s->luks_a);
 }
@@ -126,6 +135,17 @@ int qcow2_crypto_decrypt(vd_node *n, uint64_t guest, uint64_t host, void *buf, u
     if (!s->crypt)
         return vd_error(EACCES, "qcow2: image opened without its key");
     return vd_blockcrypt_decrypt(s->crypt, at / 512, buf, len);
+}
+
+int qcow2_crypto_amend(vd_node *n, vd_opts *o, bool force)
+{
+    struct qcow2_state *s = n->state;
+    struct luks_container c = { s->luks_h, s->luks_a, s->luks_mk, n->file, s->crypt_off,
+                                s->crypt_len };
+
+    if (!s->luks_mk || !s->luks_h)
+        return vd_error(EACCES, "qcow2: image opened without its key");
+    return luks_amend_keyslots(&c, o, force);
 }
 
 int qcow2_crypto_encrypt(vd_node *n, uint64_t guest, uint64_t host, void *buf, uint64_t len)
