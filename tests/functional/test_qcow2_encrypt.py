@@ -500,3 +500,95 @@ def test_amend_interrupted_keeps_old_passphrase(tmp_path, two_slots, opts):
     else:
         want[5 if "keyslot=5" in opts else 2] = True
     assert slots_active(work) == want
+
+
+# ---- backing chains mixing encrypted and plain layers ----
+
+def chain_pair(tmp_path, encrypted_base):
+    """Directories v/ and q/ holding the same chain: base.qcow2 (2 MiB of
+    data) under top.qcow2 (named relatively, one write across clusters);
+    one layer encrypted with LUKS, the other plain."""
+    d = tmp_path / "v"
+    d.mkdir()
+    raw = tmp_path / "b.raw"
+    mixed_raw(raw, 2 * M)
+    bo = ["-o", LUKS] if encrypted_base else []
+    assert vimg("convert", *OBJ, "-O", "qcow2", *bo, raw, d / "base.qcow2").returncode == 0
+    to = [] if encrypted_base else ["-o", LUKS]
+    p = vimg("create", "-q", "-f", "qcow2", *OBJ, *to, "-b", "base.qcow2", "-F", "qcow2",
+             d / "top.qcow2")
+    assert p.returncode == 0, p.stderr
+    p = run([QEMU_IO, *OBJ, "--image-opts", top_opts(d / "top.qcow2", encrypted_base),
+             "-c", "write -P 5 5000 100000"])
+    assert p.returncode == 0, p.stderr
+    shutil.copytree(d, tmp_path / "q")
+    return d, tmp_path / "q"
+
+
+def top_opts(top, encrypted_base):
+    if encrypted_base:
+        return "driver=qcow2,file.filename=%s,backing.encrypt.key-secret=sec0" % top
+    return iopts(top)
+
+
+def top_json(top, encrypted_base):
+    if not encrypted_base:
+        return ijson(top)
+    return "json:" + json.dumps({"driver": "qcow2", "file": {"driver": "file",
+                                                             "filename": str(top)},
+                                 "backing": {"encrypt.key-secret": "sec0"}})
+
+
+@pytest.mark.parametrize("encrypted_base", [False, True])
+def test_chain_read_write_rebase(tmp_path, encrypted_base):
+    """Both tools read the chain the same (the backing file's key given
+    as backing.encrypt.key-secret), map it the same, and a safe rebase
+    onto no backing file keeps what the guest sees, as qemu-img's."""
+    vd, qd = chain_pair(tmp_path, encrypted_base)
+    vt, qt = vd / "top.qcow2", qd / "top.qcow2"
+    # partial writes by each tool on its copy
+    p = run([VDISK_IO, *OBJ, top_json(vt, encrypted_base), "write", "0x66", "70000", "3000"])
+    assert p.returncode == 0, p.stderr
+    p = run([QEMU_IO, *OBJ, "--image-opts", top_opts(qt, encrypted_base),
+             "-c", "write -P 0x66 70000 3000"])
+    assert p.returncode == 0, p.stderr
+    outs = {}
+    for name, tool, img in (("v", vimg, vt), ("q", qimg, qt), ("vq", qimg, vt),
+                            ("qv", vimg, qt)):
+        out = tmp_path / ("c%s.raw" % name)
+        p = tool("convert", *OBJ, "--image-opts", top_opts(img, encrypted_base), "-O", "raw",
+                 out)
+        assert p.returncode == 0, p.stderr
+        outs[name] = out.read_bytes()
+    assert outs["v"] == outs["q"] == outs["vq"] == outs["qv"]
+    a = ["map", "--output=json", *OBJ, "--image-opts"]
+    assert vimg(*a, top_opts(vt, encrypted_base)).stdout == \
+        qimg(*a, top_opts(qt, encrypted_base)).stdout
+    for tool, img in ((vimg, vt), (qimg, qt)):
+        p = tool("rebase", *OBJ, "-b", "", "--image-opts", top_opts(img, encrypted_base))
+        assert p.returncode == 0, p.stderr
+        o = iopts(img) if not encrypted_base else "driver=qcow2,file.filename=%s" % img
+        out = tmp_path / "r.raw"
+        p = qimg("convert", *OBJ, "--image-opts", o, "-O", "raw", out)
+        assert p.returncode == 0, p.stderr
+        assert out.read_bytes() == outs["q"]
+
+
+def test_commit_encrypted_overlay_into_plain_base(tmp_path):
+    """An encrypted overlay commits into its plain base as in qemu-img."""
+    vd, qd = chain_pair(tmp_path, False)
+    for tool, d in ((vimg, vd), (qimg, qd)):
+        p = tool("commit", *OBJ, "--image-opts", iopts(d / "top.qcow2"))
+        assert p.returncode == 0, p.stderr
+    p = qimg("compare", vd / "base.qcow2", qd / "base.qcow2")
+    assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_create_over_encrypted_base_needs_no_key(tmp_path):
+    """As qemu-img: the backing file is opened for its size only."""
+    base = tmp_path / "base.qcow2"
+    assert vimg("create", "-q", "-f", "qcow2", *OBJ, "-o", LUKS, base, "3M").returncode == 0
+    for tool, name in ((vimg, "v.qcow2"), (qimg, "q.qcow2")):
+        p = tool("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", tmp_path / name)
+        assert p.returncode == 0, p.stderr
+    assert (tmp_path / "v.qcow2").read_bytes() == (tmp_path / "q.qcow2").read_bytes()
