@@ -592,3 +592,19 @@ def test_create_over_encrypted_base_needs_no_key(tmp_path):
         p = tool("create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", tmp_path / name)
         assert p.returncode == 0, p.stderr
     assert (tmp_path / "v.qcow2").read_bytes() == (tmp_path / "q.qcow2").read_bytes()
+
+
+def test_commit_into_encrypted_base(tmp_path):
+    """A plain overlay commits into its encrypted base (its key given as
+    backing.encrypt.key-secret, --image-opts or json:) as in qemu-img."""
+    vd, qd = chain_pair(tmp_path, True)
+    shutil.copytree(vd, tmp_path / "j")
+    for tool, d in ((vimg, vd), (qimg, qd)):
+        p = tool("commit", *OBJ, "--image-opts", top_opts(d / "top.qcow2", True))
+        assert p.returncode == 0, p.stderr
+    p = vimg("commit", *OBJ, top_json(tmp_path / "j" / "top.qcow2", True))
+    assert p.returncode == 0, p.stderr
+    want = read_raw(qimg, qd / "base.qcow2", tmp_path / "q.raw")
+    for d in (vd, tmp_path / "j"):
+        assert read_raw(qimg, d / "base.qcow2", tmp_path / "v.raw") == want
+        qcheck(d / "base.qcow2")
