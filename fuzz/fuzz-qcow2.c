@@ -4,16 +4,34 @@
  * including compressed clusters, the info hook and check; then opened
  * read-write for a few writes, zero writes and a discard (allocation,
  * the overlap check and bitmap marking on hostile metadata); persistent
- * bitmaps are listed and walked read-only, then changed and stored. */
+ * bitmaps are listed and walked read-only, then changed and stored.
+ * Encrypted images (the LUKS header extension, legacy AES) are opened
+ * again with the key "fuzz" (PBKDF2 iterations capped low) and walked
+ * and written through the encrypting paths. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include "vdisk/bitmap.h"
+#include "vdisk/object.h"
 #include "vdisk/driver.h"
 #include "fuzz-image.h"
 #include "util/json.h"
+
+extern uint32_t luks_max_iters;
+
+/* Once: the key secret and a low PBKDF2 cap (fast inputs). */
+static void init(void)
+{
+    static int done;
+
+    if (done)
+        return;
+    done = 1;
+    luks_max_iters = 2000;
+    vd_object_add("secret,id=fz,data=fuzz");
+}
 
 /* Run the info hook as vdisk-img info does. */
 static void info(vd_node *n)
@@ -77,18 +95,50 @@ static void modify(vd_node *n)
     vd_flush(n);
 }
 
+/* An encrypted image opened with the key: walk, then write (read-write
+ * when flags say so). */
+static void with_key(const char *name, int flags)
+{
+    vd_opts *o = vd_opts_new();
+    vd_node *n = NULL;
+
+    if (!o || vd_opts_set(o, "encrypt.key-secret", "fz") < 0) {
+        vd_opts_free(o);
+        return;
+    }
+    if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING | flags) != 0)
+        return;
+    if (flags & VD_O_RDWR)
+        modify(n);
+    fuzz_walk(n);
+    vd_close(n);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char name[64];
     vd_node *n = NULL;
     int fd = memfd_create("fuzz-qcow2", 0);
 
+    init();
     if (fd < 0)
         return 0;
     if (write(fd, data, size) == (ssize_t)size) {
         vd_opts *o = vd_opts_new();
         snprintf(name, sizeof(name), "/proc/self/fd/%d", fd);
         /* Small caches keep eviction paths busy. */
+        vd_opts_set(o, "l2-cache-size", "8192");
+        if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING | VD_O_NO_IO) == 0) {
+            bool enc = vd_node_encrypted(n);
+            info(n);
+            vd_close(n);
+            n = NULL;
+            if (enc) {
+                with_key(name, 0);
+                with_key(name, VD_O_RDWR);
+            }
+        }
+        o = vd_opts_new();
         vd_opts_set(o, "l2-cache-size", "8192");
         if (vd_open(&n, name, "qcow2", o, VD_O_NO_LOCK | VD_O_NO_BACKING) == 0) {
             info(n);

@@ -277,6 +277,27 @@ static int zeroes_split(vd_node *n, uint64_t off, uint64_t len, int flags)
     return 0;
 }
 
+/* Unaligned zeroing as QEMU's block layer does it: the unaligned head
+ * and tail written as zeroes (read-modify-write), in that order around
+ * the aligned middle, which the driver zeroes itself when it can. */
+static int zeroes_unaligned(vd_node *n, uint64_t off, uint64_t len, int flags)
+{
+    uint64_t a = n->request_alignment, end = off + len;
+    uint64_t mid = div_round_up(off, a) * a, mend = round_down(end, a);   /* off < 2^63 */
+    int r;
+
+    if (mid >= mend)
+        return write_zero_buffer(n, off, len, flags);
+    if (mid > off && (r = write_zero_buffer(n, off, mid - off, flags)) < 0)
+        return r;
+    r = zeroes_split(n, mid, mend - mid, flags);
+    if (r == -ENOTSUP)
+        r = write_zero_buffer(n, mid, mend - mid, flags);
+    if (r >= 0 && end > mend)
+        r = write_zero_buffer(n, mend, end - mend, flags);
+    return r;
+}
+
 /* Make [off, off+len) read as zeroes. */
 int vd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
 {
@@ -293,6 +314,8 @@ int vd_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
             return r == -ENOTSUP ? vd_error(ENOTSUP, "fast zeroing is not supported") : r;
     } else if (flags & VD_REQ_NO_FALLBACK) {
         return vd_error(ENOTSUP, "fast zeroing of an unaligned range is not supported");
+    } else {
+        return zeroes_unaligned(n, off, len, flags);
     }
     return write_zero_buffer(n, off, len, flags);
 }

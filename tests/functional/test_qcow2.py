@@ -185,11 +185,6 @@ def test_create_errors(tmp_path, opts):
         q.stderr.replace("q.qcow2", "X")
 
 
-def test_create_encryption_refused(tmp_path):
-    p = vimg("create", "-q", "-f", "qcow2", "-o", "encrypt.format=luks", tmp_path / "e.qcow2", "1M")
-    assert p.returncode == 1 and "not yet supported" in p.stderr
-
-
 def test_create_size_from_backing(tmp_path):
     base = tmp_path / "base.qcow2"
     qimg("create", "-q", "-f", "qcow2", base, "5M", check=True)

@@ -4,7 +4,7 @@
  *   write BYTE OFF LEN | zero OFF LEN [unmap] | discard OFF LEN |
  *   compress BYTE OFF LEN | truncate SIZE | read BYTE OFF LEN | flush |
  *   sleep MS
- * Usage: vdisk-io [-f FMT] IMAGE CMD ARGS... [-- CMD ARGS...]
+ * Usage: vdisk-io [--object SPEC]... [-f FMT] IMAGE CMD ARGS... [-- CMD ARGS...]
  * Exit 0 when every command succeeded, 1 (message on stderr) otherwise. */
 #include <errno.h>
 #include <stdio.h>
@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "vdisk/object.h"
 #include "vdisk/vdisk.h"
 
 /* Number argument (strtoull base 0). */
@@ -101,9 +102,15 @@ int main(int argc, char **argv)
     vd_node *n = NULL;
     int i = 1, r = 0;
 
-    if (argc > 2 && !strcmp(argv[1], "-f")) {
-        fmt = argv[2];
-        i = 3;
+    for (; i + 1 < argc && !strcmp(argv[i], "--object"); i += 2) {
+        if (vd_object_add(argv[i + 1]) < 0) {
+            fprintf(stderr, "vdisk-io: --object: %s\n", vd_errmsg());
+            return 1;
+        }
+    }
+    if (i + 1 < argc && !strcmp(argv[i], "-f")) {
+        fmt = argv[i + 1];
+        i += 2;
     }
     if (i >= argc) {
         fprintf(stderr, "usage: vdisk-io [-f FMT] IMAGE CMD ARGS... [-- CMD ...]\n");

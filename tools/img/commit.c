@@ -127,9 +127,44 @@ static vd_node *find_base(vd_node *top, const struct commit_args *ca, const char
     return b;
 }
 
+/* The key secrets the user gave the base (backing.[...]key-secret or
+ * backing.[...]encrypt.key-secret in --image-opts or json:, one
+ * "backing." per level below top) into o, for its reopening. */
+static void base_key_opts(const char *name, bool image_opts, vd_node *top, vd_node *base,
+                          vd_opts *o)
+{
+    static const char *const keys[] = { "encrypt.key-secret", "key-secret" };
+    vd_opts *t = vd_opts_new();
+    char key[256] = "";
+    int r = -1;
+
+    if (!t)
+        return;
+    if (image_opts)
+        r = vd_opts_parse(t, name, NULL);
+    else if (!strncmp(name, "json:", 5))
+        r = vd_opts_parse_json(t, name + 5);
+    for (vd_node *n = top; r >= 0 && n && n != base; n = vd_node_backing(n))
+        if (strlen(key) + 9 >= sizeof(key))
+            r = -1;
+        else
+            strcat(key, "backing.");
+    for (size_t i = 0; r >= 0 && i < 2; i++) {
+        size_t l = strlen(key);
+        const char *v;
+        snprintf(key + l, sizeof(key) - l, "%s", keys[i]);
+        if ((v = vd_opts_get(t, key)))
+            vd_opts_set(o, keys[i], v);
+        key[l] = 0;
+    }
+    vd_opts_free(t);
+}
+
 /* Replace the read-only base in the chain by the same image opened
- * read-write (resizable when it must grow); NULL after printing. */
-static vd_node *reopen_base_rw(vd_node *base, const struct commit_args *ca, bool grow)
+ * read-write (resizable when it must grow), with the key secrets the
+ * user gave it; NULL after printing. */
+static vd_node *reopen_base_rw(vd_node *base, const struct commit_args *ca, bool grow,
+                               const char *top_name, vd_node *top)
 {
     vd_node *parent = base->parent, *rw = NULL;
     char *name = strdup(vd_node_filename(base));
@@ -144,6 +179,7 @@ static vd_node *reopen_base_rw(vd_node *base, const struct commit_args *ca, bool
     }
     if (ca->cache)
         img_cache_mode_opts(ca->cache, o);
+    base_key_opts(top_name, ca->image_opts, top, base, o);
     parent->backing = NULL;
     vd_close(base);
     r = vd_open(&rw, name, fmt, o, VD_O_RDWR | (grow ? VD_O_RESIZE : 0));
@@ -195,7 +231,7 @@ static int commit_run(vd_node *top, const struct commit_args *ca, const char *na
     if (!base)
         return -1;
     blen = vd_getlength(base);
-    if (!(base = reopen_base_rw(base, ca, blen < tlen)))
+    if (!(base = reopen_base_rw(base, ca, blen < tlen, name, top)))
         return -1;
     if (blen < tlen && vd_truncate(base, (uint64_t)tlen, false, VD_PREALLOC_OFF) < 0) {
         img_error("%s", vd_errmsg());

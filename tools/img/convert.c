@@ -269,6 +269,14 @@ static int check_source_features(const struct convert_ctx *cx)
     return 0;
 }
 
+/* Does -o encryption=on ask for encryption (as qemu-img reads it)? */
+static bool encryption_on(const vd_opts *o)
+{
+    bool on = false;
+
+    return vd_opts_get_bool(o, "encryption", false, &on) == 0 && on;
+}
+
 /* Can the target format take compressed writes? */
 static bool compression_supported(const char *fmt)
 {
@@ -368,6 +376,10 @@ static int check_target_setup(const struct convert_ctx *cx, const vd_opts *o)
     }
     if (ca->compress && (!ca->out_fmt || !compression_supported(ca->out_fmt))) {
         img_error("Compression not supported for this file format");
+        return -1;
+    }
+    if (ca->compress && o && (vd_opts_get(o, "encrypt.format") || encryption_on(o))) {
+        img_error("Compression and encryption not supported at the same time");
         return -1;
     }
     return 0;

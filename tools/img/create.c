@@ -149,7 +149,7 @@ static int open_backing(struct create_ctx *c, const char *backing, const char *b
         return -1;
     }
     vd_error_clear();
-    r = vd_open(&n, full, bfmt, NULL, VD_O_FORCE_SHARE);
+    r = vd_open(&n, full, bfmt, NULL, VD_O_FORCE_SHARE | VD_O_NO_IO);   /* no key needed */
     free(full);
     if (r < 0 || (len = vd_getlength(n)) < 0) {
         fprintf(stderr, "%s: %s: %s\nCould not open backing image.\n", IMG_PROG, name,

@@ -355,8 +355,8 @@ static int enum_opt(vd_opts *opts, const char *prefix, const char *name, const c
     v = vd_opts_get(opts, key);
     if (!v)
         v = def;
-    if ((*out = parse(v)) < 0)
-        return vd_error(EINVAL, "Parameter '%s' does not accept value '%s'", key, v);
+    if ((*out = parse(v)) < 0)        /* QEMU names the option without its prefix */
+        return vd_error(EINVAL, "Parameter '%s' does not accept value '%s'", name, v);
     return 0;
 }
 
@@ -399,6 +399,11 @@ static int check_create_algs(struct luks_create_params *p)
         return r;
     vd_cipher_free(c);
     return 0;
+}
+
+int luks_check_create(struct luks_create_params *p)
+{
+    return check_create_algs(p);
 }
 
 /* A random version 4 UUID, as text. */
@@ -487,10 +492,11 @@ void luks_info(const struct luks_header *h, const struct luks_algs *a, struct vd
     vd_json_set_str(d, "hash-alg", vd_hash_name(a->hash));
     vd_json_set_str(d, "cipher-alg", vd_cipher_alg_name(a->bc.cipher));
     vd_json_set_str(d, "uuid", h->uuid);
-    if (fmt)
-        vd_json_set_str(d, "format", fmt);
+    /* QEMU's QDict order: ivgen-hash-alg, when there, before format */
     if (a->has_ivhash)
         vd_json_set_str(d, "ivgen-hash-alg", vd_hash_name(a->bc.ivgen_hash));
+    if (fmt)
+        vd_json_set_str(d, "format", fmt);
     vd_json_set_str(d, "cipher-mode", vd_cipher_mode_name(a->bc.mode));
     for (int i = 0; slots && i < LUKS_SLOTS; i++) {
         vd_json *s = slot_info(&h->slots[i]);

@@ -81,6 +81,22 @@ struct luks_create_params {
 /* Parse cipher-alg, cipher-mode, ivgen-alg, ivgen-hash-alg, hash-alg and
  * iter-time from opts (keys prefixed by prefix) as QEMU does. */
 int luks_parse_create_opts(vd_opts *opts, const char *prefix, struct luks_create_params *p);
+/* A LUKS header being amended and where it lives: at base in file,
+ * header and key material within len bytes. */
+struct luks_container {
+    struct luks_header *h;
+    const struct luks_algs *a;
+    const uint8_t *mk;             /* the master key (h->key_bytes) */
+    vd_node *file;
+    uint64_t base, len;
+};
+/* Change key slots as qemu-img amend does with the luks options of opts
+ * (state, keyslot, old-secret, new-secret, iter-time; force allows
+ * erasing the last active slot).  The header in c->h is kept current. */
+int luks_amend_keyslots(struct luks_container *c, vd_opts *opts, bool force);
+/* QEMU's checks of the algorithms of a new image (completes the essiv
+ * cipher of p). */
+int luks_check_create(struct luks_create_params *p);
 /* A new header for p (master key in mk, random), slots laid out as QEMU
  * lays them out; payload offset in sectors in h->payload.  Checks the
  * algorithms and completes p (the essiv cipher). */

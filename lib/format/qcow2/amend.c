@@ -32,6 +32,7 @@ struct amend_req {
     bool has_backing;              /* backing_file or backing_fmt given */
     bool lazy, data_raw;
     uint32_t refcount_bits;
+    bool encrypt;                  /* encrypt.* given: key slots change */
 };
 
 /* Progress over the operations of one amend (QEMU's projection). */
@@ -76,14 +77,12 @@ static int hb_ext(struct hbuf *h, uint32_t type, const void *d, uint32_t len)
 /* Is an extension of this type written from the state, not copied? */
 static bool ext_rebuilt(uint32_t type)
 {
-    return type == QC_EXT_END || type == QC_EXT_BACKING_FMT ||
+    return type == QC_EXT_END || type == QC_EXT_BACKING_FMT || type == QC_EXT_CRYPTO ||
            type == QC_EXT_FEATURES || type == QC_EXT_DATA_FILE;
 }
 
-/* Copy the old header's extensions that are kept as they are; with
- * first, only the crypto header (QEMU puts it before the table). */
-static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbuf *h,
-                     bool first)
+/* Copy the old header's extensions that are kept as they are. */
+static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbuf *h)
 {
     uint64_t off = s->version >= 3 ? s->header_length : QC_V2_HEADER_LEN;
     uint64_t end = s->cluster_size;
@@ -95,12 +94,21 @@ static int copy_exts(const struct qcow2_state *s, const uint8_t *old, struct hbu
         uint32_t type = be32_get(old + off), len = be32_get(old + off + 4);
         if (type == QC_EXT_END || len > end - off - EXT_HEAD)
             break;
-        if (!ext_rebuilt(type) && (type == QC_EXT_CRYPTO) == first &&
-            (r = hb_ext(h, type, old + off + EXT_HEAD, len)) < 0)
+        if (!ext_rebuilt(type) && (r = hb_ext(h, type, old + off + EXT_HEAD, len)) < 0)
             return r;
         off += EXT_HEAD + ((uint64_t)len + 7) / 8 * 8;
     }
     return 0;
+}
+
+/* The crypto header extension from the state (offset, length). */
+static int crypto_ext(const struct qcow2_state *s, struct hbuf *h)
+{
+    uint8_t d[16];
+
+    be64_put(d, s->crypt_off);
+    be64_put(d + 8, s->crypt_len);
+    return hb_ext(h, QC_EXT_CRYPTO, d, sizeof(d));
 }
 
 /* The fixed part of the header from the state. */
@@ -108,6 +116,7 @@ static void put_fixed(const struct qcow2_state *s, const uint8_t *old, struct hb
 {
     memcpy(h->b, old, QC_V2_HEADER_LEN);
     be32_put(h->b + 4, s->version);
+    be32_put(h->b + 32, s->crypt_method);
     be32_put(h->b + 36, s->l1_size);
     be64_put(h->b + 40, s->l1_offset);
     be64_put(h->b + 48, s->reftable_offset);
@@ -140,15 +149,15 @@ static int build_header(const struct qcow2_state *s, const uint8_t *old, struct 
     if (r >= 0 && s->data_file_name)
         r = hb_ext(h, QC_EXT_DATA_FILE, s->data_file_name,
                    (uint32_t)strlen(s->data_file_name));
-    if (r >= 0)
-        r = copy_exts(s, old, h, true);
+    if (r >= 0 && s->has_crypto_ext)     /* before the table, as QEMU */
+        r = crypto_ext(s, h);
     if (r >= 0 && s->version >= 3 && flen <= sizeof(ft) &&
         h->pos + EXT_HEAD + flen + EXT_HEAD + blen <= h->cap) {
         qcow2_feature_table(ft);
         r = hb_ext(h, QC_EXT_FEATURES, ft, (uint32_t)flen);
     }
     if (r >= 0)
-        r = copy_exts(s, old, h, false);
+        r = copy_exts(s, old, h);
     if (r >= 0)
         r = hb_ext(h, QC_EXT_END, NULL, 0);
     if (r < 0 || blen > h->cap - h->pos)
@@ -203,14 +212,33 @@ static int parse_compat(const char *v, uint32_t *version)
     return 0;
 }
 
-/* The encryption options: qcow2 LUKS keyslot changes are not done here. */
-static int check_encrypt(const struct qcow2_state *s)
+/* The encryption options: LUKS keyslot changes (crypto.c). */
+static int check_encrypt(const struct qcow2_state *s, struct amend_req *q)
 {
     if (!s->crypt_method)
         return vd_error(EINVAL, "Can't amend encryption options - encryption not present");
     if (s->crypt_method != 2)
         return vd_error(ENOTSUP, "Only LUKS encryption options can be amended");
-    return vd_error(ENOTSUP, "Amending LUKS keyslots is not supported");
+    q->encrypt = true;
+    return 0;
+}
+
+/* The keyslot change the encrypt.* options ask for (as the luks format's
+ * options, without the prefix). */
+static int amend_encrypt(vd_node *n, const vd_opts *o, bool force)
+{
+    vd_opts *sub = vd_opts_new();
+    int r = sub ? 0 : vd_error(ENOMEM, "out of memory");
+
+    for (size_t i = 0; r >= 0 && i < vd_opts_count(o); i++)
+        if (!strncmp(vd_opts_key(o, i), "encrypt.", 8))
+            r = vd_opts_set(sub, vd_opts_key(o, i) + 8, vd_opts_value(o, i));
+    if (r >= 0) {
+        vd_event(n->file, "amend_keyslots");
+        r = qcow2_crypto_amend(n, sub, force);
+    }
+    vd_opts_free(sub);
+    return r;
 }
 
 /* refcount_bits: a power of two up to 64. */
@@ -235,7 +263,7 @@ static int parse_one(vd_node *n, const vd_opts *o, const char *k, struct amend_r
     const char *v = vd_opts_get(o, k);
 
     if (!strncmp(k, "encrypt.", 8))
-        return check_encrypt(s);
+        return check_encrypt(s, q);
     if (!strcmp(k, "compat"))
         return parse_compat(v, &q->version);
     if (!strcmp(k, "size"))
@@ -706,8 +734,9 @@ int qcow2_amend(vd_node *n, vd_opts *opts, bool force,
     struct amend_req q;
     int r;
 
-    (void)force;
     if ((r = parse_req(n, opts, &q)) < 0)
+        return r;
+    if (q.encrypt && (r = amend_encrypt(n, opts, force)) < 0)
         return r;
     p.ops = (q.version != s->version) + (q.refcount_bits != s->refcount_bits);
     pthread_mutex_lock(&s->lock);

@@ -17,6 +17,7 @@ struct qc_create {
     int prealloc, compression;
     bool lazy, ext_l2, data_raw;
     const char *backing, *backing_fmt, *data_file;
+    struct qc_crypt_create crypt;
 };
 
 /* Feature name table entries written into every v3 header. */
@@ -99,23 +100,6 @@ static int parse_names(vd_opts *o, struct qc_create *c)
     return 0;
 }
 
-/* Encryption is not implemented: say so clearly. */
-static int check_encryption(vd_opts *o)
-{
-    bool enc = false;
-    int r;
-
-    if ((r = vd_opts_get_bool(o, "encryption", false, &enc)) < 0)
-        return r;
-    for (size_t i = 0; i < vd_opts_count(o); i++)
-        if (!strncmp(vd_opts_key(o, i), "encrypt.", 8))
-            enc = true;
-    if (enc)
-        return vd_error(ENOTSUP, "qcow2 encryption (encryption, encrypt.*) is not yet "
-                        "supported by vdisk");
-    return 0;
-}
-
 /* All create options, checked in QEMU's order. */
 static int parse_create(vd_opts *o, struct qc_create *c)
 {
@@ -123,7 +107,7 @@ static int parse_create(vd_opts *o, struct qc_create *c)
 
     memset(c, 0, sizeof(*c));
     if ((r = vd_opts_get_size(o, "size", 0, &c->size)) < 0 ||
-        (r = check_encryption(o)) < 0 ||
+        (r = qcow2_crypto_parse_create(o, &c->crypt)) < 0 ||
         (r = parse_compat(vd_opts_get(o, "compat"), &c->version)) < 0 ||
         (r = parse_geometry(o, c)) < 0 ||
         (r = parse_names(o, c)) < 0 ||
@@ -437,6 +421,22 @@ static int prealloc_new(const char *filename, const struct qc_create *c)
     return r;
 }
 
+/* Encrypt the new image last, as QEMU does (after any preallocation:
+ * preallocated clusters then hold zeroes in clear, as QEMU leaves them). */
+static int encrypt_new(const char *filename, vd_opts *opts, const struct qc_create *c)
+{
+    vd_node *n = NULL;
+    int r = vd_open(&n, filename, "qcow2", NULL, VD_O_RDWR | VD_O_NO_BACKING | VD_O_CREATE);
+
+    if (r < 0)
+        return r;
+    r = qcow2_crypto_setup(n, opts, &c->crypt);
+    if (r >= 0)
+        r = vd_flush(n);
+    vd_close(n);
+    return r;
+}
+
 /* See qcow2.h. */
 int qcow2_create(const char *filename, vd_opts *opts)
 {
@@ -467,6 +467,8 @@ int qcow2_create(const char *filename, vd_opts *opts)
         r = place_l1(filename, &c);
     if (r >= 0 && (c.prealloc != VD_PREALLOC_OFF || c.data_raw))
         r = prealloc_new(filename, &c);
+    if (r >= 0 && c.crypt.method)
+        r = encrypt_new(filename, opts, &c);
     return r;
 }
 
@@ -532,6 +534,7 @@ struct qc_measure_opts {
     uint32_t version, refcount_order;
     int prealloc;
     bool ext_l2, backing;
+    uint64_t luks;                 /* LUKS header bytes (whole clusters) */
 };
 
 /* extended_l2 and cluster_size (at least 16k with extended L2). */
@@ -577,19 +580,23 @@ static int measure_version(vd_opts *o, struct qc_measure_opts *m)
     return 0;
 }
 
-/* preallocation, backing_file, and LUKS (whose header vdisk cannot size
- * yet; other encryption options do not change the numbers). */
+/* preallocation, backing_file, and LUKS (its header, in whole clusters,
+ * counts in both numbers; legacy aes changes nothing). */
 static int measure_misc(vd_opts *o, struct qc_measure_opts *m)
 {
     const char *pa = vd_opts_get(o, "preallocation"), *ef = vd_opts_get(o, "encrypt.format");
+    struct qc_crypt_create cc;
+    int r;
 
     m->prealloc = VD_PREALLOC_OFF;
     if (pa && (m->prealloc = vd_prealloc_parse(pa)) < 0)
         return vd_error(EINVAL, "invalid parameter value: %s", pa);
     m->backing = vd_opts_get(o, "backing_file") != NULL;
-    if (ef && !strcmp(ef, "luks"))
-        return vd_error(ENOTSUP, "qcow2 LUKS encryption (encrypt.format=luks) is not yet "
-                        "supported by vdisk");
+    if (!ef || strcmp(ef, "luks"))
+        return 0;
+    if ((r = qcow2_crypto_parse_create(o, &cc)) < 0)
+        return r;
+    m->luks = cc.payload;
     return 0;
 }
 
@@ -624,6 +631,7 @@ static int parse_measure(vd_opts *o, uint64_t size_in, bool has_src,
     if ((r = measure_geometry(o, m)) < 0 || (r = measure_version(o, m)) < 0 ||
         (r = measure_misc(o, m)) < 0)
         return r;
+    m->luks = div_round_up(m->luks, m->cluster_size) * m->cluster_size;
     return measure_size(o, size_in, has_src, m);
 }
 
@@ -737,6 +745,7 @@ int qcow2_measure(vd_opts *opts, vd_node *src, uint64_t size_in, struct vd_measu
         return r;
     out->fully_allocated = qcow2_prealloc_size(vsize, m.cluster_size, m.refcount_order,
                                                m.ext_l2);
-    out->required = out->fully_allocated - vsize + req;
+    out->required = out->fully_allocated - vsize + req + m.luks;
+    out->fully_allocated += m.luks;
     return 0;
 }

@@ -146,6 +146,7 @@ struct qcow2_state {
     uint64_t crypt_off, crypt_len;      /* the crypto header extension */
     struct vd_blockcrypt *crypt;        /* data cipher (NULL: none or no key) */
     struct luks_header *luks_h;         /* encrypt.format=luks: its header */
+    uint8_t *luks_mk;                   /* its master key (writable opens: amend) */
     struct luks_algs *luks_a;
     uint64_t bitmap_dir_offset, bitmap_dir_size;
     uint32_t bitmap_count;         /* from the bitmaps extension */
@@ -240,8 +241,22 @@ int qcow2_read_padded(vd_node *f, uint64_t off, uint64_t len, void *buf);
 int qcow2_crypto_open(vd_node *n, vd_opts *opts, int flags);
 void qcow2_crypto_close(vd_node *n);
 int qcow2_crypto_decrypt(vd_node *n, uint64_t guest, uint64_t host, void *buf, uint64_t len);
+/* Change LUKS key slots (amend's encrypt.* options, prefix removed). */
+int qcow2_crypto_amend(vd_node *n, vd_opts *o, bool force);
+/* Encrypt len bytes in place before they are written at host. */
+int qcow2_crypto_encrypt(vd_node *n, uint64_t guest, uint64_t host, void *buf, uint64_t len);
 struct vd_json;
 void qcow2_crypto_info(vd_node *n, struct vd_json *d);
+/* The encryption a new image asks for (create and measure). */
+struct qc_crypt_create {
+    uint32_t method;               /* 0: none, 1: aes, 2: luks */
+    uint64_t payload;              /* luks: bytes of its header and key material */
+};
+/* Parse encryption and encrypt.* as QEMU does (the key secret must exist). */
+int qcow2_crypto_parse_create(vd_opts *o, struct qc_crypt_create *cc);
+/* Encrypt the new image n (opened without encryption): the LUKS header in
+ * new clusters, then the image header naming it. */
+int qcow2_crypto_setup(vd_node *n, vd_opts *o, const struct qc_crypt_create *cc);
 /* Cut what qcow2_grow_file added past file_end (nothing else changed the
  * length since). Lock held or no other user. */
 void qcow2_trim_grown_tail(vd_node *n);

@@ -264,7 +264,8 @@ static int plan_run(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, siz
         end = VD_MAX(end, host);
         left--;
         /* Past what the file held: it reads as zeroes already (inv. 2). */
-        if (!s->ext_l2 && w[k].host >= zero_from && cow_reads_zero(n, &w[k])) {
+        if (!s->ext_l2 && !s->crypt_method && w[k].host >= zero_from &&
+            cow_reads_zero(n, &w[k])) {
             w[k].wlo = w[k].lo;
             w[k].whi = w[k].hi;
             w[k].zero_first = w[k].lo > 0 || w[k].hi < s->cluster_size;
@@ -316,6 +317,30 @@ static int plan_shared(vd_node *n, uint64_t off, uint64_t len, struct wclus *w, 
     return r == -EAGAIN ? 0 : r;
 }
 
+/* Write guest bytes [guest, guest+len) at host of the data file; in an
+ * encrypted image, encrypted (in place when buf is the writer's own copy,
+ * own; else in a private copy). */
+static int put_data(vd_node *n, uint64_t guest, uint64_t host, uint64_t len, const void *buf,
+                    bool own)
+{
+    struct qcow2_state *s = n->state;
+    void *c = (void *)buf;
+    int r;
+
+    if (!s->crypt_method)
+        return vd_pwrite(s->data, host, len, buf, 0);
+    if (!own && !(c = malloc(len)))
+        return vd_error(ENOMEM, "out of memory");
+    if (!own)
+        memcpy(c, buf, len);
+    r = qcow2_crypto_encrypt(n, guest, host, c, len);
+    if (r >= 0)
+        r = vd_pwrite(s->data, host, len, c, 0);
+    if (!own)
+        free(c);
+    return r;
+}
+
 /* Write one cluster whose written range extends past the guest data:
  * fill it from the current contents (copy-on-write, invariant 2). */
 static int write_cow_cluster(vd_node *n, const struct wclus *w, const char *data)
@@ -335,7 +360,7 @@ static int write_cow_cluster(vd_node *n, const struct wclus *w, const char *data
     if (r >= 0) {
         memcpy(buf + (w->lo - w->wlo), data, w->hi - w->lo);
         vd_event(n->file, "cow_write");
-        r = vd_pwrite(s->data, w->host + w->wlo, l, buf, 0);
+        r = put_data(n, base + w->wlo, w->host + w->wlo, l, buf, true);
     }
     free(buf);
     return r;
@@ -389,7 +414,8 @@ static int write_run_data(vd_node *n, const struct wclus *w, size_t count, const
             j++;
         }
         vd_event(n->file, "write_aio");
-        if ((r = vd_pwrite(s->data, w[k].host + w[k].lo, l, src, 0)) < 0)
+        if ((r = put_data(n, (w[k].gc << s->cluster_bits) + w[k].lo, w[k].host + w[k].lo, l,
+                          src, false)) < 0)
             return r;
         k = j;
     }
