@@ -94,12 +94,17 @@ static int name_add(char **out, const char *key, const char *val, bool as_string
     return 0;
 }
 
-/* Is v a JSON literal QEMU prints bare (a number, true or false)? */
-static bool bare_value(const char *key, const char *v)
+/* v as QEMU prints it in the name: numbers and booleans bare (a JSON
+ * boolean arrives here as "on"/"off"). */
+static const char *bare_value(const char *key, const char *v)
 {
     if (!strcmp(key, "fat-type"))
-        return v[0] && strspn(v, "0123456789") == strlen(v);
-    return !strcmp(v, "true") || !strcmp(v, "false");
+        return v[0] && strspn(v, "0123456789") == strlen(v) ? v : NULL;
+    if (!strcmp(v, "true") || !strcmp(v, "on"))
+        return "true";
+    if (!strcmp(v, "false") || !strcmp(v, "off"))
+        return "false";
+    return NULL;
 }
 
 /* The node's name as QEMU prints it: json:{...} of the options given. */
@@ -112,8 +117,9 @@ static int make_name(vd_node *n, vd_opts *opts, const char *dir)
     for (size_t i = 0; out && r == 0 && i < VD_ARRAY_SIZE(keys); i++) {
         const char *v = !strcmp(keys[i], "driver") ? "vvfat" :
                         !strcmp(keys[i], "dir") ? dir : vd_opts_get(opts, keys[i]);
+        const char *bare = v && strcmp(keys[i], "dir") ? bare_value(keys[i], v) : NULL;
         if (v)
-            r = name_add(&out, keys[i], v, !bare_value(keys[i], v));
+            r = name_add(&out, keys[i], bare ? bare : v, !bare);
     }
     if (!out || r < 0 || asprintf(&n->filename, "%s}", out) < 0) {
         free(out);
@@ -172,8 +178,8 @@ static int vvfat_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = make_name(n, opts, s->dir)) < 0)
         return r;
     vd_opts_del(opts, "filename");
-    if (!s->rw)
-        n->read_only = true;
+    if (!s->rw && !n->read_only)
+        return vd_error(EACCES, "Image is read-only");
     n->request_alignment = VV_SECTOR;
     return vv_build(s);
 }
@@ -374,6 +380,17 @@ static int vvfat_flush(vd_node *n)
     return r;
 }
 
+/* Everything is data, at no offset of any file (QEMU's answer). */
+static int vvfat_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                              uint64_t *map, vd_node **file)
+{
+    (void)n; (void)off;
+    *pnum = len;
+    *map = 0;
+    *file = NULL;
+    return VD_BS_DATA;
+}
+
 /* The disk size QEMU gives. */
 static int64_t vvfat_getlength(vd_node *n)
 {
@@ -413,6 +430,7 @@ static const struct vd_driver vvfat_driver = {
     .pwrite_zeroes = vvfat_pwrite_zeroes,
     .flush = vvfat_flush,
     .getlength = vvfat_getlength,
+    .block_status = vvfat_block_status,
     .cluster_size = vvfat_cluster_size,
 };
 VD_DRIVER_REGISTER(vvfat_driver)
