@@ -136,6 +136,7 @@ int vv_write(struct vv_state *s, uint64_t off, uint64_t len, const uint8_t *buf)
             }
         }
         s->dirty = true;
+        s->commit_failed = false;
         off += l;
         buf += l;
         len -= l;
@@ -470,6 +471,7 @@ int vv_commit(struct vv_state *s)
         r = adopt_tree(s, &pl);
     if (r == 0)
         s->dirty = false;
+    s->commit_failed = r < 0;
     plan_free(&pl);
     return r < 0 ? vd_error_prefix(r, "vvfat: cannot apply the guest's changes to '%s'",
                                    s->dir) : 0;

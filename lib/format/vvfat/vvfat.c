@@ -184,12 +184,13 @@ static int vvfat_open(vd_node *n, vd_opts *opts, int flags)
     return vv_build(s);
 }
 
-/* Commit what is pending, then free everything. */
+/* Commit what is pending (unless a flush already failed to and said so),
+ * then free everything. */
 static void vvfat_close(vd_node *n)
 {
     struct vv_state *s = n->state;
 
-    if (s->rw && s->dirty && vv_commit(s) < 0)
+    if (s->rw && s->dirty && !s->commit_failed && vv_commit(s) < 0)
         fprintf(stderr, "%s: vvfat: %s\n", program_invocation_short_name, vd_errmsg());
     vv_rw_close(s);
     vv_free_tree(s);

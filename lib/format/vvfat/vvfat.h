@@ -83,7 +83,8 @@ struct vv_state {
     uint32_t *ovl_slot;            /* cluster -> slot + 1 in ovl_fd, 0: none */
     uint32_t ovl_used;             /* slots handed out */
     uint32_t *ovl_free, ovl_nfree; /* slots given back by commits */
-    bool dirty;
+    bool dirty;                    /* writes not yet committed */
+    bool commit_failed;            /* the last commit failed, no write since */
 };
 
 /* Little-endian fields. */
