@@ -80,6 +80,14 @@ def test_plain_single_storage(tmp_path):
     assert p.returncode == 0 and '"virtual-size": 2097152' in p.stdout
     p = run(VDISK_IMG, "map", "-f", "parallels", "DiskDescriptor.xml", cwd=tmp_path)
     assert p.returncode == 0 and "disk.hds" in p.stdout, p.stdout + p.stderr
+    # the disk's directory names its descriptor (qemu-img: not a regular file)
+    (tmp_path / "disk.hdd").mkdir()
+    os.rename(tmp_path / "disk.hds", tmp_path / "disk.hdd" / "disk.hds")
+    os.rename(tmp_path / "DiskDescriptor.xml", tmp_path / "disk.hdd" / "DiskDescriptor.xml")
+    q = run(QEMU_IMG, "info", "-f", "parallels", "disk.hdd", cwd=tmp_path)
+    assert q.returncode == 1
+    assert vdisk_read(tmp_path, "disk.hdd") == data
+    os.rename(tmp_path / "disk.hdd" / "DiskDescriptor.xml", tmp_path / "DiskDescriptor.xml")
     # without -f both probe the descriptor as a raw file
     q = run(QEMU_IMG, "info", "--output=json", "DiskDescriptor.xml", cwd=tmp_path)
     v = run(VDISK_IMG, "info", "--output=json", "DiskDescriptor.xml", cwd=tmp_path)
