@@ -228,7 +228,9 @@ static int read_host(const struct vv_node *nd, uint64_t fo, uint32_t len, uint8_
     return 0;
 }
 
-/* See vvfat.h: the overlay, a directory buffer, a host file or zeroes. */
+/* See vvfat.h: the overlay, a directory buffer, a host file or zeroes.
+ * Without an overlay slot, [in, in+len) may run into the following
+ * clusters of the same owner (same_run). */
 int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, uint8_t *buf)
 {
     uint32_t owner = s->cl_node[c];
@@ -255,7 +257,26 @@ int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, u
         memset(buf, 0, len);
         return 0;
     }
+    if (fo + len > nd->size) {       /* the file's size as listed, not as it grew */
+        memset(buf + (nd->size - fo), 0, len - (size_t)(nd->size - fo));
+        len = (uint32_t)(nd->size - fo);
+    }
     return read_host(nd, fo, len, buf);
+}
+
+/* How many clusters after c continue c's owner in order (so that one read
+ * of the host file covers them); at most 255. */
+static uint32_t same_run(const struct vv_state *s, uint32_t c)
+{
+    uint32_t k = 0, last = s->g.cluster_count + 1;
+
+    if (!s->cl_node[c] || (s->ovl_slot && s->ovl_slot[c]))
+        return 0;
+    while (k < 255 && c + k + 1 <= last && s->cl_node[c + k + 1] == s->cl_node[c] &&
+           s->cl_pos[c + k + 1] == s->cl_pos[c] + k + 1 &&
+           !(s->ovl_slot && s->ovl_slot[c + k + 1]))
+        k++;
+    return k;
 }
 
 /* Where disk byte off lies: a table in memory (*mem), a cluster (*cl, *in)
@@ -291,7 +312,7 @@ static void locate(struct vv_state *s, uint64_t off, const uint8_t **mem, uint32
         if (c < g->cluster_count) {
             *cl = (uint32_t)c + 2;
             *in = (uint32_t)(d % VV_CLUSTER);
-            *avail = VV_CLUSTER - *in;
+            *avail = VV_CLUSTER - *in + (uint64_t)same_run(s, *cl) * VV_CLUSTER;
         } else {
             *avail = (uint64_t)g->disk_sectors * VV_SECTOR - off;
         }

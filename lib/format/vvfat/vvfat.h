@@ -108,7 +108,8 @@ void vv_fat_set(uint8_t *fat, int fat_type, uint32_t c, uint32_t v);
 uint32_t vv_fat_get(const uint8_t *fat, int fat_type, uint32_t c);
 uint8_t vv_lfn_checksum(const uint8_t name[11]);
 
-/* vvfat.c: read one data cluster's bytes [in, in+len) as the image has them */
+/* vvfat.c: read bytes [in, in+len) of data cluster c as the image has them
+ * (len may run on into clusters that continue c's owner in order) */
 int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, uint8_t *buf);
 
 /* commit.c */
