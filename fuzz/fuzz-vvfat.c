@@ -60,11 +60,18 @@ static void make_dir(char *dir, size_t room)
     put_file(p, 0, 0);
 }
 
+/* Remove the scratch directory at exit. */
+static void cleanup(void)
+{
+    nftw(base, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc; (void)argv;
     if (!mkdtemp(base))
         abort();
+    atexit(cleanup);
     return 0;
 }
 
