@@ -352,7 +352,8 @@ def test_rw_changes_land_in_directory(tmp_path, rw_server):
     new_data = random.Random(5).randbytes(3 * CLUSTER + 7)
     (tmp_path / "new.bin").write_bytes(new_data)
     (tmp_path / "small.txt").write_bytes(b"changed contents\n")
-    mtool(c1, "mcopy", tmp_path / "new.bin", "::/New File.bin")
+    os.utime(tmp_path / "new.bin", (1600000000, 1600000000))
+    mtool(c1, "mcopy", "-m", tmp_path / "new.bin", "::/New File.bin")
     mtool(c1, "mcopy", "-o", tmp_path / "small.txt", "::/README")
     mtool(c1, "mdel", "::/lower.txt")
     mtool(c1, "mren", "::/UPPER.TXT", "::/Renamed Upper.txt")
@@ -364,6 +365,8 @@ def test_rw_changes_land_in_directory(tmp_path, rw_server):
     want = tree_of(d)                 # build the expectation by hand
     got = tree_of(d)
     assert got.get("New File.bin") == new_data
+    # the entry's modification time (FAT keeps 2-second steps)
+    assert abs(os.stat(d / "New File.bin").st_mtime - 1600000000) <= 2
     assert got["README"] == b"changed contents\n"
     assert "lower.txt" not in got and "UPPER.TXT" not in got
     assert got["Renamed Upper.txt"] == b"UPPER CASE NAME\n"

@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "format/vvfat/parse.h"
@@ -343,6 +344,29 @@ static int remove_old(struct vv_state *s, struct plan *pl, uint32_t depth, const
     return 0;
 }
 
+/* Give the host file of entry e the entry's modification time (FAT keeps
+ * local time in 2-second steps); an invalid date leaves the time alone. */
+static void set_mtime(const char *path, const struct vv_entry *e)
+{
+    struct tm tm = { .tm_isdst = -1 };
+    struct timespec ts[2];
+
+    tm.tm_year = 80 + (e->mdate >> 9);
+    tm.tm_mon = ((e->mdate >> 5) & 15) - 1;
+    tm.tm_mday = e->mdate & 31;
+    tm.tm_hour = e->mtime >> 11;
+    tm.tm_min = (e->mtime >> 5) & 63;
+    tm.tm_sec = (e->mtime & 31) * 2;
+    if (tm.tm_mon < 0 || tm.tm_mon > 11 || tm.tm_mday < 1 || tm.tm_hour > 23 ||
+        tm.tm_min > 59 || tm.tm_sec > 59)
+        return;
+    ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_sec = mktime(&tm);
+    ts[1].tv_nsec = 0;
+    if (ts[1].tv_sec != (time_t)-1)
+        utimensat(AT_FDCWD, path, ts, 0);
+}
+
 /* Put each entry in place, parents first. */
 static int put_in_place(struct vv_state *s, struct plan *pl)
 {
@@ -354,6 +378,8 @@ static int put_in_place(struct vv_state *s, struct plan *pl)
                 return vd_error(errno, "vvfat: cannot create '%s'", pl->path[i]);
             free(pl->tmp[i]);
             pl->tmp[i] = NULL;
+            if (pl->changed[i])
+                set_mtime(pl->path[i], e);
         } else if (e->is_dir && k < 0 && mkdir(pl->path[i], 0755) < 0) {
             return vd_error(errno, "vvfat: cannot create directory '%s'", pl->path[i]);
         }

@@ -217,6 +217,8 @@ static int add_entry(struct vv_tree *t, const uint8_t *fat, uint32_t dir, const 
     e.is_dir = d[11] & 0x10;
     e.size = e.is_dir ? 0 : vv_le32(d + 28);
     e.first = first;
+    e.mtime = vv_le16(d + 22);
+    e.mdate = vv_le16(d + 24);
     if (first && (r = walk_chain(t, fat, first, &e.n_clusters)) < 0)
         return r;
     if (e.is_dir && !first)

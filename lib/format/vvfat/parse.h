@@ -14,6 +14,7 @@ struct vv_entry {
     uint32_t size;
     uint32_t first, n_clusters;    /* the chain (first 0: none) */
     uint8_t *dirbuf;               /* directories: the chain's bytes */
+    uint16_t mtime, mdate;         /* FAT time and date of the last write */
 };
 
 struct vv_tree {
