@@ -26,14 +26,16 @@
 /* ---- geometry ---- */
 
 /* QEMU's sizes: floppy 80/2/18 (FAT12) or 80/2/36; hard disk 64/16/63
- * (FAT12) or 1024/16/63 with the partition at sector 63. */
+ * (FAT12) or 1024/16/63 with the partition at sector 63.  FAT32 (hard
+ * disk only: a floppy has too few clusters) gets 4 KiB clusters and 32
+ * reserved sectors, where QEMU 7.2 writes a FAT16 boot sector. */
 int vv_geom_init(struct vv_geom *g, int fat_type, bool floppy)
 {
-    uint32_t per_fat_sector;
+    uint32_t per_fat_sector, max;
 
     memset(g, 0, sizeof(*g));
-    if (fat_type == 32)
-        return vd_error(ENOTSUP, "vvfat: FAT32 is not supported (use fat-type 12 or 16)");
+    if (fat_type == 32 && floppy)
+        return vd_error(ENOTSUP, "vvfat: a floppy is too small for FAT32");
     g->floppy = floppy;
     if (floppy) {
         g->secs = !fat_type || fat_type == 16 ? 36 : 18;
@@ -49,16 +51,21 @@ int vv_geom_init(struct vv_geom *g, int fat_type, bool floppy)
         g->part_start = 63;
         g->media = 0xf8;
     }
+    g->spc = g->fat_type == 32 ? VV_SPC32 : VV_SPC;
+    g->cluster = g->spc * VV_SECTOR;
+    g->reserved = g->fat_type == 32 ? VV_RESERVED32 : 1;
+    g->root_entries = g->fat_type == 32 ? 0 : VV_ROOT_ENTRIES;
     g->disk_sectors = g->cyls * g->heads * g->secs;
     g->sector_count = g->disk_sectors - g->part_start;
-    per_fat_sector = 1 + VV_CLUSTER * 8 / (uint32_t)g->fat_type;
+    per_fat_sector = 1 + g->cluster * 8 / (uint32_t)g->fat_type;
     g->spf = (g->sector_count + per_fat_sector) / per_fat_sector;
-    g->root_start = 1 + 2 * g->spf;
-    g->data_start = g->root_start + VV_ROOT_ENTRIES * VV_DIRENT / VV_SECTOR;
-    g->cluster_count = (g->sector_count - g->data_start) / VV_SPC;
+    g->root_start = g->reserved + 2 * g->spf;
+    g->data_start = g->root_start + g->root_entries * VV_DIRENT / VV_SECTOR;
+    g->cluster_count = (g->sector_count - g->data_start) / g->spc;
     /* the FAT must describe every cluster, and the count decides the type */
     g->cluster_count = VD_MIN(g->cluster_count, g->spf * VV_SECTOR * 8 / (uint32_t)g->fat_type - 2);
-    g->cluster_count = VD_MIN(g->cluster_count, g->fat_type == 12 ? 4084u : 65524u);
+    max = g->fat_type == 12 ? 4084u : g->fat_type == 16 ? 65524u : 0x0ffffff5u;
+    g->cluster_count = VD_MIN(g->cluster_count, max);
     return 0;
 }
 
@@ -89,7 +96,7 @@ static void build_mbr(struct vv_state *s)
     vv_put32(s->mbr + 0x1b8, 0xbe1afdfau);
     pe[0] = 0x80;
     put_chs(pe + 1, g->part_start, g);
-    pe[4] = g->fat_type == 12 ? 0x01 : 0x06;
+    pe[4] = g->fat_type == 12 ? 0x01 : g->fat_type == 16 ? 0x06 : 0x0b;
     put_chs(pe + 5, g->disk_sectors - 1, g);
     vv_put32(pe + 8, g->part_start);
     vv_put32(pe + 12, g->sector_count);
@@ -97,31 +104,66 @@ static void build_mbr(struct vv_state *s)
     s->mbr[511] = 0xaa;
 }
 
-/* The FAT boot sector (BPB with the extended FAT12/16 fields). */
+/* The extended boot record fields at b: drive, signature, id, label, type. */
+static void put_ebr(struct vv_state *s, uint8_t *b, const char *type)
+{
+    b[0] = s->g.floppy ? 0 : 0x80;
+    b[2] = 0x29;
+    vv_put32(b + 3, VV_VOLUME_ID);
+    memcpy(b + 7, s->label, 11);
+    memcpy(b + 18, type, 8);
+}
+
+/* The FAT32 fields: FAT size, root cluster 2, FSInfo at sector 1, backup
+ * boot sector at 6; and the FSInfo sector (free count, next free). */
+static void build_fat32(struct vv_state *s, uint8_t *b)
+{
+    uint8_t *f = s->fsinfo;
+
+    vv_put32(b + 36, s->g.spf);
+    vv_put32(b + 44, 2);
+    vv_put16(b + 48, 1);
+    vv_put16(b + 50, 6);
+    put_ebr(s, b + 64, "FAT32   ");
+    memset(f, 0, VV_SECTOR);
+    vv_put32(f, 0x41615252u);
+    vv_put32(f + 484, 0x61417272u);
+    uint64_t used = 0;
+    for (uint32_t i = 0; i < s->n_nodes; i++)
+        used += s->nodes[i].n_clusters;
+    vv_put32(f + 488, (uint32_t)(s->g.cluster_count - used));   /* clusters go in order */
+    vv_put32(f + 492, (uint32_t)(2 + used));
+    memcpy(s->fsinfo2, f, VV_SECTOR);
+    vv_put32(f + 508, 0xaa550000u);
+}
+
+/* The FAT boot sector (BPB with the extended FAT12/16 or FAT32 fields). */
 static void build_boot(struct vv_state *s)
 {
     const struct vv_geom *g = &s->g;
     uint8_t *b = s->boot;
+    bool small = g->sector_count <= 0xffff && g->fat_type != 32;
 
     memset(b, 0, VV_SECTOR);
     memcpy(b, "\xeb\x3e\x90" "MSWIN4.1", 11);
+    if (g->fat_type == 32)
+        b[1] = 0x58;              /* jump past the longer FAT32 fields */
     vv_put16(b + 11, VV_SECTOR);
-    b[13] = VV_SPC;
-    vv_put16(b + 14, 1);
+    b[13] = (uint8_t)g->spc;
+    vv_put16(b + 14, (uint16_t)g->reserved);
     b[16] = 2;
-    vv_put16(b + 17, VV_ROOT_ENTRIES);
-    vv_put16(b + 19, g->sector_count > 0xffff ? 0 : (uint16_t)g->sector_count);
+    vv_put16(b + 17, (uint16_t)g->root_entries);
+    vv_put16(b + 19, small ? (uint16_t)g->sector_count : 0);
     b[21] = g->media;
-    vv_put16(b + 22, (uint16_t)g->spf);
+    vv_put16(b + 22, g->fat_type == 32 ? 0 : (uint16_t)g->spf);
     vv_put16(b + 24, (uint16_t)g->secs);
     vv_put16(b + 26, (uint16_t)g->heads);
     vv_put32(b + 28, g->part_start);
-    vv_put32(b + 32, g->sector_count > 0xffff ? g->sector_count : 0);
-    b[36] = g->floppy ? 0 : 0x80;
-    b[38] = 0x29;
-    vv_put32(b + 39, VV_VOLUME_ID);
-    memcpy(b + 43, s->label, 11);
-    memcpy(b + 54, g->fat_type == 12 ? "FAT12   " : "FAT16   ", 8);
+    vv_put32(b + 32, small ? 0 : g->sector_count);
+    if (g->fat_type == 32)
+        build_fat32(s, b);
+    else
+        put_ebr(s, b + 36, g->fat_type == 12 ? "FAT12   " : "FAT16   ");
     b[510] = 0x55;
     b[511] = 0xaa;
 }
@@ -131,6 +173,10 @@ static void build_boot(struct vv_state *s)
 /* Set FAT entry c to v. */
 void vv_fat_set(uint8_t *fat, int fat_type, uint32_t c, uint32_t v)
 {
+    if (fat_type == 32) {        /* the top four bits are kept */
+        vv_put32(fat + 4 * c, (vv_le32(fat + 4 * c) & 0xf0000000u) | (v & 0x0fffffffu));
+        return;
+    }
     if (fat_type == 16) {
         vv_put16(fat + 2 * c, (uint16_t)v);
         return;
@@ -148,6 +194,8 @@ void vv_fat_set(uint8_t *fat, int fat_type, uint32_t c, uint32_t v)
 /* FAT entry c. */
 uint32_t vv_fat_get(const uint8_t *fat, int fat_type, uint32_t c)
 {
+    if (fat_type == 32)
+        return vv_le32(fat + 4 * c) & 0x0fffffffu;
     if (fat_type == 16)
         return vv_le16(fat + 2 * c);
     const uint8_t *p = fat + c * 3 / 2;
@@ -634,6 +682,7 @@ static void put_short(uint8_t *p, const uint8_t name[11], uint8_t attr, const st
     vv_put16(p + 18, fat_stamp(c->atime, false));
     vv_put16(p + 22, fat_stamp(c->mtime, true));
     vv_put16(p + 24, fat_stamp(c->mtime, false));
+    vv_put16(p + 20, (uint16_t)(cluster >> 16));
     vv_put16(p + 26, (uint16_t)cluster);
     vv_put32(p + 28, size);
 }
@@ -652,7 +701,7 @@ static void fill_dir(struct vv_state *s, uint32_t d, uint8_t *buf)
     } else {
         put_short(p, (const uint8_t *)".          ", 0x10, dir, dir->first_cluster, 0);
         put_short(p + VV_DIRENT, (const uint8_t *)"..         ", 0x10, dir,
-                  s->nodes[dir->parent].first_cluster, 0);
+                  dir->parent ? s->nodes[dir->parent].first_cluster : 0, 0);
         p += 2 * VV_DIRENT;
     }
     for (uint32_t k = 0; k < dir->n_children; k++) {
@@ -680,10 +729,10 @@ static int count_entries(struct vv_state *s)
             return r;
         for (uint32_t k = 0; k < dir->n_children; k++)
             n += entries_of(&s->nodes[dir->first_child + k]);
-        if (d == 0 && n > VV_ROOT_ENTRIES)
+        if (d == 0 && s->g.root_entries && n > s->g.root_entries)
             return vd_error(ENOSPC, "Could not read directory %s: too many entries in the "
-                            "root directory (%" PRIu32 ", at most %u)", s->dir, n,
-                            VV_ROOT_ENTRIES);
+                            "root directory (%" PRIu32 ", at most %" PRIu32 ")", s->dir, n,
+                            s->g.root_entries);
         if (n > VV_MAX_DIR_ENTS)
             return vd_error(ENOSPC, "vvfat: directory '%s' needs %" PRIu32 " entries, more "
                             "than FAT allows (%u)", dir->path, n, VV_MAX_DIR_ENTS);
@@ -698,20 +747,21 @@ static int allocate_clusters(struct vv_state *s)
     const struct vv_geom *g = &s->g;
     uint64_t next = 2, need;
 
-    for (uint32_t i = 1; i < s->n_nodes; i++) {
+    /* FAT32 keeps the root directory in clusters too (from cluster 2) */
+    for (uint32_t i = g->root_entries ? 1 : 0; i < s->n_nodes; i++) {
         struct vv_node *c = &s->nodes[i];
         if (!c->is_dir && c->size > UINT32_MAX)
             return vd_error(EFBIG, "vvfat: file '%s' is larger than FAT allows (4 GiB - 1 "
                             "bytes)", c->path);
-        need = c->is_dir ? div_round_up((uint64_t)c->n_entries * VV_DIRENT, VV_CLUSTER)
-                         : div_round_up(c->size, VV_CLUSTER);
+        need = c->is_dir ? div_round_up((uint64_t)c->n_entries * VV_DIRENT, g->cluster)
+                         : div_round_up(c->size, g->cluster);
         if (next + need > (uint64_t)g->cluster_count + 2)
             return vd_error(ENOSPC, "Directory does not fit in FAT%d (capacity %.2f MB)",
                             g->fat_type, (double)g->sector_count / 2000.0);
         c->first_cluster = need ? (uint32_t)next : 0;
         c->n_clusters = (uint32_t)need;
         next += need;
-        if (c->is_dir && (s->meta_bytes += need * VV_CLUSTER) > VV_MAX_META)
+        if (c->is_dir && (s->meta_bytes += need * g->cluster) > VV_MAX_META)
             return vd_error(ENOSPC, "vvfat: the directories of '%s' take more than %u MiB",
                             s->dir, VV_MAX_META >> 20);
     }
@@ -722,10 +772,10 @@ static int allocate_clusters(struct vv_state *s)
 static int build_tables(struct vv_state *s)
 {
     const struct vv_geom *g = &s->g;
-    uint32_t eoc = g->fat_type == 12 ? 0xfff : 0xffff;
+    uint32_t eoc = g->fat_type == 12 ? 0xfff : g->fat_type == 16 ? 0xffff : 0x0fffffff;
 
     s->fat = calloc(g->spf, VV_SECTOR);
-    s->root = calloc(VV_ROOT_ENTRIES, VV_DIRENT);
+    s->root = calloc(g->root_entries ? g->root_entries : 1, VV_DIRENT);
     s->cl_node = vd_calloc_array(g->cluster_count + 2, sizeof(uint32_t));
     s->cl_pos = vd_calloc_array(g->cluster_count + 2, sizeof(uint32_t));
     if (!s->fat || !s->root || !s->cl_node || !s->cl_pos)
@@ -740,14 +790,14 @@ static int build_tables(struct vv_state *s)
             s->cl_node[c->first_cluster + k] = i + 1;
             s->cl_pos[c->first_cluster + k] = k;
         }
-        if (i && c->is_dir) {
-            if (!(c->dirbuf = calloc(c->n_clusters, VV_CLUSTER)))
+        if ((i || !g->root_entries) && c->is_dir) {
+            if (!(c->dirbuf = calloc(c->n_clusters, g->cluster)))
                 return vd_error(ENOMEM, "vvfat: out of memory");
         }
     }
     for (uint32_t i = 0; i < s->n_nodes; i++)
         if (s->nodes[i].is_dir)
-            fill_dir(s, i, i ? s->nodes[i].dirbuf : s->root);
+            fill_dir(s, i, s->nodes[i].dirbuf ? s->nodes[i].dirbuf : s->root);
     return 0;
 }
 

@@ -69,12 +69,12 @@ static int write_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t l
         return r;
     if (!s->ovl_slot[c]) {
         uint32_t slot = s->ovl_nfree ? s->ovl_free[--s->ovl_nfree] : ++s->ovl_used;
-        if (len < VV_CLUSTER) {
-            if (!(whole = malloc(VV_CLUSTER)))
+        if (len < s->g.cluster) {
+            if (!(whole = malloc(s->g.cluster)))
                 return vd_error(ENOMEM, "out of memory");
-            if ((r = vv_read_cluster(s, c, 0, VV_CLUSTER, whole)) < 0 ||
-                pwrite(s->ovl_fd, whole, VV_CLUSTER, (off_t)(slot - 1) * VV_CLUSTER) !=
-                    VV_CLUSTER) {
+            if ((r = vv_read_cluster(s, c, 0, s->g.cluster, whole)) < 0 ||
+                pwrite(s->ovl_fd, whole, s->g.cluster, (off_t)(slot - 1) * s->g.cluster) !=
+                    s->g.cluster) {
                 free(whole);
                 s->ovl_free[s->ovl_nfree++] = slot;
                 return r < 0 ? r : vd_error(EIO, "vvfat: cannot write the overlay");
@@ -83,7 +83,7 @@ static int write_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t l
         }
         s->ovl_slot[c] = slot;
     }
-    if (pwrite(s->ovl_fd, buf, len, (off_t)(s->ovl_slot[c] - 1) * VV_CLUSTER + in) !=
+    if (pwrite(s->ovl_fd, buf, len, (off_t)(s->ovl_slot[c] - 1) * s->g.cluster + in) !=
         (ssize_t)len)
         return vd_error(EIO, "vvfat: cannot write the overlay");
     return 0;
@@ -107,6 +107,7 @@ int vv_write(struct vv_state *s, uint64_t off, uint64_t len, const uint8_t *buf)
 {
     const struct vv_geom *g = &s->g;
     uint64_t ps = (uint64_t)g->part_start * VV_SECTOR, fat = (uint64_t)g->spf * VV_SECTOR;
+    uint64_t rsv = (uint64_t)g->reserved * VV_SECTOR;
     int r = 0;
 
     while (r == 0 && len) {
@@ -114,22 +115,26 @@ int vv_write(struct vv_state *s, uint64_t off, uint64_t len, const uint8_t *buf)
         if (off < ps) {
             l = VD_MIN(len, off < VV_SECTOR ? VV_SECTOR - off : ps - off);
             r = write_fixed(off < VV_SECTOR ? s->mbr + off : NULL, buf, l, off);
-        } else if (p < VV_SECTOR) {
-            l = VD_MIN(len, VV_SECTOR - p);
-            r = write_fixed(s->boot + p, buf, l, off);
-        } else if (p < VV_SECTOR + 2 * fat) {
-            uint64_t f = (p - VV_SECTOR) % fat;
+        } else if (p < rsv) {
+            uint8_t *sec = vv_reserved_sector(s, (uint32_t)(p / VV_SECTOR));
+            l = VD_MIN(len, VV_SECTOR - p % VV_SECTOR);
+            if (sec == s->fsinfo || sec == s->fsinfo2)   /* free-cluster hints: the guest's */
+                memcpy(sec + p % VV_SECTOR, buf, l);
+            else
+                r = write_fixed(sec ? sec + p % VV_SECTOR : NULL, buf, l, off);
+        } else if (p < rsv + 2 * fat) {
+            uint64_t f = (p - rsv) % fat;
             l = VD_MIN(len, fat - f);
             memcpy(s->fat + f, buf, l);
         } else if (p < (uint64_t)g->data_start * VV_SECTOR) {
             uint64_t rt = p - (uint64_t)g->root_start * VV_SECTOR;
-            l = VD_MIN(len, (uint64_t)VV_ROOT_ENTRIES * VV_DIRENT - rt);
+            l = VD_MIN(len, (uint64_t)g->root_entries * VV_DIRENT - rt);
             memcpy(s->root + rt, buf, l);
         } else {
-            uint64_t d = p - (uint64_t)g->data_start * VV_SECTOR, c = d / VV_CLUSTER;
+            uint64_t d = p - (uint64_t)g->data_start * VV_SECTOR, c = d / s->g.cluster;
             if (c < g->cluster_count) {
-                l = VD_MIN(len, VV_CLUSTER - d % VV_CLUSTER);
-                r = write_cluster(s, (uint32_t)c + 2, (uint32_t)(d % VV_CLUSTER), (uint32_t)l,
+                l = VD_MIN(len, s->g.cluster - d % s->g.cluster);
+                r = write_cluster(s, (uint32_t)c + 2, (uint32_t)(d % s->g.cluster), (uint32_t)l,
                                   buf);
             } else {
                 l = len;
@@ -160,7 +165,9 @@ struct plan {
 /* Reader for vv_parse_tree: one whole cluster of the image. */
 static int read_whole(void *opaque, uint32_t c, uint8_t *buf)
 {
-    return vv_read_cluster(opaque, c, 0, VV_CLUSTER, buf);
+    struct vv_state *s = opaque;
+
+    return vv_read_cluster(s, c, 0, s->g.cluster, buf);
 }
 
 /* Host path of entry i (its parent's path + its name). */
@@ -269,7 +276,7 @@ static int make_plan(struct vv_state *s, struct plan *pl)
 static int stage_contents(struct vv_state *s, struct plan *pl, uint32_t i)
 {
     const struct vv_entry *e = &pl->t->e[i];
-    uint8_t *buf = malloc(VV_CLUSTER);
+    uint8_t *buf = malloc(s->g.cluster);
     uint32_t c = e->first, left = e->size;
     int fd, r = 0;
 
@@ -285,7 +292,7 @@ static int stage_contents(struct vv_state *s, struct plan *pl, uint32_t i)
         return vd_error(errno, "vvfat: cannot create a file in '%s'", s->dir);
     }
     while (r == 0 && left) {
-        uint32_t l = VD_MIN(left, VV_CLUSTER);
+        uint32_t l = VD_MIN(left, s->g.cluster);
         if ((r = vv_read_cluster(s, c, 0, l, buf)) == 0 && write(fd, buf, l) != (ssize_t)l)
             r = vd_error(errno ? errno : EIO, "vvfat: cannot write '%s'", pl->path[i]);
         left -= l;

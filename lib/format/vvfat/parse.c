@@ -35,7 +35,7 @@ static int64_t tree_add(struct vv_tree *t, const struct vv_entry *e)
 /* Is FAT value v an end-of-chain mark? */
 static bool is_eoc(const struct vv_geom *g, uint32_t v)
 {
-    return g->fat_type == 12 ? v >= 0xff8 : v >= 0xfff8;
+    return g->fat_type == 12 ? v >= 0xff8 : g->fat_type == 16 ? v >= 0xfff8 : v >= 0x0ffffff8;
 }
 
 /* Walk the chain from first: its length into *count, clusters marked in
@@ -209,7 +209,7 @@ static int add_entry(struct vv_tree *t, const uint8_t *fat, uint32_t dir, const 
                      const char *name)
 {
     struct vv_entry e = { 0 };
-    uint32_t first = vv_le16(d + 26);
+    uint32_t first = vv_le16(d + 26) | (t->g.fat_type == 32 ? (uint32_t)vv_le16(d + 20) << 16 : 0);
     int64_t idx;
     int r;
 
@@ -223,7 +223,7 @@ static int add_entry(struct vv_tree *t, const uint8_t *fat, uint32_t dir, const 
         return r;
     if (e.is_dir && !first)
         return vd_error(EINVAL, "vvfat: directory '%s' has no cluster", name);
-    if (!e.is_dir && (uint64_t)e.n_clusters * VV_CLUSTER < e.size)
+    if (!e.is_dir && (uint64_t)e.n_clusters * t->g.cluster < e.size)
         return vd_error(EINVAL, "vvfat: file '%s' (%" PRIu32 " bytes) is longer than its "
                         "%" PRIu32 " clusters", name, e.size, e.n_clusters);
     if (!(e.name = strdup(name)))
@@ -273,7 +273,7 @@ static int parse_dir(struct vv_tree *t, const uint8_t *fat, uint32_t i, vv_read_
                      void *opaque)
 {
     struct vv_entry *e = &t->e[i];
-    uint64_t bytes = (uint64_t)e->n_clusters * VV_CLUSTER;
+    uint64_t bytes = (uint64_t)e->n_clusters * t->g.cluster;
     uint32_t c = e->first;
     int r;
 
@@ -283,7 +283,7 @@ static int parse_dir(struct vv_tree *t, const uint8_t *fat, uint32_t i, vv_read_
     if (!(e->dirbuf = malloc(bytes)))
         return vd_error(ENOMEM, "vvfat: out of memory");
     for (uint32_t k = 0; k < e->n_clusters; k++) {
-        if ((r = rd(opaque, c, e->dirbuf + (size_t)k * VV_CLUSTER)) < 0)
+        if ((r = rd(opaque, c, e->dirbuf + (size_t)k * t->g.cluster)) < 0)
             return r;
         c = next_cluster(t, fat, c);
     }
@@ -308,7 +308,13 @@ int vv_parse_tree(const struct vv_geom *g, const uint8_t *fat, const uint8_t *ro
         free(top.name);
         return r;
     }
-    if ((r = parse_entries(t, fat, 0, root, VV_ROOT_ENTRIES)) < 0)
+    if (g->root_entries)
+        r = parse_entries(t, fat, 0, root, g->root_entries);
+    else if ((r = walk_chain(t, fat, 2, &t->e[0].n_clusters)) == 0) {
+        t->e[0].first = 2;         /* FAT32: the root's chain (boot sector) */
+        r = parse_dir(t, fat, 0, rd, opaque);
+    }
+    if (r < 0)
         return r;
     for (uint32_t i = 1; i < t->n; i++) {
         uint32_t depth = 0;

@@ -238,7 +238,7 @@ int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, u
     uint64_t fo;
 
     if (s->ovl_slot && s->ovl_slot[c]) {
-        off_t at = (off_t)(s->ovl_slot[c] - 1) * VV_CLUSTER + in;
+        off_t at = (off_t)(s->ovl_slot[c] - 1) * s->g.cluster + in;
         if (pread(s->ovl_fd, buf, len, at) != (ssize_t)len)
             return vd_error(EIO, "vvfat: cannot read the write overlay");
         return 0;
@@ -248,7 +248,7 @@ int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, u
         return 0;
     }
     nd = &s->nodes[owner - 1];
-    fo = (uint64_t)s->cl_pos[c] * VV_CLUSTER + in;
+    fo = (uint64_t)s->cl_pos[c] * s->g.cluster + in;
     if (nd->is_dir) {
         memcpy(buf, nd->dirbuf + fo, len);
         return 0;
@@ -262,6 +262,19 @@ int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, u
         len = (uint32_t)(nd->size - fo);
     }
     return read_host(nd, fo, len, buf);
+}
+
+/* See vvfat.h: the boot sector and its FAT32 backup, the FSInfo sector
+ * and its backup, or NULL (zeroes). */
+uint8_t *vv_reserved_sector(struct vv_state *s, uint32_t sec)
+{
+    if (sec == 0 || (s->g.fat_type == 32 && sec == 6))
+        return s->boot;
+    if (s->g.fat_type == 32 && sec == 1)
+        return s->fsinfo;
+    if (s->g.fat_type == 32 && sec == 7)
+        return s->fsinfo2;
+    return NULL;
 }
 
 /* How many clusters after c continue c's owner in order (so that one read
@@ -286,6 +299,7 @@ static void locate(struct vv_state *s, uint64_t off, const uint8_t **mem, uint32
 {
     const struct vv_geom *g = &s->g;
     uint64_t ps = (uint64_t)g->part_start * VV_SECTOR, p, fat = (uint64_t)g->spf * VV_SECTOR;
+    uint64_t rsv = (uint64_t)g->reserved * VV_SECTOR;
 
     *mem = NULL;
     *cl = 0;
@@ -295,24 +309,25 @@ static void locate(struct vv_state *s, uint64_t off, const uint8_t **mem, uint32
         return;
     }
     p = off - ps;
-    if (p < VV_SECTOR) {
-        *mem = s->boot + p;
-        *avail = VV_SECTOR - p;
-    } else if (p < VV_SECTOR + 2 * fat) {
-        uint64_t f = (p - VV_SECTOR) % fat;
+    if (p < rsv) {
+        *mem = vv_reserved_sector(s, (uint32_t)(p / VV_SECTOR));
+        *mem = *mem ? *mem + p % VV_SECTOR : NULL;
+        *avail = VV_SECTOR - p % VV_SECTOR;
+    } else if (p < rsv + 2 * fat) {
+        uint64_t f = (p - rsv) % fat;
         *mem = s->fat + f;
         *avail = fat - f;
     } else if (p < (uint64_t)g->data_start * VV_SECTOR) {
         uint64_t r = p - (uint64_t)g->root_start * VV_SECTOR;
         *mem = s->root + r;
-        *avail = (uint64_t)VV_ROOT_ENTRIES * VV_DIRENT - r;
+        *avail = (uint64_t)g->root_entries * VV_DIRENT - r;
     } else {
         uint64_t d = p - (uint64_t)g->data_start * VV_SECTOR;
-        uint64_t c = d / VV_CLUSTER;
+        uint64_t c = d / s->g.cluster;
         if (c < g->cluster_count) {
             *cl = (uint32_t)c + 2;
-            *in = (uint32_t)(d % VV_CLUSTER);
-            *avail = VV_CLUSTER - *in + (uint64_t)same_run(s, *cl) * VV_CLUSTER;
+            *in = (uint32_t)(d % s->g.cluster);
+            *avail = s->g.cluster - *in + (uint64_t)same_run(s, *cl) * s->g.cluster;
         } else {
             *avail = (uint64_t)g->disk_sectors * VV_SECTOR - off;
         }
@@ -374,11 +389,11 @@ static int vvfat_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf,
 /* Zero writes are writes of zeroes. */
 static int vvfat_pwrite_zeroes(vd_node *n, uint64_t off, uint64_t len, int flags)
 {
-    uint8_t *z = calloc(1, VV_CLUSTER);
+    uint8_t *z = calloc(1, 64 * 1024);
     int r = z ? 0 : vd_error(ENOMEM, "out of memory");
 
     while (r == 0 && len) {
-        uint64_t l = VD_MIN(len, (uint64_t)VV_CLUSTER);
+        uint64_t l = VD_MIN(len, (uint64_t)64 * 1024);
         r = vvfat_pwrite(n, off, l, z, flags);
         off += l;
         len -= l;

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* vvfat: a host directory presented as a disk with an MBR partition table
- * and a FAT12/16 file system, laid out as QEMU 7.2 sizes it (504 MiB or
+ * and a FAT12/16/32 file system, laid out as QEMU 7.2 sizes it (504 MiB or
  * 31.5 MiB hard disk, 1.44/2.88 MB floppy, 8 KiB clusters, 512 root
- * entries).  The tree is scanned once at open (build.c); file data is read
+ * entries; FAT32 with 4 KiB clusters, its root directory in clusters).  The tree is scanned once at open (build.c); file data is read
  * from the host files on demand (vvfat.c); with rw, guest changes to the
  * file system are parsed back and applied to the directory (commit.c). */
 #ifndef VD_FORMAT_VVFAT_H
@@ -18,9 +18,11 @@
 
 #define VV_SECTOR        512u
 #define VV_DIRENT        32u
-#define VV_ROOT_ENTRIES  512u
-#define VV_SPC           16u          /* sectors per cluster (QEMU 7.2) */
-#define VV_CLUSTER       (VV_SPC * VV_SECTOR)
+#define VV_ROOT_ENTRIES  512u         /* FAT12/16 root directory (QEMU 7.2) */
+#define VV_SPC           16u          /* FAT12/16 sectors per cluster (QEMU 7.2) */
+#define VV_SPC32         8u           /* FAT32: 4 KiB clusters, so that there are
+                                         more than 65524 of them */
+#define VV_RESERVED32    32u          /* FAT32 reserved sectors */
 #define VV_MAX_NODES     (1u << 20)   /* files and directories */
 #define VV_MAX_DIR_ENTS  65536u       /* 32-byte entries in one directory */
 #define VV_MAX_META      (64u << 20)  /* bytes of directory clusters held */
@@ -29,8 +31,11 @@
 /* Disk geometry and FAT layout (sectors relative to the partition unless
  * named disk_). */
 struct vv_geom {
-    int fat_type;                  /* 12 or 16 */
+    int fat_type;                  /* 12, 16 or 32 */
     bool floppy;
+    uint32_t spc, cluster;         /* sectors and bytes per cluster */
+    uint32_t reserved;             /* sectors before the first FAT */
+    uint32_t root_entries;         /* fixed root directory (0: FAT32) */
     uint32_t cyls, heads, secs;
     uint32_t disk_sectors;         /* the whole disk */
     uint32_t part_start;           /* 0 (floppy) or 63 */
@@ -72,8 +77,10 @@ struct vv_state {
     uint64_t meta_bytes;
     uint8_t mbr[VV_SECTOR];
     uint8_t boot[VV_SECTOR];
+    uint8_t fsinfo[VV_SECTOR];     /* FAT32: the FSInfo sector and its backup */
+    uint8_t fsinfo2[VV_SECTOR];
     uint8_t *fat;                  /* spf sectors */
-    uint8_t *root;                 /* VV_ROOT_ENTRIES entries */
+    uint8_t *root;                 /* the fixed root directory (FAT12/16) */
     uint32_t *cl_node;             /* cluster -> owning node + 1, 0: free */
     uint32_t *cl_pos;              /* cluster -> its index in the owner's chain */
     /* rw: guest writes (commit.c) */
@@ -111,6 +118,9 @@ uint8_t vv_lfn_checksum(const uint8_t name[11]);
 /* vvfat.c: read bytes [in, in+len) of data cluster c as the image has them
  * (len may run on into clusters that continue c's owner in order) */
 int vv_read_cluster(struct vv_state *s, uint32_t c, uint32_t in, uint32_t len, uint8_t *buf);
+
+/* vvfat.c: reserved sector sec of the file system in memory, or NULL */
+uint8_t *vv_reserved_sector(struct vv_state *s, uint32_t sec);
 
 /* commit.c */
 int vv_write(struct vv_state *s, uint64_t off, uint64_t len, const uint8_t *buf);
