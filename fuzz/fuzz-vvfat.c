@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* Fuzz vvfat's rw write-back (lib/format/vvfat/commit.c, parse.c): a small
  * synthetic directory (a file, a subdirectory with a file, an empty file)
- * is opened as a 1.44 MB FAT12 floppy with rw; the input is a list of
- * sector writes (2 bytes little-endian sector number modulo the disk, then
- * up to 512 bytes laid over that sector), then a flush commits them to the
+ * is opened with rw as a 1.44 MB FAT12 floppy (first input byte even) or
+ * a FAT32 hard disk (odd); the rest of the input is a list of sector
+ * writes (2 bytes little-endian sector number modulo 2880, then up to 512
+ * bytes laid over that sector), then a flush commits them to the
  * directory: the guest's FAT and directories parsed and mapped to file
  * changes.  The directory is made afresh for every input.  Nothing is
  * printed (the driver's warnings go to a closed stderr). */
@@ -81,8 +82,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     uint8_t sec[SECTOR];
     vd_node *n = NULL;
 
+    if (size < 1)
+        return 0;
     make_dir(dir, sizeof(dir));
-    snprintf(name, sizeof(name), "fat:floppy:rw:12:%s", dir);
+    snprintf(name, sizeof(name), "fat:%s:%s", data[0] & 1 ? "rw:32" : "floppy:rw:12", dir);
+    data++;
+    size--;
     if (vd_open(&n, name, "vvfat", NULL, VD_O_RDWR | VD_O_NO_LOCK) < 0)
         return 0;
     while (size >= 2) {

@@ -348,7 +348,8 @@ def rw_server(tmp_path, request):
     assert srv.stop() == 0, srv.stderr
 
 
-@pytest.mark.parametrize("rw_server", ["12:", "32:"], indirect=True)
+# FAT32 is a 504 MiB disk: copied whole twice, too slow under the sanitizers
+@pytest.mark.parametrize("rw_server", ["12:"] + ([] if SANITIZED else ["32:"]), indirect=True)
 def test_rw_changes_land_in_directory(tmp_path, rw_server):
     """New, changed, renamed and deleted files and directories made by a
     FAT client appear in the directory; the export reads as the client
