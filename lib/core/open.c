@@ -396,15 +396,31 @@ static int open_backing_and_driver(vd_node *n, vd_opts *opts, int flags, int dep
     return open_backing(n, bo, no_backing, flags, depth);
 }
 
+/* A parallels disk named by its directory is its DiskDescriptor.xml:
+ * the name to open instead (malloc'd), or NULL. */
+static char *parallels_dir_name(const struct vd_driver *d, const char *name)
+{
+    struct stat st;
+    char *out;
+
+    if (!d || !name || strcmp(d->name, "parallels") || stat(name, &st) < 0 ||
+        !S_ISDIR(st.st_mode) || asprintf(&out, "%s/DiskDescriptor.xml", name) < 0)
+        return NULL;
+    return out;
+}
+
 /* Open a format node: its file child, probing, the driver and backing. */
 static int open_format(vd_node **out, const struct vd_driver *d,
                        const char *name, vd_opts *opts, int flags, int depth)
 {
     vd_node *n = NULL, *file = NULL;
     bool probed_raw = false;
+    char *dir_name = parallels_dir_name(d, name);
     int r;
 
-    if ((r = open_file_child(&file, name, opts, flags, depth)) < 0)
+    r = open_file_child(&file, dir_name ? dir_name : name, opts, flags, depth);
+    free(dir_name);
+    if (r < 0)
         return r;
     if (!d) {
         if ((r = probe_format(file, name, &d, &probed_raw)) < 0)

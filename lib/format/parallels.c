@@ -27,6 +27,7 @@
 
 #include "util/checked.h"
 #include "vdisk/driver.h"
+#include "format/parallels-xml.h"
 
 #define PRL_SECTOR          512u
 #define PRL_HEADER_BYTES    64u
@@ -57,6 +58,7 @@ struct prl_state {
     bool prealloc_falloc;          /* grow the file by fallocate, not truncate */
     uint64_t prealloc;             /* bytes the file grows by past a new cluster */
     uint64_t zeroed_end;           /* the file is zeroes from data_end up to here */
+    struct prl_xml *xml;           /* a DiskDescriptor.xml was opened (parallels-xml.c) */
 };
 
 static inline uint32_t le32_get(const uint8_t *p)
@@ -205,6 +207,8 @@ static int prl_open(vd_node *n, vd_opts *opts, int flags)
         return (int)file_len;
     if (file_len && (r = vd_pread(n->file, 0, VD_MIN((uint64_t)file_len, sizeof(h)), h, 0)) < 0)
         return vd_error_prefix(r, "parallels: cannot read the header");
+    if (prl_xml_detect(h, sizeof(h)))
+        return prl_xml_open(n, &s->xml);
     if ((r = check_header(n, h)) < 0 || (r = read_prealloc_opts(n, opts)) < 0 ||
         (r = load_bat(n, (uint64_t)file_len)) < 0)
         return r;
@@ -234,6 +238,7 @@ static void prl_close(vd_node *n)
 {
     struct prl_state *s = n->state;
 
+    prl_xml_free(s->xml);
     if (s->writable) {
         le32_put(s->header + PH_INUSE, 0);
         if (write_header(n) == 0)
@@ -281,6 +286,8 @@ static int prl_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flag
     uint8_t *p = buf;
 
     (void)flags;
+    if (s->xml)
+        return prl_xml_pread(s->xml, off, len, buf);
     while (len) {
         uint64_t l = VD_MIN(len, s->cluster - off % s->cluster), host = host_of(s, off);
         int r = 0;
@@ -382,6 +389,8 @@ static int prl_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, i
     struct prl_state *s = n->state;
     const uint8_t *p = buf;
 
+    if (s->xml)
+        return prl_xml_pwrite(s->xml, off, len, buf);
     while (len) {
         uint64_t in = off % s->cluster, l = VD_MIN(len, s->cluster - in);
         uint64_t host = host_of(s, off);
@@ -404,6 +413,10 @@ static int prl_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, i
 /* Flush the file (the BAT is written as clusters are allocated). */
 static int prl_flush(vd_node *n)
 {
+    struct prl_state *s = n->state;
+
+    if (s->xml)
+        return prl_xml_flush(s->xml);
     return vd_flush(n->file);
 }
 
@@ -414,6 +427,9 @@ static int prl_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pn
                             uint64_t *map, vd_node **file)
 {
     struct prl_state *s = n->state;
+
+    if (s->xml)
+        return prl_xml_block_status(s->xml, off, len, pnum, map, file);
     uint64_t first = host_of(s, off), done = VD_MIN(len, s->cluster - off % s->cluster);
 
     if (off / s->cluster >= s->bat_size) {
@@ -437,6 +453,10 @@ static int prl_block_status(vd_node *n, uint64_t off, uint64_t len, uint64_t *pn
 /* Guest size: the header's sectors. */
 static int64_t prl_getlength(vd_node *n)
 {
+    const struct prl_xml *x = ((struct prl_state *)n->state)->xml;
+
+    if (x)
+        return (int64_t)(x->sectors * PRL_SECTOR);
     return (int64_t)(((struct prl_state *)n->state)->sectors * PRL_SECTOR);
 }
 
@@ -551,6 +571,9 @@ static int prl_check(vd_node *n, struct vd_check_result *res, int fix)
     uint64_t high, end;
     bool dirty = false;
     int r = 0;
+
+    if (s->xml)
+        return vd_error(ENOTSUP, "parallels: check the images of a DiskDescriptor.xml one by one");
 
     if (size < 0) {
         res->check_errors++;
