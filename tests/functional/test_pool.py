@@ -189,16 +189,17 @@ def test_vol_create_as_and_queries(pair):
         if refreshed:
             pair.same("pool-refresh", n)
         for name, _ in VOLS:
-            pair.same("vol-info", "--pool", n, name, alloc=True)
             pair.same("vol-dumpxml", "--pool", n, name, alloc=True)
     for name, _ in VOLS:
         pair.same("vol-info", "--pool", n, name, "--bytes", alloc=True)
+        assert qinfo(os.path.join(pair.vp, "pool", name)) == \
+            qinfo(os.path.join(pair.lp, "pool", name))
+    for name, _ in VOLS[:2]:
+        pair.same("vol-info", "--pool", n, name)
         pair.same("vol-path", "--pool", n, name)
         pair.same("vol-key", "--pool", n, name)
         pair.same("vol-name", "@/pool/" + name)
         pair.same("vol-pool", "@/pool/" + name)
-        assert qinfo(os.path.join(pair.vp, "pool", name)) == \
-            qinfo(os.path.join(pair.lp, "pool", name))
     pair.same("vol-info", "--pool", n, "nonexist")
     pair.same("vol-info", "@/pool/nonexist")
 
@@ -211,14 +212,12 @@ def test_vol_prealloc_metadata(pair):
         qinfo(os.path.join(pair.lp, "pool", "m.qcow2"))
 
 
-@pytest.mark.parametrize("args", [
-    ["x/y", "1M"], ["..", "1M"], ["a.raw", "1M"], ["z", "10Q"], ["z", "-5"],
-    ["z", "1M", "--allocation", "5Q"], ["z", "1M", "--format", "bogus"],
-])
-def test_vol_create_errors(pair, args):
+def test_vol_create_errors(pair):
     started(pair)
     pair.same("vol-create-as", pair.name, "a.raw", "1M")
-    pair.same("vol-create-as", pair.name, *args)
+    for args in (["x/y", "1M"], ["..", "1M"], ["a.raw", "1M"], ["z", "10Q"], ["z", "-5"],
+                 ["z", "1M", "--allocation", "5Q"], ["z", "1M", "--format", "bogus"]):
+        pair.same("vol-create-as", pair.name, *args)
     pair.same("vol-list", pair.name)
 
 
@@ -258,18 +257,25 @@ def test_vol_clone_delete_wipe(pair):
     pair.same("vol-list", n, "--details")
 
 
-@pytest.mark.parametrize("args", [
-    ["20M"], ["5M"], ["5M", "--shrink"], ["--delta", "1M"], ["--", "-1"],
-    ["--shrink", "--", "-1K"], ["10Q"], ["30M", "--allocate"],
-])
-def test_vol_resize(pair, args):
+# (arguments, the volumes to try them on: sparse raw, full raw, qcow2)
+RESIZES = [
+    (["20M"], "aq"), (["5M"], "afq"), (["5M", "--shrink"], "afq"), (["--delta", "1M"], "aq"),
+    (["--", "-1"], "a"), (["--shrink", "--", "-1K"], "a"), (["10Q"], "a"),
+    (["30M", "--allocate"], "aq"),
+]
+
+
+def test_vol_resize(pair):
     started(pair)
-    pair.same("vol-create-as", pair.name, "a.raw", "10M", "--allocation", "0")
-    pair.same("vol-create-as", pair.name, "f.raw", "10M")
-    pair.same("vol-create-as", pair.name, "q.qcow2", "10M", "--format", "qcow2")
-    for v in ("a.raw", "f.raw", "q.qcow2"):
-        pair.same("vol-resize", "--pool", pair.name, v, *args)
-        pair.same("vol-info", "--pool", pair.name, v, "--bytes", alloc=v.endswith("qcow2"))
+    kinds = {"a": ("a%d.raw", ["--allocation", "0"]), "f": ("f%d.raw", []),
+             "q": ("q%d.qcow2", ["--format", "qcow2"])}
+    for i, (args, which) in enumerate(RESIZES):
+        for v, extra in (kinds[k] for k in which):
+            v = v % i
+            pair.same("vol-create-as", pair.name, v, "10M", *extra)
+            pair.same("vol-resize", "--pool", pair.name, v, *args)
+            pair.same("vol-info", "--pool", pair.name, v, "--bytes",
+                      alloc=v.endswith("qcow2"))
 
 
 def _sparse_file(path, data):

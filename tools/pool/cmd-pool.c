@@ -648,7 +648,7 @@ const struct cmd_def pool_cmds[] = {
       { POOL_ARG, { "inactive", OPT_BOOL, false, false, "show inactive defined XML" } },
       cmd_dumpxml },
     { "pool-info", "storage pool information",
-      { POOL_ARG, { "bytes", OPT_BOOL, false, false, "Reture pool info in bytes" } },
+      { POOL_ARG, { "bytes", OPT_BOOL, false, false, "Return pool info in bytes" } },
       cmd_info },
     { "pool-list", "list pools",
       { { "inactive", OPT_BOOL, false, false, "list inactive pools" },

@@ -3,72 +3,12 @@
  * command parsed as virsh parses it; like virsh run with one command, a
  * blank line follows the command's output and errors go to stderr as
  * "error: ..." lines. */
-#include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "vdisk/vdisk.h"
 #include "cli.h"
-
-static char err_detail[2048];
-
-void pool_err(const char *fmt, ...)
-{
-    va_list ap;
-
-    fputs("error: ", stderr);
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
-
-void pool_set_error(const char *fmt, ...)
-{
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(err_detail, sizeof(err_detail), fmt, ap);
-    va_end(ap);
-}
-
-void pool_report(void)
-{
-    if (err_detail[0])
-        pool_err("%s", err_detail);
-    err_detail[0] = 0;
-}
-
-void pool_oom(void)
-{
-    fputs("error: out of memory\n", stderr);
-    exit(1);
-}
-
-char *xstrdup(const char *s)
-{
-    char *d = strdup(s);
-
-    if (!d)
-        pool_oom();
-    return d;
-}
-
-char *xasprintf(const char *fmt, ...)
-{
-    va_list ap;
-    char *s;
-    int r;
-
-    va_start(ap, fmt);
-    r = vasprintf(&s, fmt, ap);
-    va_end(ap);
-    if (r < 0)
-        pool_oom();
-    return s;
-}
 
 /* The command called name in either table. */
 static const struct cmd_def *find_cmd(const char *name)
