@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "vdisk/vdisk.h"
@@ -378,12 +379,60 @@ static int overwrite(int fd, uint64_t len, bool rnd)
     return r;
 }
 
+/* The full path of program prog in $PATH (malloc'd), or NULL. */
+static char *find_in_path(const char *prog)
+{
+    const char *path = getenv("PATH");
+    char *copy = xstrdup(path ? path : "/usr/bin:/bin"), *save = NULL, *hit = NULL;
+
+    for (char *d = strtok_r(copy, ":", &save); d && !hit; d = strtok_r(NULL, ":", &save)) {
+        char *p = xasprintf("%s/%s", d, prog);
+        if (access(p, X_OK) == 0)
+            hit = p;
+        else
+            free(p);
+    }
+    free(copy);
+    return hit;
+}
+
+/* The pattern algorithms: scrub(1) does them, as for libvirt. */
+static int wipe_scrub(const struct vol_def *v, const char *alg)
+{
+    char *scrub = find_in_path("scrub");
+    int status = -1;
+    pid_t pid;
+
+    if (!scrub) {
+        pool_set_error("Cannot find 'scrub' in path: %s", strerror(ENOENT));
+        return -1;
+    }
+    pid = fork();
+    if (pid == 0) {
+        execl(scrub, "scrub", "-f", "-p", alg, v->path, (char *)NULL);
+        _exit(127);
+    }
+    if (pid > 0)
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+    free(scrub);
+    if (pid < 0 || !WIFEXITED(status) || WEXITSTATUS(status)) {
+        pool_set_error("internal error: Child process (scrub -f -p %s %s) unexpected exit "
+                       "status %d", alg, v->path, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        return -1;
+    }
+    return 0;
+}
+
 int dir_vol_wipe(const struct vol_def *v, const char *alg)
 {
-    int fd = open(v->path, O_WRONLY | O_CLOEXEC);
+    int fd;
     struct stat st;
     int r;
 
+    if (strcmp(alg, "trim") && strcmp(alg, "zero") && strcmp(alg, "random"))
+        return wipe_scrub(v, alg);
+    fd = open(v->path, O_WRONLY | O_CLOEXEC);
     if (fd < 0 || fstat(fd, &st) < 0) {
         pool_set_error("cannot open volume '%s': %s", v->path, strerror(errno));
         if (fd >= 0)
@@ -392,12 +441,8 @@ int dir_vol_wipe(const struct vol_def *v, const char *alg)
     }
     if (!strcmp(alg, "trim"))
         r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, st.st_size);
-    else if (!strcmp(alg, "zero") || !strcmp(alg, "random"))
+    else
         r = overwrite(fd, (uint64_t)st.st_size, !strcmp(alg, "random"));
-    else {
-        errno = ENOTSUP;
-        r = -1;
-    }
     if (r < 0)
         pool_set_error("Failed to wipe vol %s with algorithm %s: %s", v->name, alg,
                        strerror(errno));
