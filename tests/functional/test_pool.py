@@ -240,6 +240,24 @@ def test_vol_create_xml(pair):
         qinfo(os.path.join(pair.lp, "pool", "v3"))
 
 
+def test_vol_create_from(pair):
+    n = pair.name
+    started(pair)
+    pair.same("vol-create-as", n, "src.qcow2", "8M", "--format", "qcow2")
+    pair.xml("raw.xml", "<volume><name>dst.raw</name><capacity>0</capacity>"
+             "<target><format type='raw'/></target></volume>")
+    pair.xml("q.xml", "<volume><name>dst.qcow2</name><capacity unit='M'>16</capacity>"
+             "<target><format type='qcow2'/></target></volume>")
+    pair.same("vol-create-from", n, "@/raw.xml", "src.qcow2")   # no --inputpool
+    pair.same("vol-create-from", n, "@/raw.xml", "src.qcow2", "--inputpool", n)
+    pair.same("vol-create-from", n, "@/q.xml", "src.qcow2", "--inputpool", n)
+    pair.same("vol-create-from", n, "@/q.xml", "src.qcow2", "--inputpool", n)
+    for v in ("dst.raw", "dst.qcow2"):
+        pair.same("vol-info", "--pool", n, v, "--bytes", alloc=True)
+        assert qinfo(os.path.join(pair.vp, "pool", v)) == \
+            qinfo(os.path.join(pair.lp, "pool", v))
+
+
 def test_vol_clone_delete_wipe(pair):
     n = pair.name
     started(pair)
@@ -330,6 +348,11 @@ def test_xml_validates(pair, peer):
             r = subprocess.run(["virt-xml-validate", peer.d("vcfg", f), "storagepool"],
                                capture_output=True, text=True)
             assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_find_sources(pair):
+    pair.same("find-storage-pool-sources", "dir")
+    pair.same("find-storage-pool-sources-as", "dir")
 
 
 def test_cli_errors(pair):

@@ -598,15 +598,35 @@ static int cmd_capabilities(struct cmd_ctx *c)
 {
     static const char *const fmts[] = { "none", "raw", "dir", "bochs", "cloop", "dmg",
                                         "iso", "vpc", "vdi", "fat", "vhd", "ploop", "cow",
-                                        "qcow", "qcow2", "qed", "vmdk", "vhdx", NULL };
+                                        "qcow", "qcow2", "qed", "vmdk", NULL };
+    static const char *const others[] = { "fs", "netfs", "logical", "disk", "iscsi",
+                                          "iscsi-direct", "scsi", "mpath", "rbd",
+                                          "sheepdog", "gluster", "zfs", "vstorage", NULL };
 
     printf("<storagepoolCapabilities>\n  <pool type='dir' supported='yes'>\n"
-           "    <volOptions>\n      <defaultFormat type='raw'/>\n      <enum name='targetFormatType'>\n");
+           "    <volOptions>\n      <defaultFormat type='raw'/>\n"
+           "      <enum name='targetFormatType'>\n");
     for (int i = 0; fmts[i]; i++)
         printf("        <value>%s</value>\n", fmts[i]);
-    printf("      </enum>\n    </volOptions>\n  </pool>\n</storagepoolCapabilities>\n");
+    printf("      </enum>\n    </volOptions>\n  </pool>\n");
+    for (int i = 0; others[i]; i++)
+        printf("  <pool type='%s' supported='no'>\n  </pool>\n", others[i]);
+    printf("</storagepoolCapabilities>\n");
     (void)c;
     return 0;
+}
+
+/* find-storage-pool-sources(-as): no pool type here discovers sources. */
+static int cmd_find_sources(struct cmd_ctx *c)
+{
+    const char *type = opt_str(c, "type");
+
+    if (ctx_connect(c, false) < 0)
+        return 1;
+    pool_err("Failed to find any %s pool sources", type);
+    pool_err("this function is not supported by the connection driver: pool type '%s' "
+             "does not support source discovery", type);
+    return 1;
 }
 
 #define POOL_ARG { "pool", OPT_STRING, true, true, "pool name or uuid" }
@@ -668,6 +688,16 @@ const struct cmd_def pool_cmds[] = {
       { POOL_ARG, BUILD_OPTS }, cmd_start },
     { "pool-undefine", "undefine an inactive pool", { POOL_ARG }, cmd_undefine },
     { "pool-uuid", "convert a pool name to pool UUID", { POOL_ARG }, cmd_uuid },
+    { "find-storage-pool-sources", "discover potential storage pool sources",
+      { { "type", OPT_STRING, true, true, "type of storage pool sources to discover" },
+        { "srcSpec", OPT_STRING, false, true, "optional file of source xml to query for pools" } },
+      cmd_find_sources },
+    { "find-storage-pool-sources-as", "find potential storage pool sources",
+      { { "type", OPT_STRING, true, true, "type of storage pool sources to find" },
+        { "host", OPT_STRING, false, false, "optional host to query" },
+        { "port", OPT_STRING, false, false, "optional port to query" },
+        { "initiator", OPT_STRING, false, false, "optional initiator IQN to use for query" } },
+      cmd_find_sources },
     { "autostart", "start every pool marked autostart (at boot)", { { 0 } },
       cmd_autostart_all },
     { NULL, NULL, { { 0 } }, NULL },

@@ -62,15 +62,16 @@ static struct vol_def *take_vol(struct pool_conn *conn, struct pool_obj *o, cons
 }
 
 /* Look the volume in option opt up (with --pool if given); -1 (printed). */
-static int get_vol(struct cmd_ctx *c, const char *opt, struct vol_ref *r, bool exclusive)
+static int get_vol_in(struct cmd_ctx *c, const char *opt, const char *popt,
+                      struct vol_ref *r, bool exclusive)
 {
     const char *id = opt_str(c, opt);
 
     memset(r, 0, sizeof(*r));
     if (ctx_connect(c, exclusive) < 0)
         return -1;
-    if (opt_str(c, "pool")) {
-        if (!(r->pool = active_pool(c, "pool")))
+    if (opt_str(c, popt)) {
+        if (!(r->pool = active_pool(c, popt)))
             return -1;
         r->vol = take_vol(&c->conn, r->pool, id, true);
     } else {
@@ -87,14 +88,20 @@ static int get_vol(struct cmd_ctx *c, const char *opt, struct vol_ref *r, bool e
     }
     if (r->vol)
         return 0;
-    if (opt_str(c, "pool") || !strcmp(c->def->name, "vol-name") ||
+    if (opt_str(c, popt) || !strcmp(c->def->name, "vol-name") ||
         !strcmp(c->def->name, "vol-pool"))
         pool_err("failed to get vol '%s'", id);
     else
-        pool_err("failed to get vol '%s', specifying --pool might help", id);
+        pool_err("failed to get vol '%s', specifying --%s might help", id, popt);
     pool_err("Storage volume not found: no storage vol with matching path '%s'", id);
     ref_free(r);
     return -1;
+}
+
+/* get_vol_in with the pool in --pool. */
+static int get_vol(struct cmd_ctx *c, const char *opt, struct vol_ref *r, bool exclusive)
+{
+    return get_vol_in(c, opt, "pool", r, exclusive);
 }
 
 /* Checks of a new volume's name against pool o; -1 (error recorded). */
@@ -242,14 +249,16 @@ static int cmd_create_from(struct cmd_ctx *c)
     char *x = NULL;
     int r = -1;
 
-    if (get_vol(c, "vol", &src, true) < 0)
+    if (get_vol_in(c, "vol", "inputpool", &src, true) < 0)
         return 1;
-    if (!(o = active_pool(c, "pool"))) {
+    if (!(o = pool_lookup(&c->conn, opt_str(c, "pool")))) {
         ref_free(&src);
         return 1;
     }
     if ((x = pool_read_file(file, &len)) && (v = vol_def_parse(x, len))) {
-        if (!v->has_capacity || v->capacity < src.vol->capacity)
+        /* qemu-img convert makes the copy as large as its source */
+        if (!v->has_capacity || v->capacity < src.vol->capacity ||
+            (v->format && strcmp(v->format, "raw")))
             v->capacity = src.vol->capacity;
         r = create_in(&c->conn, o, v, opt_bool(c, "prealloc-metadata"), src.vol);
     }

@@ -159,6 +159,12 @@ int vol_probe(struct vol_def *v)
         vd_close(n);
     }
     vd_error_clear();
+    if (v->format && !vol_format_known(v->format)) {
+        /* a format libvirt does not know is shown as raw, at its file size */
+        free(v->format);
+        v->format = NULL;
+        v->capacity = (uint64_t)st.st_size;
+    }
     if (!v->format)
         v->format = xstrdup("raw");
     return 0;
@@ -528,6 +534,16 @@ static bool next_data(int fd, uint64_t off, uint64_t end, uint64_t *ds, uint64_t
 static int copy_span(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t len,
                      char *buf)
 {
+    /* in the kernel first (both regular files), then through buf */
+    while (len) {
+        loff_t io = (loff_t)in_off, oo = (loff_t)out_off;
+        ssize_t r = copy_file_range(in, &io, out, &oo, len, 0);
+        if (r <= 0)
+            break;
+        in_off += (uint64_t)r;
+        out_off += (uint64_t)r;
+        len -= (uint64_t)r;
+    }
     while (len) {
         size_t n = len < IO_CHUNK ? (size_t)len : IO_CHUNK;
         ssize_t r = pread(in, buf, n, (off_t)in_off);
@@ -591,7 +607,7 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
         return -1;
     }
     out = open(v->path, O_WRONLY | O_CLOEXEC);
-    if (out >= 0 && stream(in, out, 0, off, len, sparse) == 0 && fsync(out) == 0)
+    if (out >= 0 && stream(in, out, 0, off, len, sparse) == 0)
         r = 0;
     if (r < 0)
         pool_set_error("cannot write volume '%s': %s", v->path, strerror(errno));

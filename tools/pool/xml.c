@@ -25,7 +25,7 @@ static const char *const pool_types[] = {
 /* Volume formats of file-based pools, in libvirt's order. */
 static const char *const vol_formats[] = {
     "none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi",
-    "fat", "vhd", "ploop", "cow", "qcow", "qcow2", "qed", "vmdk", "vhdx", NULL,
+    "fat", "vhd", "ploop", "cow", "qcow", "qcow2", "qed", "vmdk", NULL,
 };
 
 /* Is s one of list? */
