@@ -7,10 +7,32 @@
 
 #include "cli.h"
 
+/* Is d an fs pool (else a dir pool)? */
+static bool is_fs(const struct pool_def *d)
+{
+    return !strcmp(d->type, "fs");
+}
+
+/* The backend's build, start and stop for d's type. */
+static int be_build(struct pool_def *d, bool overwrite, bool no_overwrite)
+{
+    return is_fs(d) ? fs_build(d, overwrite, no_overwrite) : dir_build(d, overwrite, no_overwrite);
+}
+
+static int be_start(struct pool_def *d)
+{
+    return is_fs(d) ? fs_start(d) : dir_start(d);
+}
+
+static int be_stop(struct pool_def *d)
+{
+    return is_fs(d) ? fs_stop(d) : dir_stop(d);
+}
+
 /* Does the pool's type have a backend here? */
 static bool supported(const struct pool_def *d)
 {
-    if (!strcmp(d->type, "dir"))
+    if (!strcmp(d->type, "dir") || is_fs(d))
         return true;
     pool_set_error("this function is not supported by the connection driver: "
                    "storage pool type '%s' is not supported", d->type);
@@ -38,7 +60,7 @@ static int check_active(const struct pool_obj *o, bool want)
 /* Start o: the backend's start, then the live state. */
 static int start_pool(struct pool_conn *conn, struct pool_obj *o)
 {
-    if (check_active(o, false) < 0 || !supported(o->def) || dir_start(o->def) < 0)
+    if (check_active(o, false) < 0 || !supported(o->def) || be_start(o->def) < 0)
         return -1;
     state_clear_vols(conn, o->def->name);
     if (state_save_live(conn, o->def) < 0)
@@ -121,7 +143,8 @@ static int create_file(struct cmd_ctx *c, const char *file, const char *name_msg
     if (d && active)
         pool_set_error("operation failed: pool '%s' is already active", d->name);
     else if (d && supported(d) &&
-             (!opt_bool(c, "build") || dir_build(d, false, false) == 0)) {
+             (!opt_bool(c, "build") || be_build(d, opt_bool(c, "overwrite"),
+                                               opt_bool(c, "no-overwrite")) == 0)) {
         o.def = d;
         r = start_pool(&c->conn, &o);
     }
@@ -305,7 +328,7 @@ static int cmd_build(struct cmd_ctx *c)
     if (opt_bool(c, "overwrite") && opt_bool(c, "no-overwrite"))
         pool_set_error("Options --overwrite and --no-overwrite are mutually exclusive");
     else if (check_active(o, false) == 0 && supported(o->def))
-        r = dir_build(o->def, opt_bool(c, "overwrite"), opt_bool(c, "no-overwrite"));
+        r = be_build(o->def, opt_bool(c, "overwrite"), opt_bool(c, "no-overwrite"));
     return finish(o, r, "built", "build");
 }
 
@@ -319,7 +342,7 @@ static int cmd_start(struct cmd_ctx *c)
     if (!o)
         return 1;
     if (build && check_active(o, false) == 0 && supported(o->def))
-        r = dir_build(o->def, opt_bool(c, "overwrite"), opt_bool(c, "no-overwrite"));
+        r = be_build(o->def, opt_bool(c, "overwrite"), opt_bool(c, "no-overwrite"));
     if (r == 0)
         r = start_pool(&c->conn, o);
     return finish(o, r, "started", "start");
@@ -332,7 +355,7 @@ static int cmd_destroy(struct cmd_ctx *c)
 
     if (!o)
         return 1;
-    if (check_active(o, true) == 0 && dir_stop(o->def) == 0) {
+    if (check_active(o, true) == 0 && be_stop(o->def) == 0) {
         state_clear_vols(&c->conn, o->def->name);
         r = state_remove_live(&c->conn, o->def->name);
     }

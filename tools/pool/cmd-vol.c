@@ -135,7 +135,7 @@ static int check_new(struct pool_conn *conn, struct pool_obj *o, const char *nam
 static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def *v,
                      bool meta, const struct vol_def *from)
 {
-    if (strcmp(o->def->type, "dir")) {
+    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs")) {
         pool_set_error("this function is not supported by the connection driver: "
                        "storage pool does not support volume creation");
         return -1;

@@ -136,6 +136,11 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse);
 int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
                      uint64_t len, bool sparse);
+/* ---- fs backend (fs.c): mkfs, mount, umount around a dir pool ---- */
+int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite);
+int fs_start(struct pool_def *d);
+int fs_stop(struct pool_def *d);
+
 /* Is fmt a volume format libvirt knows for file pools? */
 bool vol_format_known(const char *fmt);
 
