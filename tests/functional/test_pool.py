@@ -276,6 +276,18 @@ def test_vol_clone_delete_wipe(pair):
     pair.same("vol-wipe", "--pool", n, "nope")
     pair.same("vol-delete", "--pool", n, "e.qcow2")
     pair.same("vol-delete", "--pool", n, "e.qcow2")
+    pair.same("vol-create-as", n, "w.qcow2", "10M", "--format", "qcow2")
+    pair.same("vol-create-as", n, "s.raw", "10M", "--allocation", "0")
+    for v in ("w.qcow2", "s.raw"):
+        pair.same("vol-wipe", "--pool", n, v)
+        pair.same("vol-info", "--pool", n, v, "--bytes")
+    for root in (pair.lp, pair.vp):
+        os.mkdir(os.path.join(root, "pool", "sub"))
+        os.chown(os.path.join(root, "pool", "sub"), 65534, 65534)
+    pair.same("pool-refresh", n)
+    pair.same("vol-list", n, "--details")
+    pair.same("vol-dumpxml", "--pool", n, "sub")
+    pair.same("vol-delete", "--pool", n, "sub")
     pair.same("vol-list", n, "--details")
 
 
@@ -386,8 +398,10 @@ def test_sigkill_leaves_state_readable(peer):
             p.wait()
             r = peer.vpool("pool-list", "--all", env=env)
             assert r.returncode == 0 and r.stderr == "", r.stderr
+    peer.vpool("pool-destroy", "nonexist", env=env)     # takes the lock: tidies
     for sub in ("cfg", "run"):
         for f in os.listdir(os.path.join(d, sub)):
+            assert ".tmp" not in f, f
             if f.endswith(".xml"):
                 r = subprocess.run(["virt-xml-validate", os.path.join(d, sub, f),
                                     "storagepool"], capture_output=True, text=True)

@@ -138,8 +138,15 @@ int vol_probe(struct vol_def *v)
     struct stat st;
     vd_node *n = NULL;
 
-    if (stat(v->path, &st) < 0 || !S_ISREG(st.st_mode))
+    if (stat(v->path, &st) < 0 || !(S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)))
         return -1;
+    if (S_ISDIR(st.st_mode)) {
+        /* a subdirectory is a volume of type dir, with no size */
+        v->type = "dir";
+        v->format = xstrdup("dir");
+        from_stat(&st, &v->perms, &v->atime, &v->mtime, &v->ctime_);
+        return 0;
+    }
     v->type = "file";
     v->physical = (uint64_t)st.st_size;
     v->allocation = (uint64_t)st.st_blocks * 512;
@@ -348,7 +355,7 @@ int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
 
 int dir_vol_delete(const struct vol_def *v)
 {
-    if (unlink(v->path) < 0) {
+    if (!strcmp(v->type, "dir") ? rmdir(v->path) < 0 : unlink(v->path) < 0) {
         pool_set_error("cannot unlink file '%s': %s", v->path, strerror(errno));
         return -1;
     }
@@ -447,8 +454,8 @@ int dir_vol_wipe(const struct vol_def *v, const char *alg)
     }
     if (!strcmp(alg, "trim"))
         r = fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, st.st_size);
-    else
-        r = overwrite(fd, (uint64_t)st.st_size, !strcmp(alg, "random"));
+    else    /* as libvirt, over the bytes the file has allocated */
+        r = overwrite(fd, v->allocation, !strcmp(alg, "random"));
     if (r < 0)
         pool_set_error("Failed to wipe vol %s with algorithm %s: %s", v->name, alg,
                        strerror(errno));

@@ -103,6 +103,25 @@ int conn_open(struct pool_conn *c, const char *uri)
     return c->lock_fd < 0 ? -1 : 0;
 }
 
+/* Remove the temporary files a killed writer left in dir ("NAME.tmpPID"):
+ * only called under the exclusive lock, when no writer is running. */
+static void remove_stale(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+
+    while (d && (e = readdir(d))) {
+        const char *t = strstr(e->d_name, ".tmp");
+        if (!t || e->d_name[0] == '.' || !t[4] || strspn(t + 4, "0123456789") != strlen(t + 4))
+            continue;
+        char *p = xasprintf("%s/%s", dir, e->d_name);
+        unlink(p);
+        free(p);
+    }
+    if (d)
+        closedir(d);
+}
+
 int conn_lock(struct pool_conn *c, bool exclusive)
 {
     while (flock(c->lock_fd, exclusive ? LOCK_EX : LOCK_SH) < 0) {
@@ -110,6 +129,11 @@ int conn_lock(struct pool_conn *c, bool exclusive)
             pool_set_error("cannot lock the pool state: %s", strerror(errno));
             return -1;
         }
+    }
+    if (exclusive) {
+        remove_stale(c->cfg_dir);
+        remove_stale(c->autostart_dir);
+        remove_stale(c->run_dir);
     }
     return 0;
 }

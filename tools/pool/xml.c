@@ -660,7 +660,8 @@ char *vol_def_format(const struct vol_def *v)
     put_elem(&b, 2, "key", v->key);
     vd_buf_printf(&b, "  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", v->capacity);
     vd_buf_printf(&b, "  <allocation unit='bytes'>%" PRIu64 "</allocation>\n", v->allocation);
-    vd_buf_printf(&b, "  <physical unit='bytes'>%" PRIu64 "</physical>\n", v->physical);
+    if (strcmp(v->type, "dir"))
+        vd_buf_printf(&b, "  <physical unit='bytes'>%" PRIu64 "</physical>\n", v->physical);
     vd_buf_adds(&b, "  <target>\n");
     put_elem(&b, 4, "path", v->path);
     if (v->format)
