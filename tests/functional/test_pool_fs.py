@@ -133,3 +133,63 @@ def test_fs_pool_failures(tmp_path, loopdev):
     assert p.returncode == 1 and "cannot access source device" in p.stderr
     p = vpool(tmp_path, "pool-info", "g")
     assert "inactive" in p.stdout
+
+
+def test_fs_pool_full(tmp_path, loopdev):
+    """Volumes that do not fit fail and leave nothing listed."""
+    define(tmp_path, loopdev)
+    ok(vpool(tmp_path, "pool-build", "f"))
+    ok(vpool(tmp_path, "pool-start", "f"))
+    before = vpool(tmp_path, "vol-list", "f").stdout
+    p = vpool(tmp_path, "vol-create-as", "f", "big.raw", "200M")
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: Failed to create vol big.raw\nerror: ")
+    p = vpool(tmp_path, "vol-clone", "--pool", "f", "nonexist", "x")
+    assert p.returncode == 1
+    assert vpool(tmp_path, "vol-list", "f").stdout == before
+    ok(vpool(tmp_path, "vol-create-as", "f", "u.raw", "1M", "--allocation", "0"))
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.write(b"\1" * (80 << 20))
+    p = vpool(tmp_path, "vol-upload", "--pool", "f", "u.raw", big)
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: cannot upload to volume u.raw\n")
+    ok(vpool(tmp_path, "pool-destroy", "f"))
+
+
+def test_autostart_command(tmp_path):
+    xml = tmp_path / "p.xml"
+    for n in ("a", "b"):
+        xml.write_text("<pool type='dir'><name>%s</name><target><path>%s</path></target>"
+                       "</pool>" % (n, tmp_path / n))
+        ok(vpool(tmp_path, "pool-define", xml))
+        ok(vpool(tmp_path, "pool-build", n))
+    ok(vpool(tmp_path, "pool-autostart", "b"), "Pool b marked as autostarted")
+    ok(vpool(tmp_path, "autostart"), "Pool b started")
+    p = vpool(tmp_path, "autostart")            # nothing left to start
+    assert (p.returncode, p.stdout, p.stderr) == (0, "\n", "")
+    p = vpool(tmp_path, "pool-list", "--all", "--name")
+    assert p.stdout == "%-20s\n%-20s\n\n" % ("a", "b")
+    assert vpool(tmp_path, "pool-list", "--name").stdout == "%-20s\n\n" % "b"
+    ok(vpool(tmp_path, "pool-destroy", "b"))
+    os.rmdir(tmp_path / "b")
+    p = vpool(tmp_path, "autostart")
+    assert p.returncode == 1
+    assert p.stderr.startswith("error: Failed to autostart storage pool 'b'\n")
+
+
+def test_uris(tmp_path):
+    env = dict(os.environ, XDG_CONFIG_HOME=str(tmp_path / "c"), XDG_RUNTIME_DIR=str(tmp_path / "r"))
+    env.pop("VDISK_POOL_CONFIG_DIR", None)
+    env.pop("VDISK_POOL_RUN_DIR", None)
+    xml = tmp_path / "p.xml"
+    xml.write_text("<pool type='dir'><name>s</name><target><path>/x</path></target></pool>")
+    p = subprocess.run([VDISK_POOL, "-c", "vdisk:///session", "pool-define", xml], env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert os.path.exists(tmp_path / "c" / "vdisk" / "storage" / "s.xml")
+    p = subprocess.run([VDISK_POOL, "-c", "foo:///bar", "pool-list"], env=env,
+                       capture_output=True, text=True)
+    assert (p.returncode, p.stdout, p.stderr) == (
+        1, "\n", "error: failed to connect to the hypervisor\n"
+        "error: no connection driver available for foo:///bar\n")

@@ -340,8 +340,10 @@ int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
                        v->path);
         return -1;
     }
-    if (make_image(v, prealloc_meta, from) < 0)
+    if (make_image(v, prealloc_meta, from) < 0) {
+        unlink(v->path);           /* no partial volume left behind */
         return -1;
+    }
     if ((from && copy_from(from, v) < 0) || chmod(v->path, mode) < 0 ||
         ((v->perms.owner >= 0 || v->perms.group >= 0) &&
          chown(v->path, (uid_t)v->perms.owner, (gid_t)v->perms.group) < 0)) {
