@@ -115,6 +115,9 @@ def test_pool_lifecycle(pair):
     pair.same("pool-list", "--name")
     pair.same("pool-list", "--persistent", "--type", "dir")
     pair.same("pool-list", "--transient", "--all")
+    pair.same("pool-define", "@/pool.xml")         # same name, no uuid
+    pair.same("pool-create", "@/pool.xml")
+    pair.same("pool-define-as", n, "dir", "--target", "@/pool")
     pair.same("pool-autostart", n)
     pair.same("pool-list", "--autostart")
     pair.same("pool-info", n, sizes=True)

@@ -83,14 +83,14 @@ static struct pool_def *def_from_file(struct cmd_ctx *c, const char *file,
     for (size_t i = 0; i < n; i++) {
         struct pool_def *o = list[i]->def;
         if (!strcmp(o->name, d->name) && strcmp(o->uuid, d->uuid)) {
-            pool_set_error("operation failed: pool '%s' is already defined with uuid %s",
+            pool_set_error("operation failed: pool '%s' already exists with uuid %s",
                            d->name, o->uuid);
             pool_def_free(d);
             d = NULL;
             break;
         }
         if (strcmp(o->name, d->name) && !strcmp(o->uuid, d->uuid)) {
-            pool_set_error("operation failed: pool '%s' already exists with uuid %s",
+            pool_set_error("operation failed: pool '%s' is already defined with uuid %s",
                            o->name, d->uuid);
             pool_def_free(d);
             d = NULL;

@@ -131,6 +131,35 @@ static int check_new(struct pool_conn *conn, struct pool_obj *o, const char *nam
     return 0;
 }
 
+/* Keep the pool's live sizes up to date as libvirt does between refreshes:
+ * a volume takes (sign 1) or gives back (-1) its allocation a. */
+static void account(struct pool_conn *conn, struct pool_obj *o, uint64_t a, int sign)
+{
+    if (sign > 0) {
+        o->def->allocation += a;
+        o->def->available = a > o->def->available ? 0 : o->def->available - a;
+    } else {
+        o->def->allocation = a > o->def->allocation ? 0 : o->def->allocation - a;
+        o->def->available += a;
+    }
+    state_save_live(conn, o->def);
+}
+
+/* The allocation of the new volume at path (0 if it cannot be read). */
+static uint64_t allocation_of(const char *path)
+{
+    struct vol_def *p = calloc(1, sizeof(*p));
+    uint64_t a = 0;
+
+    if (!p)
+        pool_oom();
+    p->path = xstrdup(path);
+    if (vol_probe(p) == 0)
+        a = p->allocation;
+    vol_def_free(p);
+    return a;
+}
+
 /* Create v in pool o (optionally from a source volume). */
 static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def *v,
                      bool meta, const struct vol_def *from)
@@ -153,6 +182,7 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
         dir_vol_delete(v);
         return -1;
     }
+    account(conn, o, allocation_of(v->path), 1);
     return 0;
 }
 
@@ -326,6 +356,7 @@ static int do_delete(struct cmd_ctx *c, struct vol_ref *r)
 {
     if (dir_vol_delete(r->vol) < 0)
         return -1;
+    account(&c->conn, r->pool, r->vol->allocation, -1);
     state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     return 0;
 }
