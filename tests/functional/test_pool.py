@@ -75,6 +75,15 @@ def pair(peer, request):
     p.cleanup()
 
 
+def details_cells(res):
+    """pool-list --details as cells, the sizes of running pools (the host
+    file system's, which also set the column widths) left out."""
+    rc, out, err = res
+    lines = out.split("\n")
+    rows = [re.split(r" {3,}", x.strip()) for x in lines[2:] if x.strip()]
+    return rc, err, lines[0].split(), [r[:4] if r[1] == "running" else r for r in rows]
+
+
 def started(pair):
     pair.same("pool-define", "@/pool.xml")
     pair.same("pool-build", pair.name)
@@ -113,6 +122,8 @@ def test_pool_lifecycle(pair):
     pair.same("pool-info", "--bytes", n, sizes=True)
     pair.same("pool-dumpxml", n, sizes=True)
     pair.same("pool-list", "--name")
+    l, v = pair.both("pool-list", "--details", "--all")
+    assert details_cells(v) == details_cells(l)
     pair.same("pool-list", "--persistent", "--type", "dir")
     pair.same("pool-list", "--transient", "--all")
     pair.same("pool-define", "@/pool.xml")         # same name, no uuid
