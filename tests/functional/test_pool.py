@@ -164,6 +164,10 @@ def test_pool_define_as_create_as(pair):
     "<pool type='fs'><name>a</name><target><path>/x</path></target></pool>",
     "<foo/>",
     "<volume><name>v</name></volume>",
+    "<pool",
+    "<pool type='dir'><name>a</name>",
+    "<pool type='dir'>\n  <name>a</nam>\n</pool>",
+    "",
 ])
 def test_pool_bad_xml(pair, xml):
     pair.xml("bad.xml", xml)
@@ -270,6 +274,25 @@ def test_vol_create_from(pair):
         pair.same("vol-info", "--pool", n, v, "--bytes", alloc=True)
         assert qinfo(os.path.join(pair.vp, "pool", v)) == \
             qinfo(os.path.join(pair.lp, "pool", v))
+
+
+def test_vol_bad_xml(pair):
+    started(pair)
+    for i, xml in enumerate([
+            "<volume><capacity>1</capacity></volume>",
+            "<volume><name>v</name></volume>",
+            "<volume><name>v</name><capacity unit='Q'>1</capacity></volume>",
+            "<volume><name>v</name><capacity>-1</capacity></volume>",
+            "<volume><name>v</name><capacity>abc</capacity></volume>",
+            "<volume><name>v</name><capacity>1</capacity><target><format type='bogus'/>"
+            "</target></volume>",
+            "<volume><name>v</name><capacity>1",
+            "<pool/>",
+            "<volume><name>v</name><capacity>1</capacity><target><permissions><mode>999"
+            "</mode></permissions></target></volume>"]):
+        pair.xml("v%d.xml" % i, xml + "\n")
+        pair.same("vol-create", pair.name, "@/v%d.xml" % i)
+    pair.same("vol-list", pair.name)
 
 
 def test_vol_clone_delete_wipe(pair):

@@ -67,20 +67,53 @@ char *pool_read_file(const char *path, size_t *len)
     return buf;
 }
 
-/* libxml2's first error, kept as libvirt words a parse failure. */
-static char parse_msg[512];
+/* libxml2's first error, kept as libvirt words a parse failure: the
+ * message, then the line of input the parser stopped on and a caret under
+ * the place ("(null)" when that line is empty, as libvirt prints it). */
+static char parse_msg[1024];
+
+/* The input line around the parser's position and the caret line. */
+static void error_context(xmlParserCtxtPtr ctxt, char *out, size_t size)
+{
+    const xmlChar *base, *cur, *p;
+    size_t n = 0, col;
+
+    out[0] = 0;
+    if (!ctxt || !ctxt->input || !ctxt->input->cur || !ctxt->input->base)
+        return;
+    base = ctxt->input->base;
+    cur = p = ctxt->input->cur;
+    while (p > base && (*p == '\n' || *p == '\r'))
+        p--;
+    while (p > base && *p != '\n' && *p != '\r')
+        p--;
+    if (*p == '\n' || *p == '\r')
+        p++;
+    col = (size_t)(cur - p);
+    for (; *p && *p != '\n' && *p != '\r' && n + 1 < size / 2; p++)
+        out[n++] = (char)*p;
+    if (n == 0) {
+        snprintf(out, size, "(null)\n^");
+        return;
+    }
+    out[n++] = '\n';
+    for (size_t i = 0; i < col && n + 2 < size && out[i] != '\n'; i++)
+        out[n++] = '-';
+    out[n++] = '^';
+    out[n] = 0;
+}
 
 /* Structured error handler: keep the first error only. */
 static void on_xml_error(void *ctx, xmlErrorPtr e)
 {
-    size_t l;
+    char context[512];
 
     if (parse_msg[0] || !e || !e->message)
         return;
-    snprintf(parse_msg, sizeof(parse_msg), "%d: %s", e->line, e->message);
-    l = strlen(parse_msg);
-    while (l && parse_msg[l - 1] == '\n')
-        parse_msg[--l] = 0;
+    error_context(e->domain == XML_FROM_PARSER ? (xmlParserCtxtPtr)e->ctxt : NULL,
+                  context, sizeof(context));
+    snprintf(parse_msg, sizeof(parse_msg), "%d: %s%s", e->line, e->message,
+             context[0] ? context : "(null)\n^");
 }
 
 /* Parse text into a document whose root must be root; NULL (error set). */
@@ -94,13 +127,17 @@ static xmlDocPtr parse_doc(const char *xml, size_t len, const char *root,
         pool_set_error("XML error: document too large");
         return NULL;
     }
+    if (len == 0) {
+        pool_set_error("(%s):1: Document is empty\n(null)\n^", what);
+        return NULL;
+    }
     parse_msg[0] = 0;
     xmlSetStructuredErrorFunc(NULL, on_xml_error);
     doc = xmlReadMemory(xml, (int)len, what, NULL,
                         XML_PARSE_NONET | XML_PARSE_NOWARNING | XML_PARSE_NOERROR);
     xmlSetStructuredErrorFunc(NULL, NULL);
     if (!doc) {
-        pool_set_error("(%s):%s", what, parse_msg[0] ? parse_msg : "0: empty document");
+        pool_set_error("(%s):%s", what, parse_msg[0] ? parse_msg : "0: empty document\n(null)\n^");
         return NULL;
     }
     r = xmlDocGetRootElement(doc);
@@ -535,8 +572,12 @@ static int parse_scaled(xmlNodePtr n, uint64_t *out, const char *what)
     errno = 0;
     if (s && isdigit((unsigned char)s[0])) {
         *out = strtoull(s, &end, 10);
-        if (!errno && !*end)
-            r = pool_scale(u, out, 1);
+        if (!errno && !*end && (r = pool_scale(u, out, 1)) < 0) {
+            pool_set_error("invalid argument: unknown suffix '%s'", u ? u : "");
+            free(s);
+            free(u);
+            return -1;
+        }
     }
     if (r < 0)
         pool_set_error("XML error: malformed %s element", what);
@@ -552,7 +593,7 @@ static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
 
     v->format = attr(child(t, "format"), "type");
     if (v->format && !vol_format_known(v->format)) {
-        pool_set_error("XML error: unknown volume format type %s", v->format);
+        pool_set_error("unsupported configuration: unknown volume format type %s", v->format);
         return -1;
     }
     v->compat = text(child(t, "compat"));
