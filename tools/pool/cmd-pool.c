@@ -384,11 +384,11 @@ static int cmd_undefine(struct cmd_ctx *c)
 
     if (!o)
         return 1;
-    if (!o->cfg)
-        pool_set_error("Requested operation is not valid: pool '%s' is not persistent",
-                       o->def->name);
-    else if (o->active)
+    if (o->active)
         pool_set_error("Requested operation is not valid: storage pool '%s' is still active",
+                       o->def->name);
+    else if (!o->cfg)
+        pool_set_error("Requested operation is not valid: pool '%s' is not persistent",
                        o->def->name);
     else
         r = state_remove_config(&c->conn, o->def->name);

@@ -416,7 +416,10 @@ static int cmd_info(struct cmd_ctx *c)
     printf("%-15s %s\n", "Name:", r.vol->name);
     printf("%-15s %s\n", "Type:", r.vol->type);
     info_size("Capacity:", r.vol->capacity, opt_bool(c, "bytes"));
-    info_size("Allocation:", r.vol->allocation, opt_bool(c, "bytes"));
+    if (opt_bool(c, "physical"))
+        info_size("Physical:", r.vol->physical, opt_bool(c, "bytes"));
+    else
+        info_size("Allocation:", r.vol->allocation, opt_bool(c, "bytes"));
     ref_free(&r);
     return 0;
 }
