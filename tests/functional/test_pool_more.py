@@ -34,3 +34,31 @@ def test_delete_nonempty_and_physical(pair):
     pair.same("pool-delete", n)
     pair.same("pool-start", n, "--build")
     pair.same("pool-build", n)
+
+
+def test_backing_and_options(pair):
+    n = pair.name
+    started(pair)
+    pair.same("vol-create-as", n, "base.raw", "4M")
+    pair.same("vol-create-as", n, "top.qcow2", "4M", "--format", "qcow2",
+              "--backing-vol", "@/pool/base.raw", "--backing-vol-format", "raw")
+    pair.same("vol-create-as", n, "top2.qcow2", "8M", "--format", "qcow2",
+              "--backing-vol", "base.raw")
+    pair.same("vol-create-as", n, "top3.qcow2", "8M", "--format", "qcow2",
+              "--backing-vol", "nonexist")
+    pair.same("vol-create-as", n, "--name", "o.raw", "--capacity", "1MiB", "--allocation=512KB")
+    pair.same("vol-create-as", n, "p.raw", "1M", "--bogus")
+    pair.same("vol-create-as", n, "p.raw")
+    pair.same("vol-create-as", n, "p.raw", "1M", "extra")
+    pair.same("vol-create-as", n, "p.qcow2", "1M", "0", "qcow2")
+    pair.same("vol-info", "p.qcow2", n, "--bytes")
+    pair.same("vol-resize", "p.qcow2", "2M", n)
+    pair.same("vol-wipe", "p.qcow2", n, "zero")
+    pair.same("pool-list", "dir")
+    pair.same("vol-list", n, "--details", "extra")
+    pair.same("vol-create-as", n, "p.raw", "1M", "--print-xml")
+    pair.same("pool-define-as", "x", "dir", "--target", "/a", "--print-xml")
+    pair.same("pool-refresh", n)
+    for v in ("top.qcow2", "top2.qcow2", "o.raw"):
+        pair.same("vol-dumpxml", "--pool", n, v)
+    pair.same("vol-list", n, "--details")

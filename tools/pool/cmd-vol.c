@@ -209,6 +209,26 @@ static int set_backing(struct cmd_ctx *c, struct pool_obj *o, struct vol_def *v)
     return 0;
 }
 
+/* vol-create-as --print-xml: the XML virsh would send. */
+static void print_create_xml(struct cmd_ctx *c, const struct vol_def *v, bool alloc)
+{
+    const char *bf = opt_str(c, "backing-vol-format");
+
+    printf("<volume>\n  <name>%s</name>\n  <capacity>%" PRIu64 "</capacity>\n", v->name,
+           v->capacity);
+    if (alloc)
+        printf("  <allocation>%" PRIu64 "</allocation>\n", v->allocation);
+    if (v->format)
+        printf("  <target>\n    <format type='%s'/>\n  </target>\n", v->format);
+    if (v->backing_path) {
+        printf("  <backingStore>\n    <path>%s</path>\n", v->backing_path);
+        if (bf)
+            printf("    <format type='%s'/>\n", bf);
+        printf("  </backingStore>\n");
+    }
+    printf("</volume>\n");
+}
+
 static int cmd_create_as(struct cmd_ctx *c)
 {
     struct vol_def *v = calloc(1, sizeof(*v));
@@ -230,7 +250,12 @@ static int cmd_create_as(struct cmd_ctx *c)
         v->allocation = v->capacity;
     if (opt_str(c, "format"))
         v->format = xstrdup(opt_str(c, "format"));
-    if (set_backing(c, o, v) == 0) {
+    if (set_backing(c, o, v) < 0) {
+        r = -1;
+    } else if (opt_bool(c, "print-xml")) {
+        print_create_xml(c, v, given);
+        r = 0;
+    } else {
         r = create_in(&c->conn, o, v, opt_bool(c, "prealloc-metadata"), NULL);
         if (r == 0)
             printf("Vol %s created\n", v->name);

@@ -31,11 +31,12 @@ static int opt_index(const struct cmd_def *def, const char *name, size_t len)
     return -1;
 }
 
-/* Next positional option not given yet, -1 if none. */
+/* Next option a bare argument fills, -1 if none: as in virsh, every
+ * option taking a value may be given by place, in the declared order. */
 static int next_pos(const struct cmd_ctx *c)
 {
     for (int i = 0; i < CMD_MAX_OPTS && c->def->opts[i].name; i++)
-        if (c->def->opts[i].pos && !c->set[i])
+        if (c->def->opts[i].type == OPT_STRING && !c->set[i])
             return i;
     return -1;
 }
