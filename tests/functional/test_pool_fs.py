@@ -77,6 +77,13 @@ def test_fs_pool_lifecycle(tmp_path, loopdev):
     ok(vpool(tmp_path, "pool-build", "f", "--overwrite"), "Pool f built")
     ok(vpool(tmp_path, "pool-start", "f"), "Pool f started")
     assert mounted(target)
+    if shutil.which("virt-xml-validate"):
+        out = tmp_path / "dump.xml"
+        out.write_text(vpool(tmp_path, "pool-dumpxml", "f").stdout)
+        for f in (out, tmp_path / "cfg" / "f.xml", tmp_path / "run" / "f.xml"):
+            r = subprocess.run(["virt-xml-validate", str(f), "storagepool"],
+                               capture_output=True, text=True)
+            assert r.returncode == 0, r.stdout + r.stderr
     ok(vpool(tmp_path, "vol-create-as", "f", "v.qcow2", "8M", "--format", "qcow2"))
     info = json.loads(subprocess.run(["qemu-img", "info", "--output=json",
                                       os.path.join(target, "v.qcow2")],
