@@ -283,11 +283,18 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
 static int copy_from(const struct vol_def *from, struct vol_def *v)
 {
     vd_node *s = NULL, *t = NULL;
+    vd_opts *o = vd_opts_new();
     int r;
 
+    if (!o)
+        pool_oom();
+    /* qemu-img convert's default cache mode (unsafe), which libvirt uses */
+    vd_opts_set(o, "cache.no-flush", "on");
     r = vd_open(&s, from->path, from->format, NULL, VD_O_FORCE_SHARE);
     if (r == 0)
-        r = vd_open(&t, v->path, v->format, NULL, VD_O_RDWR | VD_O_NO_BACKING);
+        r = vd_open(&t, v->path, v->format, o, VD_O_RDWR | VD_O_NO_BACKING);
+    else
+        vd_opts_free(o);
     if (r == 0) {
         struct vd_copy_params p = {
             .src = &s, .nsrc = 1, .dst = t, .workers = 8, .min_sparse = 4096,
