@@ -62,3 +62,17 @@ def test_backing_and_options(pair):
     for v in ("top.qcow2", "top2.qcow2", "o.raw"):
         pair.same("vol-dumpxml", "--pool", n, v)
     pair.same("vol-list", n, "--details")
+
+
+def test_vol_xml_path_outside_pool(pair):
+    """A target path in volume XML does not move the volume out of the pool."""
+    started(pair)
+    pair.xml("out.xml", "<volume><name>o.raw</name><capacity>4096</capacity>"
+             "<target><path>@/outside.raw</path></target></volume>")
+    pair.same("vol-create", pair.name, "@/out.xml")
+    pair.same("vol-path", "--pool", pair.name, "o.raw")
+    for root in (pair.lp, pair.vp):
+        assert not os.path.exists(os.path.join(root, "outside.raw"))
+    pair.xml("dots.xml", "<volume><name>../x.raw</name><capacity>4096</capacity></volume>")
+    pair.same("vol-create", pair.name, "@/dots.xml")
+    pair.same("vol-list", pair.name)
