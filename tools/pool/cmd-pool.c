@@ -617,21 +617,38 @@ static int cmd_autostart_all(struct cmd_ctx *c)
     return rc;
 }
 
-static int cmd_capabilities(struct cmd_ctx *c)
+/* <volOptions> of the file-based pool types. */
+static void print_vol_options(void)
 {
     static const char *const fmts[] = { "none", "raw", "dir", "bochs", "cloop", "dmg",
                                         "iso", "vpc", "vdi", "fat", "vhd", "ploop", "cow",
                                         "qcow", "qcow2", "qed", "vmdk", NULL };
-    static const char *const others[] = { "fs", "netfs", "logical", "disk", "iscsi",
-                                          "iscsi-direct", "scsi", "mpath", "rbd",
-                                          "sheepdog", "gluster", "zfs", "vstorage", NULL };
 
-    printf("<storagepoolCapabilities>\n  <pool type='dir' supported='yes'>\n"
-           "    <volOptions>\n      <defaultFormat type='raw'/>\n"
+    printf("    <volOptions>\n      <defaultFormat type='raw'/>\n"
            "      <enum name='targetFormatType'>\n");
     for (int i = 0; fmts[i]; i++)
         printf("        <value>%s</value>\n", fmts[i]);
-    printf("      </enum>\n    </volOptions>\n  </pool>\n");
+    printf("      </enum>\n    </volOptions>\n");
+}
+
+static int cmd_capabilities(struct cmd_ctx *c)
+{
+    static const char *const fs_fmts[] = { "auto", "ext2", "ext3", "ext4", "ufs", "iso9660",
+                                           "udf", "gfs", "gfs2", "vfat", "hfs+", "xfs",
+                                           "ocfs2", "vmfs", NULL };
+    static const char *const others[] = { "netfs", "logical", "disk", "iscsi",
+                                          "iscsi-direct", "scsi", "mpath", "rbd",
+                                          "sheepdog", "gluster", "zfs", "vstorage", NULL };
+
+    printf("<storagepoolCapabilities>\n  <pool type='dir' supported='yes'>\n");
+    print_vol_options();
+    printf("  </pool>\n  <pool type='fs' supported='yes'>\n    <poolOptions>\n"
+           "      <defaultFormat type='auto'/>\n      <enum name='sourceFormatType'>\n");
+    for (int i = 0; fs_fmts[i]; i++)
+        printf("        <value>%s</value>\n", fs_fmts[i]);
+    printf("      </enum>\n    </poolOptions>\n");
+    print_vol_options();
+    printf("  </pool>\n");
     for (int i = 0; others[i]; i++)
         printf("  <pool type='%s' supported='no'>\n  </pool>\n", others[i]);
     printf("</storagepoolCapabilities>\n");
