@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* vdisk-pool: libvirt's storage pools and volumes without a daemon.  The
+ * types shared by the command line (cli.c, cmd-*.c), the state store
+ * (state.c), the XML reader and writer (xml.c) and the backends (dir.c). */
+#ifndef VD_POOL_H
+#define VD_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <time.h>
+#include <sys/types.h>
+
+#define POOL_PROG "vdisk-pool"
+
+/* <permissions> of a pool target or volume: -1 where not given. */
+struct pool_perms {
+    long mode, owner, group;
+    char *label;
+};
+
+/* One pool definition, as its XML says. */
+struct pool_def {
+    char *type;                    /* "dir", "fs", ... */
+    char *name;
+    char uuid[37];
+    char *target_path;
+    struct pool_perms perms;
+    char *src_device, *src_dir, *src_host, *src_name, *src_format;
+    uint64_t capacity, allocation, available;
+};
+
+/* One pool known to the state store. */
+struct pool_obj {
+    struct pool_def *def;          /* live definition (or config when inactive) */
+    struct pool_def *cfg;          /* persistent definition, NULL if transient */
+    bool active, autostart;
+};
+
+/* One volume definition (input XML or what refresh found). */
+struct vol_def {
+    char *name, *key, *path, *format;
+    const char *type;              /* "file", "dir", "block" */
+    uint64_t capacity, allocation, physical;
+    bool has_capacity, has_allocation;
+    struct pool_perms perms;
+    struct timespec atime, mtime, ctime_;
+    char *backing_path, *backing_format;
+    struct pool_perms backing_perms;
+    struct timespec batime, bmtime, bctime;
+    bool backing_stat;             /* backing file found: perms/times valid */
+    bool lazy_refcounts, extended_l2;
+    char *compat;
+    uint64_t cluster_size;         /* probed qcow2 only; 0: not shown */
+};
+
+/* The connection: where state lives. */
+struct pool_conn {
+    char *cfg_dir, *run_dir, *autostart_dir;
+    int lock_fd;
+};
+
+/* ---- errors (cli.c) ---- */
+/* Print "error: <msg>" on stderr. */
+void pool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Record the detailed (second) error line for the current failure. */
+void pool_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print the recorded detail as "error: <detail>" (if any) and clear it. */
+void pool_report(void);
+/* Out of memory: print and exit 1. */
+void pool_oom(void) __attribute__((noreturn));
+char *xstrdup(const char *s);
+char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- XML (xml.c) ---- */
+struct pool_def *pool_def_parse(const char *xml, size_t len);
+struct pool_def *pool_def_parse_file(const char *path);
+/* Text of the pool XML; inactive: leave out the live target permissions. */
+char *pool_def_format(const struct pool_def *d, bool with_perms);
+void pool_def_free(struct pool_def *d);
+struct pool_def *pool_def_copy(const struct pool_def *d);
+struct vol_def *vol_def_parse(const char *xml, size_t len);
+char *vol_def_format(const struct vol_def *v);
+void vol_def_free(struct vol_def *v);
+/* libvirt's scaled integer units ("KiB", "M", "bytes"...): 0 or -1. */
+int pool_scale(const char *unit, uint64_t *val, uint64_t dflt_scale);
+/* Read a whole file (capped); NULL with the error recorded. */
+char *pool_read_file(const char *path, size_t *len);
+
+/* ---- state (state.c) ---- */
+int conn_open(struct pool_conn *c, const char *uri);
+void conn_close(struct pool_conn *c);
+/* Take the state lock, exclusive or shared. */
+int conn_lock(struct pool_conn *c, bool exclusive);
+/* Every pool, sorted by name; *n set.  NULL with n 0 when none. */
+struct pool_obj **pools_load(struct pool_conn *c, size_t *n);
+void pools_free(struct pool_obj **p, size_t n);
+/* A pool by uuid or name; NULL and the virsh errors printed. */
+struct pool_obj *pool_lookup(struct pool_conn *c, const char *id);
+void pool_obj_free(struct pool_obj *o);
+int state_save_config(struct pool_conn *c, const struct pool_def *d);
+int state_remove_config(struct pool_conn *c, const char *name);
+int state_save_live(struct pool_conn *c, const struct pool_def *d);
+int state_remove_live(struct pool_conn *c, const char *name);
+int state_set_autostart(struct pool_conn *c, const char *name, bool on);
+/* Write data to path atomically: temporary file, fsync, rename, dir fsync. */
+int atomic_write(const char *path, const char *data, size_t len);
+void make_uuid(char out[37]);
+
+/* Volumes created since the pool's last refresh keep the compat and
+ * features of their definition (libvirt shows them so until a refresh). */
+int state_mark_vol(struct pool_conn *c, const char *pool, const struct vol_def *v);
+void state_unmark_vol(struct pool_conn *c, const char *pool, const char *vol);
+void state_clear_vols(struct pool_conn *c, const char *pool);
+/* Apply the marks to volumes just listed. */
+void state_apply_marks(struct pool_conn *c, const char *pool, struct vol_def **v, size_t n);
+
+/* ---- dir backend (dir.c) ---- */
+int dir_build(struct pool_def *d, bool overwrite, bool no_overwrite);
+int dir_start(struct pool_def *d);
+int dir_stop(struct pool_def *d);
+int dir_delete(struct pool_def *d);
+int dir_refresh(struct pool_def *d);
+/* Volumes of an active pool, sorted by name. */
+struct vol_def **dir_vols(const struct pool_def *d, size_t *n);
+void vols_free(struct vol_def **v, size_t n);
+/* Fill v from the file at v->path; -1 when it cannot be read. */
+int vol_probe(struct vol_def *v);
+int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                   const struct vol_def *from);
+int dir_vol_delete(const struct vol_def *v);
+int dir_vol_wipe(const struct vol_def *v, const char *algorithm);
+int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
+                   bool allocate, bool shrink);
+int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
+                   uint64_t len, bool sparse);
+int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
+                     uint64_t len, bool sparse);
+/* ---- fs backend (fs.c): mkfs, mount, umount around a dir pool ---- */
+int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite);
+int fs_start(struct pool_def *d);
+int fs_stop(struct pool_def *d);
+
+/* Is fmt a volume format libvirt knows for file pools? */
+bool vol_format_known(const char *fmt);
+
+#endif

@@ -1,0 +1,730 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* Pool and volume XML, read with libxml2 and written in the layout libvirt
+ * 9.0 writes (two-space indent, single-quoted attributes, the elements in
+ * its order).  Every value from the XML is checked before use. */
+#include <ctype.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+
+#include "pool.h"
+#include "util/buf.h"
+
+#define XML_MAX_FILE (10 * 1024 * 1024)
+
+/* Pool types this program knows (libvirt's list; only some have backends). */
+static const char *const pool_types[] = {
+    "dir", "fs", "netfs", "logical", "disk", "iscsi", "iscsi-direct", "scsi",
+    "mpath", "rbd", "sheepdog", "gluster", "zfs", "vstorage", NULL,
+};
+
+/* Volume formats of file-based pools, in libvirt's order. */
+static const char *const vol_formats[] = {
+    "none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi",
+    "fat", "vhd", "ploop", "cow", "qcow", "qcow2", "qed", "vmdk", NULL,
+};
+
+/* Is s one of list? */
+static bool in_list(const char *const *list, const char *s)
+{
+    for (; *list; list++)
+        if (!strcmp(*list, s))
+            return true;
+    return false;
+}
+
+bool vol_format_known(const char *fmt)
+{
+    return in_list(vol_formats, fmt);
+}
+
+char *pool_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "re");
+    char *buf;
+    size_t n;
+
+    if (!f) {
+        pool_set_error("Failed to open file '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    buf = malloc(XML_MAX_FILE + 1);
+    if (!buf)
+        pool_oom();
+    n = fread(buf, 1, XML_MAX_FILE + 1, f);
+    fclose(f);
+    if (n > XML_MAX_FILE) {
+        free(buf);
+        pool_set_error("failed to read '%s': file too large", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* libxml2's first error, kept as libvirt words a parse failure: the
+ * message, then the line of input the parser stopped on and a caret under
+ * the place ("(null)" when that line is empty, as libvirt prints it). */
+static char parse_msg[1024];
+
+/* The input line around the parser's position and the caret line. */
+static void error_context(xmlParserCtxtPtr ctxt, char *out, size_t size)
+{
+    const xmlChar *base, *cur, *p;
+    size_t n = 0, col;
+
+    out[0] = 0;
+    if (!ctxt || !ctxt->input || !ctxt->input->cur || !ctxt->input->base)
+        return;
+    base = ctxt->input->base;
+    cur = p = ctxt->input->cur;
+    while (p > base && (*p == '\n' || *p == '\r'))
+        p--;
+    while (p > base && *p != '\n' && *p != '\r')
+        p--;
+    if (*p == '\n' || *p == '\r')
+        p++;
+    col = (size_t)(cur - p);
+    for (; *p && *p != '\n' && *p != '\r' && n + 1 < size / 2; p++)
+        out[n++] = (char)*p;
+    if (n == 0) {
+        snprintf(out, size, "(null)\n^");
+        return;
+    }
+    out[n++] = '\n';
+    for (size_t i = 0; i < col && n + 2 < size && out[i] != '\n'; i++)
+        out[n++] = '-';
+    out[n++] = '^';
+    out[n] = 0;
+}
+
+/* Structured error handler: keep the first error only. */
+static void on_xml_error(void *ctx, xmlErrorPtr e)
+{
+    char context[512];
+
+    if (parse_msg[0] || !e || !e->message)
+        return;
+    error_context(e->domain == XML_FROM_PARSER ? (xmlParserCtxtPtr)e->ctxt : NULL,
+                  context, sizeof(context));
+    snprintf(parse_msg, sizeof(parse_msg), "%d: %s%s", e->line, e->message,
+             context[0] ? context : "(null)\n^");
+}
+
+/* Parse text into a document whose root must be root; NULL (error set). */
+static xmlDocPtr parse_doc(const char *xml, size_t len, const char *root,
+                           const char *what)
+{
+    xmlDocPtr doc;
+    xmlNodePtr r;
+
+    if (len > XML_MAX_FILE || len > INT32_MAX) {
+        pool_set_error("XML error: document too large");
+        return NULL;
+    }
+    if (len == 0) {
+        pool_set_error("(%s):1: Document is empty\n(null)\n^", what);
+        return NULL;
+    }
+    parse_msg[0] = 0;
+    xmlSetStructuredErrorFunc(NULL, on_xml_error);
+    doc = xmlReadMemory(xml, (int)len, what, NULL,
+                        XML_PARSE_NONET | XML_PARSE_NOWARNING | XML_PARSE_NOERROR);
+    xmlSetStructuredErrorFunc(NULL, NULL);
+    if (!doc) {
+        pool_set_error("(%s):%s", what, parse_msg[0] ? parse_msg : "0: empty document\n(null)\n^");
+        return NULL;
+    }
+    r = xmlDocGetRootElement(doc);
+    if (!r || strcmp((const char *)r->name, root)) {
+        pool_set_error("XML error: expecting root element of '%s', not '%s'", root,
+                       r ? (const char *)r->name : "");
+        xmlFreeDoc(doc);
+        return NULL;
+    }
+    return doc;
+}
+
+/* The first element child of n called name, or NULL. */
+static xmlNodePtr child(xmlNodePtr n, const char *name)
+{
+    if (!n)
+        return NULL;
+    for (xmlNodePtr c = n->children; c; c = c->next)
+        if (c->type == XML_ELEMENT_NODE && !strcmp((const char *)c->name, name))
+            return c;
+    return NULL;
+}
+
+/* The text of element n (malloc'd, NULL if n is NULL). */
+static char *text(xmlNodePtr n)
+{
+    xmlChar *t;
+    char *s;
+
+    if (!n)
+        return NULL;
+    t = xmlNodeGetContent(n);
+    s = xstrdup(t ? (const char *)t : "");
+    xmlFree(t);
+    return s;
+}
+
+/* Attribute name of n (malloc'd) or NULL. */
+static char *attr(xmlNodePtr n, const char *name)
+{
+    xmlChar *a;
+    char *s;
+
+    if (!n || !(a = xmlGetProp(n, (const xmlChar *)name)))
+        return NULL;
+    s = xstrdup((const char *)a);
+    xmlFree(a);
+    return s;
+}
+
+/* Canonical form of a uuid string (hex digits, optional dashes). */
+static int parse_uuid(const char *s, char out[37])
+{
+    int nd = 0;
+    char hex[33];
+
+    for (; *s && nd < 33; s++) {
+        if (*s == '-' || *s == ' ')
+            continue;
+        if (!isxdigit((unsigned char)*s))
+            return -1;
+        hex[nd++] = (char)tolower((unsigned char)*s);
+    }
+    if (nd != 32 || *s)
+        return -1;
+    snprintf(out, 37, "%.8s-%.4s-%.4s-%.4s-%.12s", hex, hex + 8, hex + 12,
+             hex + 16, hex + 20);
+    return 0;
+}
+
+/* A number from the text of element n, base 8 or 10; -1 when invalid. */
+static int parse_long(xmlNodePtr n, int base, long *out)
+{
+    char *s = text(n), *end;
+    long v;
+
+    errno = 0;
+    v = strtol(s, &end, base);
+    if (errno || end == s || *end) {
+        free(s);
+        return -1;
+    }
+    free(s);
+    *out = v;
+    return 0;
+}
+
+/* <permissions>: mode (octal, 0..0777), owner, group (-1 allowed). */
+static int parse_perms(xmlNodePtr p, struct pool_perms *pm, const char *what)
+{
+    xmlNodePtr m = child(p, "mode"), o = child(p, "owner"), g = child(p, "group");
+
+    pm->mode = pm->owner = pm->group = -1;
+    if (!p)
+        return 0;
+    if (m && (parse_long(m, 8, &pm->mode) < 0 || pm->mode < 0 || pm->mode > 07777)) {
+        pool_set_error("XML error: malformed octal mode");
+        return -1;
+    }
+    if ((o && (parse_long(o, 10, &pm->owner) < 0 || pm->owner < -1 || pm->owner > UINT32_MAX)) ||
+        (g && (parse_long(g, 10, &pm->group) < 0 || pm->group < -1 || pm->group > UINT32_MAX))) {
+        pool_set_error("XML error: malformed %s element", o && pm->owner == -1 ? "owner" : "group");
+        return -1;
+    }
+    pm->label = text(child(p, "label"));
+    (void)what;
+    return 0;
+}
+
+/* Drop trailing slashes and doubled slashes, as libvirt cleans paths. */
+static void clean_path(char *p)
+{
+    char *w = p;
+
+    for (char *r = p; *r; r++)
+        if (!(*r == '/' && r[1] == '/'))
+            *w++ = *r;
+    *w = 0;
+    while (w - p > 1 && w[-1] == '/')
+        *--w = 0;
+}
+
+/* <source> of a pool. */
+static int parse_source(xmlNodePtr s, struct pool_def *d)
+{
+    d->src_device = attr(child(s, "device"), "path");
+    d->src_dir = attr(child(s, "dir"), "path");
+    d->src_host = attr(child(s, "host"), "name");
+    d->src_name = text(child(s, "name"));
+    d->src_format = attr(child(s, "format"), "type");
+    if (!strcmp(d->type, "fs") && !d->src_device) {
+        pool_set_error("XML error: missing storage pool source device name");
+        return -1;
+    }
+    if (!strcmp(d->type, "netfs") && !d->src_host) {
+        pool_set_error("XML error: missing storage pool source host name");
+        return -1;
+    }
+    return 0;
+}
+
+/* The name and uuid of a pool. */
+static int parse_ident(xmlNodePtr r, struct pool_def *d)
+{
+    char *u;
+
+    d->name = text(child(r, "name"));
+    if (!d->name || !*d->name) {
+        pool_set_error("XML error: missing pool source name element");
+        return -1;
+    }
+    if (strchr(d->name, '/')) {
+        pool_set_error("XML error: name %s cannot contain '/'", d->name);
+        return -1;
+    }
+    u = text(child(r, "uuid"));
+    if (!u) {
+        make_uuid(d->uuid);
+        return 0;
+    }
+    if (parse_uuid(u, d->uuid) < 0) {
+        free(u);
+        pool_set_error("XML error: malformed uuid element");
+        return -1;
+    }
+    free(u);
+    return 0;
+}
+
+/* An unsigned number from the text of element n; 0 when absent or bad. */
+static uint64_t size_of(xmlNodePtr n)
+{
+    char *s = text(n), *end;
+    uint64_t v;
+
+    if (!s)
+        return 0;
+    errno = 0;
+    v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-')
+        v = 0;
+    free(s);
+    return v;
+}
+
+/* The sizes a live state file records (0 in definitions). */
+static void parse_sizes(xmlNodePtr r, struct pool_def *d)
+{
+    d->capacity = size_of(child(r, "capacity"));
+    d->allocation = size_of(child(r, "allocation"));
+    d->available = size_of(child(r, "available"));
+}
+
+/* The pool element's content into d. */
+static int parse_pool(xmlNodePtr r, struct pool_def *d)
+{
+    xmlNodePtr t;
+
+    d->type = attr(r, "type");
+    if (!d->type) {
+        pool_set_error("XML error: Missing required attribute 'type' in element 'pool'");
+        return -1;
+    }
+    if (!in_list(pool_types, d->type)) {
+        pool_set_error("XML error: Invalid value for attribute 'type' in element 'pool': '%s'.",
+                       d->type);
+        return -1;
+    }
+    if (parse_ident(r, d) < 0 || parse_source(child(r, "source"), d) < 0)
+        return -1;
+    t = child(r, "target");
+    d->target_path = text(child(t, "path"));
+    if (!d->target_path || !*d->target_path) {
+        pool_set_error("XML error: missing storage pool target path");
+        return -1;
+    }
+    clean_path(d->target_path);
+    parse_sizes(r, d);
+    return parse_perms(child(t, "permissions"), &d->perms, "pool");
+}
+
+struct pool_def *pool_def_parse(const char *xml, size_t len)
+{
+    xmlDocPtr doc = parse_doc(xml, len, "pool", "storage_pool_definition");
+    struct pool_def *d;
+
+    if (!doc)
+        return NULL;
+    d = calloc(1, sizeof(*d));
+    if (!d)
+        pool_oom();
+    d->perms.mode = d->perms.owner = d->perms.group = -1;
+    if (parse_pool(xmlDocGetRootElement(doc), d) < 0) {
+        pool_def_free(d);
+        d = NULL;
+    }
+    xmlFreeDoc(doc);
+    return d;
+}
+
+struct pool_def *pool_def_parse_file(const char *path)
+{
+    size_t len;
+    char *x = pool_read_file(path, &len);
+    struct pool_def *d;
+
+    if (!x)
+        return NULL;
+    d = pool_def_parse(x, len);
+    free(x);
+    return d;
+}
+
+void pool_def_free(struct pool_def *d)
+{
+    if (!d)
+        return;
+    free(d->type);
+    free(d->name);
+    free(d->target_path);
+    free(d->perms.label);
+    free(d->src_device);
+    free(d->src_dir);
+    free(d->src_host);
+    free(d->src_name);
+    free(d->src_format);
+    free(d);
+}
+
+/* strdup that keeps NULL. */
+static char *dupn(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+struct pool_def *pool_def_copy(const struct pool_def *s)
+{
+    struct pool_def *d = malloc(sizeof(*d));
+
+    if (!d)
+        pool_oom();
+    *d = *s;
+    d->type = dupn(s->type);
+    d->name = dupn(s->name);
+    d->target_path = dupn(s->target_path);
+    d->perms.label = dupn(s->perms.label);
+    d->src_device = dupn(s->src_device);
+    d->src_dir = dupn(s->src_dir);
+    d->src_host = dupn(s->src_host);
+    d->src_name = dupn(s->src_name);
+    d->src_format = dupn(s->src_format);
+    return d;
+}
+
+/* The text of b; exits when an append ran out of memory. */
+static char *buf_take(struct vd_buf *b)
+{
+    char *s = b->oom ? NULL : vd_buf_steal(b);
+
+    if (!s)
+        pool_oom();
+    return s;
+}
+
+/* Append s with XML escapes. */
+static void put_esc(struct vd_buf *b, const char *s)
+{
+    for (; *s; s++) {
+        switch (*s) {
+        case '<': vd_buf_adds(b, "&lt;"); break;
+        case '>': vd_buf_adds(b, "&gt;"); break;
+        case '&': vd_buf_adds(b, "&amp;"); break;
+        case '\'': vd_buf_adds(b, "&apos;"); break;
+        case '"': vd_buf_adds(b, "&quot;"); break;
+        default: vd_buf_addc(b, *s);
+        }
+    }
+}
+
+/* <tag>escaped text</tag> at indent. */
+static void put_elem(struct vd_buf *b, int indent, const char *tag, const char *val)
+{
+    vd_buf_printf(b, "%*s<%s>", indent, "", tag);
+    put_esc(b, val);
+    vd_buf_printf(b, "</%s>\n", tag);
+}
+
+/* <tag attr='escaped'/> at indent. */
+static void put_attr_elem(struct vd_buf *b, int indent, const char *tag,
+                          const char *an, const char *val)
+{
+    vd_buf_printf(b, "%*s<%s %s='", indent, "", tag, an);
+    put_esc(b, val);
+    vd_buf_adds(b, "'/>\n");
+}
+
+/* <permissions> with the fields that are set. */
+static void put_perms(struct vd_buf *b, int indent, const struct pool_perms *p)
+{
+    if (p->mode < 0 && p->owner < 0 && p->group < 0 && !p->label)
+        return;
+    vd_buf_printf(b, "%*s<permissions>\n", indent, "");
+    if (p->mode >= 0)
+        vd_buf_printf(b, "%*s<mode>0%lo</mode>\n", indent + 2, "", (unsigned long)p->mode);
+    if (p->owner >= 0)
+        vd_buf_printf(b, "%*s<owner>%ld</owner>\n", indent + 2, "", p->owner);
+    if (p->group >= 0)
+        vd_buf_printf(b, "%*s<group>%ld</group>\n", indent + 2, "", p->group);
+    if (p->label)
+        put_elem(b, indent + 2, "label", p->label);
+    vd_buf_printf(b, "%*s</permissions>\n", indent, "");
+}
+
+/* <source> of a pool as libvirt writes it for each type. */
+static void put_source(struct vd_buf *b, const struct pool_def *d)
+{
+    bool fs = !strcmp(d->type, "fs"), netfs = !strcmp(d->type, "netfs");
+
+    vd_buf_adds(b, "  <source>\n");
+    if (d->src_host)
+        put_attr_elem(b, 4, "host", "name", d->src_host);
+    if (d->src_device)
+        put_attr_elem(b, 4, "device", "path", d->src_device);
+    if (d->src_dir)
+        put_attr_elem(b, 4, "dir", "path", d->src_dir);
+    if (d->src_name)
+        put_elem(b, 4, "name", d->src_name);
+    if (fs || netfs || d->src_format)
+        put_attr_elem(b, 4, "format", "type", d->src_format ? d->src_format : "auto");
+    vd_buf_adds(b, "  </source>\n");
+}
+
+char *pool_def_format(const struct pool_def *d, bool with_perms)
+{
+    struct vd_buf b = {0};
+
+    vd_buf_adds(&b, "<pool type='");
+    put_esc(&b, d->type);
+    vd_buf_adds(&b, "'>\n");
+    put_elem(&b, 2, "name", d->name);
+    put_elem(&b, 2, "uuid", d->uuid);
+    vd_buf_printf(&b, "  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", d->capacity);
+    vd_buf_printf(&b, "  <allocation unit='bytes'>%" PRIu64 "</allocation>\n", d->allocation);
+    vd_buf_printf(&b, "  <available unit='bytes'>%" PRIu64 "</available>\n", d->available);
+    put_source(&b, d);
+    vd_buf_adds(&b, "  <target>\n");
+    put_elem(&b, 4, "path", d->target_path);
+    if (with_perms)
+        put_perms(&b, 4, &d->perms);
+    vd_buf_adds(&b, "  </target>\n</pool>\n");
+    return buf_take(&b);
+}
+
+int pool_scale(const char *unit, uint64_t *val, uint64_t dflt)
+{
+    uint64_t scale = dflt, base = 1024;
+    int power = 0;
+    char c;
+
+    if (unit && *unit) {
+        c = (char)tolower((unsigned char)unit[0]);
+        const char *p = strchr("bkmgtpe", c);
+        if (!p)
+            return -1;
+        power = (int)(p - "bkmgtpe");
+        if (c == 'b') {
+            if (strcmp(unit, "b") && strcmp(unit, "byte") && strcmp(unit, "bytes"))
+                return -1;
+        } else if (!unit[1] || !strcmp(unit + 1, "iB")) {
+            base = 1024;
+        } else if (!strcmp(unit + 1, "B")) {
+            base = 1000;
+        } else {
+            return -1;
+        }
+        scale = 1;
+        for (int i = 0; i < power; i++)
+            scale *= base;
+    }
+    if (scale && *val > UINT64_MAX / scale)
+        return -1;
+    *val *= scale;
+    return 0;
+}
+
+/* <capacity>/<allocation> with their unit attribute. */
+static int parse_scaled(xmlNodePtr n, uint64_t *out, const char *what)
+{
+    char *s = text(n), *u = attr(n, "unit"), *end;
+    int r = -1;
+
+    errno = 0;
+    if (s && isdigit((unsigned char)s[0])) {
+        *out = strtoull(s, &end, 10);
+        if (!errno && !*end && (r = pool_scale(u, out, 1)) < 0) {
+            pool_set_error("invalid argument: unknown suffix '%s'", u ? u : "");
+            free(s);
+            free(u);
+            return -1;
+        }
+    }
+    if (r < 0)
+        pool_set_error("XML error: malformed %s element", what);
+    free(s);
+    free(u);
+    return r;
+}
+
+/* The target element of a volume. */
+static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
+{
+    xmlNodePtr f = child(t, "features");
+
+    v->format = attr(child(t, "format"), "type");
+    if (v->format && !vol_format_known(v->format)) {
+        pool_set_error("unsupported configuration: unknown volume format type %s", v->format);
+        return -1;
+    }
+    v->compat = text(child(t, "compat"));
+    v->lazy_refcounts = child(f, "lazy_refcounts") != NULL;
+    v->extended_l2 = child(f, "extended_l2") != NULL;
+    return parse_perms(child(t, "permissions"), &v->perms, "volume");
+}
+
+struct vol_def *vol_def_parse(const char *xml, size_t len)
+{
+    xmlDocPtr doc = parse_doc(xml, len, "volume", "storage_volume_definition");
+    struct vol_def *v;
+    xmlNodePtr r, c, a, bs;
+    int rc = -1;
+
+    if (!doc)
+        return NULL;
+    v = calloc(1, sizeof(*v));
+    if (!v)
+        pool_oom();
+    r = xmlDocGetRootElement(doc);
+    v->name = text(child(r, "name"));
+    c = child(r, "capacity");
+    a = child(r, "allocation");
+    bs = child(r, "backingStore");
+    if (!v->name || !*v->name)
+        pool_set_error("XML error: missing volume name element");
+    else if (!c && !bs)
+        pool_set_error("XML error: missing capacity element");
+    else if ((!c || parse_scaled(c, &v->capacity, "capacity") == 0) &&
+             (!a || parse_scaled(a, &v->allocation, "allocation") == 0) &&
+             parse_vol_target(child(r, "target"), v) == 0)
+        rc = 0;
+    v->has_capacity = c != NULL;
+    v->has_allocation = a != NULL;
+    if (rc == 0 && bs) {
+        v->backing_path = text(child(bs, "path"));
+        v->backing_format = attr(child(bs, "format"), "type");
+    }
+    xmlFreeDoc(doc);
+    if (rc < 0) {
+        vol_def_free(v);
+        return NULL;
+    }
+    return v;
+}
+
+void vol_def_free(struct vol_def *v)
+{
+    if (!v)
+        return;
+    free(v->name);
+    free(v->key);
+    free(v->path);
+    free(v->format);
+    free(v->perms.label);
+    free(v->backing_path);
+    free(v->backing_format);
+    free(v->backing_perms.label);
+    free(v->compat);
+    free(v);
+}
+
+/* A timestamp as libvirt writes it: seconds, then .nanoseconds if any. */
+static void put_time(struct vd_buf *b, const char *tag, const struct timespec *t)
+{
+    vd_buf_printf(b, "      <%s>%lld", tag, (long long)t->tv_sec);
+    if (t->tv_nsec)
+        vd_buf_printf(b, ".%09ld", t->tv_nsec);
+    vd_buf_printf(b, "</%s>\n", tag);
+}
+
+/* <timestamps> block. */
+static void put_times(struct vd_buf *b, const struct timespec *a,
+                      const struct timespec *m, const struct timespec *c)
+{
+    vd_buf_adds(b, "    <timestamps>\n");
+    put_time(b, "atime", a);
+    put_time(b, "mtime", m);
+    put_time(b, "ctime", c);
+    vd_buf_adds(b, "      <btime>0</btime>\n");
+    vd_buf_adds(b, "    </timestamps>\n");
+}
+
+/* <backingStore> of a volume. */
+static void put_backing(struct vd_buf *b, const struct vol_def *v)
+{
+    vd_buf_adds(b, "  <backingStore>\n");
+    put_elem(b, 4, "path", v->backing_path);
+    if (v->backing_format)
+        put_attr_elem(b, 4, "format", "type", v->backing_format);
+    if (v->backing_stat) {
+        put_perms(b, 4, &v->backing_perms);
+        put_times(b, &v->batime, &v->bmtime, &v->bctime);
+    }
+    vd_buf_adds(b, "  </backingStore>\n");
+}
+
+char *vol_def_format(const struct vol_def *v)
+{
+    struct vd_buf b = {0};
+
+    vd_buf_printf(&b, "<volume type='%s'>\n", v->type);
+    put_elem(&b, 2, "name", v->name);
+    put_elem(&b, 2, "key", v->key);
+    vd_buf_printf(&b, "  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", v->capacity);
+    vd_buf_printf(&b, "  <allocation unit='bytes'>%" PRIu64 "</allocation>\n", v->allocation);
+    if (strcmp(v->type, "dir"))
+        vd_buf_printf(&b, "  <physical unit='bytes'>%" PRIu64 "</physical>\n", v->physical);
+    vd_buf_adds(&b, "  <target>\n");
+    put_elem(&b, 4, "path", v->path);
+    if (v->format)
+        put_attr_elem(&b, 4, "format", "type", v->format);
+    put_perms(&b, 4, &v->perms);
+    put_times(&b, &v->atime, &v->mtime, &v->ctime_);
+    if (v->compat)
+        put_elem(&b, 4, "compat", v->compat);
+    if (v->cluster_size)
+        vd_buf_printf(&b, "    <clusterSize unit='B'>%" PRIu64 "</clusterSize>\n",
+                      v->cluster_size);
+    if (v->lazy_refcounts || v->extended_l2) {
+        vd_buf_adds(&b, "    <features>\n");
+        if (v->lazy_refcounts)
+            vd_buf_adds(&b, "      <lazy_refcounts/>\n");
+        if (v->extended_l2)
+            vd_buf_adds(&b, "      <extended_l2/>\n");
+        vd_buf_adds(&b, "    </features>\n");
+    }
+    vd_buf_adds(&b, "  </target>\n");
+    if (v->backing_path)
+        put_backing(&b, v);
+    vd_buf_adds(&b, "</volume>\n");
+    return buf_take(&b);
+}
