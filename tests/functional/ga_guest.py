@@ -39,11 +39,15 @@ GROUP = "root:x:0:\ntester:x:1000:\n"
 # the host reads them) and does what they ask.
 SHUTDOWN = r'''#!/bin/sh
 echo "guest-shutdown-args: $*" >/dev/console
-case $1 in
-    -P) exec poweroff -f ;;
-    -H) exec halt -f ;;
-    -r) exec reboot -f ;;
-esac
+what=
+for arg; do
+    case $arg in
+        -P) what=poweroff ;;
+        -H) what=halt ;;
+        -r) what=reboot ;;
+    esac
+done
+[ -n "$what" ] && exec $what -f
 exit 1
 '''
 
@@ -118,6 +122,7 @@ class GaGuest:
                                       MODULES,
                                       devices, qmp=True)
         self.qmp = self.v = self.q = None
+        self.down = False       # set by a test that shut the guest down
         self.setup()
 
     def sock(self, key):
@@ -189,6 +194,13 @@ class GaGuest:
             assert dev, "no disk with serial %s in the guest: %s" % (serial, out)
             found[name] = dev
         return found
+
+    def live(self):
+        """The guest, booted again first if a test shut it down."""
+        if self.down:
+            self.down = False
+            self.restart()
+        return self
 
     def restart(self):
         """Boot again (after a shutdown) and start the agents again."""
