@@ -6,10 +6,13 @@
  * address as qemu-ga reads them from the sysfs path. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/nvme_ioctl.h>
+#include <sys/ioctl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -205,6 +208,67 @@ vd_json *ga_disk_address(const char *syspath, const char *name)
     return a;
 }
 
+#define NVME_ADMIN_GET_LOG_PAGE 0x02
+#define NVME_LOG_SMART 0x02
+#define NVME_SMART_LOG_SIZE 512
+
+/* A little-endian 64-bit value at p. */
+static uint64_t le64_at(const unsigned char *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The SMART / health log of an NVMe namespace's controller (Get Log Page
+ * over the admin passthrough ioctl) as qemu-ga reports it, or NULL. */
+static vd_json *nvme_smart(const char *name)
+{
+    static const struct { const char *key; unsigned off; } wide[] = {
+        { "data-units-read", 32 }, { "data-units-written", 48 },
+        { "host-read-commands", 64 }, { "host-write-commands", 80 },
+        { "controller-busy-time", 96 }, { "power-cycles", 112 },
+        { "power-on-hours", 128 }, { "unsafe-shutdowns", 144 },
+        { "media-errors", 160 }, { "number-of-error-log-entries", 176 },
+    };
+    unsigned char log[NVME_SMART_LOG_SIZE] = { 0 };
+    struct nvme_admin_cmd cmd = { 0 };
+    char dev[300];
+    vd_json *o;
+    int fd, r;
+
+    snprintf(dev, sizeof(dev), "/dev/%s", name);
+    fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    cmd.opcode = NVME_ADMIN_GET_LOG_PAGE;
+    cmd.nsid = 0xffffffffu;
+    cmd.addr = (uint64_t)(uintptr_t)log;
+    cmd.data_len = sizeof(log);
+    cmd.cdw10 = NVME_LOG_SMART | ((sizeof(log) / 4 - 1) << 16);
+    r = ioctl(fd, NVME_IOCTL_ADMIN_CMD, &cmd);
+    close(fd);
+    if (r != 0)
+        return NULL;
+    o = vd_json_new_object();
+    vd_json_set_str(o, "type", "nvme");
+    vd_json_set_int(o, "critical-warning", log[0]);
+    vd_json_set_int(o, "temperature", log[1] | log[2] << 8);
+    vd_json_set_int(o, "available-spare", log[3]);
+    vd_json_set_int(o, "available-spare-threshold", log[4]);
+    vd_json_set_int(o, "percentage-used", log[5]);
+    for (size_t i = 0; i < sizeof(wide) / sizeof(wide[0]); i++) {
+        char k[64];
+        snprintf(k, sizeof(k), "%s-lo", wide[i].key);
+        vd_json_set_uint(o, k, le64_at(log + wide[i].off));
+        snprintf(k, sizeof(k), "%s-hi", wide[i].key);
+        vd_json_set_uint(o, k, le64_at(log + wide[i].off + 8));
+    }
+    return o;
+}
+
 /* Walk a block device's sysfs directory: slaves first (device mapper),
  * then the disk itself (a partition's parent directory is its disk). */
 static void add_disks(vd_json *list, const char *syspath, int depth)
@@ -318,8 +382,13 @@ static void disk_entries(vd_json *out, const char *name)
     snprintf(path, sizeof(path), "/sys/block/%s/slaves", name);
     vd_json_set(o, "dependencies", dev_names(path));
     snprintf(path, sizeof(path), "/sys/block/%s", name);
-    if (realpath(path, real) && (a = ga_disk_address(real, name)))
+    if (realpath(path, real) && (a = ga_disk_address(real, name))) {
+        const char *bus = vd_json_str(vd_json_get(a, "bus-type"));
+        vd_json *smart = bus && strcmp(bus, "nvme") == 0 ? nvme_smart(name) : NULL;
+        if (smart)
+            vd_json_set(o, "smart", smart);
         vd_json_set(o, "address", a);
+    }
     if (block_attr(name, "dm/name", buf, sizeof(buf)))
         vd_json_set_str(o, "alias", buf);
     vd_json_append(out, o);
