@@ -14,7 +14,9 @@ stderr.  One guest per session (per xdist worker that needs one), started
 at first use, powered off at the end: mark the tests that use it
 @pytest.mark.xdist_group("guest") (scripts/check runs --dist loadgroup)
 so they all go to one worker.  Tests of another kernel feature add its
-modules to GUEST_MODULES and its programs to guest_programs()."""
+modules to GUEST_MODULES and its programs to guest_programs().  Another
+configuration (more devices, a QMP socket, see Guest) gets its own
+session fixture and xdist group, as ga_guest.py does."""
 import glob
 import itertools
 import lzma
