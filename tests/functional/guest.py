@@ -14,7 +14,9 @@ stderr.  One guest per session (per xdist worker that needs one), started
 at first use, powered off at the end: mark the tests that use it
 @pytest.mark.xdist_group("guest") (scripts/check runs --dist loadgroup)
 so they all go to one worker.  Tests of another kernel feature add its
-modules to GUEST_MODULES and its programs to guest_programs()."""
+modules to GUEST_MODULES and its programs to guest_programs().  Another
+configuration (more devices, a QMP socket, see Guest) gets its own
+session fixture and xdist group, as ga_guest.py does."""
 import glob
 import itertools
 import lzma
@@ -220,9 +222,15 @@ class KvmProbe:
 class Guest:
     """The QEMU process and its control folder."""
 
-    def __init__(self, share, workdir, programs, modules):
+    def __init__(self, share, workdir, programs, modules, devices=(), qmp=False):
         self.share, self.workdir = str(share), str(workdir)
         self.programs, self.modules = programs, BASE_MODULES + list(modules)
+        # QEMU arguments added for this configuration (disks, chardevs).
+        self.devices = list(devices)
+        # With qmp, a QMP socket (self.qmp_path) and a guest that stays
+        # paused at power-off and reboot, for a Qmp client to see why.
+        self.qmp_path = os.path.join(self.workdir, "qmp.sock") if qmp else None
+        self.kernel = self.initrd = None
         self.ctl = tempfile.mkdtemp(prefix="guest-ctl-", dir=self.workdir)
         self.console = os.path.join(self.workdir, "console.log")
         self.accel, self.slow = None, 1
@@ -255,7 +263,14 @@ class Guest:
                 "-serial", "file:" + self.console, "-monitor", "none",
                 "-fsdev", "local,id=share,security_model=none,path="
                           + self.share.replace(",", ",,"),
-                "-device", "virtio-9p-pci,fsdev=share,mount_tag=vdisk"]
+                "-device", "virtio-9p-pci,fsdev=share,mount_tag=vdisk"] + self.extra_args()
+
+    def extra_args(self):
+        args = list(self.devices)
+        if self.qmp_path:
+            args += ["-qmp", "unix:%s,server=on,wait=off" % self.qmp_path,
+                     "-action", "shutdown=pause"]
+        return args
 
     def start(self):
         """Boot: with KVM when /dev/kvm is there and works (a guest up in
@@ -287,6 +302,7 @@ class Guest:
                 t0 = time.monotonic()
                 if self.boot(kernel, initrd, accel, accel == "kvm" and not forced):
                     self.boot_seconds = time.monotonic() - t0
+                    self.kernel, self.initrd = kernel, initrd
                     return
                 why.append("%s %s: %s\n%s" % (accel, kernel, self.qemu_log(),
                                                self.console_tail()))
@@ -306,6 +322,10 @@ class Guest:
         """Start QEMU and wait for the agent: True, or False with QEMU
         stopped.  probe: give up early if the kernel does not start."""
         t0 = time.monotonic()
+        try:
+            os.unlink(os.path.join(self.ctl, "ready"))     # a former boot's
+        except OSError:
+            pass
         with open(os.path.join(self.workdir, "qemu.log"), "w") as log:
             self.proc = subprocess.Popen(self.qemu_args(vmlinuz, initrd, accel),
                                          stdin=subprocess.DEVNULL, stdout=log,
@@ -354,9 +374,26 @@ class Guest:
         """Run the shell script in the guest: CompletedProcess."""
         return self.spawn(script, timeout, text).wait()
 
+    def kill(self):
+        """Stop QEMU at once (a guest that shut down or hangs)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait()
+
+    def restart(self):
+        """Kill QEMU and boot the same kernel and initramfs again (after a
+        test that shut the guest down): the guest's own files are new."""
+        self.kill()
+        if not self.boot(self.kernel, self.initrd, self.accel, False):
+            raise GuestError("the guest did not boot again: %s\n%s"
+                             % (self.qemu_log(), self.console_tail()))
+
     def close(self):
         if self.proc is None:
             return
+        if self.qmp_path:
+            self.kill()         # it would stay paused after a power-off
         if self.proc.poll() is None:
             try:
                 self.spawn("poweroff -f", 10)
@@ -381,11 +418,12 @@ def skip_without_guest(modules):
         pytest.skip(msg)
 
 
-def start_guest(tmp_path_factory, programs, modules):
-    """A started Guest sharing the session's temporary folder."""
+def start_guest(tmp_path_factory, programs, modules, devices=(), qmp=False):
+    """A started Guest sharing the session's temporary folder (see Guest
+    for devices and qmp)."""
     skip_without_guest(modules)
     g = Guest(tmp_path_factory.getbasetemp(), tmp_path_factory.mktemp("guest"),
-              programs, modules)
+              programs, modules, devices, qmp)
     g.start()
     return g
 
@@ -407,3 +445,75 @@ def guest(tmp_path_factory):
     print("test guest up in %.1f s (%s)" % (g.boot_seconds, g.accel))
     yield g
     g.close()
+
+
+class Qmp:
+    """A client of a guest's QMP socket (Guest(qmp=True)): commands, and the
+    events QEMU sends, kept in order."""
+
+    def __init__(self, path, timeout=60):
+        import json
+        import socket
+        self.json = json
+        end = time.monotonic() + timeout
+        while True:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                break
+            except OSError:
+                s.close()
+                if time.monotonic() > end:
+                    raise GuestError("no QMP socket at %s" % path)
+                time.sleep(0.02)
+        s.settimeout(timeout)
+        self.sock, self.buf, self.timeout = s, b"", timeout
+        self.events = []
+        self.read()                                     # the greeting
+        self.command("qmp_capabilities")
+
+    def read(self):
+        """One message (socket.timeout when none comes in time)."""
+        while b"\n" not in self.buf:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise GuestError("QMP closed the connection")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return self.json.loads(line)
+
+    def command(self, name, **arguments):
+        """The command's "return"; events read meanwhile are kept."""
+        self.sock.settimeout(self.timeout)
+        req = {"execute": name}
+        if arguments:
+            req["arguments"] = arguments
+        self.sock.sendall(self.json.dumps(req).encode() + b"\n")
+        while True:
+            msg = self.read()
+            if "event" in msg:
+                self.events.append(msg)
+            elif "error" in msg:
+                raise GuestError("QMP %s: %s" % (name, msg["error"]))
+            else:
+                return msg["return"]
+
+    def event(self, name, timeout=60):
+        """Wait for the next event called name (or one already kept): the
+        event, removed from the kept ones with those before it."""
+        end = time.monotonic() + timeout
+        while True:
+            for i, ev in enumerate(self.events):
+                if ev["event"] == name:
+                    del self.events[:i + 1]
+                    return ev
+            self.sock.settimeout(max(0.1, end - time.monotonic()))
+            try:
+                msg = self.read()
+            except TimeoutError:
+                raise GuestError("no QMP event %s within %d s" % (name, timeout))
+            if "event" in msg:
+                self.events.append(msg)
+
+    def close(self):
+        self.sock.close()

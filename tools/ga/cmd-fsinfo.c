@@ -1,15 +1,18 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
 /* guest-get-fsinfo: the block-backed mounts (last mounted first) with
  * their usage and the disks under them, found through sysfs: partitions
- * lead to their disk, device-mapper devices to their slaves, and a
- * virtio-blk disk on PCI gets its PCI address.  Other buses (SCSI, IDE,
- * SATA, NVMe, CCW) are listed with an empty disk list. */
+ * lead to their disk, device-mapper devices to their slaves, and a disk
+ * behind a PCI storage controller gets its bus type, numbers and PCI
+ * address as qemu-ga reads them from the sysfs path. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/nvme_ioctl.h>
+#include <sys/ioctl.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -17,20 +20,122 @@
 
 #define MAX_DEPTH 8
 
-/* The PCI address in a sysfs path: the last ".../DDDD:BB:SS.F/" before
- * the virtio node; false when the path has none. */
-static bool pci_address(const char *path, unsigned v[4])
+/* The driver bound to the sysfs device directory path[0..len), or "". */
+static void driver_of(const char *path, size_t len, char *out, size_t size)
 {
-    const char *virtio = strstr(path, "/virtio"), *p = NULL;
+    char link[PATH_MAX + 16], target[PATH_MAX];
+    ssize_t n;
+    const char *base;
 
-    if (!virtio)
+    out[0] = 0;
+    if (len >= PATH_MAX)
+        return;
+    snprintf(link, sizeof(link), "%.*s/driver", (int)len, path);
+    n = readlink(link, target, sizeof(target) - 1);
+    if (n < 0)
+        return;
+    target[n] = 0;
+    base = strrchr(target, '/');
+    snprintf(out, size, "%s", base ? base + 1 : target);
+}
+
+static bool known_driver(const char *d)
+{
+    static const char *const known[] = { "ata_piix", "sym53c8xx", "virtio-pci", "ahci", "nvme" };
+
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (strcmp(d, known[i]) == 0)
+            return true;
+    return false;
+}
+
+/* Walk down the PCI functions of a sysfs path ("/devices/pciDDDD:BB/"
+ * then DDDD:BB:SS.F components, bridges first) to the first one bound to
+ * a storage driver qemu-ga knows: its address in v and its driver. */
+static bool pci_controller(const char *path, unsigned v[4], char *driver, size_t size)
+{
+    const char *p = strstr(path, "/devices/pci");
+    int n = 0;
+
+    if (!p || sscanf(p + 12, "%*x:%*x/%x:%x:%x.%x%n", &v[0], &v[1], &v[2], &v[3], &n) < 4)
         return false;
-    for (const char *q = path; q < virtio; q++)
-        if (*q == '/' && sscanf(q + 1, "%x:%x:%x.%x", &v[0], &v[1], &v[2], &v[3]) == 4)
-            p = q;
-    if (!p)
-        return false;
-    return sscanf(p + 1, "%x:%x:%x.%x", &v[0], &v[1], &v[2], &v[3]) == 4;
+    p += 12 + n;
+    for (;;) {
+        driver_of(path, (size_t)(p - path), driver, size);
+        if (known_driver(driver))
+            return true;
+        n = 0;
+        if (sscanf(p, "/%x:%x:%x.%x%n", &v[0], &v[1], &v[2], &v[3], &n) != 4 || n == 0)
+            return false;
+        p += n;
+    }
+}
+
+/* The rank of host (or ata port) number num among the hostN (ataN)
+ * entries of the directory dir[0..len); -1 if it is not there. */
+static int host_rank(const char *dir, size_t len, bool ata, unsigned num)
+{
+    char path[PATH_MAX];
+    struct dirent *de;
+    int below = 0;
+    bool seen = false;
+    DIR *d;
+
+    if (len >= sizeof(path))
+        return -1;
+    snprintf(path, sizeof(path), "%.*s", (int)len, dir);
+    d = opendir(path);
+    if (!d)
+        return -1;
+    while ((de = readdir(d))) {
+        unsigned k;
+        if (sscanf(de->d_name, ata ? "ata%u" : "host%u", &k) != 1)
+            continue;
+        if (k < num)
+            below++;
+        seen |= k == num;
+    }
+    closedir(d);
+    return seen ? below : -1;
+}
+
+/* Fill the bus type and numbers of a disk at sysfs path under a PCI
+ * controller (driver): false when the path does not fit the driver. */
+static bool disk_bus(const char *path, const char *driver, vd_json *a)
+{
+    const char *t = strstr(path, "/target"), *h;
+    unsigned tgt[3], host;
+    bool has_tgt = t && sscanf(t + 7, "%*u:%*u:%*u/%*u:%u:%u:%u", &tgt[0], &tgt[1], &tgt[2]) == 3;
+    bool ata = (h = strstr(path, "/ata")) != NULL;
+    int rank = -1;
+
+    if (!ata)
+        h = strstr(path, "/host");
+    if (h && sscanf(h + (ata ? 4 : 5), "%u", &host) == 1)
+        rank = host_rank(path, (size_t)(h - path), ata, host);
+    if (strcmp(driver, "ata_piix") == 0) {
+        if (!has_tgt || rank < 0)
+            return false;
+        vd_json_set_str(a, "bus-type", "ide");
+        vd_json_set_int(a, "bus", rank);
+        vd_json_set_int(a, "unit", tgt[1]);
+    } else if (strcmp(driver, "sym53c8xx") == 0) {
+        if (!has_tgt)
+            return false;
+        vd_json_set_str(a, "bus-type", "scsi");
+        vd_json_set_int(a, "unit", tgt[1]);
+    } else if (strcmp(driver, "virtio-pci") == 0) {
+        vd_json_set_str(a, "bus-type", has_tgt ? "scsi" : "virtio");
+        vd_json_set_int(a, "unit", has_tgt ? tgt[2] : 0);
+    } else if (strcmp(driver, "ahci") == 0) {
+        if (!has_tgt || rank < 0)
+            return false;
+        vd_json_set_str(a, "bus-type", "sata");
+        vd_json_set_int(a, "unit", rank);
+    } else {
+        vd_json_set_str(a, "bus-type", "nvme");
+    }
+    return true;
 }
 
 /* The disk's ID_SERIAL from the udev database (what libudev reports;
@@ -64,31 +169,104 @@ static bool udev_serial(const char *name, char *out, size_t size)
     return found;
 }
 
-/* See cmds.h: the address of a whole disk (sysfs path, name), or NULL. */
+/* See cmds.h: the address of a whole disk (sysfs path, name) as
+ * qemu-ga gives it: the bus from the PCI controller's driver, "unknown"
+ * with a PCI address of -1s for other devices (the device node is always
+ * known). */
 vd_json *ga_disk_address(const char *syspath, const char *name)
 {
-    char serial[256], path[PATH_MAX + 32];
+    char serial[256], path[PATH_MAX + 32], driver[64];
     unsigned v[4];
     vd_json *a, *pci;
+    bool known;
 
-    if (!strstr(syspath, "/virtio") || !pci_address(syspath, v))
-        return NULL;
+    if (strstr(syspath, "/devices/virtual/block/"))
+        return NULL;                    /* loop, dm, ...: no address */
     a = vd_json_new_object();
     pci = vd_json_new_object();
-    vd_json_set_int(pci, "domain", v[0]);
-    vd_json_set_int(pci, "bus", v[1]);
-    vd_json_set_int(pci, "slot", v[2]);
-    vd_json_set_int(pci, "function", v[3]);
-    vd_json_set(a, "pci-controller", pci);
-    vd_json_set_str(a, "bus-type", "virtio");
+    known = pci_controller(syspath, v, driver, sizeof(driver));
+
     vd_json_set_int(a, "bus", 0);
     vd_json_set_int(a, "target", 0);
-    vd_json_set_int(a, "unit", 0);
+    if (!known || !disk_bus(syspath, driver, a)) {
+        vd_json_set_str(a, "bus-type", "unknown");
+        vd_json_set_int(a, "unit", 0);
+        for (int i = 0; i < 4; i++)
+            v[i] = UINT_MAX;
+    }
+    if (!vd_json_get(a, "unit"))
+        vd_json_set_int(a, "unit", 0);
+    vd_json_set_int(pci, "domain", v[0] == UINT_MAX ? -1 : (int64_t)v[0]);
+    vd_json_set_int(pci, "bus", v[1] == UINT_MAX ? -1 : (int64_t)v[1]);
+    vd_json_set_int(pci, "slot", v[2] == UINT_MAX ? -1 : (int64_t)v[2]);
+    vd_json_set_int(pci, "function", v[3] == UINT_MAX ? -1 : (int64_t)v[3]);
+    vd_json_set(a, "pci-controller", pci);
     if (udev_serial(name, serial, sizeof(serial)))
         vd_json_set_str(a, "serial", serial);
     snprintf(path, sizeof(path), "/dev/%s", name);
     vd_json_set_str(a, "dev", path);
     return a;
+}
+
+#define NVME_ADMIN_GET_LOG_PAGE 0x02
+#define NVME_LOG_SMART 0x02
+#define NVME_SMART_LOG_SIZE 512
+
+/* A little-endian 64-bit value at p. */
+static uint64_t le64_at(const unsigned char *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* The SMART / health log of an NVMe namespace's controller (Get Log Page
+ * over the admin passthrough ioctl) as qemu-ga reports it, or NULL. */
+static vd_json *nvme_smart(const char *name)
+{
+    static const struct { const char *key; unsigned off; } wide[] = {
+        { "data-units-read", 32 }, { "data-units-written", 48 },
+        { "host-read-commands", 64 }, { "host-write-commands", 80 },
+        { "controller-busy-time", 96 }, { "power-cycles", 112 },
+        { "power-on-hours", 128 }, { "unsafe-shutdowns", 144 },
+        { "media-errors", 160 }, { "number-of-error-log-entries", 176 },
+    };
+    unsigned char log[NVME_SMART_LOG_SIZE] = { 0 };
+    struct nvme_admin_cmd cmd = { 0 };
+    char dev[300];
+    vd_json *o;
+    int fd, r;
+
+    snprintf(dev, sizeof(dev), "/dev/%s", name);
+    fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    cmd.opcode = NVME_ADMIN_GET_LOG_PAGE;
+    cmd.nsid = 0xffffffffu;
+    cmd.addr = (uint64_t)(uintptr_t)log;
+    cmd.data_len = sizeof(log);
+    cmd.cdw10 = NVME_LOG_SMART | ((sizeof(log) / 4 - 1) << 16);
+    r = ioctl(fd, NVME_IOCTL_ADMIN_CMD, &cmd);
+    close(fd);
+    if (r != 0)
+        return NULL;
+    o = vd_json_new_object();
+    vd_json_set_str(o, "type", "nvme");
+    vd_json_set_int(o, "critical-warning", log[0]);
+    vd_json_set_int(o, "temperature", log[1] | log[2] << 8);
+    vd_json_set_int(o, "available-spare", log[3]);
+    vd_json_set_int(o, "available-spare-threshold", log[4]);
+    vd_json_set_int(o, "percentage-used", log[5]);
+    for (size_t i = 0; i < sizeof(wide) / sizeof(wide[0]); i++) {
+        char k[64];
+        snprintf(k, sizeof(k), "%s-lo", wide[i].key);
+        vd_json_set_uint(o, k, le64_at(log + wide[i].off));
+        snprintf(k, sizeof(k), "%s-hi", wide[i].key);
+        vd_json_set_uint(o, k, le64_at(log + wide[i].off + 8));
+    }
+    return o;
 }
 
 /* Walk a block device's sysfs directory: slaves first (device mapper),
@@ -204,8 +382,13 @@ static void disk_entries(vd_json *out, const char *name)
     snprintf(path, sizeof(path), "/sys/block/%s/slaves", name);
     vd_json_set(o, "dependencies", dev_names(path));
     snprintf(path, sizeof(path), "/sys/block/%s", name);
-    if (realpath(path, real) && (a = ga_disk_address(real, name)))
+    if (realpath(path, real) && (a = ga_disk_address(real, name))) {
+        const char *bus = vd_json_str(vd_json_get(a, "bus-type"));
+        vd_json *smart = bus && strcmp(bus, "nvme") == 0 ? nvme_smart(name) : NULL;
+        if (smart)
+            vd_json_set(o, "smart", smart);
         vd_json_set(o, "address", a);
+    }
     if (block_attr(name, "dm/name", buf, sizeof(buf)))
         vd_json_set_str(o, "alias", buf);
     vd_json_append(out, o);

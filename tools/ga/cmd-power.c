@@ -76,7 +76,8 @@ void ga_cmd_shutdown(const vd_json *args, vd_json **ret, struct ga_err *e)
         return;
     }
     ga_log("info", "guest-shutdown called, mode: %s", mode);
-    char *argv[] = { "shutdown", (char *)flag, "+0", "hypervisor initiated shutdown", NULL };
+    char *argv[] = { "shutdown", "-h", (char *)flag, "+0", "hypervisor initiated shutdown",
+                     NULL };
     int st = run_tool(SHUTDOWN_PATH, argv, e);
     if (st > 0)
         ga_error(e, "child process has failed to shutdown");

@@ -168,7 +168,7 @@ static bool make_dir(const char *dir, const struct passwd *p, struct ga_err *e)
 }
 
 /* guest-ssh-get-authorized-keys: the lines that are neither empty nor
- * comments. */
+ * comments, last line first as qemu-ga lists them. */
 void ga_cmd_ssh_get_keys(const vd_json *args, vd_json **ret, struct ga_err *e)
 {
     struct passwd *p = user(args, e);
@@ -185,7 +185,7 @@ void ga_cmd_ssh_get_keys(const vd_json *args, vd_json **ret, struct ga_err *e)
         return;
     }
     keys = vd_json_new_array();
-    for (size_t i = 0; i < l.n; i++)
+    for (size_t i = l.n; i-- > 0;)
         if (l.v[i][0] && l.v[i][0] != '#')
             vd_json_append(keys, vd_json_new_string(l.v[i]));
     lines_free(&l);

@@ -51,6 +51,9 @@ vd_json *ga_disk_address(const char *syspath, const char *name);
 /* cmd-power.c */
 ga_handler ga_cmd_shutdown, ga_cmd_set_time, ga_cmd_set_user_password;
 
+/* cmd-suspend.c */
+ga_handler ga_cmd_suspend_disk, ga_cmd_suspend_ram, ga_cmd_suspend_hybrid;
+
 /* cmd-ssh.c */
 ga_handler ga_cmd_ssh_get_keys, ga_cmd_ssh_add_keys, ga_cmd_ssh_remove_keys;
 
