@@ -75,7 +75,7 @@ static const char *const bd_events[] = {
     "amend_header", "amend_zero_alloc", "amend_zero_write", "amend_inactive_l2_write",
     "amend_downgrade_header", "amend_refblock_alloc", "amend_reftable_alloc",
     "amend_refblock_write", "amend_reftable_write", "amend_refcount_header",
-    "amend_refcount_free_old", NULL,
+    "amend_refcount_free_old", "amend_keyslots", "crypt_header", NULL,
 };
 
 static const char *const bd_iotypes[] = {
