@@ -111,6 +111,10 @@ void vd_wipe(void *p, size_t len);
  * vd_secret_free.  -errno with QEMU's message (never the secret). */
 int vd_secret_get(const char *id, uint8_t **data, size_t *len);
 void vd_secret_free(uint8_t *data, size_t len);
+/* The value of secret id as a C string (refused when it holds a NUL, with
+ * QEMU's message); release with vd_secret_free_text. */
+int vd_secret_get_text(const char *id, char **out);
+void vd_secret_free_text(char *s);
 /* Check that a secret object's properties give a value (at --object). */
 struct vd_opts;
 int vd_secret_check(const struct vd_opts *o);

@@ -198,6 +198,29 @@ void vd_secret_free(uint8_t *data, size_t len)
     free(data);
 }
 
+int vd_secret_get_text(const char *id, char **out)
+{
+    uint8_t *data;
+    size_t len;
+    int r = vd_secret_get(id, &data, &len);
+
+    *out = NULL;
+    if (r < 0)
+        return r;
+    if (memchr(data, 0, len)) {
+        vd_secret_free(data, len);
+        return vd_error(EINVAL, "Data from secret %s is not valid UTF-8", id);
+    }
+    *out = (char *)data;
+    return 0;
+}
+
+void vd_secret_free_text(char *s)
+{
+    if (s)
+        vd_secret_free((uint8_t *)s, strlen(s));
+}
+
 /* Check that the secret object o loads (called when it is added, where
  * QEMU reports a bad secret). */
 int vd_secret_check(const vd_opts *o)

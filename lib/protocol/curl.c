@@ -15,12 +15,11 @@
 #include <time.h>
 
 #include <curl/curl.h>
-#include <gnutls/gnutls.h>
 
+#include "crypto/crypto.h"
 #include "util/checked.h"
 #include "util/json.h"
 #include "vdisk/driver.h"
-#include "vdisk/object.h"
 
 #define CURL_HANDLES 8                 /* transfers in flight per node */
 #define CURL_DEFAULT_READAHEAD (256u << 10)
@@ -88,83 +87,6 @@ static int curl_parse_filename(const char *name, vd_opts *o)
     return 0;
 }
 
-/* Decode base64 text in place into *val (its length in *len). */
-static int decode_base64(const char *id, char **val, size_t *len)
-{
-    gnutls_datum_t in = { (unsigned char *)*val, (unsigned)*len }, out = { NULL, 0 };
-    char *p;
-
-    if (gnutls_base64_decode2(&in, &out) < 0)
-        return vd_error(EINVAL, "Invalid base64 data in secret '%s'", id);
-    if (!(p = malloc(out.size + 1))) {
-        gnutls_free(out.data);
-        return vd_error(ENOMEM, "out of memory");
-    }
-    memcpy(p, out.data, out.size);
-    p[out.size] = '\0';
-    gnutls_free(out.data);
-    free(*val);
-    *val = p;
-    *len = strlen(p);
-    return 0;
-}
-
-/* The whole of a small secret file (a trailing newline kept, as QEMU). */
-static char *read_secret_file(const char *id, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char *val;
-    size_t n;
-
-    if (!f)
-        return vd_error(errno, "Unable to read %s: %s", path, strerror(errno)), NULL;
-    if (!(val = calloc(1, 65537))) {
-        fclose(f);
-        return vd_error(ENOMEM, "out of memory"), NULL;
-    }
-    n = fread(val, 1, 65536, f);
-    if (!feof(f)) {
-        free(val);
-        val = NULL;
-        vd_error(EFBIG, "secret '%s': file %s is too large", id, path);
-    }
-    fclose(f);
-    (void)n;
-    return val;
-}
-
-/* The value of the secret object id (data= or file=, raw or base64). */
-static char *secret_value(const char *id)
-{
-    const vd_opts *ob = vd_object_find(id);
-    const char *data, *file, *format, *type;
-    char *val;
-    size_t len;
-
-    if (!ob)
-        return vd_error(ENOENT, "No secret with id '%s'", id), NULL;
-    type = vd_opts_get(ob, "qom-type");
-    if (!type || strcmp(type, "secret"))
-        return vd_error(EINVAL, "Object with id '%s' is not a secret", id), NULL;
-    if (vd_opts_get(ob, "keyid"))
-        return vd_error(ENOTSUP, "secret '%s': keyid (an encrypted secret) is not supported",
-                        id), NULL;
-    data = vd_opts_get(ob, "data");
-    file = vd_opts_get(ob, "file");
-    format = vd_opts_get(ob, "format");
-    if (!data && !file)
-        return vd_error(EINVAL, "Either 'file' or 'data' must be provided"), NULL;
-    val = data ? strdup(data) : read_secret_file(id, file);
-    if (!val)
-        return data ? (vd_error(ENOMEM, "out of memory"), NULL) : NULL;
-    len = strlen(val);
-    if (format && !strcmp(format, "base64") && decode_base64(id, &val, &len) < 0) {
-        free(val);
-        return NULL;
-    }
-    return val;
-}
-
 /* *out = a copy of option key (NULL when absent). */
 static int opt_str(const vd_opts *o, const char *key, char **out)
 {
@@ -182,9 +104,7 @@ static int opt_secret(const vd_opts *o, const char *key, char **out)
     const char *id = vd_opts_get(o, key);
 
     *out = NULL;
-    if (id && !(*out = secret_value(id)))
-        return -EINVAL;
-    return 0;
+    return id ? vd_secret_get_text(id, out) : 0;
 }
 
 /* Numbers and flags: readahead, timeout, sslverify (QEMU's checks). */
@@ -799,14 +719,6 @@ static int curl_open(vd_node *n, vd_opts *opts, int flags)
     return 0;
 }
 
-/* Overwrite and free a secret string. */
-static void free_secret(char *p)
-{
-    if (p)
-        explicit_bzero(p, strlen(p));
-    free(p);
-}
-
 /* Stop the thread, free the handles and buffers. */
 static void curl_close(vd_node *n)
 {
@@ -830,11 +742,11 @@ static void curl_close(vd_node *n)
     for (int i = 0; i < CURL_CACHE_SLOTS; i++)
         free(s->cache[i].data);
     free(s->url);
-    free_secret(s->cookie);
+    vd_secret_free_text(s->cookie);
     free(s->user);
-    free_secret(s->password);
+    vd_secret_free_text(s->password);
     free(s->proxy_user);
-    free_secret(s->proxy_password);
+    vd_secret_free_text(s->proxy_password);
     if (s->locks_init) {
         pthread_mutex_destroy(&s->lock);
         pthread_mutex_destroy(&s->cache_lock);

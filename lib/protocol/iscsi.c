@@ -16,6 +16,7 @@
 #include <iscsi/iscsi.h>
 #include <iscsi/scsi-lowlevel.h>
 
+#include "crypto/crypto.h"
 #include "util/checked.h"
 #include "util/json.h"
 #include "vdisk/driver.h"
@@ -92,49 +93,6 @@ out:
     return r;
 }
 
-/* The value of the secret object id (data= only, raw or base64). */
-static char *secret_value(const char *id)
-{
-    const vd_opts *ob = vd_object_find(id);
-    const char *type, *data, *file, *format;
-
-    if (!ob)
-        return vd_error(ENOENT, "No secret with id '%s'", id), NULL;
-    type = vd_opts_get(ob, "qom-type");
-    if (!type || strcmp(type, "secret"))
-        return vd_error(EINVAL, "Object with id '%s' is not a secret", id), NULL;
-    if (vd_opts_get(ob, "keyid"))
-        return vd_error(ENOTSUP, "secret '%s': keyid (an encrypted secret) is not supported",
-                        id), NULL;
-    data = vd_opts_get(ob, "data");
-    file = vd_opts_get(ob, "file");
-    format = vd_opts_get(ob, "format");
-    if (format && !strcmp(format, "base64"))
-        return vd_error(ENOTSUP, "secret '%s': base64 secrets are not supported for iSCSI",
-                        id), NULL;
-    if (data)
-        return strdup(data);
-    if (!file)
-        return vd_error(EINVAL, "Either 'file' or 'data' must be provided"), NULL;
-    FILE *f = fopen(file, "rb");
-    char *val;
-    if (!f)
-        return vd_error(errno, "Unable to read %s: %s", file, strerror(errno)), NULL;
-    if (!(val = calloc(1, 4097))) {
-        fclose(f);
-        return vd_error(ENOMEM, "out of memory"), NULL;
-    }
-    size_t n = fread(val, 1, 4096, f);
-    bool big = !feof(f);
-    fclose(f);
-    if (big) {
-        free(val);
-        return vd_error(EFBIG, "secret '%s': file %s is too large", id, file), NULL;
-    }
-    val[n] = '\0';
-    return val;
-}
-
 /* *out = a copy of option key, or NULL. */
 static int opt_str(const vd_opts *o, const char *key, char **out)
 {
@@ -159,13 +117,13 @@ static int parse_chap(struct iscsi_state *s, const vd_opts *o)
         return vd_error(EINVAL, "'password' and 'password-secret' properties are mutually "
                         "exclusive");
     if (secret)
-        s->password = secret_value(secret);
+        r = vd_secret_get_text(secret, &s->password);
     else if (!pw)
         return vd_error(EINVAL, "CHAP username specified but no password was given");
-    else
-        s->password = strdup(pw);
-    if (!s->password)
-        return secret ? -EINVAL : vd_error(ENOMEM, "out of memory");
+    else if (!(s->password = strdup(pw)))
+        r = vd_error(ENOMEM, "out of memory");
+    if (r < 0)
+        return r;
     if ((r = opt_str(o, "x-target-user", &s->target_user)) < 0 ||
         (r = opt_str(o, "x-target-password", &s->target_password)) < 0)
         return r;
@@ -693,14 +651,6 @@ static int iscsi_open(vd_node *n, vd_opts *opts, int flags)
     return 0;
 }
 
-/* Overwrite and free a secret string. */
-static void free_secret(char *p)
-{
-    if (p)
-        explicit_bzero(p, strlen(p));
-    free(p);
-}
-
 /* Log out every session and free the state. */
 static void iscsi_close(vd_node *n)
 {
@@ -716,9 +666,9 @@ static void iscsi_close(vd_node *n)
     free(s->portal);
     free(s->target);
     free(s->user);
-    free_secret(s->password);
+    vd_secret_free_text(s->password);
     free(s->target_user);
-    free_secret(s->target_password);
+    vd_secret_free_text(s->target_password);
     free(s->initiator);
     if (s->locks_init) {
         pthread_mutex_destroy(&s->lock);

@@ -23,6 +23,7 @@
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 
+#include "crypto/crypto.h"
 #include "util/checked.h"
 #include "util/json.h"
 #include "vdisk/driver.h"
@@ -188,81 +189,25 @@ static int vrbd_parse_filename(const char *name, vd_opts *o)
 
 /* ---- secrets ---- */
 
-/* The whole of a small secret file into *out (*len bytes). */
-static int read_secret_file(const char *id, const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *val;
-
-    if (!f)
-        return vd_error(errno, "Unable to read %s: %s", path, strerror(errno));
-    if (!(val = calloc(1, 65537))) {
-        fclose(f);
-        return vd_error(ENOMEM, "out of memory");
-    }
-    *len = fread(val, 1, 65536, f);
-    if (!feof(f)) {
-        fclose(f);
-        free(val);
-        return vd_error(EFBIG, "secret '%s': file %s is too large", id, path);
-    }
-    fclose(f);
-    *out = val;
-    return 0;
-}
-
 /* The secret object id's bytes, as base64 text (how Ceph takes a key). */
 static int secret_base64(const char *id, char **out)
 {
-    const vd_opts *ob = vd_object_find(id);
-    const char *data, *file, *format, *type;
-    gnutls_datum_t raw = { NULL, 0 }, enc = { NULL, 0 };
-    char *val = NULL;
-    size_t len = 0;
-    int r = 0;
+    uint8_t *val;
+    size_t len;
+    gnutls_datum_t enc = { NULL, 0 };
+    int r = vd_secret_get(id, &val, &len);
 
-    if (!ob)
-        return vd_error(ENOENT, "No secret with id '%s'", id);
-    type = vd_opts_get(ob, "qom-type");
-    if (!type || strcmp(type, "secret"))
-        return vd_error(EINVAL, "Object with id '%s' is not a secret", id);
-    if (vd_opts_get(ob, "keyid"))
-        return vd_error(ENOTSUP, "secret '%s': keyid (an encrypted secret) is not supported",
-                        id);
-    data = vd_opts_get(ob, "data");
-    file = vd_opts_get(ob, "file");
-    format = vd_opts_get(ob, "format");
-    if (!data && !file)
-        return vd_error(EINVAL, "Either 'file' or 'data' must be provided");
-    if (data) {
-        if (!(val = strdup(data)))
-            return vd_error(ENOMEM, "out of memory");
-        len = strlen(val);
-    } else if ((r = read_secret_file(id, file, &val, &len)) < 0) {
+    if (r < 0)
         return r;
-    }
-    if (format && !strcmp(format, "base64")) {
-        gnutls_datum_t in = { (unsigned char *)val, (unsigned)len };
-        if (gnutls_base64_decode2(&in, &raw) < 0)
-            r = vd_error(EINVAL, "Invalid base64 data in secret '%s'", id);
-    } else {
-        raw.data = (unsigned char *)val;
-        raw.size = (unsigned)len;
-    }
-    if (r >= 0 && gnutls_base64_encode2(&raw, &enc) < 0)
+    gnutls_datum_t raw = { val, (unsigned)len };
+    if (gnutls_base64_encode2(&raw, &enc) < 0 ||
+        !(*out = strndup((const char *)enc.data, enc.size)))
         r = vd_error(ENOMEM, "out of memory");
-    if (r >= 0 && !(*out = strndup((const char *)enc.data, enc.size)))
-        r = vd_error(ENOMEM, "out of memory");
-    if (raw.data && raw.data != (unsigned char *)val) {
-        explicit_bzero(raw.data, raw.size);
-        gnutls_free(raw.data);
-    }
     if (enc.data) {
-        explicit_bzero(enc.data, enc.size);
+        vd_wipe(enc.data, enc.size);
         gnutls_free(enc.data);
     }
-    explicit_bzero(val, len);
-    free(val);
+    vd_secret_free(val, len);
     return r;
 }
 
@@ -372,8 +317,7 @@ static int set_auth(rados_t c, const vd_opts *o)
         if ((r = secret_base64(id, &key)) < 0)
             return r;
         r = conf_set(c, "key", key, "Could not set 'key'");
-        explicit_bzero(key, strlen(key));
-        free(key);
+        vd_secret_free_text(key);
         if (r < 0)
             return r;
     }
