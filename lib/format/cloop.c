@@ -50,6 +50,7 @@ struct cloop_state {
     pthread_mutex_t lock;          /* the cache (see the invariant) */
     bool lock_ok;
     bool v4;                       /* version 4.0 (else 2.0) */
+    uint64_t tail_at;              /* 4.0: where a header at the end starts */
     uint32_t block_size, n_blocks;
     uint64_t *offsets;             /* n_blocks + 1 entries, host order; in
                                     * 4.0 codec bits above the offset */
@@ -220,19 +221,48 @@ static int open_header_first(vd_node *n, uint64_t file_len)
 }
 
 /* Version 4.0 with the header last: the index ends where it starts. */
-static int open_header_last(vd_node *n, uint64_t file_len)
+static int open_header_last(vd_node *n)
 {
     struct cloop_state *s = n->state;
     uint64_t bytes = ((uint64_t)s->n_blocks + 1) * 8, table_off;
     int r;
 
-    if (SUB_OVERFLOW(file_len - CLOOP_OFFSETS_OFF, bytes, &table_off))
+    if (SUB_OVERFLOW(s->tail_at, bytes, &table_off))
         return vd_error(EINVAL, "cloop: offsets table (%" PRIu64 " entries before the header "
                         "at the end) extends before the start of the file",
                         (uint64_t)s->n_blocks + 1);
     if ((r = load_offsets(n, table_off)) < 0 || (r = build_stored_v4(s, table_off)) < 0)
         return r;
     return build_links_v4(s);
+}
+
+/* The file's length in bytes (vd_getlength rounds up to sectors). */
+static int64_t exact_file_length(vd_node *n)
+{
+    return n->file->drv->getlength ? n->file->drv->getlength(n->file)
+                                   : vd_getlength(n->file);
+}
+
+/* Read the last 136 bytes of the file into hdr when they are a version
+ * 4.0 header (1), else leave hdr alone (0). */
+static int read_tail(vd_node *n, uint8_t *hdr)
+{
+    struct cloop_state *s = n->state;
+    uint8_t tail[CLOOP_OFFSETS_OFF];
+    int64_t len = exact_file_length(n);
+    int r;
+
+    if (len < 0)
+        return (int)len;
+    if ((uint64_t)len < 2 * CLOOP_OFFSETS_OFF)
+        return 0;
+    if ((r = vd_pread(n->file, (uint64_t)len - sizeof(tail), sizeof(tail), tail, 0)) < 0)
+        return vd_error_prefix(r, "cloop: cannot read the header at the end");
+    if (!is_v4(tail))
+        return 0;
+    memcpy(hdr, tail, sizeof(tail));
+    s->tail_at = (uint64_t)len - sizeof(tail);
+    return 1;
 }
 
 /* Read the header at the start, or a version 4.0 header at the end; a
@@ -250,14 +280,10 @@ static int read_header(vd_node *n, uint64_t file_len, bool *last)
     *last = false;
     if (!memcmp(hdr, "#!/bin/sh\n#V2.0", CLOOP_SIG_OFF + 4) || is_v4(hdr)) {
         s->v4 = is_v4(hdr);
-    } else if (file_len >= 2 * CLOOP_OFFSETS_OFF) {
-        uint8_t tail[CLOOP_OFFSETS_OFF];
-        if ((r = vd_pread(n->file, file_len - sizeof(tail), sizeof(tail), tail, 0)) < 0)
-            return vd_error_prefix(r, "cloop: cannot read the header at the end");
-        if (is_v4(tail)) {
-            memcpy(hdr, tail, sizeof(hdr));
-            s->v4 = *last = true;
-        }
+    } else if ((r = read_tail(n, hdr)) < 0) {
+        return r;
+    } else if (r > 0) {
+        s->v4 = *last = true;
     }
     s->block_size = be32_get(hdr + CLOOP_HEADER_OFF);
     s->n_blocks = be32_get(hdr + CLOOP_HEADER_OFF + 4);
@@ -269,7 +295,7 @@ static int cloop_open(vd_node *n, vd_opts *opts, int flags)
 {
     struct cloop_state *s = n->state;
     int64_t file_len = vd_getlength(n->file);
-    bool last;
+    bool last = false;
     int r;
 
     (void)opts; (void)flags;
@@ -284,7 +310,7 @@ static int cloop_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = read_header(n, (uint64_t)file_len, &last)) < 0 ||
         (r = check_header(s->block_size, s->n_blocks)) < 0)
         return r;
-    r = last ? open_header_last(n, (uint64_t)file_len)
+    r = last ? open_header_last(n)
              : open_header_first(n, (uint64_t)file_len);
     if (r < 0)
         return r;
