@@ -36,6 +36,25 @@ const char *cloop_codec_name(unsigned codec)
     }
 }
 
+bool cloop_codec_available(unsigned codec)
+{
+    switch (codec) {
+    case CLOOP_ZLIB:
+    case CLOOP_NONE:
+        return true;
+#ifdef HAVE_XZ
+    case CLOOP_XZ:
+        return true;
+#endif
+#ifdef HAVE_LZ4
+    case CLOOP_LZ4:
+        return true;
+#endif
+    default:
+        return false;
+    }
+}
+
 /* One zlib stream, to its end, within out_len bytes. */
 static int decode_zlib(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len,
                        size_t *produced)

@@ -4,6 +4,7 @@
 #ifndef VD_FORMAT_CLOOP_CODEC_H
 #define VD_FORMAT_CLOOP_CODEC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,9 @@ enum cloop_codec {
 
 /* The codec's name for messages ("zlib", "xz", ...; "unknown" else). */
 const char *cloop_codec_name(unsigned codec);
+
+/* Can this build decode the codec? */
+bool cloop_codec_available(unsigned codec);
 
 /* Decode in (in_len bytes) of the given codec into out (room for out_len
  * bytes) and store the bytes produced in *produced.  0 when the stream is

@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,7 +255,7 @@ static int read_tail(vd_node *n, uint8_t *hdr)
 
     if (len < 0)
         return (int)len;
-    if ((uint64_t)len < 2 * CLOOP_OFFSETS_OFF)
+    if ((uint64_t)len < CLOOP_OFFSETS_OFF + 8)
         return 0;
     if ((r = vd_pread(n->file, (uint64_t)len - sizeof(tail), sizeof(tail), tail, 0)) < 0)
         return vd_error_prefix(r, "cloop: cannot read the header at the end");
@@ -290,6 +291,24 @@ static int read_header(vd_node *n, uint64_t file_len, bool *last)
     return 0;
 }
 
+/* Warn once at open, naming the codec, when blocks use one this build
+ * cannot decode (as QEMU warns of a missing dmg module): reading those
+ * blocks fails with an I/O error. */
+static void warn_missing_codecs(struct cloop_state *s)
+{
+    bool seen[CLOOP_LZO + 1] = { false };
+
+    for (uint32_t i = 0; i < s->n_blocks; i++) {
+        unsigned c = ENTRY_CODEC(s->offsets[i]);
+        if (c <= CLOOP_LZO && !seen[c] && !cloop_codec_available(c))
+            fprintf(stderr, "%s: warning: cloop: the image has %s-compressed blocks and there "
+                    "is no %s decompressor, reading them will result in I/O errors\n",
+                    program_invocation_short_name, cloop_codec_name(c), cloop_codec_name(c));
+        if (c <= CLOOP_LZO)
+            seen[c] = true;
+    }
+}
+
 /* Check the header and load the offsets; refuse read-write opens. */
 static int cloop_open(vd_node *n, vd_opts *opts, int flags)
 {
@@ -316,6 +335,8 @@ static int cloop_open(vd_node *n, vd_opts *opts, int flags)
         return r;
     if (!(s->cache = malloc(s->block_size)))
         return vd_error(ENOMEM, "cloop: cannot allocate a block buffer");
+    if (s->v4)
+        warn_missing_codecs(s);
     return 0;
 }
 
@@ -351,7 +372,9 @@ static int load_block(vd_node *n, uint32_t b, uint8_t *out)
         return vd_error(ENOMEM, "cloop: cannot allocate %" PRIu32 " bytes for block %" PRIu32,
                         len, b);
     r = vd_pread(n->file, off, len, in, 0);
-    if (r >= 0 && (r = cloop_decode(codec, in, len, out, s->block_size, &got)) == -EIO)
+    if (r >= 0 && (r = cloop_decode(codec, in, len, out, s->block_size, &got)) == -ENOTSUP)
+        r = -EIO;                 /* the message names the codec */
+    else if (r == -EIO)
         r = vd_error(EIO, "cloop: block %" PRIu32 " (%s, %" PRIu32 " bytes at %" PRIu64 ") "
                      "does not decode to %" PRIu32 " bytes", b, cloop_codec_name(codec), len,
                      off, s->block_size);

@@ -114,3 +114,12 @@ def pack(data, block_size, codecs, header_last=False, links=True, pad_last=True)
         blocks.append((codec, encode(codec, piece)))
     padded = data + bytes(-len(data) % block_size)
     return build(block_size, blocks, header_last=header_last), padded
+
+
+def index_entries(img):
+    """The n+1 index values of an image this module wrote."""
+    first = img[11:15] == b"V4.0"
+    head = img[:HEADER] if first else img[-HEADER:]
+    n = struct.unpack(">I", head[132:136])[0]
+    at = HEADER if first else len(img) - HEADER - 8 * (n + 1)
+    return list(struct.unpack(">%dQ" % (n + 1), img[at:at + 8 * (n + 1)]))
