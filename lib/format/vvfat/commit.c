@@ -458,16 +458,6 @@ static int stage_contents(struct vv_state *s, struct plan *pl, struct journal *j
     return r;
 }
 
-/* Depth of old node k. */
-static uint32_t old_depth(const struct vv_state *s, uint32_t k)
-{
-    uint32_t d = 0;
-
-    for (; k; k = s->nodes[k].parent)
-        d++;
-    return d;
-}
-
 /* Must old node k leave its path?  Deleted, renamed or replaced (a file
  * whose contents changed: the old one stays until the end). */
 static bool must_move(const struct vv_state *s, const struct plan *pl, uint32_t k,
@@ -481,11 +471,12 @@ static bool must_move(const struct vv_state *s, const struct plan *pl, uint32_t 
 /* Move the old objects that must leave their paths aside, deepest first,
  * so that the old paths of the others stay valid meanwhile. */
 static int move_aside(struct vv_state *s, struct plan *pl, struct journal *j,
-                      const int64_t *entry_of, char **aside, uint32_t depth)
+                      const int64_t *entry_of, const uint32_t *depth_of, char **aside,
+                      uint32_t depth)
 {
     for (uint32_t k = 1; k < s->n_nodes; k++) {
         int r;
-        if (old_depth(s, k) != depth || !must_move(s, pl, k, entry_of))
+        if (depth_of[k] != depth || !must_move(s, pl, k, entry_of))
             continue;
         if (asprintf(&aside[k], "%s/.vdisk-vvfat-mv-%" PRIu32, s->dir, k) < 0) {
             aside[k] = NULL;
@@ -557,20 +548,23 @@ static int remove_aside(struct vv_state *s, struct plan *pl, char **aside,
 static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
 {
     int64_t *entry_of = vd_calloc_array(s->n_nodes, sizeof(int64_t));
+    uint32_t *depth_of = vd_calloc_array(s->n_nodes, sizeof(uint32_t));
     char **aside = vd_calloc_array(s->n_nodes, sizeof(char *));
     struct journal j = { 0 };
     uint32_t max_depth = 0;
     int r = 0;
 
     *after = false;
-    if (!entry_of || !aside) {
+    if (!entry_of || !depth_of || !aside) {
         free(entry_of);
+        free(depth_of);
         free(aside);
         return vd_error(ENOMEM, "out of memory");
     }
-    for (uint32_t k = 0; k < s->n_nodes; k++) {
+    for (uint32_t k = 0; k < s->n_nodes; k++) {   /* parents come first */
         entry_of[k] = -1;
-        max_depth = VD_MAX(max_depth, old_depth(s, k));
+        depth_of[k] = k ? depth_of[s->nodes[k].parent] + 1 : 0;
+        max_depth = VD_MAX(max_depth, depth_of[k]);
     }
     for (uint32_t i = 0; i < pl->t->n; i++)
         if (pl->match[i] >= 0)
@@ -579,7 +573,7 @@ static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
         if (pl->changed[i])
             r = stage_contents(s, pl, &j, i);
     for (uint32_t d = max_depth; r == 0 && d >= 1; d--)
-        r = move_aside(s, pl, &j, entry_of, aside, d);
+        r = move_aside(s, pl, &j, entry_of, depth_of, aside, d);
     if (r == 0)
         r = put_in_place(s, pl, &j, aside);
     if (r < 0) {
@@ -597,6 +591,7 @@ static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
     for (uint32_t k = 0; k < s->n_nodes; k++)
         free(aside[k]);
     free(aside);
+    free(depth_of);
     free(entry_of);
     return r;
 }
