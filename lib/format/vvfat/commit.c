@@ -298,7 +298,7 @@ static void set_mtime(const char *path, const struct vv_entry *e)
 
 /* ---- applying the plan: a journal of host changes, undone on failure ----
  *
- * The host directory changes in three phases.  (1) Stage: the contents of
+ * The host directory changes in phases.  (1) Stage: the contents of
  * new and changed files go to temporary files.  (2) Move aside, deepest
  * first: every old object that is renamed, replaced or deleted gets a
  * temporary name in the top directory.  (3) Put in place, parents first:
@@ -478,7 +478,8 @@ static int move_aside(struct vv_state *s, struct plan *pl, struct journal *j,
         int r;
         if (depth_of[k] != depth || !must_move(s, pl, k, entry_of))
             continue;
-        if (asprintf(&aside[k], "%s/.vdisk-vvfat-mv-%" PRIu32, s->dir, k) < 0) {
+        if (asprintf(&aside[k], "%s/.vdisk-vvfat-mv-%ld-%" PRIu32, s->dir, (long)getpid(),
+                     k) < 0) {
             aside[k] = NULL;
             return vd_error(ENOMEM, "out of memory");
         }
