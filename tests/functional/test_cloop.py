@@ -8,10 +8,12 @@ generator (the 128-byte preamble, big-endian block size and count, n+1
 big-endian offsets, zlib blocks), end with a clear error under a memory
 and CPU limit.
 
-Version 4.0 images (which QEMU 7.2 and Debian 12's extract_compressed_fs
-cannot read) come from cloop_gen.py, written from the format description:
-vdisk reads back the data the generator packed, and prints for them what
-qemu-img prints for a 2.0 image of the same data."""
+Version 4.0 images (which QEMU 7.2 cannot read, and Debian 12's
+extract_compressed_fs only where they keep 2.0's layout) come from
+cloop_gen.py, written from the format description: vdisk reads back the
+data the generator packed, agrees with extract_compressed_fs on the
+images it reads, and prints for them what qemu-img prints for a 2.0
+image of the same data."""
 import os
 import shutil
 import struct
@@ -21,7 +23,7 @@ import zlib
 import pytest
 
 import cloop_gen as cg
-from conftest import VDISK_IMG, needs_vdisk_format
+from conftest import QEMU_IMG, VDISK_IMG, needs_vdisk_format
 from roformat_helpers import (SANITIZED, both, hostile_convert, limited, same_contents,
                               same_inspection, same_refusals, same_result)
 
@@ -29,7 +31,6 @@ CCFS = shutil.which("create_compressed_fs")
 K, M = 1 << 10, 1 << 20
 PREAMBLE_V2 = (b"#!/bin/sh\n#V2.0 Format\n"
                b"modprobe cloop file=$0 && mount -r -t iso9660 /dev/cloop $1\nexit $?\n")
-PREAMBLE_V4 = PREAMBLE_V2.replace(b"V2.0", b"V4.0")
 
 
 @pytest.fixture(autouse=True)
@@ -351,7 +352,6 @@ def test_cloop_v4_inspection_as_v2(tmp_path, last):
 
 
 def run_qemu(args, cwd):
-    from conftest import QEMU_IMG
     return subprocess.run([QEMU_IMG] + args, capture_output=True, text=True, cwd=cwd,
                           timeout=120)
 
@@ -525,3 +525,24 @@ def test_cloop_v4_link_chains(tmp_path):
 def test_cloop_v4_hostile_entries(tmp_path, entries, want):
     img = cg.build(64 * K, one_block(), entries=entries)
     v4_own_error(tmp_path, img, want)
+
+
+def test_cloop_v4_zlib_subset_as_extract_compressed_fs(tmp_path):
+    """Debian 12's extract_compressed_fs reads only 2.0's layout, which a
+    4.0 image with its header first and only zlib blocks (no links) keeps:
+    for those it is the peer, and it, vdisk and the packed data agree (it
+    rejects the image once a link is in it)."""
+    ecfs = shutil.which("extract_compressed_fs")
+    if ecfs is None:
+        pytest.skip("extract_compressed_fs (cloop-utils) is not installed")
+    data = v4_data(200 * K + 100, 6)
+    name, padded = v4_image(tmp_path, data, 8 * K, [cg.ZLIB], links=False)
+    p = subprocess.run([ecfs, name, "peer.raw"], cwd=tmp_path, capture_output=True,
+                       timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "peer.raw").read_bytes() == padded
+    v4_reads(tmp_path, name, padded)
+    name, _ = v4_image(tmp_path, data, 8 * K, [cg.ZLIB], name="links.cloop")
+    p = subprocess.run([ecfs, name, "peer2.raw"], cwd=tmp_path, capture_output=True,
+                       timeout=60)
+    assert b"corrupt data" in p.stderr
