@@ -643,3 +643,24 @@ def test_rw_host_out_of_space(tmp_path, small_fs):
         assert got["README.OLD"] == old["README"] and "lower.txt" not in got
     finally:
         assert srv.stop() == 0, srv.stderr
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_never_replaces_host_files(tmp_path, rw_server):
+    """A file made on the host after the disk was scanned, at the name the
+    guest gives a new file: the flush fails and the host file is kept, as
+    is everything else."""
+    d, uri = tmp_path / "d", rw_server.uri()
+    (tmp_path / "n.txt").write_bytes(b"from the guest\n")
+    before, after = tmp_path / "h0.raw", tmp_path / "h1.raw"
+    nbd_copy(uri, before)
+    shutil.copy(before, after)
+    mtool(after, "mcopy", tmp_path / "n.txt", "::/Brand New.txt")
+    mtool(after, "mdel", "::/lower.txt")
+    (d / "Brand New.txt").write_bytes(b"from the host\n")
+    old = tree_of(d)
+    err = write_back(uri, before, after)
+    assert err and "flush" in err, err
+    assert tree_of(d) == old and old["Brand New.txt"] == b"from the host\n"
+    assert write_back(uri, after, before) is None
+    assert tree_of(d) == old
