@@ -462,8 +462,8 @@ def test_cloop_v4_hostile_oversized_block(tmp_path):
 
 
 @pytest.mark.parametrize("codec,stream", [
-    (cg.ZLIB, lambda: zlib.compress(bytes(64 * M), 9)),
-    (cg.XZ, lambda: cg.encode(cg.XZ, bytes(64 * M))),
+    (cg.ZLIB, lambda: zlib.compress(bytes(8 * M), 9)),
+    (cg.XZ, lambda: cg.encode(cg.XZ, bytes(8 * M))),
     (cg.LZ4, lambda: cg.lz4_block(bytes(4 * M))),
     (cg.NONE, lambda: bytes(64 * K + 1)),
 ])
@@ -489,11 +489,16 @@ def test_cloop_v4_hostile_corrupt_stream(tmp_path, codec):
 
 
 def test_cloop_v4_hostile_xz_dictionary(tmp_path):
-    """An xz block whose header asks for a 1.5 GiB dictionary: refused by
-    the decoder's memory limit, nothing allocated."""
-    import lzma
-    xz = lzma.compress(bytes(64 * K), format=lzma.FORMAT_XZ,
-                       filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 1536 * M}])
+    """An xz block whose header asks for a 4 GiB dictionary: refused by the
+    decoder's memory limit, nothing allocated."""
+    xz = bytearray(cg.encode(cg.XZ, bytes(64 * K)))
+    # the block header after the 12-byte stream header: size, flags, the
+    # LZMA2 filter (id 0x21, 1 property byte: the dictionary size), CRC32
+    size = (xz[12] + 1) * 4
+    assert xz[14:16] == b"\x21\x01"
+    xz[16] = 40                                  # 4 GiB - 1
+    xz[12 + size - 4:12 + size] = struct.pack("<I", zlib.crc32(xz[12:12 + size - 4]))
+    xz = bytes(xz)
     v4_read_error(tmp_path, cg.build(64 * K, [(cg.XZ, xz), (cg.XZ, xz)]))
 
 
