@@ -431,11 +431,27 @@ def start_guest(tmp_path_factory, programs, modules, devices=(), qmp=False):
 # What the session's guest holds: the programs (those that exist) and the
 # modules the guest tests need.
 GUEST_MODULES = ["nbd"]
+# dm-crypt for cryptsetup (test_luks_guest.py): device-mapper, loop devices,
+# the kernel crypto API for user space, and every cipher, mode, IV
+# generator and hash of LUKS1 that Debian's kernel builds as a module (aes,
+# cbc, sha1, sha256 and md5 are built in).  Nothing in the guest loads modules
+# on demand: what dm-crypt asks the kernel for is loaded at boot.
+GUEST_MODULES += ["dm_mod", "dm_crypt", "loop", "algif_skcipher", "algif_hash",
+                  "serpent_generic", "twofish_generic", "cast5_generic",
+                  "xts", "ecb", "ctr", "essiv", "sha512_generic", "rmd160"]
+
+
+def sbin_program(name):
+    """The path of an administration program (outside a user's PATH), or None."""
+    return shutil.which(name) or next(
+        (p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.path.exists(p)), None)
 
 
 def guest_programs():
     from nbd_helpers import VDISK_NBD
-    return [p for p in (VDISK_NBD, shutil.which("qemu-nbd")) if p and os.path.exists(p)]
+    progs = [VDISK_NBD, shutil.which("qemu-nbd")]
+    progs += [sbin_program(n) for n in ("cryptsetup", "losetup", "dmsetup")]
+    return [p for p in progs if p and os.path.exists(p)]
 
 
 @pytest.fixture(scope="session")
