@@ -553,12 +553,12 @@ static int cmd_upload(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    if (access(opt_str(c, "file"), R_OK) < 0) {
+    if (!pool_stream && access(opt_str(c, "file"), R_OK) < 0) {
         pool_err("cannot read %s", opt_str(c, "file"));
         ref_free(&r);
         return 1;
     }
-    rc = dir_vol_upload(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = dir_vol_upload(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
     if (rc == -3) {
         pool_err("cannot send data to volume %s", r.vol->name);
         pool_report();
@@ -578,7 +578,7 @@ static int cmd_download(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    rc = dir_vol_download(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = dir_vol_download(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
     if (rc == -1) {
         pool_err("cannot download from volume %s", r.vol->name);
         pool_report();

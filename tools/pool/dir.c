@@ -574,6 +574,93 @@ static int copy_span(int in, int out, uint64_t in_off, uint64_t out_off, uint64_
     return 0;
 }
 
+ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+bool is_zero(const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+
+    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
+}
+
+/* Write all n bytes of buf to fd (a pipe); -1 on error. */
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t r = write(fd, buf, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        buf += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Upload from a pipe: up to len bytes (0: to its end) of in into out at
+ * out_off; sparse: zero blocks become holes and out ends where the data
+ * ends.  -3 when more than len bytes come. */
+static int from_pipe(int in, int out, uint64_t out_off, uint64_t len, bool sparse,
+                     char *buf)
+{
+    uint64_t done = 0;
+    ssize_t n = 0;
+
+    while (!len || done < len) {
+        size_t want = len && len - done < STREAM_BLOCK ? (size_t)(len - done) : STREAM_BLOCK;
+        if ((n = read_full(in, buf, want)) <= 0)
+            break;
+        if (sparse && is_zero(buf, (size_t)n))
+            fallocate(out, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)(out_off + done), (off_t)n);
+        else if (pwrite(out, buf, (size_t)n, (off_t)(out_off + done)) != n)
+            return -1;
+        done += (uint64_t)n;
+    }
+    if (n < 0 || (sparse && ftruncate(out, (off_t)(out_off + done)) < 0))
+        return -1;
+    if (len && done == len && read_full(in, buf, 1) > 0)
+        return -3;
+    return 0;
+}
+
+/* Download to a pipe: [in_off, end) of in, holes sent as zeros. */
+static int to_pipe(int in, int out, uint64_t in_off, uint64_t end, char *buf)
+{
+    while (in_off < end) {
+        size_t want = end - in_off < STREAM_BLOCK ? (size_t)(end - in_off) : STREAM_BLOCK;
+        ssize_t r = pread(in, buf, want, (off_t)in_off);
+        if (r <= 0)
+            return r == 0 ? 0 : -1;
+        if (write_all(out, buf, (size_t)r) < 0)
+            return -1;
+        in_off += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* Is fd something pread/pwrite cannot address (a pipe, a socket)? */
+static bool is_pipe(int fd)
+{
+    return lseek(fd, 0, SEEK_CUR) < 0 && errno == ESPIPE;
+}
+
 /* Stream len bytes (0: to the end of in) of in at in_off to out at out_off;
  * sparse: holes of in are left as holes in out. */
 static int stream(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t len,
@@ -587,10 +674,16 @@ static int stream(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t l
     if (fstat(in, &st) < 0)
         return -1;
     end = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
-    if (len && in_off + len < end)
+    if (len && in_off <= end && len < end - in_off)
         end = in_off + len;
     if (!(buf = malloc(IO_CHUNK)))
         pool_oom();
+    if (is_pipe(in) || is_pipe(out)) {
+        r = is_pipe(in) ? from_pipe(in, out, out_off, len, sparse, buf)
+                        : to_pipe(in, out, in_off, end, buf);
+        free(buf);
+        return r;
+    }
     if (!sparse || !S_ISREG(st.st_mode)) {
         r = copy_span(in, out, in_off, out_off, end - in_off, buf);
         free(buf);
@@ -616,16 +709,18 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse)
 {
     struct stat st;
-    int in = open(file, O_RDONLY | O_CLOEXEC), out = -1, r = -1;
+    int in = file ? open(file, O_RDONLY | O_CLOEXEC) : 0, out = -1, r = -1;
 
     if (in < 0) {
         pool_set_error("cannot open %s: %s", file, strerror(errno));
         return -1;
     }
     out = open(v->path, O_WRONLY | O_CLOEXEC);
-    if (out >= 0 && stream(in, out, 0, off, len, sparse) == 0)
-        r = 0;
-    if (r < 0)
+    if (out >= 0)
+        r = stream(in, out, 0, off, len, sparse);
+    if (r == -3)
+        pool_set_error("cannot write to stream: %s", strerror(ENOSPC));
+    else if (r < 0)
         pool_set_error("cannot write volume '%s': %s", v->path, strerror(errno));
     else if (len && fstat(in, &st) == 0 && (uint64_t)st.st_size > len) {
         /* the stream takes len bytes and refuses the rest */
@@ -634,7 +729,8 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
     }
     if (out >= 0)
         close(out);
-    close(in);
+    if (file)
+        close(in);
     return r;
 }
 
@@ -647,7 +743,7 @@ int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
         pool_set_error("cannot open volume '%s': %s", v->path, strerror(errno));
         return -1;
     }
-    out = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    out = file ? open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666) : 1;
     if (out < 0) {
         pool_err("cannot create %s", file);
         close(in);
@@ -657,7 +753,8 @@ int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
         r = 0;
     else
         pool_set_error("cannot read volume '%s': %s", v->path, strerror(errno));
-    close(out);
+    if (file)
+        close(out);
     close(in);
     return r;
 }

@@ -10,6 +10,8 @@
 #include "vdisk/vdisk.h"
 #include "cli.h"
 
+bool pool_stream;
+
 /* The command called name in either table. */
 static const struct cmd_def *find_cmd(const char *name)
 {
@@ -127,7 +129,8 @@ static void usage(void)
 {
     printf("Usage: %s [-c URI] COMMAND [ARGS]\n\n"
            "  options:\n"
-           "    -c | --connect=URI      vdisk:///system or vdisk:///session\n"
+           "    -c | --connect=URI      vdisk:///system, vdisk:///session or\n"
+           "                            vdisk+ssh://[user@]host[:port]/system|session\n"
            "    -h | --help             this help\n"
            "    -v | --version          program version\n\n"
            "  Storage Pool (help keyword 'pool'):\n", POOL_PROG);
@@ -166,6 +169,8 @@ static int parse_global(int argc, char **argv, const char **uri, int *rc)
             *uri = argv[i];
         } else if (!strncmp(a, "--connect=", 10)) {
             *uri = a + 10;
+        } else if (!strcmp(a, "--stream")) {
+            pool_stream = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             *rc = 0;
@@ -204,10 +209,13 @@ int main(int argc, char **argv)
     }
     if (parse_args(&c, argc - i - 1, argv + i + 1) < 0)
         return 1;
+    if (remote_uri(c.uri))
+        return remote_run(&c);
     rc = c.def->fn(&c);
     fflush(stdout);
     if (c.conn.cfg_dir)
         conn_close(&c.conn);
-    putchar('\n');
+    if (!pool_stream)
+        putchar('\n');
     return rc;
 }

@@ -132,10 +132,17 @@ int dir_vol_delete(const struct vol_def *v);
 int dir_vol_wipe(const struct vol_def *v, const char *algorithm);
 int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                    bool allocate, bool shrink);
+/* Upload and download: file NULL is stdin / stdout (a pipe, in --stream
+ * mode); -3 from upload when the file has more than len bytes. */
 int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse);
 int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
                      uint64_t len, bool sparse);
+/* Read until n bytes or the end of fd: the count, -1 on error. */
+ssize_t read_full(int fd, void *buf, size_t n);
+bool is_zero(const void *buf, size_t n);
+#define STREAM_BLOCK (64 * 1024)
+
 /* ---- fs backend (fs.c): mkfs, mount, umount around a dir pool ---- */
 int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite);
 int fs_start(struct pool_def *d);
