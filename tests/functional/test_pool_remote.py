@@ -96,6 +96,25 @@ def test_commands_same_as_direct(rem, pool):
         assert same(rem, *args).stdout
 
 
+def test_xml_files_are_read_on_this_side(rem, pool, tmp_path):
+    """pool-define and vol-create send the local file (a relative name the
+    remote's working directory does not have)."""
+    (tmp_path / "def.xml").write_text(
+        "<pool type='dir'><name>rx</name><target><path>%s</path></target></pool>"
+        % (tmp_path / "rx"))
+    (tmp_path / "vol.xml").write_text("<volume><name>fromxml</name>"
+                                      "<capacity>65536</capacity></volume>")
+    p = ok(rem.remote("pool-define", "def.xml", cwd=tmp_path))
+    assert p.stdout == b"Pool rx defined from def.xml\n\n"
+    ok(rem.remote("pool-undefine", "rx"))
+    p = ok(rem.remote("vol-create", pool, "vol.xml", cwd=tmp_path))
+    assert p.stdout == b"Vol fromxml created from vol.xml\n\n"
+    assert os.path.getsize(os.path.join(rem.pool_dir, "fromxml")) == 65536
+    p = rem.remote("pool-define", "missing.xml", cwd=tmp_path)
+    assert p.returncode == 1 and p.stderr == (
+        b"error: Failed to open file 'missing.xml': No such file or directory\n")
+
+
 def test_odd_names_arrive_unchanged(rem, pool):
     for name in ODD_NAMES:
         p = ok(rem.remote("vol-create-as", pool, "--name=" + name, "1M"))

@@ -58,9 +58,6 @@ void table_print(struct table *t);
 /* virsh's "%.2lf %s" of a byte count (B, KiB, ... EiB), malloc'd. */
 char *pretty_size(uint64_t v);
 
-/* --stream (given by a vdisk+ssh client to the remote side): vol-upload
- * reads stdin, vol-download writes stdout, no blank line after. */
-extern bool pool_stream;
 /* Is uri a vdisk+ssh:// one? */
 bool remote_uri(const char *uri);
 /* Run the parsed command on the remote host of c->uri; the exit code. */

@@ -10,8 +10,6 @@
 #include "vdisk/vdisk.h"
 #include "cli.h"
 
-bool pool_stream;
-
 /* The command called name in either table. */
 static const struct cmd_def *find_cmd(const char *name)
 {
@@ -211,6 +209,8 @@ int main(int argc, char **argv)
         return 1;
     if (remote_uri(c.uri))
         return remote_run(&c);
+    if (pool_stream && strcmp(c.def->name, "vol-upload") && strcmp(c.def->name, "vol-download"))
+        pool_stream_file = opt_str(&c, "file");
     rc = c.def->fn(&c);
     fflush(stdout);
     if (c.conn.cfg_dir)

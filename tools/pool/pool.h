@@ -60,6 +60,13 @@ struct pool_conn {
     int lock_fd;
 };
 
+/* --stream (given by a vdisk+ssh client to the remote side): the file a
+ * command reads (vol-upload's data, an XML file) is stdin, vol-download
+ * writes stdout, and no blank line follows.  pool_stream_file: the XML
+ * file name whose first read is stdin. */
+extern bool pool_stream;
+extern const char *pool_stream_file;
+
 /* ---- errors (cli.c) ---- */
 /* Print "error: <msg>" on stderr. */
 void pool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -242,7 +242,7 @@ static char *remote_line(const struct ssh_uri *u, const struct cmd_ctx *c, bool 
         shell_quote(&line, name);
         free(name);
         if (o->type == OPT_STRING)
-            shell_quote(&line, stream && !strcmp(o->name, "file") ? "-" : c->val[i]);
+            shell_quote(&line, c->val[i]);
     }
     free(conn);
     return line;
@@ -364,11 +364,13 @@ static int receive(int fd, const char *file, bool sparse, pid_t pid)
     return rc;
 }
 
-/* Run c on the host of c->uri; the exit code. */
+/* Run c on the host of c->uri; the exit code.  A local file the command
+ * reads (vol-upload's data, the XML of pool-define, vol-create...) is the
+ * remote's stdin; vol-download's data is its stdout. */
 int remote_run(const struct cmd_ctx *c)
 {
-    const char *name = c->def->name, *file = opt_str(c, "file");
-    bool up = !strcmp(name, "vol-upload"), down = !strcmp(name, "vol-download");
+    const char *file = opt_str(c, "file");
+    bool down = !strcmp(c->def->name, "vol-download"), up = file && !down;
     struct ssh_uri u;
     char *argv[MAX_ARGS], *line = NULL;
     int rc = 1, in = -1, out = -1;
@@ -382,7 +384,10 @@ int remote_run(const struct cmd_ctx *c)
         goto done;
     }
     if (up && (in = open(file, O_RDONLY | O_CLOEXEC)) < 0) {
-        pool_err("cannot read %s", file);
+        if (!strcmp(c->def->name, "vol-upload"))
+            pool_err("cannot read %s", file);
+        else
+            pool_err("Failed to open file '%s': %s", file, strerror(errno));
         goto done;
     }
     line = remote_line(&u, c, up || down);

@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
@@ -44,7 +45,8 @@ bool vol_format_known(const char *fmt)
 
 char *pool_read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "re");
+    bool in = pool_stream_file && !strcmp(path, pool_stream_file);
+    FILE *f = in ? fdopen(dup(0), "r") : fopen(path, "re");
     char *buf;
     size_t n;
 
@@ -52,6 +54,8 @@ char *pool_read_file(const char *path, size_t *len)
         pool_set_error("Failed to open file '%s': %s", path, strerror(errno));
         return NULL;
     }
+    if (in)
+        pool_stream_file = NULL;   /* stdin is read once */
     buf = malloc(XML_MAX_FILE + 1);
     if (!buf)
         pool_oom();
