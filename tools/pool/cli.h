@@ -66,5 +66,6 @@ int remote_run(const struct cmd_ctx *c);
 /* The command tables (cmd-pool.c, cmd-vol.c), ended by a NULL name. */
 extern const struct cmd_def pool_cmds[];
 extern const struct cmd_def vol_cmds[];
+extern const struct cmd_def secret_cmds[];
 
 #endif

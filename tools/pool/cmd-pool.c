@@ -288,7 +288,7 @@ static int define_as(struct cmd_ctx *c, bool create)
     if (r == 0)
         printf("Pool %s defined\n", d->name);
     else {
-        pool_err("Failed to define pool %s", opt_str(c, "name"));
+        pool_err("Failed to %s pool %s", create ? "create" : "define", opt_str(c, "name"));
         pool_report();
     }
     pool_def_free(d);

@@ -40,6 +40,7 @@ static struct vol_def **list_vols(struct pool_conn *conn, struct pool_obj *o, si
     struct vol_def **v = dir_vols(o->def, n);
 
     state_apply_marks(conn, o->def->name, v, *n);
+    secret_fill_vols(conn, v, *n);
     return v;
 }
 
@@ -176,7 +177,8 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (dir_vol_create(o->def, v, meta, from) < 0)
+    if (secret_prepare_vol(conn, v, from != NULL) < 0 ||
+        dir_vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (state_mark_vol(conn, o->def->name, v) < 0) {
         dir_vol_delete(v);

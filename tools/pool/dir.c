@@ -125,8 +125,12 @@ static void probe_qcow2(struct vol_def *v, vd_node *n)
         return;
     if (n->drv->info(n, data) == 0) {
         vd_json *l = vd_json_get(data, "lazy-refcounts"), *e = vd_json_get(data, "extended-l2");
+        vd_json *enc = vd_json_get(data, "encrypt"), *f = enc ? vd_json_get(enc, "format") : NULL;
         v->lazy_refcounts = l && vd_json_bool(l);
         v->extended_l2 = e && vd_json_bool(e);
+        if (vd_node_encrypted(n))
+            v->enc_format = xstrdup(f && vd_json_str(f) && !strcmp(vd_json_str(f), "luks")
+                                    ? "luks" : "qcow");
     }
     vd_json_free(data);
     if (v->lazy_refcounts || v->extended_l2)
@@ -162,6 +166,12 @@ int vol_probe(struct vol_def *v)
         v->format = xstrdup(vd_node_format(n));
         if (!strcmp(v->format, "qcow2"))
             probe_qcow2(v, n);
+        if (!strcmp(v->format, "luks")) {
+            /* libvirt shows a LUKS file as an encrypted raw volume */
+            free(v->format);
+            v->format = xstrdup("raw");
+            v->enc_format = xstrdup("luks");
+        }
         probe_backing(v, n);
         vd_close(n);
     }
@@ -272,6 +282,12 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
     }
     if (prealloc_meta)
         vd_opts_set(o, "preallocation", "metadata");
+    if (v->enc_format && !strcmp(v->format, "qcow2")) {
+        vd_opts_set(o, "encrypt.format", "luks");
+        vd_opts_set(o, "encrypt.key-secret", VOL_KEY_ID);
+    } else if (v->enc_format) {
+        vd_opts_set(o, "key-secret", VOL_KEY_ID);
+    }
     if (v->backing_path) {
         vd_opts_set(o, "backing_file", v->backing_path);
         vd_opts_set(o, "backing_fmt", v->backing_format ? v->backing_format : "raw");
@@ -317,11 +333,12 @@ static int make_image(struct vol_def *v, bool prealloc_meta, const struct vol_de
     vd_opts *o;
     int r;
 
-    if (!strcmp(v->format, "raw") && !from)
+    if (!strcmp(v->format, "raw") && !from && !v->enc_format)
         return create_raw(v, DEFAULT_VOL_MODE);
     o = image_opts(v, prealloc_meta);
     vd_error_clear();
-    r = vd_create(v->format, v->path, o);
+    /* an encrypted raw volume is a LUKS file, as libvirt makes it */
+    r = vd_create(v->enc_format && !strcmp(v->format, "raw") ? "luks" : v->format, v->path, o);
     vd_opts_free(o);
     if (r < 0) {
         pool_set_error("cannot create volume '%s': %s", v->name, vd_errmsg());

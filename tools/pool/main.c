@@ -19,6 +19,9 @@ static const struct cmd_def *find_cmd(const char *name)
     for (const struct cmd_def *d = vol_cmds; d->name; d++)
         if (!strcmp(d->name, name))
             return d;
+    for (const struct cmd_def *d = secret_cmds; d->name; d++)
+        if (!strcmp(d->name, name))
+            return d;
     return NULL;
 }
 
@@ -136,6 +139,9 @@ static void usage(void)
         print_synopsis(d);
     printf("\n  Storage Volume (help keyword 'volume'):\n");
     for (const struct cmd_def *d = vol_cmds; d->name; d++)
+        print_synopsis(d);
+    printf("\n  Secret (help keyword 'secret'):\n");
+    for (const struct cmd_def *d = secret_cmds; d->name; d++)
         print_synopsis(d);
 }
 

@@ -52,6 +52,20 @@ struct vol_def {
     bool lazy_refcounts, extended_l2;
     char *compat;
     uint64_t cluster_size;         /* probed qcow2 only; 0: not shown */
+    char *enc_format;              /* <encryption format=...>, NULL if none */
+    char *enc_secret;              /* its passphrase secret's uuid, or NULL */
+    bool enc_secret_bad;           /* not one <secret type='passphrase'/> */
+};
+
+/* The id of the libvdisk secret object a volume's passphrase is given as. */
+#define VOL_KEY_ID "vdisk-pool-key"
+
+/* One secret definition (libvirt's secret XML). */
+struct secret_def {
+    char uuid[37];
+    bool ephemeral, priv;
+    char *description;
+    char *usage_type, *usage_id;   /* NULL: no usage */
 };
 
 /* The connection: where state lives. */
@@ -89,6 +103,24 @@ struct pool_def *pool_def_copy(const struct pool_def *d);
 struct vol_def *vol_def_parse(const char *xml, size_t len);
 char *vol_def_format(const struct vol_def *v);
 void vol_def_free(struct vol_def *v);
+struct secret_def *secret_def_parse(const char *xml, size_t len);
+char *secret_def_format(const struct secret_def *s);
+void secret_def_free(struct secret_def *s);
+/* The element that names a secret usage type's object ("volume", "name",
+ * ...), with the error when it is missing; NULL for an unknown type. */
+const char *secret_usage_elem(const char *type, const char **missing);
+/* Canonical form of a uuid string (hex digits, optional dashes): 0 or -1. */
+int pool_uuid_parse(const char *s, char out[37]);
+/* The base64 value of secret uuid (malloc'd); NULL with virsh's error. */
+struct pool_conn;
+char *secret_value_b64(struct pool_conn *c, const char *uuid);
+/* Check v's <encryption> and give its passphrase to libvdisk as the secret
+ * object VOL_KEY_ID; 0 when v is not encrypted; -1 (error recorded). */
+struct vol_def;
+/* Encrypted volumes without a secret get the one whose usage is their
+ * path, as libvirt finds it. */
+void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n);
+int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy);
 /* libvirt's scaled integer units ("KiB", "M", "bytes"...): 0 or -1. */
 int pool_scale(const char *unit, uint64_t *val, uint64_t dflt_scale);
 /* Read a whole file (capped); NULL with the error recorded. */

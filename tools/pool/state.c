@@ -440,8 +440,9 @@ static char *marks_dir(struct pool_conn *c, const char *pool)
 int state_mark_vol(struct pool_conn *c, const char *pool, const struct vol_def *v)
 {
     char *d = marks_dir(c, pool), *p = xasprintf("%s/%s", d, v->name);
-    char *txt = xasprintf("%s\n%s%s\n", v->compat ? v->compat : "",
-                          v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "");
+    char *txt = xasprintf("%s\n%s%s\n%s\n", v->compat ? v->compat : "",
+                          v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "",
+                          v->enc_secret ? v->enc_secret : "");
     int r;
 
     if (mkdir(d, 0700) < 0 && errno != EEXIST)
@@ -484,13 +485,21 @@ void state_clear_vols(struct pool_conn *c, const char *pool)
 /* Apply one mark file's content to v. */
 static void apply_mark(struct vol_def *v, const char *txt)
 {
-    const char *nl = strchr(txt, '\n');
+    const char *nl = strchr(txt, '\n'), *nl2 = nl ? strchr(nl + 1, '\n') : NULL;
+    char uuid[37], line[37] = "";
 
     free(v->compat);
     v->compat = nl && nl > txt ? strndup(txt, (size_t)(nl - txt)) : NULL;
     v->cluster_size = 0;
-    v->lazy_refcounts = nl && strchr(nl, 'L');
-    v->extended_l2 = nl && strchr(nl, 'E');
+    v->lazy_refcounts = nl && memchr(nl, 'L', (size_t)(nl2 ? nl2 - nl : 1));
+    v->extended_l2 = nl && memchr(nl, 'E', (size_t)(nl2 ? nl2 - nl : 1));
+    /* the passphrase secret of an encrypted volume, until a refresh */
+    if (nl2)
+        snprintf(line, sizeof(line), "%.36s", nl2 + 1);
+    if (v->enc_format && strlen(line) == 36 && pool_uuid_parse(line, uuid) == 0) {
+        free(v->enc_secret);
+        v->enc_secret = xstrdup(uuid);
+    }
 }
 
 void state_apply_marks(struct pool_conn *c, const char *pool, struct vol_def **v, size_t n)
