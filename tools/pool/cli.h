@@ -16,7 +16,7 @@ struct cmd_opt {
     const char *help;
 };
 
-#define CMD_MAX_OPTS 16
+#define CMD_MAX_OPTS 32
 
 struct cmd_ctx;
 
