@@ -19,20 +19,26 @@ static int be_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     return is_fs(d) ? fs_build(d, overwrite, no_overwrite) : dir_build(d, overwrite, no_overwrite);
 }
 
+/* Is d a netfs pool (built as a dir pool, started by mounting)? */
+static bool is_netfs(const struct pool_def *d)
+{
+    return !strcmp(d->type, "netfs");
+}
+
 static int be_start(struct pool_def *d)
 {
-    return is_fs(d) ? fs_start(d) : dir_start(d);
+    return is_fs(d) ? fs_start(d) : is_netfs(d) ? netfs_start(d) : dir_start(d);
 }
 
 static int be_stop(struct pool_def *d)
 {
-    return is_fs(d) ? fs_stop(d) : dir_stop(d);
+    return is_fs(d) ? fs_stop(d) : is_netfs(d) ? netfs_stop(d) : dir_stop(d);
 }
 
 /* Does the pool's type have a backend here? */
 static bool supported(const struct pool_def *d)
 {
-    if (!strcmp(d->type, "dir") || is_fs(d))
+    if (!strcmp(d->type, "dir") || is_fs(d) || is_netfs(d))
         return true;
     pool_set_error("this function is not supported by the connection driver: "
                    "storage pool type '%s' is not supported", d->type);
@@ -656,24 +662,33 @@ static void print_vol_options(void)
     printf("      </enum>\n    </volOptions>\n");
 }
 
+/* <pool type=T supported='yes'> with its source formats and volume options. */
+static void print_fs_type(const char *type, const char *const *fmts)
+{
+    printf("  <pool type='%s' supported='yes'>\n    <poolOptions>\n"
+           "      <defaultFormat type='auto'/>\n      <enum name='sourceFormatType'>\n", type);
+    for (int i = 0; fmts[i]; i++)
+        printf("        <value>%s</value>\n", fmts[i]);
+    printf("      </enum>\n    </poolOptions>\n");
+    print_vol_options();
+    printf("  </pool>\n");
+}
+
 static int cmd_capabilities(struct cmd_ctx *c)
 {
     static const char *const fs_fmts[] = { "auto", "ext2", "ext3", "ext4", "ufs", "iso9660",
                                            "udf", "gfs", "gfs2", "vfat", "hfs+", "xfs",
                                            "ocfs2", "vmfs", NULL };
-    static const char *const others[] = { "netfs", "logical", "disk", "iscsi",
+    static const char *const netfs_fmts[] = { "auto", "nfs", "glusterfs", "cifs", NULL };
+    static const char *const others[] = { "logical", "disk", "iscsi",
                                           "iscsi-direct", "scsi", "mpath", "rbd",
                                           "sheepdog", "gluster", "zfs", "vstorage", NULL };
 
     printf("<storagepoolCapabilities>\n  <pool type='dir' supported='yes'>\n");
     print_vol_options();
-    printf("  </pool>\n  <pool type='fs' supported='yes'>\n    <poolOptions>\n"
-           "      <defaultFormat type='auto'/>\n      <enum name='sourceFormatType'>\n");
-    for (int i = 0; fs_fmts[i]; i++)
-        printf("        <value>%s</value>\n", fs_fmts[i]);
-    printf("      </enum>\n    </poolOptions>\n");
-    print_vol_options();
     printf("  </pool>\n");
+    print_fs_type("fs", fs_fmts);
+    print_fs_type("netfs", netfs_fmts);
     for (int i = 0; others[i]; i++)
         printf("  <pool type='%s' supported='no'>\n  </pool>\n", others[i]);
     printf("</storagepoolCapabilities>\n");

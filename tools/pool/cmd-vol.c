@@ -165,7 +165,8 @@ static uint64_t allocation_of(const char *path)
 static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def *v,
                      bool meta, const struct vol_def *from)
 {
-    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs")) {
+    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs") &&
+        strcmp(o->def->type, "netfs")) {
         pool_set_error("this function is not supported by the connection driver: "
                        "storage pool does not support volume creation");
         return -1;

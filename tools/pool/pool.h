@@ -27,6 +27,7 @@ struct pool_def {
     char *target_path;
     struct pool_perms perms;
     char *src_device, *src_dir, *src_host, *src_name, *src_format;
+    char *src_proto_ver;           /* netfs <protocol ver=> (nfsvers) */
     uint64_t capacity, allocation, available;
 };
 
@@ -183,9 +184,17 @@ bool is_zero(const void *buf, size_t n);
 #define STREAM_BLOCK (64 * 1024)
 
 /* ---- fs backend (fs.c): mkfs, mount, umount around a dir pool ---- */
+/* Run argv; its stdout (first 4095 bytes) into out if given, stderr into
+ * the error message on failure.  Returns the exit status or -1. */
+int run_cmd(char *const argv[], char *out);
+/* Is target a mount point (in /proc/self/mounts)? */
+bool is_mounted(const char *target);
 int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite);
 int fs_start(struct pool_def *d);
 int fs_stop(struct pool_def *d);
+/* ---- netfs backend (netfs.c): nfs, glusterfs, cifs mounted on the target ---- */
+int netfs_start(struct pool_def *d);
+int netfs_stop(struct pool_def *d);
 
 /* Is fmt a volume format libvirt knows for file pools? */
 bool vol_format_known(const char *fmt);

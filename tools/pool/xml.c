@@ -264,6 +264,40 @@ static void clean_path(char *p)
 }
 
 /* <source> of a pool. */
+/* The checks libvirt makes of a netfs pool's source. */
+static int parse_netfs_source(xmlNodePtr s, struct pool_def *d)
+{
+    static const char *const formats[] = { "auto", "nfs", "glusterfs", "cifs", NULL };
+    const char *fmt = d->src_format ? d->src_format : "auto";
+
+    d->src_proto_ver = attr(child(s, "protocol"), "ver");
+    if (!d->src_host) {
+        pool_set_error("XML error: missing storage pool source host name");
+        return -1;
+    }
+    if (!d->src_dir) {
+        pool_set_error("XML error: missing storage pool source path");
+        return -1;
+    }
+    if (!in_list(formats, fmt)) {
+        pool_set_error("unsupported configuration: unknown pool format type %s", fmt);
+        return -1;
+    }
+    if (d->src_proto_ver && (!d->src_proto_ver[0] ||
+                             strspn(d->src_proto_ver, "0123456789") != strlen(d->src_proto_ver) ||
+                             strlen(d->src_proto_ver) > 9)) {
+        pool_set_error("XML error: storage pool protocol ver value '%s' is malformed",
+                       d->src_proto_ver);
+        return -1;
+    }
+    if (d->src_proto_ver && strcmp(fmt, "nfs")) {
+        pool_set_error("unsupported configuration: storage pool protocol ver unsupported "
+                       "for pool type '%s'", fmt);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_source(xmlNodePtr s, struct pool_def *d)
 {
     d->src_device = attr(child(s, "device"), "path");
@@ -275,10 +309,8 @@ static int parse_source(xmlNodePtr s, struct pool_def *d)
         pool_set_error("XML error: missing storage pool source device name");
         return -1;
     }
-    if (!strcmp(d->type, "netfs") && !d->src_host) {
-        pool_set_error("XML error: missing storage pool source host name");
-        return -1;
-    }
+    if (!strcmp(d->type, "netfs"))
+        return parse_netfs_source(s, d);
     return 0;
 }
 
@@ -407,6 +439,7 @@ void pool_def_free(struct pool_def *d)
     free(d->src_host);
     free(d->src_name);
     free(d->src_format);
+    free(d->src_proto_ver);
     free(d);
 }
 
@@ -432,6 +465,7 @@ struct pool_def *pool_def_copy(const struct pool_def *s)
     d->src_host = dupn(s->src_host);
     d->src_name = dupn(s->src_name);
     d->src_format = dupn(s->src_format);
+    d->src_proto_ver = dupn(s->src_proto_ver);
     return d;
 }
 
@@ -510,6 +544,8 @@ static void put_source(struct vd_buf *b, const struct pool_def *d)
         put_elem(b, 4, "name", d->src_name);
     if (fs || netfs || d->src_format)
         put_attr_elem(b, 4, "format", "type", d->src_format ? d->src_format : "auto");
+    if (d->src_proto_ver)
+        put_attr_elem(b, 4, "protocol", "ver", d->src_proto_ver);
     vd_buf_adds(b, "  </source>\n");
 }
 
