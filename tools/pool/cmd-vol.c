@@ -634,8 +634,10 @@ static int cmd_resize(struct cmd_ctx *c)
     }
     if (s[0] == '-')
         s++;
-    rc = dir_vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
-                        opt_bool(c, "shrink"));
+    rc = secret_prepare_vol(&c->conn, r.vol, false);
+    if (rc == 0)
+        rc = dir_vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
+                            opt_bool(c, "shrink"));
     if (rc == 0)
         printf("Size of volume '%s' successfully changed %s %s\n", r.vol->name,
                delta ? "by" : "to", s);

@@ -513,10 +513,20 @@ static int resize_raw(struct vol_def *v, uint64_t cap, bool allocate)
 static int resize_image(struct vol_def *v, uint64_t cap, bool allocate)
 {
     vd_node *n = NULL;
+    vd_opts *o = NULL;
+    const char *fmt = v->format;
     int r;
 
     vd_error_clear();
-    r = vd_open(&n, v->path, v->format, NULL, VD_O_RDWR | VD_O_RESIZE | VD_O_NO_BACKING);
+    if (v->enc_format) {
+        /* through the encryption, with the key secret_prepare_vol gave */
+        bool raw = !strcmp(v->format, "raw");
+        if (!(o = vd_opts_new()))
+            pool_oom();
+        vd_opts_set(o, raw ? "key-secret" : "encrypt.key-secret", VOL_KEY_ID);
+        fmt = raw ? "luks" : v->format;
+    }
+    r = vd_open(&n, v->path, fmt, o, VD_O_RDWR | VD_O_RESIZE | VD_O_NO_BACKING);
     if (r == 0)
         r = vd_truncate(n, cap, false, allocate ? VD_PREALLOC_FALLOC : VD_PREALLOC_OFF);
     vd_close(n);
@@ -545,7 +555,7 @@ int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                        "type volume");
         return -1;
     }
-    if (!strcmp(v->format, "raw"))
+    if (!strcmp(v->format, "raw") && !v->enc_format)
         return resize_raw(v, cap, allocate);
     return resize_image(v, cap, allocate);
 }
