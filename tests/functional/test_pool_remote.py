@@ -205,6 +205,37 @@ def test_refused_key(rem):
     assert p.returncode == 1 and b"failed to connect to the hypervisor" in p.stderr
 
 
+def test_no_verify_and_known_hosts(rem, tmp_path):
+    """Without the host key, BatchMode refuses the host; no_verify=1 lets ssh
+    take it (into the known_hosts file given, not the user's)."""
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    p = rem.remote("pool-list", uri=rem.uri(known_hosts=kh))
+    assert p.returncode == 1 and b"Host key verification failed" in p.stderr
+    p = rem.remote("pool-list", "--all", uri=rem.uri(known_hosts=kh, no_verify="1"))
+    assert p.returncode == 0 and b" rp " in p.stdout
+    assert rem.srv.host_key_pub[1] in kh.read_text()
+
+
+def test_ssh_command_line(rem, tmp_path):
+    """command= names the ssh program; its arguments are libvirt's, the
+    remote command one shell-quoted string."""
+    log = tmp_path / "args"
+    fake = tmp_path / "fake-ssh"
+    fake.write_text("#!/bin/sh\nfor a in \"$@\"; do printf '%%s\\n' \"$a\"; done > '%s'\n"
+                    "exit 0\n" % log)
+    fake.chmod(0o755)
+    uri = ("vdisk+ssh://u%%40x@host.example:2222/system?keyfile=/k%%20f&no_verify=1"
+           "&command=%s&binary=/opt/vp" % fake)
+    p = subprocess.run([VDISK_POOL, "-c", uri, "vol-info", "--pool", "p", "it's"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0 and p.stdout == b""
+    assert log.read_text().split("\n")[:-1] == [
+        "-p", "2222", "-l", "u@x", "-i", "/k f", "-T", "-e", "none", "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no", "--", "host.example",
+        "'/opt/vp' '-c' 'vdisk:///system' 'vol-info' '--vol' 'it'\\''s' '--pool' 'p'"]
+
+
 def test_missing_remote_binary(rem):
     p = rem.remote("pool-list", uri=rem.uri(binary="/nonexistent/vdisk-pool"))
     assert p.returncode == 127 or p.returncode == 1
