@@ -99,6 +99,16 @@ def test_bad_netfs_source_same_as_virsh(peer, source):
     pr.same("pool-define", pr.xml("bad.xml", xml))
 
 
+def test_same_source_twice_same_as_virsh(peer):
+    pr = Pair(peer)
+    tag = os.path.basename(pr.dir)
+    for n in ("a", "b"):
+        pr.same("pool-define", pr.xml(n + ".xml", NETFS_XML.format(
+            name=n + tag, host="h" + tag, dir="/e", target="@/" + n,
+            extra="<format type='nfs'/>")))
+    pr.same("pool-undefine", "a" + tag)
+
+
 def test_define_as_netfs_same_as_virsh(peer):
     pr = Pair(peer)
     name = "d" + os.path.basename(pr.dir)

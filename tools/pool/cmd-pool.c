@@ -75,6 +75,13 @@ static int start_pool(struct pool_conn *conn, struct pool_obj *o)
     return 0;
 }
 
+/* Do a and b mount the same network directory (libvirt refuses that)? */
+static bool same_netfs_source(const struct pool_def *a, const struct pool_def *b)
+{
+    return is_netfs(a) && is_netfs(b) && a->src_host && b->src_host && a->src_dir &&
+           b->src_dir && !strcmp(a->src_host, b->src_host) && !strcmp(a->src_dir, b->src_dir);
+}
+
 /* A definition from an XML file; refuse a name or uuid clash. */
 static struct pool_def *def_from_file(struct cmd_ctx *c, const char *file,
                                       bool *exists_ok)
@@ -98,6 +105,13 @@ static struct pool_def *def_from_file(struct cmd_ctx *c, const char *file,
         if (strcmp(o->name, d->name) && !strcmp(o->uuid, d->uuid)) {
             pool_set_error("operation failed: pool '%s' is already defined with uuid %s",
                            o->name, d->uuid);
+            pool_def_free(d);
+            d = NULL;
+            break;
+        }
+        if (strcmp(o->name, d->name) && same_netfs_source(o, d)) {
+            pool_set_error("operation failed: Storage source conflict with pool: '%s'",
+                           o->name);
             pool_def_free(d);
             d = NULL;
             break;
