@@ -244,6 +244,7 @@ def test_missing_remote_binary(rem):
 
 @pytest.mark.parametrize("uri,msg", [
     ("vdisk+ssh:///session", "no host in URI"),
+    ("vdisk+ssh://h", "no connection driver available for vdisk+ssh://h"),
     ("vdisk+ssh://-oProxyCommand=touch%20x/session", "invalid host in URI"),
     ("vdisk+ssh://-l@h/session", "invalid user name in URI"),
     ("vdisk+ssh://h:99999/session", "invalid port in URI"),

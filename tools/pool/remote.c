@@ -173,7 +173,11 @@ static int uri_parse(struct ssh_uri *u, const char *uri)
     const char *a = uri + 12, *slash = strchr(a, '/'), *q;
 
     memset(u, 0, sizeof(*u));
-    if (!slash || slash == a) {
+    if (!slash) {
+        pool_set_error("no connection driver available for %s", uri);
+        return -1;
+    }
+    if (slash == a) {
         pool_set_error("no host in URI %s", uri);
         return -1;
     }
