@@ -170,11 +170,26 @@ def test_luks_volume_same_as_virsh(peer, fmt, tmp_path):
         priv="yes", uuid=s.uuid(1), type="volume", elem="volume", id="@/p/e")))
     s.same("secret-set-value", s.uuid(1), "c2VjcmV0")
     s.same("pool-create-as", p, "dir", "--target", "@/p", "--build")
-    vol = s.file("vol.xml", VOL_XML.format(name="e", fmt=fmt, enc=ENC % s.uuid(1)))
+    enc = ENC % s.uuid(1)
+    if fmt == "raw":
+        # the raw volume with a cipher and IV generator of its own
+        enc = enc.replace("</encryption>", "<cipher name='twofish' size='128' mode='cbc' "
+                          "hash='sha1'/><ivgen name='essiv' hash='sha256'/></encryption>")
+    vol = s.file("vol.xml", VOL_XML.format(name="e", fmt=fmt, enc=enc))
     s.same("vol-create", p, vol)
     dump = s.same("vol-dumpxml", "e", "--pool", p)[1]
     assert ("<secret type='passphrase' uuid='UUID'/>" in dump and
             "<format type='%s'/>" % fmt in dump)
+    if fmt == "raw":
+        assert ("<cipher name='twofish' size='128' mode='cbc' hash='sha1'/>\n"
+                "      <ivgen name='essiv' hash='sha256'/>\n") in dump
+        info = subprocess.run(["qemu-img", "info", "--output=json",
+                               os.path.join(s.dir, "v", "p", "e")],
+                              capture_output=True, text=True, check=True).stdout
+        for k, val in (("cipher-alg", "twofish-128"), ("cipher-mode", "cbc"),
+                       ("hash-alg", "sha1"), ("ivgen-alg", "essiv"),
+                       ("ivgen-hash-alg", "sha256")):
+            assert '"%s": "%s"' % (k, val) in info
     s.same("vol-info", "e", "--pool", p)
     s.same("vol-list", p, "--details")
     if fmt == "raw":

@@ -263,6 +263,35 @@ static int create_raw(struct vol_def *v, mode_t mode)
     return 0;
 }
 
+/* The LUKS options of v's <encryption> (prefix "encrypt." inside qcow2), as
+ * libvirt passes them to qemu-img. */
+static void encrypt_opts(vd_opts *o, const struct vol_def *v, const char *prefix)
+{
+    char k[64], val[160];
+
+    if (*prefix) {
+        snprintf(k, sizeof(k), "%sformat", prefix);
+        vd_opts_set(o, k, "luks");
+    }
+    snprintf(k, sizeof(k), "%skey-secret", prefix);
+    vd_opts_set(o, k, VOL_KEY_ID);
+    if (v->enc_cipher[0]) {
+        snprintf(k, sizeof(k), "%scipher-alg", prefix);
+        snprintf(val, sizeof(val), "%s-%s", v->enc_cipher[0], v->enc_cipher[1]);
+        vd_opts_set(o, k, val);
+    }
+    const char *const more[][2] = {
+        { "cipher-mode", v->enc_cipher[2] }, { "hash-alg", v->enc_cipher[3] },
+        { "ivgen-alg", v->enc_ivgen[0] }, { "ivgen-hash-alg", v->enc_ivgen[1] },
+    };
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++) {
+        if (!more[i][1])
+            continue;
+        snprintf(k, sizeof(k), "%s%s", prefix, more[i][0]);
+        vd_opts_set(o, k, more[i][1]);
+    }
+}
+
 /* The options of a non-raw image as libvirt passes them to qemu-img. */
 static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
 {
@@ -282,12 +311,8 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
     }
     if (prealloc_meta)
         vd_opts_set(o, "preallocation", "metadata");
-    if (v->enc_format && !strcmp(v->format, "qcow2")) {
-        vd_opts_set(o, "encrypt.format", "luks");
-        vd_opts_set(o, "encrypt.key-secret", VOL_KEY_ID);
-    } else if (v->enc_format) {
-        vd_opts_set(o, "key-secret", VOL_KEY_ID);
-    }
+    if (v->enc_format)
+        encrypt_opts(o, v, !strcmp(v->format, "qcow2") ? "encrypt." : "");
     if (v->backing_path) {
         vd_opts_set(o, "backing_file", v->backing_path);
         vd_opts_set(o, "backing_fmt", v->backing_format ? v->backing_format : "raw");

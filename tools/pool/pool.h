@@ -56,6 +56,9 @@ struct vol_def {
     char *enc_format;              /* <encryption format=...>, NULL if none */
     char *enc_secret;              /* its passphrase secret's uuid, or NULL */
     bool enc_secret_bad;           /* not one <secret type='passphrase'/> */
+    /* <cipher name= size= mode= hash=/> and <ivgen name= hash=/>: NULL
+     * where not given (simple tokens, checked when parsed) */
+    char *enc_cipher[4], *enc_ivgen[2];
 };
 
 /* The id of the libvdisk secret object a volume's passphrase is given as. */

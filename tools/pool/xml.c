@@ -625,6 +625,40 @@ static int parse_scaled(xmlNodePtr n, uint64_t *out, const char *what)
     return r;
 }
 
+/* Is s a plain token (an algorithm name, a size)? */
+static bool token(const char *s)
+{
+    return s && *s && strlen(s) < 64 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") ==
+           strlen(s);
+}
+
+/* <cipher name= size= mode= hash=/> and <ivgen name= hash=/> of an
+ * <encryption>: name (and the cipher's size, a number) required. */
+static int parse_cipher(xmlNodePtr e, struct vol_def *v)
+{
+    static const char *const cn[] = { "name", "size", "mode", "hash" }, *const in[] = {
+        "name", "hash" };
+    xmlNodePtr c = child(e, "cipher"), g = child(e, "ivgen");
+
+    for (int i = 0; c && i < 4; i++) {
+        v->enc_cipher[i] = attr(c, cn[i]);
+        if ((i < 2 && !v->enc_cipher[i]) || (v->enc_cipher[i] && !token(v->enc_cipher[i])) ||
+            (i == 1 && strspn(v->enc_cipher[1], "0123456789") != strlen(v->enc_cipher[1]))) {
+            pool_set_error("XML error: missing or malformed cipher %s", cn[i]);
+            return -1;
+        }
+    }
+    for (int i = 0; g && i < 2; i++) {
+        v->enc_ivgen[i] = attr(g, in[i]);
+        if ((i == 0 && !v->enc_ivgen[i]) || (v->enc_ivgen[i] && !token(v->enc_ivgen[i]))) {
+            pool_set_error("XML error: missing or malformed ivgen %s", in[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* <encryption format='luks'><secret type='passphrase' uuid='...'/>. */
 static int parse_encryption(xmlNodePtr e, struct vol_def *v)
 {
@@ -663,7 +697,7 @@ static int parse_encryption(xmlNodePtr e, struct vol_def *v)
         free(uuid);
     }
     v->enc_secret_bad |= n != 1;
-    return 0;
+    return parse_cipher(e, v);
 }
 
 /* The target element of a volume. */
@@ -738,6 +772,10 @@ void vol_def_free(struct vol_def *v)
     free(v->compat);
     free(v->enc_format);
     free(v->enc_secret);
+    for (int i = 0; i < 4; i++)
+        free(v->enc_cipher[i]);
+    for (int i = 0; i < 2; i++)
+        free(v->enc_ivgen[i]);
     free(v);
 }
 
@@ -776,6 +814,28 @@ static void put_backing(struct vd_buf *b, const struct vol_def *v)
     vd_buf_adds(b, "  </backingStore>\n");
 }
 
+/* <cipher/> and <ivgen/> with the attributes given. */
+static void put_cipher(struct vd_buf *b, const struct vol_def *v)
+{
+    static const char *const cn[] = { "name", "size", "mode", "hash" }, *const in[] = {
+        "name", "hash" };
+
+    if (v->enc_cipher[0]) {
+        vd_buf_adds(b, "      <cipher");
+        for (int i = 0; i < 4; i++)
+            if (v->enc_cipher[i])
+                vd_buf_printf(b, " %s='%s'", cn[i], v->enc_cipher[i]);
+        vd_buf_adds(b, "/>\n");
+    }
+    if (v->enc_ivgen[0]) {
+        vd_buf_adds(b, "      <ivgen");
+        for (int i = 0; i < 2; i++)
+            if (v->enc_ivgen[i])
+                vd_buf_printf(b, " %s='%s'", in[i], v->enc_ivgen[i]);
+        vd_buf_adds(b, "/>\n");
+    }
+}
+
 char *vol_def_format(const struct vol_def *v)
 {
     struct vd_buf b = {0};
@@ -799,6 +859,7 @@ char *vol_def_format(const struct vol_def *v)
         vd_buf_adds(&b, "'>\n");
         if (v->enc_secret)
             vd_buf_printf(&b, "      <secret type='passphrase' uuid='%s'/>\n", v->enc_secret);
+        put_cipher(&b, v);
         vd_buf_adds(&b, "    </encryption>\n");
     }
     if (v->compat)
