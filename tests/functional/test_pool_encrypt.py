@@ -114,8 +114,13 @@ def test_secret_commands_same_as_virsh(peer):
                  ["secret-list", "--ephemeral"], ["secret-list", "--no-ephemeral"]):
         virsh, vdisk = s.both(*args)
         assert mine(s, virsh) == mine(s, vdisk)
+    # the value is readable by its owner only
+    sec = os.path.join(peer.d("vcfg"), "secrets")
+    assert os.stat(sec).st_mode & 0o777 == 0o700
+    assert os.stat(os.path.join(sec, UUID + ".base64")).st_mode & 0o777 == 0o600
     for u in (UUID, UUID3):
         s.same("secret-undefine", u)
+    assert not os.path.exists(os.path.join(sec, UUID + ".base64"))
 
 
 def mine(s, result):
