@@ -40,6 +40,7 @@ static struct vol_def **list_vols(struct pool_conn *conn, struct pool_obj *o, si
     struct vol_def **v = dir_vols(o->def, n);
 
     state_apply_marks(conn, o->def->name, v, *n);
+    secret_fill_vols(conn, v, *n);
     return v;
 }
 
@@ -164,7 +165,8 @@ static uint64_t allocation_of(const char *path)
 static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def *v,
                      bool meta, const struct vol_def *from)
 {
-    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs")) {
+    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs") &&
+        strcmp(o->def->type, "netfs")) {
         pool_set_error("this function is not supported by the connection driver: "
                        "storage pool does not support volume creation");
         return -1;
@@ -176,7 +178,8 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (dir_vol_create(o->def, v, meta, from) < 0)
+    if (secret_prepare_vol(conn, v, from != NULL) < 0 ||
+        dir_vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (state_mark_vol(conn, o->def->name, v) < 0) {
         dir_vol_delete(v);
@@ -553,12 +556,12 @@ static int cmd_upload(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    if (access(opt_str(c, "file"), R_OK) < 0) {
+    if (!pool_stream && access(opt_str(c, "file"), R_OK) < 0) {
         pool_err("cannot read %s", opt_str(c, "file"));
         ref_free(&r);
         return 1;
     }
-    rc = dir_vol_upload(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = dir_vol_upload(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
     if (rc == -3) {
         pool_err("cannot send data to volume %s", r.vol->name);
         pool_report();
@@ -578,7 +581,7 @@ static int cmd_download(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    rc = dir_vol_download(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = dir_vol_download(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
     if (rc == -1) {
         pool_err("cannot download from volume %s", r.vol->name);
         pool_report();
@@ -631,8 +634,10 @@ static int cmd_resize(struct cmd_ctx *c)
     }
     if (s[0] == '-')
         s++;
-    rc = dir_vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
-                        opt_bool(c, "shrink"));
+    rc = secret_prepare_vol(&c->conn, r.vol, false);
+    if (rc == 0)
+        rc = dir_vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
+                            opt_bool(c, "shrink"));
     if (rc == 0)
         printf("Size of volume '%s' successfully changed %s %s\n", r.vol->name,
                delta ? "by" : "to", s);
