@@ -205,7 +205,7 @@ def test_refused_key(rem):
     assert p.returncode == 1 and b"failed to connect to the hypervisor" in p.stderr
 
 
-def test_no_verify_and_known_hosts(rem, tmp_path):
+def test_no_verify_and_known_hosts(rem, pool, tmp_path):
     """Without the host key, BatchMode refuses the host; no_verify=1 lets ssh
     take it (into the known_hosts file given, not the user's)."""
     kh = tmp_path / "known_hosts"
