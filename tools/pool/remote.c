@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "util/uri.h"
 
 #define SSH_FAILED 255             /* ssh's own exit status on its errors */
 #define MAX_ARGS 64
@@ -44,50 +45,12 @@ static void uri_free(struct ssh_uri *u)
     free(u->binary);
 }
 
-/* Value of a hex digit, -1 if none. */
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
-/* The first n bytes of s with %XX decoded (malloc'd); NULL on a bad or NUL
- * escape. */
-static char *unescape(const char *s, size_t n)
-{
-    char *o = malloc(n + 1), *w = o;
-
-    if (!o)
-        pool_oom();
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] != '%') {
-            *w++ = s[i];
-            continue;
-        }
-        int a = i + 1 < n ? hexval(s[i + 1]) : -1, b = i + 2 < n ? hexval(s[i + 2]) : -1;
-        int h = a < 0 || b < 0 ? -1 : a * 16 + b;
-        if (h <= 0) {
-            free(o);
-            return NULL;
-        }
-        *w++ = (char)h;
-        i += 2;
-    }
-    *w = 0;
-    return o;
-}
-
 /* One "name=value" query parameter into u; -1 (error recorded). */
 static int uri_param(struct ssh_uri *u, const char *p, size_t n)
 {
     const char *eq = memchr(p, '=', n);
     size_t kl = eq ? (size_t)(eq - p) : n;
-    char *v = eq ? unescape(eq + 1, n - kl - 1) : xstrdup("");
+    char *v = eq ? vd_uri_decode(eq + 1, n - kl - 1) : xstrdup("");
     char **slot = NULL;
 
     if (!v) {
@@ -130,7 +93,7 @@ static int uri_authority(struct ssh_uri *u, const char *a, size_t n)
     const char *at = memchr(a, '@', n), *h, *colon = NULL, *end = a + n;
 
     if (at) {
-        u->user = unescape(a, (size_t)(at - a));
+        u->user = vd_uri_decode(a, (size_t)(at - a));
         h = at + 1;
     } else {
         h = a;
@@ -141,7 +104,7 @@ static int uri_authority(struct ssh_uri *u, const char *a, size_t n)
             pool_set_error("malformed host in URI");
             return -1;
         }
-        u->host = unescape(h + 1, (size_t)(rb - h - 1));
+        u->host = vd_uri_decode(h + 1, (size_t)(rb - h - 1));
         colon = rb + 1 < end && rb[1] == ':' ? rb + 1 : NULL;
         if (rb + 1 < end && !colon) {
             pool_set_error("malformed host in URI");
@@ -149,11 +112,11 @@ static int uri_authority(struct ssh_uri *u, const char *a, size_t n)
         }
     } else {
         colon = memchr(h, ':', (size_t)(end - h));
-        u->host = unescape(h, (size_t)((colon ? colon : end) - h));
+        u->host = vd_uri_decode(h, (size_t)((colon ? colon : end) - h));
     }
     if (colon) {
         char *e;
-        u->port = unescape(colon + 1, (size_t)(end - colon - 1));
+        u->port = vd_uri_decode(colon + 1, (size_t)(end - colon - 1));
         if (!u->port || !*u->port || strtoul(u->port, &e, 10) > 65535 || *e ||
             strspn(u->port, "0123456789") != strlen(u->port)) {
             pool_set_error("invalid port in URI");
