@@ -22,6 +22,12 @@ static const char *const pool_types[] = {
     "mpath", "rbd", "sheepdog", "gluster", "zfs", "vstorage", NULL,
 };
 
+/* Partition types of disk pools' volumes, in libvirt's order. */
+static const char *const part_formats[] = {
+    "none", "linux", "fat16", "fat32", "linux-swap", "linux-lvm", "linux-raid",
+    "extended", NULL,
+};
+
 /* Volume formats of file-based pools, in libvirt's order. */
 static const char *const vol_formats[] = {
     "none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi",
@@ -40,6 +46,11 @@ static bool in_list(const char *const *list, const char *s)
 bool vol_format_known(const char *fmt)
 {
     return in_list(vol_formats, fmt);
+}
+
+bool vol_format_any(const char *fmt)
+{
+    return in_list(vol_formats, fmt) || in_list(part_formats, fmt);
 }
 
 char *pool_read_file(const char *path, size_t *len)
@@ -261,14 +272,45 @@ static void clean_path(char *p)
 }
 
 /* <source> of a pool. */
+/* Every <device path='...'/> of a pool source. */
+static void parse_devices(xmlNodePtr s, struct pool_def *d)
+{
+    for (xmlNodePtr c = s ? s->children : NULL; c; c = c->next) {
+        char *p;
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "device") ||
+            !(p = attr(c, "path")))
+            continue;
+        d->src_devs = realloc(d->src_devs, (d->n_src_devs + 1) * sizeof(*d->src_devs));
+        if (!d->src_devs)
+            pool_oom();
+        d->src_devs[d->n_src_devs++] = p;
+    }
+    if (d->n_src_devs)
+        d->src_device = xstrdup(d->src_devs[0]);
+}
+
+/* The defaults libvirt fills in: a logical pool's source name is the
+ * pool's name and its format lvm2; a disk pool's format is unknown. */
+static void source_defaults(struct pool_def *d)
+{
+    if (!strcmp(d->type, "logical")) {
+        if (!d->src_name)
+            d->src_name = xstrdup(d->name);
+        if (!d->src_format)
+            d->src_format = xstrdup("lvm2");
+    } else if (!strcmp(d->type, "disk") && !d->src_format) {
+        d->src_format = xstrdup("unknown");
+    }
+}
+
 static int parse_source(xmlNodePtr s, struct pool_def *d)
 {
-    d->src_device = attr(child(s, "device"), "path");
+    parse_devices(s, d);
     d->src_dir = attr(child(s, "dir"), "path");
     d->src_host = attr(child(s, "host"), "name");
     d->src_name = text(child(s, "name"));
     d->src_format = attr(child(s, "format"), "type");
-    if (!strcmp(d->type, "fs") && !d->src_device) {
+    if ((!strcmp(d->type, "fs") || !strcmp(d->type, "disk")) && !d->src_device) {
         pool_set_error("XML error: missing storage pool source device name");
         return -1;
     }
@@ -348,8 +390,13 @@ static int parse_pool(xmlNodePtr r, struct pool_def *d)
     }
     if (parse_ident(r, d) < 0 || parse_source(child(r, "source"), d) < 0)
         return -1;
+    source_defaults(d);
     t = child(r, "target");
     d->target_path = text(child(t, "path"));
+    if ((!d->target_path || !*d->target_path) && !strcmp(d->type, "logical")) {
+        free(d->target_path);
+        d->target_path = xasprintf("/dev/%s", d->src_name);
+    }
     if (!d->target_path || !*d->target_path) {
         pool_set_error("XML error: missing storage pool target path");
         return -1;
@@ -400,6 +447,9 @@ void pool_def_free(struct pool_def *d)
     free(d->target_path);
     free(d->perms.label);
     free(d->src_device);
+    for (size_t i = 0; i < d->n_src_devs; i++)
+        free(d->src_devs[i]);
+    free(d->src_devs);
     free(d->src_dir);
     free(d->src_host);
     free(d->src_name);
@@ -425,6 +475,11 @@ struct pool_def *pool_def_copy(const struct pool_def *s)
     d->target_path = dupn(s->target_path);
     d->perms.label = dupn(s->perms.label);
     d->src_device = dupn(s->src_device);
+    d->src_devs = NULL;
+    if (s->n_src_devs && !(d->src_devs = malloc(s->n_src_devs * sizeof(*d->src_devs))))
+        pool_oom();
+    for (size_t i = 0; i < s->n_src_devs; i++)
+        d->src_devs[i] = xstrdup(s->src_devs[i]);
     d->src_dir = dupn(s->src_dir);
     d->src_host = dupn(s->src_host);
     d->src_name = dupn(s->src_name);
@@ -499,8 +554,8 @@ static void put_source(struct vd_buf *b, const struct pool_def *d)
     vd_buf_adds(b, "  <source>\n");
     if (d->src_host)
         put_attr_elem(b, 4, "host", "name", d->src_host);
-    if (d->src_device)
-        put_attr_elem(b, 4, "device", "path", d->src_device);
+    for (size_t i = 0; i < d->n_src_devs; i++)
+        put_attr_elem(b, 4, "device", "path", d->src_devs[i]);
     if (d->src_dir)
         put_attr_elem(b, 4, "dir", "path", d->src_dir);
     if (d->src_name)
@@ -592,7 +647,7 @@ static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
     xmlNodePtr f = child(t, "features");
 
     v->format = attr(child(t, "format"), "type");
-    if (v->format && !vol_format_known(v->format)) {
+    if (v->format && !vol_format_any(v->format)) {
         pool_set_error("unsupported configuration: unknown volume format type %s", v->format);
         return -1;
     }

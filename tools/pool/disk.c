@@ -1,0 +1,622 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The disk pool backend: a partition table on a block device, driven by
+ * parted as libvirt drives it.  Build writes the label (dos, gpt, and
+ * parted's other labels), volumes are partitions placed in the smallest
+ * free extent that fits (cylinder aligned on dos labels, logical ones
+ * inside the extended partition once four slots are used), named as the
+ * kernel names them (sda1, loop0p1).  The table is read from parted's
+ * "unit B print free" listing, every number checked. */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "pool.h"
+
+#define SECTOR 512
+#define MAX_PARTS 256
+#define WIPE_BYTES (1024 * 1024)
+
+enum part_kind { PART_PRIMARY, PART_EXTENDED, PART_LOGICAL, PART_FREE, PART_FREE_LOGICAL };
+
+/* One line of parted's listing: a partition or a free extent. */
+struct part {
+    enum part_kind kind;
+    unsigned num;
+    uint64_t start, end;           /* bytes, end exclusive */
+};
+
+/* A partition table as parted shows it. */
+struct table {
+    char label[32];
+    uint64_t cyl;                  /* bytes per cylinder (dos alignment) */
+    size_t n;
+    struct part p[MAX_PARTS];
+};
+
+/* "123B" into bytes; -1 if malformed. */
+static int bytes_of(const char *s, uint64_t *out)
+{
+    char *end;
+
+    if (!isdigit((unsigned char)s[0]))
+        return -1;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    return errno || strcmp(end, "B") ? -1 : 0;
+}
+
+/* Split line into whitespace-separated words (in place): the count. */
+static size_t words(char *line, char **w, size_t max)
+{
+    size_t n = 0;
+    char *save = NULL;
+
+    for (char *t = strtok_r(line, " \t", &save); t && n < max; t = strtok_r(NULL, " \t", &save))
+        w[n++] = t;
+    return n;
+}
+
+/* One row of the listing (number, start, end, size, [type]) into t. */
+static int parse_row(struct table *t, char *line, bool dos)
+{
+    char *w[8];
+    size_t n = words(line, w, 8);
+    struct part *p = &t->p[t->n];
+    uint64_t end;
+    bool free_ = n >= 5 && !strcmp(w[n - 2], "Free") && !strcmp(w[n - 1], "Space");
+    int first = free_ ? 0 : 1;
+    char *num_end;
+
+    if (n < 3 || t->n >= MAX_PARTS)
+        return -1;
+    memset(p, 0, sizeof(*p));
+    if (!free_) {
+        unsigned long v = strtoul(w[0], &num_end, 10);
+        if (!isdigit((unsigned char)w[0][0]) || *num_end || v == 0 || v > 4096 || n < 4)
+            return -1;
+        p->num = (unsigned)v;
+    }
+    if (bytes_of(w[first], &p->start) < 0 || bytes_of(w[first + 1], &end) < 0 ||
+        end < p->start || end == UINT64_MAX)
+        return -1;
+    p->end = end + 1;
+    if (free_)
+        p->kind = PART_FREE;
+    else if (dos && n >= 5 && !strcmp(w[4], "extended"))
+        p->kind = PART_EXTENDED;
+    else if (dos && n >= 5 && !strcmp(w[4], "logical"))
+        p->kind = PART_LOGICAL;
+    else
+        p->kind = PART_PRIMARY;
+    t->n++;
+    return 0;
+}
+
+/* Free extents inside the extended partition hold logical partitions. */
+static void mark_logical_free(struct table *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        if (t->p[i].kind != PART_EXTENDED)
+            continue;
+        for (size_t j = 0; j < t->n; j++)
+            if (t->p[j].kind == PART_FREE && t->p[j].start >= t->p[i].start &&
+                t->p[j].end <= t->p[i].end)
+                t->p[j].kind = PART_FREE_LOGICAL;
+    }
+}
+
+/* Run parted DEV unit B print free and read it into t; -1 (recorded). */
+static int read_table(const char *dev, struct table *t)
+{
+    char *argv[] = { "parted", "-s", (char *)dev, "unit", "B", "print", "free", NULL };
+    char *out = NULL, *save = NULL;
+    bool rows = false, dos;
+    int r;
+
+    memset(t, 0, sizeof(*t));
+    if ((r = pool_run(argv, &out)) != 0) {
+        free(out);
+        return -1;
+    }
+    for (char *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        if (!strncmp(l, "Partition Table: ", 17)) {
+            snprintf(t->label, sizeof(t->label), "%s", l + 17);
+            continue;
+        }
+        if (!strncmp(l, "Number", 6)) {
+            rows = true;
+            continue;
+        }
+        dos = !strcmp(t->label, "msdos");
+        if (rows && parse_row(t, l, dos) < 0) {
+            pool_set_error("internal error: cannot parse the partition table of '%s'", dev);
+            free(out);
+            return -1;
+        }
+    }
+    free(out);
+    mark_logical_free(t);
+    return 0;
+}
+
+/* Bytes per cylinder of dev's BIOS geometry (parted's "unit chs print"). */
+static int read_geometry(const char *dev, uint64_t *cyl)
+{
+    char *argv[] = { "parted", "-s", (char *)dev, "unit", "chs", "print", NULL };
+    char *out = NULL, *p;
+    unsigned long c, h, s;
+
+    if (pool_run(argv, &out) != 0) {
+        free(out);
+        return -1;
+    }
+    p = strstr(out, "geometry: ");
+    if (!p || sscanf(p, "geometry: %lu,%lu,%lu", &c, &h, &s) != 3 || !h || !s ||
+        h > 65536 || s > 65536) {
+        pool_set_error("internal error: Failed to create disk pool geometry");
+        free(out);
+        return -1;
+    }
+    free(out);
+    *cyl = (uint64_t)h * s * SECTOR;
+    return 0;
+}
+
+/* The label parted writes for pool format fmt. */
+static const char *parted_label(const char *fmt)
+{
+    return !strcmp(fmt, "dos") || !strcmp(fmt, "unknown") ? "msdos" : fmt;
+}
+
+/* The format a label parted shows has in pool XML. */
+static const char *pool_label(const char *label)
+{
+    return !strcmp(label, "msdos") ? "dos" : label;
+}
+
+/* The type blkid finds on dev: 0 with type ("" when none), -1 on error. */
+static int probe(const char *dev, char **type)
+{
+    char *argv[] = { "blkid", "-p", "-o", "value", "-s", "PTTYPE", (char *)dev, NULL };
+    char *argv2[] = { "blkid", "-p", "-o", "value", "-s", "TYPE", (char *)dev, NULL };
+    char *out = NULL;
+    int r = pool_run(argv, &out);
+    size_t l;
+
+    if (r == 0 && out[0] == 0) {
+        free(out);
+        out = NULL;
+        r = pool_run(argv2, &out);
+    }
+    if (r == 2) {
+        pool_set_error("%s", "");
+        free(out);
+        *type = xstrdup("");
+        return 0;
+    }
+    if (r != 0) {
+        free(out);
+        return -1;
+    }
+    l = strlen(out);
+    while (l && out[l - 1] == '\n')
+        out[--l] = 0;
+    *type = out;
+    return 0;
+}
+
+/* libvirt's check of a device against the pool's format: for build
+ * (writing) the device must be empty; for start it must hold the label. */
+static int check_label(const char *dev, const char *fmt, bool writing)
+{
+    char *type;
+    const char *want = parted_label(fmt);
+    bool match;
+
+    if (probe(dev, &type) < 0)
+        return -1;
+    match = !strcmp(pool_label(type), fmt) || !strcmp(type, want);
+    if (!type[0] && writing) {
+        free(type);
+        return 0;
+    }
+    if (!type[0])
+        pool_set_error("Requested operation is not valid: Unable to probe '%s' for "
+                       "existing data, forced overwrite is necessary", dev);
+    else if (writing && match)
+        pool_set_error("Requested operation is not valid: Device '%s' already formatted "
+                       "using '%s'", dev, type);
+    else if (writing)
+        pool_set_error("Storage pool already built: Format of device '%s' does not match "
+                       "the expected format '%s', forced overwrite is necessary", dev, fmt);
+    else if (!match)
+        pool_set_error("Requested operation is not valid: Format of device '%s' does not "
+                       "match the expected format '%s'", dev, fmt);
+    free(type);
+    return !writing && match ? 0 : -1;
+}
+
+/* Zero the first and last MiB of dev, where old labels live. */
+static int wipe_table(const char *dev)
+{
+    static char zero[WIPE_BYTES];
+    int fd = open(dev, O_WRONLY | O_CLOEXEC);
+    off_t size;
+    int r = -1;
+
+    if (fd < 0) {
+        pool_set_error("cannot open device '%s': %s", dev, strerror(errno));
+        return -1;
+    }
+    size = lseek(fd, 0, SEEK_END);
+    if (size >= 0 && pwrite(fd, zero, size < WIPE_BYTES ? (size_t)size : WIPE_BYTES, 0) >= 0 &&
+        (size <= WIPE_BYTES || pwrite(fd, zero, WIPE_BYTES, size - WIPE_BYTES) >= 0) &&
+        fsync(fd) == 0)
+        r = 0;
+    if (r < 0)
+        pool_set_error("cannot wipe device '%s': %s", dev, strerror(errno));
+    close(fd);
+    return r;
+}
+
+/* Is the source device there? */
+static int check_device(const struct pool_def *d)
+{
+    if (access(d->src_device, F_OK) < 0) {
+        pool_set_error("invalid argument: device path '%s' doesn't exist", d->src_device);
+        return -1;
+    }
+    return 0;
+}
+
+int disk_build(struct pool_def *d, bool overwrite, bool no_overwrite)
+{
+    char *argv[] = { "parted", d->src_device, "mklabel", "--script", NULL, NULL };
+
+    (void)no_overwrite;
+    if (check_device(d) < 0 || (!overwrite && check_label(d->src_device, d->src_format, true) < 0))
+        return -1;
+    if (wipe_table(d->src_device) < 0)
+        return -1;
+    argv[4] = (char *)parted_label(d->src_format);
+    return pool_run(argv, NULL) == 0 ? 0 : -1;
+}
+
+int disk_start(struct pool_def *d)
+{
+    if (!strcmp(d->src_format, "unknown")) {
+        free(d->src_format);
+        d->src_format = xstrdup("dos");
+    }
+    if (check_device(d) < 0 || check_label(d->src_device, d->src_format, false) < 0)
+        return -1;
+    return disk_refresh(d);
+}
+
+int disk_stop(struct pool_def *d)
+{
+    d->capacity = d->allocation = d->available = 0;
+    return 0;
+}
+
+int disk_delete(struct pool_def *d)
+{
+    return wipe_table(d->src_device);
+}
+
+/* The device path of partition num of dev: dev + N, or dev + pN when the
+ * device's name ends with a digit (as the kernel names them). */
+static char *part_path(const char *dev, unsigned num)
+{
+    size_t l = strlen(dev);
+
+    return xasprintf("%s%s%u", dev, l && isdigit((unsigned char)dev[l - 1]) ? "p" : "", num);
+}
+
+/* The size of the block device at path (0 if it cannot be opened). */
+static uint64_t dev_size(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    off_t s = fd >= 0 ? lseek(fd, 0, SEEK_END) : -1;
+
+    if (fd >= 0)
+        close(fd);
+    return s > 0 ? (uint64_t)s : 0;
+}
+
+/* The volume of partition p. */
+static struct vol_def *part_vol(const struct pool_def *d, const struct part *p)
+{
+    struct vol_def *v = calloc(1, sizeof(*v));
+    const char *base;
+
+    if (!v)
+        pool_oom();
+    v->perms.mode = v->perms.owner = v->perms.group = -1;
+    v->backing_perms.mode = v->backing_perms.owner = v->backing_perms.group = -1;
+    v->path = part_path(d->src_device, p->num);
+    base = strrchr(v->path, '/');
+    v->name = xstrdup(base ? base + 1 : v->path);
+    v->key = xstrdup(v->path);
+    v->type = "block";
+    if (p->kind == PART_EXTENDED) {
+        v->capacity = p->end - p->start;
+        v->allocation = 0;
+        v->format = xstrdup("extended");
+    } else {
+        v->capacity = dev_size(v->path);
+        v->allocation = v->capacity;
+        v->format = xstrdup("none");
+    }
+    v->physical = v->allocation;
+    vol_stat_block(v);
+    return v;
+}
+
+/* Volumes and sizes of the table t (d's sizes updated when given). */
+static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd,
+                                   const struct table *t, size_t *n)
+{
+    struct vol_def **list = calloc(t->n + 1, sizeof(*list)), *ext = NULL;
+    uint64_t cap = 0, alloc = 0, avail = 0;
+
+    if (!list)
+        pool_oom();
+    *n = 0;
+    for (size_t i = 0; i < t->n; i++) {
+        const struct part *p = &t->p[i];
+        uint64_t start = p->start ? p->start : SECTOR;
+        if (p->end > cap)
+            cap = p->end;
+        if (p->kind == PART_FREE || p->kind == PART_FREE_LOGICAL) {
+            avail += p->end > start ? p->end - start : 0;
+            continue;
+        }
+        list[*n] = part_vol(cd, p);
+        if (p->kind == PART_EXTENDED)
+            ext = list[*n];
+        else
+            alloc += list[*n]->allocation;
+        if (p->kind == PART_LOGICAL && ext)
+            ext->allocation += list[*n]->allocation;
+        (*n)++;
+    }
+    if (d) {
+        d->capacity = cap;
+        d->allocation = alloc;
+        d->available = avail;
+    }
+    return list;
+}
+
+int disk_refresh(struct pool_def *d)
+{
+    struct table t;
+    struct vol_def **v;
+    size_t n;
+
+    if (check_device(d) < 0 || read_table(d->src_device, &t) < 0)
+        return -1;
+    v = table_vols(d, d, &t, &n);
+    vols_free(v, n);
+    return 0;
+}
+
+struct vol_def **disk_vols(const struct pool_def *d, size_t *n)
+{
+    struct table t;
+
+    *n = 0;
+    if (read_table(d->src_device, &t) < 0)
+        return NULL;
+    return table_vols(NULL, d, &t, n);
+}
+
+/* The kind of partition a new volume gets: logical once the four slots
+ * of a dos label hold primaries and the extended one. */
+static enum part_kind new_kind(const struct pool_def *d, const struct table *t)
+{
+    int used = 0;
+
+    if (strcmp(d->src_format, "dos"))
+        return PART_PRIMARY;
+    for (size_t i = 0; i < t->n; i++)
+        used += t->p[i].kind == PART_PRIMARY || t->p[i].kind == PART_EXTENDED;
+    return used >= 4 ? PART_LOGICAL : PART_PRIMARY;
+}
+
+/* Does t have an extended partition? */
+static bool has_extended(const struct table *t)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (t->p[i].kind == PART_EXTENDED)
+            return true;
+    return false;
+}
+
+/* parted's partition type argument ("primary ext2", "logical ...",
+ * "extended", or "primary" on other labels); NULL (recorded) if none. */
+static char *part_type(const struct pool_def *d, const struct vol_def *v,
+                       const struct table *t, enum part_kind kind)
+{
+    static const char *const names[] = { "none", "linux", "fat16", "fat32", "linux-swap",
+                                         "linux-lvm", "linux-raid", "extended", NULL };
+    static const char *const fs[] = { "ext2", "ext2", "fat16", "fat32", "linux-swap",
+                                      "ext2", "ext2", "extended" };
+    const char *fmt = v->format ? v->format : "none", *p = NULL;
+
+    if (strcmp(d->src_format, "dos"))
+        return xstrdup("primary");
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(names[i], fmt))
+            p = fs[i];
+    if (!p) {
+        pool_set_error("internal error: Invalid partition type");
+        return NULL;
+    }
+    if (!strcmp(fmt, "extended")) {
+        if (has_extended(t)) {
+            pool_set_error("internal error: extended partition already exists");
+            return NULL;
+        }
+        return xstrdup(p);
+    }
+    if (kind == PART_LOGICAL && !has_extended(t)) {
+        pool_set_error("internal error: no extended partition found and no primary "
+                       "partition available");
+        return NULL;
+    }
+    return xasprintf("%s %s", kind == PART_LOGICAL ? "logical" : "primary", p);
+}
+
+/* Where the new partition goes: the smallest free extent of the right
+ * kind that fits, with libvirt's cylinder rounding on dos labels. */
+static int place(const struct pool_def *d, const struct table *t, enum part_kind kind,
+                 uint64_t size, uint64_t *start, uint64_t *end)
+{
+    bool dos = !strcmp(d->src_format, "dos");
+    uint64_t cyl = t->cyl ? t->cyl : SECTOR, extra = cyl - size % cyl;
+    uint64_t best = 0, need_best = 0;
+    int hit = -1;
+
+    for (size_t i = 0; i < t->n; i++) {
+        const struct part *p = &t->p[i];
+        uint64_t s = p->start ? p->start : SECTOR, have, need = size;
+        if ((p->kind != PART_FREE && p->kind != PART_FREE_LOGICAL) || p->end <= s)
+            continue;
+        have = p->end - s;
+        if (dos) {
+            if (need > UINT64_MAX - extra - cyl)
+                continue;
+            need += extra;
+            if (s % cyl > extra)
+                need += cyl;
+            if (kind == PART_LOGICAL)
+                have = have > SECTOR ? have - SECTOR : 0;
+        }
+        if (have <= need || (best && have >= best))
+            continue;
+        if ((kind == PART_LOGICAL) != (p->kind == PART_FREE_LOGICAL))
+            continue;
+        best = have;
+        need_best = need;
+        hit = (int)i;
+    }
+    if (hit < 0) {
+        pool_set_error("internal error: no large enough free extent");
+        return -1;
+    }
+    *start = t->p[hit].start ? t->p[hit].start : SECTOR;
+    if (kind == PART_LOGICAL)
+        *start += SECTOR;
+    *end = *start + need_best;
+    if (dos)
+        *end -= *start % cyl;
+    *end -= 1;
+    return 0;
+}
+
+/* The partition of t that starts at start (after a mkpart), or NULL. */
+static const struct part *find_new(const struct table *t, uint64_t start)
+{
+    for (size_t i = 0; i < t->n; i++)
+        if (t->p[i].kind != PART_FREE && t->p[i].kind != PART_FREE_LOGICAL &&
+            t->p[i].start <= start && start < t->p[i].end && t->p[i].kind != PART_EXTENDED)
+            return &t->p[i];
+    for (size_t i = 0; i < t->n; i++)
+        if (t->p[i].kind == PART_EXTENDED && t->p[i].start == start)
+            return &t->p[i];
+    return NULL;
+}
+
+/* parted DEV rm --script N. */
+static int remove_part(const struct pool_def *d, unsigned num)
+{
+    char n[16], *argv[] = { "parted", d->src_device, "rm", "--script", n, NULL };
+
+    snprintf(n, sizeof(n), "%u", num);
+    return pool_run(argv, NULL) == 0 ? 0 : -1;
+}
+
+int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                    const struct vol_def *from)
+{
+    struct table t;
+    enum part_kind kind;
+    char *type, s[32], e[32];
+    char *argv[] = { "parted", d->src_device, "mkpart", "--script", NULL, s, e, NULL };
+    const struct part *p;
+    uint64_t start, end;
+    char *path, *name;
+    int r;
+
+    (void)prealloc_meta;
+    if (from) {
+        pool_set_error("this function is not supported by the connection driver: "
+                       "disk volumes cannot be copied here");
+        return -1;
+    }
+    if (read_table(d->src_device, &t) < 0 || read_geometry(d->src_device, &t.cyl) < 0)
+        return -1;
+    kind = new_kind(d, &t);
+    if (!(type = part_type(d, v, &t, kind)))
+        return -1;
+    if (place(d, &t, kind, v->capacity, &start, &end) < 0) {
+        free(type);
+        return -1;
+    }
+    argv[4] = type;
+    snprintf(s, sizeof(s), "%" PRIu64 "B", start);
+    snprintf(e, sizeof(e), "%" PRIu64 "B", end);
+    r = pool_run(argv, NULL);
+    free(type);
+    if (r != 0 || read_table(d->src_device, &t) < 0)
+        return -1;
+    if (!(p = find_new(&t, start))) {
+        pool_set_error("internal error: the new partition is not in the table");
+        return -1;
+    }
+    path = part_path(d->src_device, p->num);
+    name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    if (strcmp(name, v->name)) {
+        pool_set_error("invalid argument: invalid partition name '%s', expected '%s'",
+                       v->name, name);
+        remove_part(d, p->num);
+        free(path);
+        return -1;
+    }
+    free(v->path);
+    v->path = path;
+    return 0;
+}
+
+int disk_vol_delete(const struct pool_def *d, const struct vol_def *v)
+{
+    const char *base = strrchr(v->path, '/'), *src = strrchr(d->src_device, '/');
+    const char *num;
+    char *end;
+    unsigned long n;
+
+    base = base ? base + 1 : v->path;
+    src = src ? src + 1 : d->src_device;
+    if (strncmp(base, src, strlen(src))) {
+        pool_set_error("internal error: Volume path '%s' did not start with parent pool "
+                       "source device name.", base);
+        return -1;
+    }
+    num = base + strlen(src);
+    if (*num == 'p' && isdigit((unsigned char)src[strlen(src) - 1]))
+        num++;
+    n = strtoul(num, &end, 10);
+    if (!*num || *end || n == 0 || n > 4096) {
+        pool_set_error("internal error: cannot parse partition number from target '%s'",
+                       base);
+        return -1;
+    }
+    return remove_part(d, (unsigned)n);
+}

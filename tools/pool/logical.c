@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: BSD-3-Clause */
+/* The logical pool backend: an LVM volume group driven by the lvm2
+ * commands, as libvirt drives them.  Build makes a PV of each source
+ * device (after a blkid probe unless --overwrite) and the VG over them;
+ * start and destroy activate and deactivate it; volumes are LVs (sparse
+ * ones as snapshots with a virtual size, as libvirt makes them).  The
+ * pool's and volumes' sizes come from vgs and lvs output, which is parsed
+ * with every field checked. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "pool.h"
+
+#define LVS_FIELDS "lv_name,origin,uuid,devices,segtype,stripes,seg_size,vg_extent_size," \
+    "size,lv_attr"
+#define LVS_NFIELDS 10
+
+/* A decimal byte count from lvs/vgs (--units b --nosuffix); -1 if bad. */
+static int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+
+    while (*s == ' ')
+        s++;
+    if (!*s || *s < '0' || *s > '9')
+        return -1;
+    errno = 0;
+    *out = strtoull(s, &end, 10);
+    while (*end == ' ')
+        end++;
+    return errno || *end ? -1 : 0;
+}
+
+/* Split line at sep into at most max fields (in place): the count. */
+static size_t split(char *line, char sep, char **f, size_t max)
+{
+    size_t n = 0;
+
+    while (n < max) {
+        char *e = strchr(line, sep);
+        f[n++] = line;
+        if (!e)
+            break;
+        *e = 0;
+        line = e + 1;
+    }
+    return n;
+}
+
+/* Drop leading and trailing blanks of s (in place). */
+static char *trim(char *s)
+{
+    size_t l;
+
+    while (*s == ' ' || *s == '\t')
+        s++;
+    l = strlen(s);
+    while (l && (s[l - 1] == ' ' || s[l - 1] == '\t' || s[l - 1] == '\n'))
+        s[--l] = 0;
+    return s;
+}
+
+/* The "VG:PV" pairs pvs lists (vgscan first, as libvirt does); malloc'd
+ * text, NULL (error recorded) when pvs fails. */
+static char *list_pvs(void)
+{
+    char *scan[] = { "vgscan", NULL };
+    char *pvs[] = { "pvs", "--noheadings", "-o", "pv_name,vg_name", NULL };
+    char *out = NULL;
+
+    pool_run(scan, NULL);
+    if (pool_run(pvs, &out) != 0) {
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* Does the VG exist, with (when the pool names devices) one of them as a
+ * PV?  0, or -1 with libvirt's error. */
+static int check_vg(const struct pool_def *d)
+{
+    char *out = list_pvs(), *save = NULL;
+    bool vg = false, dev = d->n_src_devs == 0;
+
+    if (!out)
+        return -1;
+    for (char *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        char pv[4096], name[4096];
+        if (strlen(l) >= sizeof(pv) || sscanf(l, " %4095s %4095s", pv, name) != 2 ||
+            strcmp(name, d->src_name))
+            continue;
+        vg = true;
+        for (size_t i = 0; i < d->n_src_devs; i++)
+            dev |= !strcmp(d->src_devs[i], pv);
+    }
+    free(out);
+    if (!vg) {
+        pool_set_error("unsupported configuration: cannot find logical volume group name "
+                       "'%s'", d->src_name);
+        return -1;
+    }
+    if (!dev) {
+        pool_set_error("unsupported configuration: cannot find any matching source devices "
+                       "for logical volume group '%s'", d->src_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* vgchange -aly / -aln. */
+static int set_active(const struct pool_def *d, bool on)
+{
+    char *argv[] = { "vgchange", on ? "-aly" : "-aln", d->src_name, NULL };
+
+    return pool_run(argv, NULL) == 0 ? 0 : -1;
+}
+
+int lvm_start(struct pool_def *d)
+{
+    if (check_vg(d) < 0 || set_active(d, true) < 0)
+        return -1;
+    return lvm_refresh(d);
+}
+
+int lvm_stop(struct pool_def *d)
+{
+    if (set_active(d, false) < 0)
+        return -1;
+    d->capacity = d->allocation = d->available = 0;
+    return 0;
+}
+
+/* Without --overwrite a device must carry no signature blkid knows. */
+static int check_empty(const char *dev)
+{
+    char *argv[] = { "blkid", "-p", "-o", "value", "-s", "TYPE", (char *)dev, NULL };
+    char *out = NULL;
+    int r = pool_run(argv, &out);
+
+    if (r == 2) {                  /* nothing found */
+        pool_set_error("%s", "");
+        free(out);
+        return 0;
+    }
+    if (r == 0) {
+        pool_set_error("Requested operation is not valid: Device '%s' already formatted "
+                       "using '%s'", dev, trim(out));
+    }
+    free(out);
+    return -1;
+}
+
+/* Zero the first MiB of dev (old labels and PV headers), then pvcreate. */
+static int init_pv(const char *dev)
+{
+    char *argv[] = { "pvcreate", (char *)dev, NULL };
+    static char zero[65536];
+    FILE *f = fopen(dev, "r+e");
+    bool ok = f != NULL;
+
+    for (int i = 0; ok && i < 16; i++)
+        ok = fwrite(zero, 1, sizeof(zero), f) == sizeof(zero);
+    if (f && fclose(f) != 0)
+        ok = false;
+    if (!ok) {
+        pool_set_error("cannot open device '%s': %s", dev, strerror(errno));
+        return -1;
+    }
+    return pool_run(argv, NULL) == 0 ? 0 : -1;
+}
+
+/* pvremove of the first n source devices (after a failed build). */
+static void undo_pvs(const struct pool_def *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        char *argv[] = { "pvremove", d->src_devs[i], NULL };
+        pool_run(argv, NULL);
+    }
+}
+
+int lvm_build(struct pool_def *d, bool overwrite, bool no_overwrite)
+{
+    char **argv;
+    size_t i;
+    int r;
+
+    (void)no_overwrite;
+    if (!d->n_src_devs) {
+        pool_set_error("XML error: missing storage pool source device name");
+        return -1;
+    }
+    for (i = 0; i < d->n_src_devs; i++) {
+        struct stat st;
+        if (stat(d->src_devs[i], &st) < 0) {
+            pool_set_error("cannot access source device '%s': %s", d->src_devs[i],
+                           strerror(errno));
+            break;
+        }
+        if ((!overwrite && check_empty(d->src_devs[i]) < 0) || init_pv(d->src_devs[i]) < 0)
+            break;
+    }
+    if (i < d->n_src_devs) {
+        undo_pvs(d, i);
+        return -1;
+    }
+    argv = calloc(d->n_src_devs + 3, sizeof(*argv));
+    if (!argv)
+        pool_oom();
+    argv[0] = "vgcreate";
+    argv[1] = d->src_name;
+    for (i = 0; i < d->n_src_devs; i++)
+        argv[i + 2] = d->src_devs[i];
+    r = pool_run(argv, NULL) == 0 ? 0 : -1;
+    free(argv);
+    if (r < 0) {
+        char *keep = xstrdup("");
+        undo_pvs(d, d->n_src_devs);
+        free(keep);
+    }
+    return r;
+}
+
+int lvm_delete(struct pool_def *d)
+{
+    char *argv[] = { "vgremove", "-f", d->src_name, NULL };
+
+    if (pool_run(argv, NULL) != 0)
+        return -1;
+    for (size_t i = 0; i < d->n_src_devs; i++) {
+        char *pv[] = { "pvremove", d->src_devs[i], NULL };
+        if (pool_run(pv, NULL) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+int lvm_refresh(struct pool_def *d)
+{
+    char *argv[] = { "vgs", "--separator", ":", "--noheadings", "--units", "b",
+                     "--unbuffered", "--nosuffix", "--options", "vg_size,vg_free",
+                     d->src_name, NULL };
+    char *out = NULL, *f[3];
+    uint64_t size, avail;
+
+    if (pool_run(argv, &out) != 0) {
+        free(out);
+        return -1;
+    }
+    if (split(trim(out), ':', f, 3) != 2 || parse_u64(f[0], &size) < 0 ||
+        parse_u64(f[1], &avail) < 0 || avail > size) {
+        pool_set_error("internal error: malformed volume group size output from vgs");
+        free(out);
+        return -1;
+    }
+    free(out);
+    d->capacity = size;
+    d->available = avail;
+    d->allocation = size - avail;
+    return 0;
+}
+
+/* The volume of lvs line fields f, or NULL for lines libvirt leaves out
+ * (thin pools and other LVs with no device node of their own). */
+static struct vol_def *lv_from(const struct pool_def *d, char **f)
+{
+    const char *name = trim(f[0]), *origin = trim(f[1]), *uuid = trim(f[2]);
+    const char *attr = trim(f[9]);
+    uint64_t size, seg, ext;
+    struct vol_def *v;
+
+    if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
+        !*uuid || strlen(attr) < 5 || attr[0] == 't' ||
+        parse_u64(f[8], &size) < 0 || parse_u64(f[6], &seg) < 0 ||
+        parse_u64(f[7], &ext) < 0)
+        return NULL;
+    v = calloc(1, sizeof(*v));
+    if (!v)
+        pool_oom();
+    v->perms.mode = v->perms.owner = v->perms.group = -1;
+    v->backing_perms.mode = v->backing_perms.owner = v->backing_perms.group = -1;
+    v->name = xstrdup(name);
+    v->key = xstrdup(uuid);
+    v->path = xasprintf("%s/%s", d->target_path, name);
+    v->type = "block";
+    v->capacity = size;
+    /* a snapshot's (or a sparse volume's) space is its segment; an
+     * ordinary LV is fully allocated */
+    v->allocation = *origin || attr[0] == 's' ? seg : size;
+    v->physical = v->allocation;
+    if (*origin && attr[0] != 'V')
+        v->backing_path = xasprintf("%s/%s", d->target_path, origin);
+    vol_stat_block(v);
+    return v;
+}
+
+/* Is v already in list (an LV with more than one segment)? */
+static struct vol_def *find_vol(struct vol_def **list, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(list[i]->name, name))
+            return list[i];
+    return NULL;
+}
+
+/* qsort by volume name. */
+static int vol_cmp(const void *a, const void *b)
+{
+    return strcmp((*(struct vol_def *const *)a)->name, (*(struct vol_def *const *)b)->name);
+}
+
+struct vol_def **lvm_vols(const struct pool_def *d, size_t *n)
+{
+    char *argv[] = { "lvs", "--separator", "#", "--noheadings", "--units", "b",
+                     "--unbuffered", "--nosuffix", "--options", LVS_FIELDS,
+                     d->src_name, NULL };
+    char *out = NULL, *save = NULL;
+    struct vol_def **list = NULL;
+
+    *n = 0;
+    if (pool_run(argv, &out) != 0) {
+        free(out);
+        return NULL;
+    }
+    for (char *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        char *f[LVS_NFIELDS];
+        struct vol_def *v, *had;
+        if (split(l, '#', f, LVS_NFIELDS) != LVS_NFIELDS || !(v = lv_from(d, f)))
+            continue;
+        if ((had = find_vol(list, *n, v->name))) {
+            /* a further segment of the same LV */
+            vol_def_free(v);
+            continue;
+        }
+        list = realloc(list, (*n + 1) * sizeof(*list));
+        if (!list)
+            pool_oom();
+        list[(*n)++] = v;
+    }
+    free(out);
+    if (*n)
+        qsort(list, *n, sizeof(*list), vol_cmp);
+    return list;
+}
+
+/* "NK": bytes rounded up to KiB, as libvirt passes sizes to lvcreate. */
+static char *kib(uint64_t bytes)
+{
+    return xasprintf("%" PRIu64 "K", bytes / 1024 + (bytes % 1024 != 0));
+}
+
+int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                   const struct vol_def *from)
+{
+    char *cap = kib(v->capacity), *alloc = NULL, *argv[16];
+    int i = 0, r;
+
+    (void)prealloc_meta;
+    if (from || v->backing_path) {
+        pool_set_error("this function is not supported by the connection driver: "
+                       "logical volumes are copied and snapshotted by lvm only");
+        free(cap);
+        return -1;
+    }
+    argv[i++] = "lvcreate";
+    argv[i++] = "--name";
+    argv[i++] = v->name;
+    argv[i++] = "-L";
+    if (v->has_allocation && v->allocation != v->capacity) {
+        alloc = kib(v->allocation ? v->allocation : 1);
+        argv[i++] = alloc;
+        argv[i++] = "--type";
+        argv[i++] = "snapshot";
+        argv[i++] = "--virtualsize";
+    }
+    argv[i++] = cap;
+    argv[i++] = d->src_name;
+    argv[i++] = "--yes";
+    argv[i] = NULL;
+    r = pool_run(argv, NULL) == 0 ? 0 : -1;
+    free(cap);
+    free(alloc);
+    return r;
+}
+
+int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v)
+{
+    char *path = xasprintf("%s/%s", d->src_name, v->name);
+    char *argv[] = { "lvremove", "-f", path, NULL };
+    int r = pool_run(argv, NULL) == 0 ? 0 : -1;
+
+    free(path);
+    return r;
+}
+
+int lvm_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
+                   bool allocate, bool shrink)
+{
+    char *size = kib(cap), *argv[] = { "lvresize", "-f", "-L", size, v->path, NULL };
+    int r;
+
+    (void)d;
+    (void)allocate;
+    if (cap < v->capacity && !shrink) {
+        pool_set_error("invalid argument: Can't shrink capacity below current capacity "
+                       "unless shrink flag explicitly specified");
+        free(size);
+        return -1;
+    }
+    r = pool_run(argv, NULL) == 0 ? 0 : -1;
+    free(size);
+    return r;
+}
+
+/* Append text to *x. */
+static void add(char **x, const char *fmt, const char *a)
+{
+    char *line = xasprintf(fmt, a), *n = xasprintf("%s%s", *x, line);
+
+    free(line);
+    free(*x);
+    *x = n;
+}
+
+char *lvm_find_sources(void)
+{
+    char *out = list_pvs(), *save = NULL, *x = xstrdup("<sources>\n");
+    char *seen = xstrdup("\n");
+
+    if (!out) {
+        free(x);
+        free(seen);
+        return NULL;
+    }
+    /* one <source> per VG, with its PVs, in the order pvs lists them */
+    for (int pass = 0; pass < 1; pass++) {
+        char *copy = xstrdup(out);
+        for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+            char pv[4096], vg[4096], *key, *save2 = NULL;
+            if (strlen(l) >= sizeof(pv) || sscanf(l, " %4095s %4095s", pv, vg) != 2)
+                continue;
+            key = xasprintf("\n%s\n", vg);
+            if (strstr(seen, key)) {
+                free(key);
+                continue;
+            }
+            add(&seen, "%s\n", vg);
+            free(key);
+            add(&x, "%s", "  <source>\n");
+            char *all = xstrdup(out);
+            for (char *m = strtok_r(all, "\n", &save2); m; m = strtok_r(NULL, "\n", &save2)) {
+                char p2[4096], v2[4096];
+                if (strlen(m) < sizeof(p2) && sscanf(m, " %4095s %4095s", p2, v2) == 2 &&
+                    !strcmp(v2, vg))
+                    add(&x, "    <device path='%s'/>\n", p2);
+            }
+            free(all);
+            add(&x, "    <name>%s</name>\n", vg);
+            add(&x, "%s", "    <format type='lvm2'/>\n  </source>\n");
+        }
+        free(copy);
+    }
+    add(&x, "%s", "</sources>\n");
+    free(seen);
+    free(out);
+    return x;
+}
