@@ -431,11 +431,17 @@ def start_guest(tmp_path_factory, programs, modules, devices=(), qmp=False):
 # What the session's guest holds: the programs (those that exist) and the
 # modules the guest tests need.
 GUEST_MODULES = ["nbd"]
+# The logical and disk pool tests (pool_guest.py): device-mapper with
+# snapshots, loop devices.
+GUEST_MODULES += ["dm_mod", "dm_snapshot", "dm_zero", "loop"]
 
 
 def guest_programs():
     from nbd_helpers import VDISK_NBD
-    return [p for p in (VDISK_NBD, shutil.which("qemu-nbd")) if p and os.path.exists(p)]
+    progs = [VDISK_NBD, shutil.which("qemu-nbd")]
+    from pool_guest import pool_guest_programs
+    progs += pool_guest_programs()
+    return [p for p in progs if p and os.path.exists(p)]
 
 
 @pytest.fixture(scope="session")

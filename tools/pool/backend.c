@@ -58,7 +58,7 @@ const struct pool_backend pool_backends[] = {
     { .type = "logical", .build = lvm_build, .start = lvm_start, .stop = lvm_stop,
       .delete_ = lvm_delete, .refresh = lvm_refresh, .vols = lvm_vols,
       .vol_create = lvm_vol_create, .vol_delete = lvm_vol_delete,
-      .vol_resize = lvm_vol_resize, .vol_wipe = dir_vol_wipe,
+      .vol_wipe = dir_vol_wipe,
       .vol_upload = dir_vol_upload, .vol_download = dir_vol_download,
       .src_formats = lvm_formats, .src_default_format = "lvm2" },
     { .type = "disk", .build = disk_build, .start = disk_start, .stop = disk_stop,
@@ -173,6 +173,10 @@ int pool_run(char *const argv[], char **out)
         dup2(null, 0);
         dup2(po[1], 1);
         dup2(pe[1], 2);
+        if (null > 2)
+            close(null);
+        /* as from libvirtd: device nodes the tools make are private */
+        umask(077);
         setenv("LC_ALL", "C", 1);
         execv(prog, argv);
         fprintf(stderr, "cannot execute binary %s: %s\n", prog, strerror(errno));
@@ -200,6 +204,17 @@ int pool_run(char *const argv[], char **out)
     else
         free(obuf);
     return WEXITSTATUS(status);
+}
+
+void vol_add_extent(struct vol_def *v, const char *dev, uint64_t start, uint64_t end)
+{
+    v->extents = realloc(v->extents, (v->n_extents + 1) * sizeof(*v->extents));
+    if (!v->extents)
+        pool_oom();
+    v->extents[v->n_extents].dev = xstrdup(dev);
+    v->extents[v->n_extents].start = start;
+    v->extents[v->n_extents].end = end;
+    v->n_extents++;
 }
 
 void vol_stat_block(struct vol_def *v)

@@ -133,7 +133,7 @@ static int check_new(struct pool_conn *conn, struct pool_obj *o, const char *nam
                        o->def->name);
         return -1;
     }
-    if (strchr(name, '/') || (!file_pool(o) && !strcmp(name, ".."))) {
+    if (file_pool(o) && strchr(name, '/')) {
         pool_set_error("Requested operation is not valid: volume name '%s' cannot contain '/'",
                        name);
         return -1;
@@ -289,6 +289,7 @@ static int cmd_create_as(struct cmd_ctx *c)
     }
     if (!given)
         v->allocation = v->capacity;
+    v->has_allocation = given;
     if (opt_str(c, "format"))
         v->format = xstrdup(opt_str(c, "format"));
     if (set_backing(c, o, v) < 0) {
@@ -680,7 +681,14 @@ static int cmd_resize(struct cmd_ctx *c)
     }
     if (s[0] == '-')
         s++;
-    if (!be(r.pool)->vol_resize) {
+    if (!file_pool(r.pool) && cap < r.vol->allocation) {
+        pool_set_error("invalid argument: can't shrink capacity below existing allocation");
+        rc = -1;
+    } else if (!file_pool(r.pool) && cap < r.vol->capacity && !opt_bool(c, "shrink")) {
+        pool_set_error("invalid argument: Can't shrink capacity below current capacity "
+                       "unless shrink flag explicitly specified");
+        rc = -1;
+    } else if (!be(r.pool)->vol_resize) {
         pool_set_error("this function is not supported by the connection driver: "
                        "storage pool does not support changing of volume capacity");
         rc = -1;

@@ -229,7 +229,7 @@ static int check_label(const char *dev, const char *fmt, bool writing)
         pool_set_error("Requested operation is not valid: Unable to probe '%s' for "
                        "existing data, forced overwrite is necessary", dev);
     else if (writing && match)
-        pool_set_error("Requested operation is not valid: Device '%s' already formatted "
+        pool_set_error("Storage pool already built: Device '%s' already formatted "
                        "using '%s'", dev, type);
     else if (writing)
         pool_set_error("Storage pool already built: Format of device '%s' does not match "

@@ -7,10 +7,12 @@
  * pool's and volumes' sizes come from vgs and lvs output, which is parsed
  * with every field checked. */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "pool.h"
 
@@ -147,7 +149,7 @@ static int check_empty(const char *dev)
         return 0;
     }
     if (r == 0) {
-        pool_set_error("Requested operation is not valid: Device '%s' already formatted "
+        pool_set_error("Storage pool already built: Device '%s' already formatted "
                        "using '%s'", dev, trim(out));
     }
     free(out);
@@ -196,8 +198,8 @@ int lvm_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     for (i = 0; i < d->n_src_devs; i++) {
         struct stat st;
         if (stat(d->src_devs[i], &st) < 0) {
-            pool_set_error("cannot access source device '%s': %s", d->src_devs[i],
-                           strerror(errno));
+            pool_set_error("Storage pool probe failed: Failed to create filesystem probe "
+                           "for device %s", d->src_devs[i]);
             break;
         }
         if ((!overwrite && check_empty(d->src_devs[i]) < 0) || init_pv(d->src_devs[i]) < 0)
@@ -263,6 +265,42 @@ int lvm_refresh(struct pool_def *d)
     return 0;
 }
 
+/* The extents of one segment: devices "PV(first extent),..." over
+ * stripes stripes of seg bytes in all, extents of ext bytes. */
+static void add_extents(struct vol_def *v, char *devices, const char *stripes, uint64_t seg,
+                        uint64_t ext)
+{
+    uint64_t n, first, len;
+    char *save = NULL;
+
+    if (parse_u64(stripes, &n) < 0 || n == 0 || n > 4096 || ext == 0)
+        return;
+    len = seg / n;
+    for (char *p = strtok_r(trim(devices), ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+        char *open = strrchr(p, '('), *end;
+        if (!open || open == p)
+            continue;
+        errno = 0;
+        first = strtoull(open + 1, &end, 10);
+        if (errno || strcmp(end, ")") || first > UINT64_MAX / ext ||
+            first * ext > UINT64_MAX - len)
+            continue;
+        *open = 0;
+        vol_add_extent(v, p, first * ext, first * ext + len);
+    }
+}
+
+/* The size of the block device at path; dflt when it cannot be read. */
+static uint64_t block_size(const char *path, uint64_t dflt)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    off_t s = fd >= 0 ? lseek(fd, 0, SEEK_END) : -1;
+
+    if (fd >= 0)
+        close(fd);
+    return s > 0 ? (uint64_t)s : dflt;
+}
+
 /* The volume of lvs line fields f, or NULL for lines libvirt leaves out
  * (thin pools and other LVs with no device node of their own). */
 static struct vol_def *lv_from(const struct pool_def *d, char **f)
@@ -286,14 +324,14 @@ static struct vol_def *lv_from(const struct pool_def *d, char **f)
     v->key = xstrdup(uuid);
     v->path = xasprintf("%s/%s", d->target_path, name);
     v->type = "block";
-    v->capacity = size;
     /* a snapshot's (or a sparse volume's) space is its segment; an
-     * ordinary LV is fully allocated */
+     * ordinary LV is fully allocated; the size is the device's */
     v->allocation = *origin || attr[0] == 's' ? seg : size;
-    v->physical = v->allocation;
-    if (*origin && attr[0] != 'V')
+    v->capacity = v->physical = block_size(v->path, size);
+    if (*origin && *origin != '[' && attr[0] != 'V')
         v->backing_path = xasprintf("%s/%s", d->target_path, origin);
     vol_stat_block(v);
+    add_extents(v, f[3], f[5], seg, ext);
     return v;
 }
 
@@ -331,7 +369,10 @@ struct vol_def **lvm_vols(const struct pool_def *d, size_t *n)
         if (split(l, '#', f, LVS_NFIELDS) != LVS_NFIELDS || !(v = lv_from(d, f)))
             continue;
         if ((had = find_vol(list, *n, v->name))) {
-            /* a further segment of the same LV */
+            /* a further segment of the same LV: its extents */
+            for (size_t i = 0; i < v->n_extents; i++)
+                vol_add_extent(had, v->extents[i].dev, v->extents[i].start,
+                               v->extents[i].end);
             vol_def_free(v);
             continue;
         }
@@ -344,6 +385,33 @@ struct vol_def **lvm_vols(const struct pool_def *d, size_t *n)
     if (*n)
         qsort(list, *n, sizeof(*list), vol_cmp);
     return list;
+}
+
+/* Give the new LV's node the volume's permissions (mode 0600 unless the
+ * XML says otherwise), as libvirt does after lvcreate. */
+static int set_perms(const struct pool_def *d, const struct vol_def *v)
+{
+    char *path = xasprintf("%s/%s", d->target_path, v->name);
+    mode_t mode = v->perms.mode >= 0 ? (mode_t)v->perms.mode : 0600;
+    int fd = open(path, O_RDONLY | O_CLOEXEC), r = 0;
+
+    if (fd < 0) {
+        pool_set_error("cannot open volume '%s': %s", path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    if ((v->perms.owner >= 0 || v->perms.group >= 0) &&
+        fchown(fd, (uid_t)v->perms.owner, (gid_t)v->perms.group) < 0) {
+        pool_set_error("cannot set file owner '%ld:%ld' for volume '%s': %s", v->perms.owner,
+                       v->perms.group, path, strerror(errno));
+        r = -1;
+    } else if (fchmod(fd, mode) < 0) {
+        pool_set_error("cannot set file mode '%s': %s", path, strerror(errno));
+        r = -1;
+    }
+    close(fd);
+    free(path);
+    return r;
 }
 
 /* "NK": bytes rounded up to KiB, as libvirt passes sizes to lvcreate. */
@@ -370,6 +438,7 @@ int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
     argv[i++] = v->name;
     argv[i++] = "-L";
     if (v->has_allocation && v->allocation != v->capacity) {
+        /* sparse: a snapshot of a virtual origin, as libvirt makes them */
         alloc = kib(v->allocation ? v->allocation : 1);
         argv[i++] = alloc;
         argv[i++] = "--type";
@@ -383,6 +452,8 @@ int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
     r = pool_run(argv, NULL) == 0 ? 0 : -1;
     free(cap);
     free(alloc);
+    if (r == 0)
+        r = set_perms(d, v);
     return r;
 }
 
@@ -393,25 +464,6 @@ int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v)
     int r = pool_run(argv, NULL) == 0 ? 0 : -1;
 
     free(path);
-    return r;
-}
-
-int lvm_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
-                   bool allocate, bool shrink)
-{
-    char *size = kib(cap), *argv[] = { "lvresize", "-f", "-L", size, v->path, NULL };
-    int r;
-
-    (void)d;
-    (void)allocate;
-    if (cap < v->capacity && !shrink) {
-        pool_set_error("invalid argument: Can't shrink capacity below current capacity "
-                       "unless shrink flag explicitly specified");
-        free(size);
-        return -1;
-    }
-    r = pool_run(argv, NULL) == 0 ? 0 : -1;
-    free(size);
     return r;
 }
 

@@ -54,6 +54,13 @@ struct vol_def {
     bool lazy_refcounts, extended_l2;
     char *compat;
     uint64_t cluster_size;         /* probed qcow2 only; 0: not shown */
+    /* <source> extents of block volumes (LVs, partitions): byte ranges
+     * of devices, end exclusive */
+    struct vol_extent {
+        char *dev;
+        uint64_t start, end;
+    } *extents;
+    size_t n_extents;
 };
 
 /* The connection: where state lives. */
@@ -196,8 +203,6 @@ struct vol_def **lvm_vols(const struct pool_def *d, size_t *n);
 int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                    const struct vol_def *from);
 int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v);
-int lvm_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
-                   bool allocate, bool shrink);
 /* find-storage-pool-sources for logical: the <sources> XML (malloc'd). */
 char *lvm_find_sources(void);
 
@@ -212,6 +217,8 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
                     const struct vol_def *from);
 int disk_vol_delete(const struct pool_def *d, const struct vol_def *v);
 
+/* Append an extent (dev, start, end) to v's <source>. */
+void vol_add_extent(struct vol_def *v, const char *dev, uint64_t start, uint64_t end);
 /* Fill a block volume's permissions and timestamps from its node. */
 void vol_stat_block(struct vol_def *v);
 

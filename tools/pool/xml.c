@@ -529,6 +529,15 @@ static void put_attr_elem(struct vd_buf *b, int indent, const char *tag,
     vd_buf_adds(b, "'/>\n");
 }
 
+/* <tag attr='escaped'> at indent (an element with children). */
+static void put_attr_elem_open(struct vd_buf *b, int indent, const char *tag,
+                               const char *an, const char *val)
+{
+    vd_buf_printf(b, "%*s<%s %s='", indent, "", tag, an);
+    put_esc(b, val);
+    vd_buf_adds(b, "'>\n");
+}
+
 /* <permissions> with the fields that are set. */
 static void put_perms(struct vd_buf *b, int indent, const struct pool_perms *p)
 {
@@ -709,6 +718,9 @@ void vol_def_free(struct vol_def *v)
     free(v->backing_format);
     free(v->backing_perms.label);
     free(v->compat);
+    for (size_t i = 0; i < v->n_extents; i++)
+        free(v->extents[i].dev);
+    free(v->extents);
     free(v);
 }
 
@@ -747,6 +759,26 @@ static void put_backing(struct vd_buf *b, const struct vol_def *v)
     vd_buf_adds(b, "  </backingStore>\n");
 }
 
+/* <source> of a block volume: its extents, grouped by device. */
+static void put_extents(struct vd_buf *b, const struct vol_def *v)
+{
+    const char *dev = NULL;
+
+    vd_buf_adds(b, "  <source>\n");
+    for (size_t i = 0; i < v->n_extents; i++) {
+        const struct vol_extent *e = &v->extents[i];
+        if (!dev || strcmp(dev, e->dev)) {
+            if (dev)
+                vd_buf_adds(b, "    </device>\n");
+            dev = e->dev;
+            put_attr_elem_open(b, 4, "device", "path", dev);
+        }
+        vd_buf_printf(b, "      <extent start='%" PRIu64 "' end='%" PRIu64 "'/>\n",
+                      e->start, e->end);
+    }
+    vd_buf_adds(b, "    </device>\n  </source>\n");
+}
+
 char *vol_def_format(const struct vol_def *v)
 {
     struct vd_buf b = {0};
@@ -754,6 +786,8 @@ char *vol_def_format(const struct vol_def *v)
     vd_buf_printf(&b, "<volume type='%s'>\n", v->type);
     put_elem(&b, 2, "name", v->name);
     put_elem(&b, 2, "key", v->key);
+    if (v->n_extents)
+        put_extents(&b, v);
     vd_buf_printf(&b, "  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", v->capacity);
     vd_buf_printf(&b, "  <allocation unit='bytes'>%" PRIu64 "</allocation>\n", v->allocation);
     if (strcmp(v->type, "dir"))
