@@ -77,7 +77,7 @@ def test_logical_lifecycle_same_as_virsh(pool_guest, loops):
     ]
     lvs = LVS % "vdtest"
     between = {7: lvs, 8: VGS % "vdtest", 21: lvs, 24: lvs, 33: "pvs --noheadings " + a}
-    res = compare(pool_guest, verbs, wipe(pool_guest, loops), between)
+    _, res = compare(pool_guest, verbs, wipe(pool_guest, loops), between)
     # the results are real: both LVs were there with their sizes
     assert res[7][4].split()[:2] == ["lv1", str(8 * MIB)]
     assert "lv2" in res[7][4]
@@ -101,7 +101,7 @@ def test_logical_two_devices_same_as_virsh(pool_guest, loops):
         ["pool-delete", "vdtest"],
         ["pool-undefine", "vdtest"],
     ]
-    res = compare(pool_guest, verbs, wipe(pool_guest, loops), {2: VGS % "vdtest"})
+    _, res = compare(pool_guest, verbs, wipe(pool_guest, loops), {2: VGS % "vdtest"})
     assert res[2][4].split()[:2] == ["vdtest", "2"]
 
 
@@ -133,6 +133,6 @@ def test_logical_failures_same_as_virsh(pool_guest, loops):
         ["pool-destroy", "other"],
         ["pool-undefine", "other"],
     ]
-    res = compare(pool_guest, verbs, setup, {5: VGS % "vdother"})
+    _, res = compare(pool_guest, verbs, setup, {5: VGS % "vdother"})
     assert res[1][1] == 1 and res[5][1] == 1
     assert "vdother" in res[5][4]

@@ -34,6 +34,7 @@ struct part {
 struct table {
     char label[32];
     uint64_t cyl;                  /* bytes per cylinder (dos alignment) */
+    uint64_t limit;                /* dos: end of the last whole cylinder */
     size_t n;
     struct part p[MAX_PARTS];
 };
@@ -110,6 +111,26 @@ static void mark_logical_free(struct table *t)
     }
 }
 
+/* On dos labels what lies past the last whole cylinder is no free space
+ * (libparted keeps it as metadata; parted's listing shows it as free). */
+static void clamp_free(struct table *t)
+{
+    size_t w = 0;
+
+    for (size_t i = 0; i < t->n; i++) {
+        struct part p = t->p[i];
+        if ((p.kind == PART_FREE || p.kind == PART_FREE_LOGICAL) && p.end > t->limit) {
+            if (p.start >= t->limit)
+                continue;
+            p.end = t->limit;
+        }
+        t->p[w++] = p;
+    }
+    t->n = w;
+}
+
+static int read_geometry(const char *dev, uint64_t *cyl, uint64_t *limit);
+
 /* Run parted DEV unit B print free and read it into t; -1 (recorded). */
 static int read_table(const char *dev, struct table *t)
 {
@@ -141,11 +162,15 @@ static int read_table(const char *dev, struct table *t)
     }
     free(out);
     mark_logical_free(t);
+    if (read_geometry(dev, &t->cyl, &t->limit) < 0)
+        return -1;
+    if (!strcmp(t->label, "msdos"))
+        clamp_free(t);
     return 0;
 }
 
 /* Bytes per cylinder of dev's BIOS geometry (parted's "unit chs print"). */
-static int read_geometry(const char *dev, uint64_t *cyl)
+static int read_geometry(const char *dev, uint64_t *cyl, uint64_t *limit)
 {
     char *argv[] = { "parted", "-s", (char *)dev, "unit", "chs", "print", NULL };
     char *out = NULL, *p;
@@ -164,6 +189,7 @@ static int read_geometry(const char *dev, uint64_t *cyl)
     }
     free(out);
     *cyl = (uint64_t)h * s * SECTOR;
+    *limit = c > UINT64_MAX / *cyl ? UINT64_MAX : c * *cyl;
     return 0;
 }
 
@@ -226,8 +252,8 @@ static int check_label(const char *dev, const char *fmt, bool writing)
         return 0;
     }
     if (!type[0])
-        pool_set_error("Requested operation is not valid: Unable to probe '%s' for "
-                       "existing data, forced overwrite is necessary", dev);
+        pool_set_error("Storage pool probe failed: Device '%s' is unrecognized, requires "
+                       "build", dev);
     else if (writing && match)
         pool_set_error("Storage pool already built: Device '%s' already formatted "
                        "using '%s'", dev, type);
@@ -279,7 +305,12 @@ int disk_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     char *argv[] = { "parted", d->src_device, "mklabel", "--script", NULL, NULL };
 
     (void)no_overwrite;
-    if (check_device(d) < 0 || (!overwrite && check_label(d->src_device, d->src_format, true) < 0))
+    if (access(d->src_device, F_OK) < 0) {
+        pool_set_error("Storage pool probe failed: Failed to create filesystem probe for "
+                       "device %s", d->src_device);
+        return -1;
+    }
+    if (!overwrite && check_label(d->src_device, d->src_format, true) < 0)
         return -1;
     if (wipe_table(d->src_device) < 0)
         return -1;
@@ -301,6 +332,9 @@ int disk_start(struct pool_def *d)
 int disk_stop(struct pool_def *d)
 {
     d->capacity = d->allocation = d->available = 0;
+    free(d->free_ext);
+    d->free_ext = NULL;
+    d->n_free_ext = 0;
     return 0;
 }
 
@@ -353,9 +387,22 @@ static struct vol_def *part_vol(const struct pool_def *d, const struct part *p)
         v->allocation = v->capacity;
         v->format = xstrdup("none");
     }
-    v->physical = v->allocation;
+    /* the node's own size (an extended partition's is the kernel's stub) */
+    v->physical = p->kind == PART_EXTENDED ? dev_size(v->path) : v->allocation;
     vol_stat_block(v);
+    vol_add_extent(v, d->src_device, p->start, p->end);
     return v;
+}
+
+/* Record a free extent in the live pool definition. */
+static void add_free(struct pool_def *d, uint64_t start, uint64_t end)
+{
+    d->free_ext = realloc(d->free_ext, (d->n_free_ext + 1) * sizeof(*d->free_ext));
+    if (!d->free_ext)
+        pool_oom();
+    d->free_ext[d->n_free_ext].start = start;
+    d->free_ext[d->n_free_ext].end = end;
+    d->n_free_ext++;
 }
 
 /* Volumes and sizes of the table t (d's sizes updated when given). */
@@ -368,6 +415,11 @@ static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd
     if (!list)
         pool_oom();
     *n = 0;
+    if (d) {
+        free(d->free_ext);
+        d->free_ext = NULL;
+        d->n_free_ext = 0;
+    }
     for (size_t i = 0; i < t->n; i++) {
         const struct part *p = &t->p[i];
         uint64_t start = p->start ? p->start : SECTOR;
@@ -375,6 +427,8 @@ static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd
             cap = p->end;
         if (p->kind == PART_FREE || p->kind == PART_FREE_LOGICAL) {
             avail += p->end > start ? p->end - start : 0;
+            if (d)
+                add_free(d, start, p->end);
             continue;
         }
         list[*n] = part_vol(cd, p);
@@ -561,7 +615,7 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
                        "disk volumes cannot be copied here");
         return -1;
     }
-    if (read_table(d->src_device, &t) < 0 || read_geometry(d->src_device, &t.cyl) < 0)
+    if (read_table(d->src_device, &t) < 0)
         return -1;
     kind = new_kind(d, &t);
     if (!(type = part_type(d, v, &t, kind)))

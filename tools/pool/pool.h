@@ -29,6 +29,11 @@ struct pool_def {
     char *src_device, *src_dir, *src_host, *src_name, *src_format;
     char **src_devs;               /* every <device path>; src_device is the first */
     size_t n_src_devs;
+    /* free extents of the first device (live disk pools), end exclusive */
+    struct pool_extent {
+        uint64_t start, end;
+    } *free_ext;
+    size_t n_free_ext;
     uint64_t capacity, allocation, available;
 };
 

@@ -272,6 +272,40 @@ static void clean_path(char *p)
 }
 
 /* <source> of a pool. */
+/* An unsigned number attribute; -1 if absent or malformed. */
+static int attr_u64(xmlNodePtr n, const char *name, uint64_t *out)
+{
+    char *s = attr(n, name), *end;
+    int r = -1;
+
+    if (s && s[0] >= '0' && s[0] <= '9') {
+        errno = 0;
+        *out = strtoull(s, &end, 10);
+        r = errno || *end ? -1 : 0;
+    }
+    free(s);
+    return r;
+}
+
+/* The <freeExtent start end/> children of a device (a live disk pool's
+ * state); malformed or inverted ones are left out. */
+static void parse_free_extents(xmlNodePtr dev, struct pool_def *d)
+{
+    for (xmlNodePtr c = dev ? dev->children : NULL; c; c = c->next) {
+        uint64_t s, e;
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "freeExtent") ||
+            attr_u64(c, "start", &s) < 0 || attr_u64(c, "end", &e) < 0 || e < s ||
+            d->n_free_ext >= 4096)
+            continue;
+        d->free_ext = realloc(d->free_ext, (d->n_free_ext + 1) * sizeof(*d->free_ext));
+        if (!d->free_ext)
+            pool_oom();
+        d->free_ext[d->n_free_ext].start = s;
+        d->free_ext[d->n_free_ext].end = e;
+        d->n_free_ext++;
+    }
+}
+
 /* Every <device path='...'/> of a pool source. */
 static void parse_devices(xmlNodePtr s, struct pool_def *d)
 {
@@ -287,6 +321,7 @@ static void parse_devices(xmlNodePtr s, struct pool_def *d)
     }
     if (d->n_src_devs)
         d->src_device = xstrdup(d->src_devs[0]);
+    parse_free_extents(child(s, "device"), d);
 }
 
 /* The defaults libvirt fills in: a logical pool's source name is the
@@ -450,6 +485,7 @@ void pool_def_free(struct pool_def *d)
     for (size_t i = 0; i < d->n_src_devs; i++)
         free(d->src_devs[i]);
     free(d->src_devs);
+    free(d->free_ext);
     free(d->src_dir);
     free(d->src_host);
     free(d->src_name);
@@ -480,6 +516,11 @@ struct pool_def *pool_def_copy(const struct pool_def *s)
         pool_oom();
     for (size_t i = 0; i < s->n_src_devs; i++)
         d->src_devs[i] = xstrdup(s->src_devs[i]);
+    d->free_ext = NULL;
+    if (s->n_free_ext && !(d->free_ext = malloc(s->n_free_ext * sizeof(*d->free_ext))))
+        pool_oom();
+    if (s->n_free_ext)
+        memcpy(d->free_ext, s->free_ext, s->n_free_ext * sizeof(*d->free_ext));
     d->src_dir = dupn(s->src_dir);
     d->src_host = dupn(s->src_host);
     d->src_name = dupn(s->src_name);
@@ -563,8 +604,17 @@ static void put_source(struct vd_buf *b, const struct pool_def *d)
     vd_buf_adds(b, "  <source>\n");
     if (d->src_host)
         put_attr_elem(b, 4, "host", "name", d->src_host);
-    for (size_t i = 0; i < d->n_src_devs; i++)
-        put_attr_elem(b, 4, "device", "path", d->src_devs[i]);
+    for (size_t i = 0; i < d->n_src_devs; i++) {
+        if (i || !d->n_free_ext) {
+            put_attr_elem(b, 4, "device", "path", d->src_devs[i]);
+            continue;
+        }
+        put_attr_elem_open(b, 4, "device", "path", d->src_devs[i]);
+        for (size_t j = 0; j < d->n_free_ext; j++)
+            vd_buf_printf(b, "      <freeExtent start='%" PRIu64 "' end='%" PRIu64 "'/>\n",
+                          d->free_ext[j].start, d->free_ext[j].end);
+        vd_buf_adds(b, "    </device>\n");
+    }
     if (d->src_dir)
         put_attr_elem(b, 4, "dir", "path", d->src_dir);
     if (d->src_name)
