@@ -109,6 +109,8 @@ def test_disk_extended_logical_same_as_virsh(pool_guest, loop):
         ["vol-create-as", "vdisk", names[4], "4M"],
         ["vol-create-as", "vdisk", names[5], "4M"],
         ["vol-create-as", "vdisk", "big", "100M"],
+        # libvirt re-reads the extended partition's node only on a refresh
+        ["pool-refresh", "vdisk"],
         ["vol-list", "vdisk", "--details"],
         ["vol-dumpxml", "--pool", "vdisk", names[3]],
         ["vol-dumpxml", "--pool", "vdisk", names[4]],

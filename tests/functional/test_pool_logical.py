@@ -125,6 +125,8 @@ def test_logical_failures_same_as_virsh(pool_guest, loops):
         ["pool-build", "taken"],
         ["pool-build", "--overwrite", "taken"],
         ["pool-start", "taken"],
+        ["pool-destroy", "taken"],
+        ["pool-delete", "taken"],
         ["pool-undefine", "taken"],
         ["pool-define-as", "other", "logical", "--source-name", "vdother",
          "--target", "/dev/vdother"],
@@ -134,5 +136,5 @@ def test_logical_failures_same_as_virsh(pool_guest, loops):
         ["pool-undefine", "other"],
     ]
     _, res = compare(pool_guest, verbs, setup, {5: VGS % "vdother"})
-    assert res[1][1] == 1 and res[5][1] == 1
+    assert res[1][1] == 1 and res[5][1] == 1 and res[6][1] == 0
     assert "vdother" in res[5][4]

@@ -381,7 +381,8 @@ static struct vol_def *part_vol(const struct pool_def *d, const struct part *p)
     if (p->kind == PART_EXTENDED) {
         v->capacity = p->end - p->start;
         v->allocation = 0;
-        v->format = xstrdup("extended");
+        /* as libvirt reads the table back: the partition type is not shown */
+        v->format = xstrdup("none");
     } else {
         v->capacity = dev_size(v->path);
         v->allocation = v->capacity;
