@@ -17,155 +17,33 @@
 
 #include "pool.h"
 
-#define SECTOR 512
-#define MAX_PARTS 256
 #define WIPE_BYTES (1024 * 1024)
 
-enum part_kind { PART_PRIMARY, PART_EXTENDED, PART_LOGICAL, PART_FREE, PART_FREE_LOGICAL };
-
-/* One line of parted's listing: a partition or a free extent. */
-struct part {
-    enum part_kind kind;
-    unsigned num;
-    uint64_t start, end;           /* bytes, end exclusive */
-};
-
-/* A partition table as parted shows it. */
-struct table {
-    char label[32];
-    uint64_t cyl;                  /* bytes per cylinder (dos alignment) */
-    uint64_t limit;                /* dos: end of the last whole cylinder */
-    size_t n;
-    struct part p[MAX_PARTS];
-};
-
-/* "123B" into bytes; -1 if malformed. */
-static int bytes_of(const char *s, uint64_t *out)
-{
-    char *end;
-
-    if (!isdigit((unsigned char)s[0]))
-        return -1;
-    errno = 0;
-    *out = strtoull(s, &end, 10);
-    return errno || strcmp(end, "B") ? -1 : 0;
-}
-
-/* Split line into whitespace-separated words (in place): the count. */
-static size_t words(char *line, char **w, size_t max)
-{
-    size_t n = 0;
-    char *save = NULL;
-
-    for (char *t = strtok_r(line, " \t", &save); t && n < max; t = strtok_r(NULL, " \t", &save))
-        w[n++] = t;
-    return n;
-}
-
-/* One row of the listing (number, start, end, size, [type]) into t. */
-static int parse_row(struct table *t, char *line, bool dos)
-{
-    char *w[8];
-    size_t n = words(line, w, 8);
-    struct part *p = &t->p[t->n];
-    uint64_t end;
-    bool free_ = n >= 5 && !strcmp(w[n - 2], "Free") && !strcmp(w[n - 1], "Space");
-    int first = free_ ? 0 : 1;
-    char *num_end;
-
-    if (n < 3 || t->n >= MAX_PARTS)
-        return -1;
-    memset(p, 0, sizeof(*p));
-    if (!free_) {
-        unsigned long v = strtoul(w[0], &num_end, 10);
-        if (!isdigit((unsigned char)w[0][0]) || *num_end || v == 0 || v > 4096 || n < 4)
-            return -1;
-        p->num = (unsigned)v;
-    }
-    if (bytes_of(w[first], &p->start) < 0 || bytes_of(w[first + 1], &end) < 0 ||
-        end < p->start || end == UINT64_MAX)
-        return -1;
-    p->end = end + 1;
-    if (free_)
-        p->kind = PART_FREE;
-    else if (dos && n >= 5 && !strcmp(w[4], "extended"))
-        p->kind = PART_EXTENDED;
-    else if (dos && n >= 5 && !strcmp(w[4], "logical"))
-        p->kind = PART_LOGICAL;
-    else
-        p->kind = PART_PRIMARY;
-    t->n++;
-    return 0;
-}
-
-/* Free extents inside the extended partition hold logical partitions. */
-static void mark_logical_free(struct table *t)
-{
-    for (size_t i = 0; i < t->n; i++) {
-        if (t->p[i].kind != PART_EXTENDED)
-            continue;
-        for (size_t j = 0; j < t->n; j++)
-            if (t->p[j].kind == PART_FREE && t->p[j].start >= t->p[i].start &&
-                t->p[j].end <= t->p[i].end)
-                t->p[j].kind = PART_FREE_LOGICAL;
-    }
-}
-
-/* On dos labels what lies past the last whole cylinder is no free space
- * (libparted keeps it as metadata; parted's listing shows it as free). */
-static void clamp_free(struct table *t)
-{
-    size_t w = 0;
-
-    for (size_t i = 0; i < t->n; i++) {
-        struct part p = t->p[i];
-        if ((p.kind == PART_FREE || p.kind == PART_FREE_LOGICAL) && p.end > t->limit) {
-            if (p.start >= t->limit)
-                continue;
-            p.end = t->limit;
-        }
-        t->p[w++] = p;
-    }
-    t->n = w;
-}
+#include "parted.h"
 
 static int read_geometry(const char *dev, uint64_t *cyl, uint64_t *limit);
 
 /* Run parted DEV unit B print free and read it into t; -1 (recorded). */
-static int read_table(const char *dev, struct table *t)
+static int read_table(const char *dev, struct part_table *t)
 {
     char *argv[] = { "parted", "-s", (char *)dev, "unit", "B", "print", "free", NULL };
-    char *out = NULL, *save = NULL;
-    bool rows = false, dos;
+    char *out = NULL;
     int r;
 
-    memset(t, 0, sizeof(*t));
-    if ((r = pool_run(argv, &out)) != 0) {
+    if (pool_run(argv, &out) != 0) {
         free(out);
         return -1;
     }
-    for (char *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        if (!strncmp(l, "Partition Table: ", 17)) {
-            snprintf(t->label, sizeof(t->label), "%s", l + 17);
-            continue;
-        }
-        if (!strncmp(l, "Number", 6)) {
-            rows = true;
-            continue;
-        }
-        dos = !strcmp(t->label, "msdos");
-        if (rows && parse_row(t, l, dos) < 0) {
-            pool_set_error("internal error: cannot parse the partition table of '%s'", dev);
-            free(out);
-            return -1;
-        }
-    }
+    r = parted_parse_listing(out, t);
     free(out);
-    mark_logical_free(t);
+    if (r < 0) {
+        pool_set_error("internal error: cannot parse the partition table of '%s'", dev);
+        return -1;
+    }
     if (read_geometry(dev, &t->cyl, &t->limit) < 0)
         return -1;
     if (!strcmp(t->label, "msdos"))
-        clamp_free(t);
+        parted_clamp_free(t);
     return 0;
 }
 
@@ -173,24 +51,18 @@ static int read_table(const char *dev, struct table *t)
 static int read_geometry(const char *dev, uint64_t *cyl, uint64_t *limit)
 {
     char *argv[] = { "parted", "-s", (char *)dev, "unit", "chs", "print", NULL };
-    char *out = NULL, *p;
-    unsigned long c, h, s;
+    char *out = NULL;
+    int r;
 
     if (pool_run(argv, &out) != 0) {
         free(out);
         return -1;
     }
-    p = strstr(out, "geometry: ");
-    if (!p || sscanf(p, "geometry: %lu,%lu,%lu", &c, &h, &s) != 3 || !h || !s ||
-        h > 65536 || s > 65536) {
-        pool_set_error("internal error: Failed to create disk pool geometry");
-        free(out);
-        return -1;
-    }
+    r = parted_parse_geometry(out, cyl, limit);
     free(out);
-    *cyl = (uint64_t)h * s * SECTOR;
-    *limit = c > UINT64_MAX / *cyl ? UINT64_MAX : c * *cyl;
-    return 0;
+    if (r < 0)
+        pool_set_error("internal error: Failed to create disk pool geometry");
+    return r;
 }
 
 /* The label parted writes for pool format fmt. */
@@ -408,7 +280,7 @@ static void add_free(struct pool_def *d, uint64_t start, uint64_t end)
 
 /* Volumes and sizes of the table t (d's sizes updated when given). */
 static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd,
-                                   const struct table *t, size_t *n)
+                                   const struct part_table *t, size_t *n)
 {
     struct vol_def **list = calloc(t->n + 1, sizeof(*list)), *ext = NULL;
     uint64_t cap = 0, alloc = 0, avail = 0;
@@ -423,7 +295,7 @@ static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd
     }
     for (size_t i = 0; i < t->n; i++) {
         const struct part *p = &t->p[i];
-        uint64_t start = p->start ? p->start : SECTOR;
+        uint64_t start = p->start ? p->start : PARTED_SECTOR;
         if (p->end > cap)
             cap = p->end;
         if (p->kind == PART_FREE || p->kind == PART_FREE_LOGICAL) {
@@ -451,7 +323,7 @@ static struct vol_def **table_vols(struct pool_def *d, const struct pool_def *cd
 
 int disk_refresh(struct pool_def *d)
 {
-    struct table t;
+    struct part_table t;
     struct vol_def **v;
     size_t n;
 
@@ -464,7 +336,7 @@ int disk_refresh(struct pool_def *d)
 
 struct vol_def **disk_vols(const struct pool_def *d, size_t *n)
 {
-    struct table t;
+    struct part_table t;
 
     *n = 0;
     if (read_table(d->src_device, &t) < 0)
@@ -474,7 +346,7 @@ struct vol_def **disk_vols(const struct pool_def *d, size_t *n)
 
 /* The kind of partition a new volume gets: logical once the four slots
  * of a dos label hold primaries and the extended one. */
-static enum part_kind new_kind(const struct pool_def *d, const struct table *t)
+static enum part_kind new_kind(const struct pool_def *d, const struct part_table *t)
 {
     int used = 0;
 
@@ -486,7 +358,7 @@ static enum part_kind new_kind(const struct pool_def *d, const struct table *t)
 }
 
 /* Does t have an extended partition? */
-static bool has_extended(const struct table *t)
+static bool has_extended(const struct part_table *t)
 {
     for (size_t i = 0; i < t->n; i++)
         if (t->p[i].kind == PART_EXTENDED)
@@ -497,7 +369,7 @@ static bool has_extended(const struct table *t)
 /* parted's partition type argument ("primary ext2", "logical ...",
  * "extended", or "primary" on other labels); NULL (recorded) if none. */
 static char *part_type(const struct pool_def *d, const struct vol_def *v,
-                       const struct table *t, enum part_kind kind)
+                       const struct part_table *t, enum part_kind kind)
 {
     static const char *const names[] = { "none", "linux", "fat16", "fat32", "linux-swap",
                                          "linux-lvm", "linux-raid", "extended", NULL };
@@ -531,17 +403,17 @@ static char *part_type(const struct pool_def *d, const struct vol_def *v,
 
 /* Where the new partition goes: the smallest free extent of the right
  * kind that fits, with libvirt's cylinder rounding on dos labels. */
-static int place(const struct pool_def *d, const struct table *t, enum part_kind kind,
+static int place(const struct pool_def *d, const struct part_table *t, enum part_kind kind,
                  uint64_t size, uint64_t *start, uint64_t *end)
 {
     bool dos = !strcmp(d->src_format, "dos");
-    uint64_t cyl = t->cyl ? t->cyl : SECTOR, extra = cyl - size % cyl;
+    uint64_t cyl = t->cyl ? t->cyl : PARTED_SECTOR, extra = cyl - size % cyl;
     uint64_t best = 0, need_best = 0;
     int hit = -1;
 
     for (size_t i = 0; i < t->n; i++) {
         const struct part *p = &t->p[i];
-        uint64_t s = p->start ? p->start : SECTOR, have, need = size;
+        uint64_t s = p->start ? p->start : PARTED_SECTOR, have, need = size;
         if ((p->kind != PART_FREE && p->kind != PART_FREE_LOGICAL) || p->end <= s)
             continue;
         have = p->end - s;
@@ -552,7 +424,7 @@ static int place(const struct pool_def *d, const struct table *t, enum part_kind
             if (s % cyl > extra)
                 need += cyl;
             if (kind == PART_LOGICAL)
-                have = have > SECTOR ? have - SECTOR : 0;
+                have = have > PARTED_SECTOR ? have - PARTED_SECTOR : 0;
         }
         if (have <= need || (best && have >= best))
             continue;
@@ -566,9 +438,9 @@ static int place(const struct pool_def *d, const struct table *t, enum part_kind
         pool_set_error("internal error: no large enough free extent");
         return -1;
     }
-    *start = t->p[hit].start ? t->p[hit].start : SECTOR;
+    *start = t->p[hit].start ? t->p[hit].start : PARTED_SECTOR;
     if (kind == PART_LOGICAL)
-        *start += SECTOR;
+        *start += PARTED_SECTOR;
     *end = *start + need_best;
     if (dos)
         *end -= *start % cyl;
@@ -577,7 +449,7 @@ static int place(const struct pool_def *d, const struct table *t, enum part_kind
 }
 
 /* The partition of t that starts at start (after a mkpart), or NULL. */
-static const struct part *find_new(const struct table *t, uint64_t start)
+static const struct part *find_new(const struct part_table *t, uint64_t start)
 {
     for (size_t i = 0; i < t->n; i++)
         if (t->p[i].kind != PART_FREE && t->p[i].kind != PART_FREE_LOGICAL &&
@@ -601,7 +473,7 @@ static int remove_part(const struct pool_def *d, unsigned num)
 int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                     const struct vol_def *from)
 {
-    struct table t;
+    struct part_table t;
     enum part_kind kind;
     char *type, s[32], e[32];
     char *argv[] = { "parted", d->src_device, "mkpart", "--script", NULL, s, e, NULL };

@@ -65,7 +65,9 @@ static char *trim(char *s)
     return s;
 }
 
-/* The "VG:PV" pairs pvs lists (vgscan first, as libvirt does); malloc'd
+static bool pv_line(const char *l, char *pv, char *vg);
+
+/* The "PV VG" pairs pvs lists (vgscan first, as libvirt does); malloc'd
  * text, NULL (error recorded) when pvs fails. */
 static char *list_pvs(void)
 {
@@ -92,8 +94,7 @@ static int check_vg(const struct pool_def *d)
         return -1;
     for (char *l = strtok_r(out, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
         char pv[4096], name[4096];
-        if (strlen(l) >= sizeof(pv) || sscanf(l, " %4095s %4095s", pv, name) != 2 ||
-            strcmp(name, d->src_name))
+        if (!pv_line(l, pv, name) || strcmp(name, d->src_name))
             continue;
         vg = true;
         for (size_t i = 0; i < d->n_src_devs; i++)
@@ -219,9 +220,11 @@ int lvm_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     r = pool_run(argv, NULL) == 0 ? 0 : -1;
     free(argv);
     if (r < 0) {
-        char *keep = xstrdup("");
+        /* keep vgcreate's error, not pvremove's */
+        char *why = xstrdup(pool_error_text());
         undo_pvs(d, d->n_src_devs);
-        free(keep);
+        pool_set_error("%s", why);
+        free(why);
     }
     return r;
 }
@@ -477,45 +480,50 @@ static void add(char **x, const char *fmt, const char *a)
     *x = n;
 }
 
+/* One "PV VG" line of pvs into pv and vg (each under 4096 bytes); false
+ * for PVs in no VG and malformed lines. */
+static bool pv_line(const char *l, char *pv, char *vg)
+{
+    return strlen(l) < 4096 && sscanf(l, " %4095s %4095s", pv, vg) == 2;
+}
+
+/* The <device> lines of every PV of vg in the pvs output. */
+static void add_pvs(char **x, const char *out, const char *vg)
+{
+    char *copy = xstrdup(out), *save = NULL, pv[4096], name[4096];
+
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+        if (pv_line(l, pv, name) && !strcmp(name, vg))
+            add(x, "    <device path='%s'/>\n", pv);
+    free(copy);
+}
+
 char *lvm_find_sources(void)
 {
-    char *out = list_pvs(), *save = NULL, *x = xstrdup("<sources>\n");
-    char *seen = xstrdup("\n");
+    char *out = list_pvs(), *copy, *save = NULL, *x, *seen, pv[4096], vg[4096];
 
-    if (!out) {
-        free(x);
-        free(seen);
+    if (!out)
         return NULL;
-    }
-    /* one <source> per VG, with its PVs, in the order pvs lists them */
-    for (int pass = 0; pass < 1; pass++) {
-        char *copy = xstrdup(out);
-        for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-            char pv[4096], vg[4096], *key, *save2 = NULL;
-            if (strlen(l) >= sizeof(pv) || sscanf(l, " %4095s %4095s", pv, vg) != 2)
-                continue;
-            key = xasprintf("\n%s\n", vg);
-            if (strstr(seen, key)) {
-                free(key);
-                continue;
-            }
+    x = xstrdup("<sources>\n");
+    seen = xstrdup("\n");
+    copy = xstrdup(out);
+    /* one <source> per VG, in the order pvs first names it */
+    for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        char *key;
+        if (!pv_line(l, pv, vg))
+            continue;
+        key = xasprintf("\n%s\n", vg);
+        if (!strstr(seen, key)) {
             add(&seen, "%s\n", vg);
-            free(key);
             add(&x, "%s", "  <source>\n");
-            char *all = xstrdup(out);
-            for (char *m = strtok_r(all, "\n", &save2); m; m = strtok_r(NULL, "\n", &save2)) {
-                char p2[4096], v2[4096];
-                if (strlen(m) < sizeof(p2) && sscanf(m, " %4095s %4095s", p2, v2) == 2 &&
-                    !strcmp(v2, vg))
-                    add(&x, "    <device path='%s'/>\n", p2);
-            }
-            free(all);
+            add_pvs(&x, out, vg);
             add(&x, "    <name>%s</name>\n", vg);
             add(&x, "%s", "    <format type='lvm2'/>\n  </source>\n");
         }
-        free(copy);
+        free(key);
     }
     add(&x, "%s", "</sources>\n");
+    free(copy);
     free(seen);
     free(out);
     return x;

@@ -79,6 +79,8 @@ struct pool_conn {
 void pool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Record the detailed (second) error line for the current failure. */
 void pool_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The recorded detail ("" when none). */
+const char *pool_error_text(void);
 /* Print the recorded detail as "error: <detail>" (if any) and clear it. */
 void pool_report(void);
 /* Out of memory: print and exit 1. */
