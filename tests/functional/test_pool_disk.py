@@ -156,3 +156,19 @@ def test_disk_failures_same_as_virsh(pool_guest, loop):
         "name 'wrongname', expected '%s'\n" % part(loop, 1))
     assert a[14][1] == b[14][1] == 1
     assert not [r for r in b[14][4].splitlines() if r[:1].isdigit()]
+
+
+def test_capabilities_logical_and_disk_as_libvirt(pool_guest):
+    """pool-capabilities' logical and disk blocks are libvirt's (the
+    guest's libvirtd has only those two backends)."""
+    if not pool_guest.libvirt:
+        pytest.skip("libvirtd does not run in the guest: " + pool_guest.why)
+    (_, rc1, l, _, _), = pool_guest.sequence("virsh", [["pool-capabilities"]])
+    (_, rc2, v, _, _), = pool_guest.sequence("vdisk-pool", [["pool-capabilities"]])
+    assert rc1 == rc2 == 0
+
+    def block(out, t):
+        return out.split("<pool type='%s'" % t)[1].split("</pool>")[0]
+    for t in ("logical", "disk"):
+        assert block(v, t) == block(l, t)
+        assert block(v, t).startswith(" supported='yes'>")
