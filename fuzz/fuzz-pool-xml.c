@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* libFuzzer harness for vdisk-pool's XML readers: arbitrary bytes as a pool
- * and as a volume definition; whatever parses must print, and the printed
- * XML must parse and print back to itself. */
+/* libFuzzer harness for vdisk-pool's XML readers: arbitrary bytes as a pool,
+ * as a volume and as a secret definition; whatever parses must print, and
+ * the printed XML must parse and print back to itself. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +47,32 @@ static void check_vol(const char *data, size_t size)
     vol_def_free(v);
 }
 
+/* Secret: parse, print, re-parse, print: the two prints must match. */
+static void check_secret(const char *data, size_t size)
+{
+    struct secret_def *s = secret_def_parse(data, size), *s2;
+    char *x, *x2;
+
+    if (!s)
+        return;
+    x = secret_def_format(s);
+    s2 = secret_def_parse(x, strlen(x));
+    if (!s2)
+        abort();
+    x2 = secret_def_format(s2);
+    if (strcmp(x, x2))
+        abort();
+    free(x);
+    free(x2);
+    secret_def_free(s);
+    secret_def_free(s2);
+}
+
 /* One input. */
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check_pool((const char *)data, size);
     check_vol((const char *)data, size);
+    check_secret((const char *)data, size);
     return 0;
 }

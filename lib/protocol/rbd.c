@@ -639,6 +639,52 @@ static int finish(struct rbd_state *s, struct rbd_req *rq, int submit_err)
     return r;
 }
 
+/* Is word one of the comma-separated names in list? */
+static bool has_flag(const char *list, const char *word)
+{
+    size_t n = strlen(word);
+
+    for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : NULL)
+        if (!strncmp(p, word, n) && (p[n] == ',' || p[n] == '\0'))
+            return true;
+    return false;
+}
+
+/* A write that timed out may have waited on a full pool: Ceph holds
+ * writes to a pool the OSD map marks full until it is not.  Ask the
+ * monitor; -EDQUOT when the pool's quota is reached, -ENOSPC when the
+ * cluster is out of space, else r. */
+static int full_pool_error(rados_t c, rados_ioctx_t io, int r)
+{
+    const char *cmd[] = { "{\"prefix\": \"osd dump\", \"format\": \"json\"}" };
+    char pool[256], *out = NULL, *st = NULL;
+    size_t outlen = 0, stlen = 0;
+    vd_json *dump, *pools;
+
+    if (r != -ETIMEDOUT || rados_ioctx_get_pool_name(io, pool, sizeof(pool)) < 0 ||
+        rados_mon_command(c, cmd, 1, "", 0, &out, &outlen, &st, &stlen) < 0)
+        return r;
+    dump = vd_json_parse(out, outlen);
+    rados_buffer_free(out);
+    rados_buffer_free(st);
+    pools = dump ? vd_json_get(dump, "pools") : NULL;
+    for (size_t i = 0; pools && i < vd_json_count(pools); i++) {
+        vd_json *p = vd_json_at(pools, i);
+        const char *name = vd_json_str(vd_json_get(p, "pool_name"));
+        const char *flags = vd_json_str(vd_json_get(p, "flags_names"));
+
+        if (!name || strcmp(name, pool))
+            continue;
+        if (has_flag(flags, "full_quota"))
+            r = -EDQUOT;
+        else if (has_flag(flags, "full"))
+            r = -ENOSPC;
+        break;
+    }
+    vd_json_free(dump);
+    return r;
+}
+
 /* A new request (the caller holds one reference). */
 static struct rbd_req *req_new(void)
 {
@@ -679,7 +725,8 @@ static int run_op(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64_t le
         if (buf)
             buf += l;
     }
-    return finish(s, rq, r);
+    r = finish(s, rq, r);
+    return op == OP_READ ? r : full_pool_error(s->cluster, s->io, r);
 }
 
 /* A failed request's message. */
@@ -953,8 +1000,10 @@ static int vrbd_open(vd_node *n, vd_opts *opts, int flags)
     if ((r = connect_pool(s, opts)) < 0)
         return r;
     r = rbd_open(s->io, image, &s->image, snap);
-    if (r < 0)
+    if (r < 0) {   /* opening registers a watch: a write a full pool holds */
+        r = full_pool_error(s->cluster, s->io, r);
         return vd_error(-r, "error reading header from %s: %s", image, strerror(-r));
+    }
     s->have_image = true;
     if ((r = rbd_stat(s->image, &info, sizeof(info))) < 0)
         return vd_error(-r, "error getting image info from %s: %s", image, strerror(-r));
@@ -1104,8 +1153,10 @@ static int rbd_create_image(const char *filename, vd_opts *opts)
     }
     if ((r = connect_pool(&s, o)) < 0)
         goto out;
-    if ((r = rbd_create(s.io, vd_opts_get(o, "image"), size, &order)) < 0)
+    if ((r = rbd_create(s.io, vd_opts_get(o, "image"), size, &order)) < 0) {
+        r = full_pool_error(s.cluster, s.io, r);
         r = vd_error(-r, "error rbd create: %s", strerror(-r));
+    }
 out:
     disconnect(&s);
     vd_opts_free(o);

@@ -16,7 +16,9 @@
 
 #define JSON_MAX_DEPTH 64
 #define JSON_MAX_TEXT (16u << 20)
-#define STRAY_SHOW 64          /* bytes of a bad token quoted in a message */
+/* QEMU formats the part of a parse error after "JSON parse error, " into
+ * 1024 bytes, so a long token is cut off (closing quote and all) there. */
+#define DETAIL_MAX 1024
 
 struct parser {
     const char *p, *end;
@@ -34,16 +36,24 @@ static vd_json *fail(struct parser *ps, const char *msg)
     return NULL;
 }
 
+/* "WHAT 'TOKEN'" for the n bytes at start, cut off as QEMU cuts it. */
+static vd_json *fail_token(struct parser *ps, const char *what, const char *start, size_t n)
+{
+    char detail[DETAIL_MAX];
+
+    if (!ps->failed) {
+        snprintf(detail, sizeof(detail), "%s '%.*s'", what,
+                 (int)(n > DETAIL_MAX ? DETAIL_MAX : n), start);
+        vd_error(EINVAL, "JSON parse error, %s", detail);
+    }
+    ps->failed = true;
+    return NULL;
+}
+
 /* "stray 'TOKEN'" for a token from start through the offending byte. */
 static vd_json *fail_stray(struct parser *ps, const char *start, const char *bad)
 {
-    size_t n = (size_t)((bad < ps->end ? bad + 1 : ps->end) - start);
-
-    if (!ps->failed)
-        vd_error(EINVAL, "JSON parse error, stray '%.*s'",
-                 (int)(n > STRAY_SHOW ? STRAY_SHOW : n), start);
-    ps->failed = true;
-    return NULL;
+    return fail_token(ps, "stray", start, (size_t)((bad < ps->end ? bad + 1 : ps->end) - start));
 }
 
 /* Skip JSON white space. */
@@ -295,11 +305,7 @@ static vd_json *parse_keyword(struct parser *ps)
         return vd_json_new_bool(false);
     if (n == 4 && !memcmp(start, "null", 4))
         return vd_json_new_null();
-    if (!ps->failed)
-        vd_error(EINVAL, "JSON parse error, invalid keyword '%.*s'",
-                 (int)(n > STRAY_SHOW ? STRAY_SHOW : n), start);
-    ps->failed = true;
-    return NULL;
+    return fail_token(ps, "invalid keyword", start, n);
 }
 
 static vd_json *parse_value(struct parser *ps);
@@ -494,16 +500,16 @@ static vd_json *parse_value(struct parser *ps)
 /* See json.h. */
 vd_json *vd_json_parse(const char *text, size_t len)
 {
-    return vd_json_parse_depth(text, len, JSON_MAX_DEPTH);
+    return vd_json_parse_bounded(text, len, JSON_MAX_DEPTH, JSON_MAX_TEXT);
 }
 
 /* See json.h. */
-vd_json *vd_json_parse_depth(const char *text, size_t len, int max_depth)
+vd_json *vd_json_parse_bounded(const char *text, size_t len, int max_depth, size_t max_len)
 {
     struct parser ps = { text, text + len, 0, false, max_depth };
     vd_json *v;
 
-    if (!text || len > JSON_MAX_TEXT) {
+    if (!text || len > max_len) {
         vd_error(EINVAL, "JSON text too large");
         return NULL;
     }

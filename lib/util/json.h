@@ -49,8 +49,9 @@ bool vd_json_bool(const vd_json *j);
 /* Parse text; NULL and an error message (vd_errmsg) on bad input.  Depth
  * and size are bounded. */
 vd_json *vd_json_parse(const char *text, size_t len);
-/* The same with another nesting bound (QMP streams allow 1024). */
-vd_json *vd_json_parse_depth(const char *text, size_t len, int max_depth);
+/* The same with other bounds on nesting and text size (QMP streams allow
+ * 1024 levels and 64 MiB messages). */
+vd_json *vd_json_parse_bounded(const char *text, size_t len, int max_depth, size_t max_len);
 /* Print as QEMU's pretty printer does; no trailing newline. */
 void vd_json_print(const vd_json *j, FILE *f);
 /* Compact one-line form used in "json:{...}" file names; caller frees. */

@@ -431,14 +431,29 @@ def start_guest(tmp_path_factory, programs, modules, devices=(), qmp=False):
 # What the session's guest holds: the programs (those that exist) and the
 # modules the guest tests need.
 GUEST_MODULES = ["nbd"]
-# The logical and disk pool tests (pool_guest.py): device-mapper with
-# snapshots, loop devices.
-GUEST_MODULES += ["dm_mod", "dm_snapshot", "dm_zero", "loop"]
+# dm-crypt for cryptsetup (test_luks_guest.py): device-mapper, loop devices,
+# the kernel crypto API for user space, and every cipher, mode, IV
+# generator and hash of LUKS1 that Debian's kernel builds as a module (aes,
+# cbc, sha1, sha256 and md5 are built in).  Nothing in the guest loads modules
+# on demand: what dm-crypt asks the kernel for is loaded at boot.
+GUEST_MODULES += ["dm_mod", "dm_crypt", "loop", "algif_skcipher", "algif_hash",
+                  "serpent_generic", "twofish_generic", "cast5_generic",
+                  "xts", "ecb", "ctr", "essiv", "sha512_generic", "rmd160"]
+
+
+def sbin_program(name):
+    """The path of an administration program (outside a user's PATH), or None."""
+    return shutil.which(name) or next(
+        (p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.path.exists(p)), None)
+# The logical and disk pool tests (pool_guest.py): device-mapper
+# snapshots and the zero target.
+GUEST_MODULES += ["dm_snapshot", "dm_zero"]
 
 
 def guest_programs():
     from nbd_helpers import VDISK_NBD
     progs = [VDISK_NBD, shutil.which("qemu-nbd")]
+    progs += [sbin_program(n) for n in ("cryptsetup", "losetup", "dmsetup")]
     from pool_guest import pool_guest_programs
     progs += pool_guest_programs()
     return [p for p in progs if p and os.path.exists(p)]

@@ -55,3 +55,22 @@ def test_w5_group(tmp_path, needs_qemu):
         assert bool(skipped) == (wid in VHDX and not vhdx), p.stdout
     ran = re.findall(r"time ratio [0-9.]+, RSS ratio [0-9.]+", p.stdout)
     assert len(ran) == len(W5) - (0 if vhdx else len(VHDX))
+
+
+def test_w14_group(tmp_path, needs_qemu):
+    """W14 makes its dmg (bench/mkdmg) and cloop inputs from the mixed
+    image, and each convert's output is checked against it (a wrong
+    input or read would fail the verify step and the run)."""
+    env = dict(os.environ, VDISK_BUILDDIR=BUILD, VDISK_BENCH_DATA=str(tmp_path),
+               VDISK_BENCH_MIB="8", VDISK_BENCH_RUNS="1", VDISK_BENCH_SETTLE="0")
+    small_mixed(tmp_path / "mixed.raw", 8)
+    p = subprocess.run([sys.executable, os.path.join(TOP, "bench", "run"), "W14"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert re.findall(r"^(W\S+) ", p.stdout, re.M) == ["W14dmg-raw", "W14cloop-raw"]
+    assert len(re.findall(r"time ratio [0-9.]+, RSS ratio [0-9.]+", p.stdout)) == 2
+    for fmt in ("dmg", "cloop"):
+        info = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt,
+                               str(tmp_path / ("w14." + fmt))],
+                              capture_output=True, text=True, check=True)
+        assert '"virtual-size": %d' % (8 * MIB) in info.stdout

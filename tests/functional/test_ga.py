@@ -172,6 +172,18 @@ def test_oversize_and_deep(agents):
     assert compare(v, q, items) == []
 
 
+def test_message_size_limits(agents):
+    """QMP bounds a message at 64 MiB of tokens, not below: a 20 MiB
+    request is parsed and answered, a 70 MiB one gets the size error and
+    the rest of its bytes are lexed on as qemu-ga lexes them (a long bad
+    keyword quoted up to QEMU's 1024-byte message cut)."""
+    v, q = agents()
+    items = [b'{"execute":"guest-ping","arguments":{"x":"' + b"a" * (20 << 20) + b'"}}',
+             b'{"execute":"guest-ping","arguments":{"x":"' + b"a" * (70 << 20) + b'"}}',
+             b'{"execute":"guest-ping","arguments":{"x":' + b"b" * 3000 + b'}}']
+    assert compare(v, q, items) == []
+
+
 def test_disconnect_mid_command(agents):
     """A client leaves after half a request; the next client's requests see
     the same state."""

@@ -42,7 +42,7 @@ def man_sections(text):
 
 def test_every_command_and_option_in_manpage():
     cmds = help_commands(help_text())
-    assert len(cmds) == 36
+    assert len(cmds) == 42
     secs = man_sections(man_text())
     for cmd, opts in cmds:
         assert cmd in secs, cmd

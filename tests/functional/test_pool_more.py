@@ -79,12 +79,13 @@ def test_vol_xml_path_outside_pool(pair):
 
 
 def test_pool_capabilities_dir_and_fs_as_libvirt(pair):
-    """The dir and fs blocks are libvirt's; other types are marked unsupported."""
+    """The dir, fs and netfs blocks are libvirt's; other types are marked
+    unsupported."""
     l, v = pair.both("pool-capabilities")
     assert v[0] == 0
 
     def block(out, t):
         return out.split("<pool type='%s'" % t)[1].split("</pool>")[0]
-    for t in ("dir", "fs"):
+    for t in ("dir", "fs", "netfs"):
         assert block(v[1], t) == block(l[1], t)
-    assert "<pool type='netfs' supported='no'>" in v[1]
+    assert "<pool type='iscsi' supported='no'>" in v[1]

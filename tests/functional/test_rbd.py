@@ -416,3 +416,81 @@ def test_nbd_writes_discard_zeroes_flush(ceph, tmp_path):
     assert read(out) == bytes(expect)
     m = json.loads(qimg("map", "--output=json", name).stdout)
     assert any(e["start"] <= 4 << 20 < e["start"] + e["length"] and not e["data"] for e in m), m
+
+
+def _pool_flags(c):
+    dump = json.loads(c.cli(ceph_server.CEPH, "osd", "dump", "--format", "json").stdout)
+    return next(p["flags_names"] for p in dump["pools"] if p["pool_name"] == c.pool)
+
+
+def _wait_flag(c, present, timeout=90):
+    """Wait until the pool's full_quota flag is (not) set; the monitor
+    sets it from the manager's statistics, a few seconds late."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if ("full_quota" in _pool_flags(c).split(",")) == present:
+            return
+        time.sleep(0.5)
+    pytest.fail("full_quota flag %s after %d s" % ("not set" if present else "still set", timeout))
+
+
+def test_full_pool(tmp_path_factory, rbd_driver, tmp_path):
+    """A pool whose quota is reached: Ceph holds writes to it until the
+    flag clears (qemu-img then waits forever).  vdisk-img's create, its
+    open for writing (which registers a watch) and an NBD client's write to
+    an image vdisk-nbd opened before the pool filled all end with "Disk
+    quota exceeded" within the OSD timeout given in the name, leave no
+    image behind, and work again once the quota is lifted.  Its own cluster
+    with a manager (quotas are enforced from the manager's statistics)."""
+    nbd = pytest.importorskip("nbd")
+    import nbd_helpers
+    d = str(tmp_path_factory.mktemp("ceph-full"))
+    try:
+        c = ceph_server.Ceph(d, with_mgr=True, device_bytes=1 << 30)
+    except (ceph_server.StartError, OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip("the Ceph cluster did not start: %s" % e)
+    fast = ":rados_osd_op_timeout=3:rados_mon_op_timeout=10"
+    srv = None
+    try:
+        c.rbd("create", "--size", "8M", "pre")
+        c.rbd("create", "--size", "8M", "served")
+        sock = str(tmp_path / "full.sock")
+        srv = nbd_helpers.Server(nbd_helpers.VDISK_NBD, ["-f", "raw", c.name("served", extra=fast)],
+                                 sock=sock, probe=False)
+        h = nbd.NBD()
+        h.connect_unix(sock)
+        h.pwrite(b"\x11" * 65536, 0)
+        h.flush()
+        c.cli(ceph_server.CEPH, "osd", "pool", "set-quota", c.pool, "max_bytes", str(16 << 20))
+        filler = str(tmp_path / "filler")
+        with open(filler, "wb") as f:
+            f.write(os.urandom(24 << 20))
+        c.cli(ceph_server.RADOS, "-p", c.pool, "put", "filler", filler, timeout=60)
+        _wait_flag(c, True)
+        src = str(tmp_path / "src.raw")
+        with open(src, "wb") as f:
+            f.write(os.urandom(4 << 20))
+
+        v = vimg("create", "-f", "raw", c.name("new", extra=fast), "8M", timeout=120)
+        assert v.returncode == 1
+        assert "error rbd create: Disk quota exceeded" in v.stderr, v.stderr
+        v = vimg("convert", "-n", "-O", "raw", src, c.name("pre", extra=fast), timeout=120)
+        assert v.returncode == 1
+        assert "Disk quota exceeded" in v.stderr, v.stderr
+        with pytest.raises(nbd.Error) as e:
+            h.pwrite(b"\x22" * 65536, 1 << 20)
+        assert "No space left on device" in str(e.value), e.value
+        h.shutdown()
+        assert "new" not in c.rbd("ls").stdout.split()
+
+        c.cli(ceph_server.CEPH, "osd", "pool", "set-quota", c.pool, "max_bytes", "0")
+        _wait_flag(c, False)
+        v = vimg("convert", "-n", "-O", "raw", src, c.name("pre", extra=fast), timeout=120)
+        assert v.returncode == 0, v.stderr
+        out = str(tmp_path / "back.raw")
+        assert vimg("convert", "-O", "raw", c.name("pre"), out).returncode == 0
+        assert read(out)[:4 << 20] == read(src)
+    finally:
+        if srv:
+            srv.stop()
+        c.stop()

@@ -394,3 +394,45 @@ def test_stalled_server_times_out(ssh_driver, tmp_path_factory):
     finally:
         os.kill(s.sshd.pid, signal.SIGCONT)
         s.stop()
+
+
+def test_server_killed_mid_convert_to_ssh(ssh_driver, tmp_path_factory, tmp_path):
+    """sshd and its sessions killed while convert writes to the server: a
+    clear error naming the write and a nonzero exit, no hang; the target
+    left behind is not a complete copy (it fails compare).  The convert is
+    rate-limited (8 s in all) so the kill lands mid-copy."""
+    d = str(tmp_path_factory.mktemp("sshd-kill-w"))
+    try:
+        s = ssh_server.Sshd(d)
+    except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+        pytest.skip("sshd cannot start here: %s" % e)
+    try:
+        src = str(tmp_path / "src.raw")
+        with open(src, "wb") as f:
+            f.write(os.urandom(32 << 20))
+        dst = s.path("dst.raw")
+        p = subprocess.Popen([VDISK_IMG, "convert", "-r", "4M", "-f", "raw", "-O", "raw",
+                              src, s.url("dst.raw")], env=s.env(), text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        with open(src, "rb") as f:
+            head = f.read(4096)
+
+        def written():   # the first data has landed (the target was created whole)
+            try:
+                with open(dst, "rb") as f:
+                    return f.read(4096) == head
+            except OSError:
+                return False
+        end = time.monotonic() + 60
+        while not written():
+            assert p.poll() is None and time.monotonic() < end, p.stderr.read()
+            time.sleep(0.02)
+        s.kill_sessions()
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1, err
+        assert "error while writing" in err, err
+        c = subprocess.run([QEMU_IMG, "compare", "-f", "raw", "-F", "raw", src, dst],
+                           capture_output=True, text=True)
+        assert c.returncode != 0, c.stdout
+    finally:
+        s.stop()

@@ -441,3 +441,226 @@ def test_rw_needs_writable(tmp_path):
     same_result(*both("resize", "fat:d", "1G", cwd=tmp_path))
     p = run(VDISK_NBD, "-k", tmp_path / "s.sock", "fat:d")
     assert p.returncode == 1 and "Image is read-only" in p.stderr
+
+
+# ---- rw edge cases: renames, moves, sizes, and host errors mid-commit ----
+
+def guest_edit(tmp_path, uri, *cmds, name="e"):
+    """Copy the export, run mtools commands on the copy, write the changed
+    sectors back and flush; returns (error text or None, copy before,
+    copy after)."""
+    before, after = tmp_path / (name + "0.raw"), tmp_path / (name + "1.raw")
+    nbd_copy(uri, before)
+    shutil.copy(before, after)
+    for cmd in cmds:
+        mtool(after, *cmd)
+    return write_back(uri, before, after), before, after
+
+
+def host_is_image(d, img, tmp_path):
+    """The host directory holds what mtools reads from the image, and no
+    temporary name of the commit."""
+    out = tmp_path / "x"
+    shutil.rmtree(out, ignore_errors=True)
+    mtools_extract(img, 63 * 512, out)
+    host = tree_of(d)
+    assert not [k for k in host if ".vdisk-vvfat" in k], sorted(host)
+    assert host == tree_of(out), (sorted(host), sorted(tree_of(out)))
+    return host
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_renames_into_each_other(tmp_path, rw_server):
+    """A swap (a <-> b through a third name), a chain (b -> c, a -> b), a
+    case-only rename and a rename over a deleted file all land."""
+    d = tmp_path / "d"
+    old = tree_of(d)
+    err, _, img = guest_edit(
+        tmp_path, rw_server.uri(),
+        ("mren", "::/sub/collide_name_00.txt", "::/sub/t"),
+        ("mren", "::/sub/collide_name_01.txt", "::/sub/collide_name_00.txt"),
+        ("mren", "::/sub/t", "::/sub/collide_name_01.txt"),
+        ("mdel", "::/sub/collide_name_04.txt"),
+        ("mren", "::/sub/collide_name_03.txt", "::/sub/collide_name_04.txt"),
+        ("mren", "::/sub/collide_name_02.txt", "::/sub/collide_name_03.txt"),
+        ("mren", "::/A Long File Name with spaces.text", "::/x"),
+        ("mren", "::/x", "::/a long FILE name with SPACES.text"),
+        ("mdel", "::/empty"), ("mren", "::/a.b.c.d", "::/empty"))
+    assert err is None, err
+    got = host_is_image(d, img, tmp_path)
+    assert got["sub/collide_name_00.txt"] == old["sub/collide_name_01.txt"] == b"1\n"
+    assert got["sub/collide_name_01.txt"] == b"0\n"
+    assert got["sub/collide_name_04.txt"] == b"3\n" and got["sub/collide_name_03.txt"] == b"2\n"
+    assert "sub/collide_name_02.txt" not in got
+    assert got["a long FILE name with SPACES.text"] == b"long\n"
+    assert "A Long File Name with spaces.text" not in got
+    # mren to an 8.3 name writes only the short entry (upper case)
+    assert got["EMPTY"] == b"dots\n" and "empty" not in got and "a.b.c.d" not in got
+
+
+LONG = "A very long file name " + "x" * 180 + " end.txt"
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_directories_and_long_names(tmp_path, rw_server):
+    """A directory moved into another (with its files), a directory renamed
+    to a long name, a non-empty tree deleted, a file with a 200-character
+    name created and another renamed to one."""
+    d = tmp_path / "d"
+    old = tree_of(d)
+    (tmp_path / "long.txt").write_bytes(b"long name data\n" * 700)
+    err, _, img = guest_edit(
+        tmp_path, rw_server.uri(),
+        ("mmove", "::/sub/deeper", "::/Empty Dir/deeper"),
+        ("mren", "::/Empty Dir", "::/Now a directory with a rather long name indeed"),
+        ("mcopy", tmp_path / "long.txt", "::/" + LONG),
+        ("mren", "::/README", "::/R" + "e" * 150 + "adme"),
+        ("mdeltree", "::/sub"))
+    assert err is None, err
+    got = host_is_image(d, img, tmp_path)
+    top = "Now a directory with a rather long name indeed/DEEPER/"   # mmove: short name
+    assert got[top + "x"] == old["sub/deeper/x"]
+    assert got[top + "deepest/y.dat"] == old["sub/deeper/deepest/y.dat"]
+    assert not [k for k in got if k.startswith(("sub", "Empty Dir"))]
+    assert got[LONG] == b"long name data\n" * 700
+    assert got["R" + "e" * 150 + "adme"] == old["README"] and "README" not in got
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_truncate_and_grow(tmp_path, rw_server):
+    """Files truncated to 0, grown past their cluster chain (and onto
+    clusters other files freed), shrunk to part of a cluster."""
+    d = tmp_path / "d"
+    (tmp_path / "zero").write_bytes(b"")
+    grown = random.Random(8).randbytes(9 * CLUSTER + 5)
+    (tmp_path / "grown").write_bytes(grown)
+    (tmp_path / "small").write_bytes(b"s" * 100)
+    err, _, img = guest_edit(
+        tmp_path, rw_server.uri(),
+        ("mdel", "::/multi.bin"),
+        ("mcopy", "-o", tmp_path / "zero", "::/exact.bin"),
+        ("mcopy", "-o", tmp_path / "grown", "::/README"),
+        ("mcopy", "-o", tmp_path / "small", "::/sub/deeper/deepest/y.dat"))
+    assert err is None, err
+    got = host_is_image(d, img, tmp_path)
+    assert got["exact.bin"] == b"" and got["README"] == grown
+    assert got["sub/deeper/deepest/y.dat"] == b"s" * 100 and "multi.bin" not in got
+
+
+def chattr(path, flag):
+    p = run("chattr", flag, path)
+    if p.returncode:
+        pytest.skip("chattr %s is not supported here: %s" % (flag, p.stderr.strip()))
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_host_error_undone(tmp_path, rw_server):
+    """A host error midway (a directory the host will not change: the
+    immutable flag, which holds even for root) fails the flush with the
+    error; the moves and deletions done before it are undone, no temporary
+    name stays; once the host allows it, the next flush applies it all."""
+    d, uri = tmp_path / "d", rw_server.uri()
+    old = tree_of(d)
+    (tmp_path / "n.txt").write_bytes(b"new\n" * 3000)
+    chattr(d / "sub" / "deeper", "+i")
+    try:
+        err, _, img = guest_edit(
+            tmp_path, uri,
+            ("mren", "::/UPPER.TXT", "::/Moved Upper.txt"),
+            ("mdel", "::/lower.txt"),
+            ("mdeltree", "::/Empty Dir"),
+            ("mcopy", tmp_path / "n.txt", "::/New.txt"),
+            ("mmove", "::/sub/inner.txt", "::/sub/deeper/inner.txt"))
+        assert err and "flush" in err and "Operation not permitted" in err, err
+        assert tree_of(d) == old
+    finally:
+        chattr(d / "sub" / "deeper", "-i")
+    assert write_back(uri, img, img) is None         # a flush: the commit again
+    got = host_is_image(d, img, tmp_path)
+    assert got["Moved Upper.txt"] == old["UPPER.TXT"] and got["New.txt"] == b"new\n" * 3000
+    assert got["sub/deeper/INNER.TXT"] == b"inner\n" and "lower.txt" not in got
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_host_file_vanished(tmp_path, rw_server):
+    """A file the guest renamed vanishes on the host before the flush: the
+    flush fails, the guest's other changes are not half applied (nothing
+    deleted, no new file), no temporary name stays."""
+    d, uri = tmp_path / "d", rw_server.uri()
+    (tmp_path / "n.txt").write_bytes(b"n\n")
+    before, after = tmp_path / "v0.raw", tmp_path / "v1.raw"
+    nbd_copy(uri, before)
+    shutil.copy(before, after)
+    mtool(after, "mdel", "::/lower.txt")
+    mtool(after, "mcopy", tmp_path / "n.txt", "::/new.txt")
+    mtool(after, "mren", "::/sub/inner.txt", "::/inner moved.txt")
+    (d / "sub" / "inner.txt").unlink()
+    old = tree_of(d)
+    err = write_back(uri, before, after)
+    # NBD carries only a few errno values: ENOENT reaches the client as EINVAL
+    assert err and "flush" in err and "Invalid argument" in err, err
+    assert tree_of(d) == old
+    # the guest puts its disk back: nothing left to apply, the flush works
+    assert write_back(uri, after, before) is None
+    assert tree_of(d) == old
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 1 MiB tmpfs holding the tree (needs root to mount)."""
+    m = tmp_path / "m"
+    m.mkdir()
+    p = run("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", m)
+    if p.returncode:
+        pytest.skip("cannot mount a tmpfs: %s" % p.stderr.strip())
+    try:
+        make_tree(m / "d")
+        yield m / "d"
+    finally:
+        run("umount", "-l", m)
+
+
+def test_rw_host_out_of_space(tmp_path, small_fs):
+    """A new file larger than the host's free space: the flush fails with
+    ENOSPC, the rename and deletion the guest made are undone, no partial
+    or temporary file stays; the guest deleting the file again lets the
+    next flush succeed."""
+    d = small_fs
+    srv = Server(VDISK_NBD, ["-t", "-f", "vvfat", "fat:rw:12:%s" % d],
+                 sock=str(tmp_path / "s.sock"))
+    try:
+        old = tree_of(d)
+        (tmp_path / "big").write_bytes(random.Random(3).randbytes(2 << 20))
+        err, before, img = guest_edit(
+            tmp_path, srv.uri(),
+            ("mren", "::/README", "::/README.old"), ("mdel", "::/lower.txt"),
+            ("mcopy", tmp_path / "big", "::/big.bin"))
+        assert err and "flush" in err and "No space left on device" in err, err
+        assert tree_of(d) == old
+        mtool(img, "mdel", "::/big.bin")
+        assert write_back(srv.uri(), before, img) is None
+        got = host_is_image(d, img, tmp_path)
+        assert got["README.OLD"] == old["README"] and "lower.txt" not in got
+    finally:
+        assert srv.stop() == 0, srv.stderr
+
+
+@pytest.mark.parametrize("rw_server", ["12:"], indirect=True)
+def test_rw_never_replaces_host_files(tmp_path, rw_server):
+    """A file made on the host after the disk was scanned, at the name the
+    guest gives a new file: the flush fails and the host file is kept, as
+    is everything else."""
+    d, uri = tmp_path / "d", rw_server.uri()
+    (tmp_path / "n.txt").write_bytes(b"from the guest\n")
+    before, after = tmp_path / "h0.raw", tmp_path / "h1.raw"
+    nbd_copy(uri, before)
+    shutil.copy(before, after)
+    mtool(after, "mcopy", tmp_path / "n.txt", "::/Brand New.txt")
+    mtool(after, "mdel", "::/lower.txt")
+    (d / "Brand New.txt").write_bytes(b"from the host\n")
+    old = tree_of(d)
+    err = write_back(uri, before, after)
+    assert err and "flush" in err, err
+    assert tree_of(d) == old and old["Brand New.txt"] == b"from the host\n"
+    assert write_back(uri, after, before) is None
+    assert tree_of(d) == old

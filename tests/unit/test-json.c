@@ -245,6 +245,23 @@ static void test_errors(void)
     }
 }
 
+/* A long bad token is quoted until the detail reaches 1023 bytes, as QEMU
+ * cuts it: no closing quote. */
+static void test_long_token(void)
+{
+    static char text[3000];
+    const char *m;
+    vd_json *j;
+
+    memset(text, 'k', sizeof(text));
+    j = vd_json_parse(text, sizeof(text));
+    CHECK(j == NULL);
+    m = vd_errmsg();
+    CHECK(strncmp(m, "JSON parse error, invalid keyword 'kkk", 38) == 0);
+    CHECK(strlen(m) == strlen("JSON parse error, ") + 1023);
+    CHECK(m[strlen(m) - 1] == 'k');
+}
+
 /* Nesting is capped at 64; embedded NULs and length bounds are honoured. */
 static void test_hostile(void)
 {
@@ -279,6 +296,7 @@ int main(void)
     test_numbers();
     test_strings();
     test_errors();
+    test_long_token();
     test_hostile();
     return TAP_DONE();
 }

@@ -152,7 +152,9 @@ static void emit(struct ga_stream *st, const char *errmsg)
     if (errmsg) {
         err = strdup(errmsg);
     } else {
-        obj = vd_json_parse_depth(st->msg.p ? st->msg.p : "", st->msg.len, MAX_NESTING + 1);
+        /* token() has kept the message under MAX_TOKEN_SIZE. */
+        obj = vd_json_parse_bounded(st->msg.p ? st->msg.p : "", st->msg.len, MAX_NESTING + 1,
+                                    MAX_TOKEN_SIZE);
         if (!obj)
             err = strdup(vd_errmsg());
     }

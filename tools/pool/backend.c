@@ -32,6 +32,7 @@ static const char *const fs_formats[] = {
     "auto", "ext2", "ext3", "ext4", "ufs", "iso9660", "udf", "gfs", "gfs2", "vfat",
     "hfs+", "xfs", "ocfs2", "vmfs", NULL,
 };
+static const char *const netfs_formats[] = { "auto", "nfs", "glusterfs", "cifs", NULL };
 static const char *const lvm_formats[] = { "unknown", "lvm2", NULL };
 static const char *const disk_formats[] = {
     "unknown", "dos", "dvh", "gpt", "mac", "bsd", "pc98", "sun", "lvm2", NULL,
@@ -55,6 +56,13 @@ const struct pool_backend pool_backends[] = {
       .vol_upload = dir_vol_upload, .vol_download = dir_vol_download,
       .vol_formats = file_formats, .vol_default_format = "raw",
       .src_formats = fs_formats, .src_default_format = "auto" },
+    { .type = "netfs", .build = dir_build, .start = netfs_start, .stop = netfs_stop,
+      .delete_ = dir_delete, .refresh = dir_refresh, .vols = dir_vols,
+      .vol_create = dir_vol_create, .vol_delete = dir_vol_delete_in,
+      .vol_resize = dir_vol_resize, .vol_wipe = dir_vol_wipe,
+      .vol_upload = dir_vol_upload, .vol_download = dir_vol_download,
+      .vol_formats = file_formats, .vol_default_format = "raw",
+      .src_formats = netfs_formats, .src_default_format = "auto" },
     { .type = "logical", .build = lvm_build, .start = lvm_start, .stop = lvm_stop,
       .delete_ = lvm_delete, .refresh = lvm_refresh, .vols = lvm_vols,
       .vol_create = lvm_vol_create, .vol_delete = lvm_vol_delete,

@@ -16,7 +16,7 @@ struct cmd_opt {
     const char *help;
 };
 
-#define CMD_MAX_OPTS 16
+#define CMD_MAX_OPTS 32
 
 struct cmd_ctx;
 
@@ -58,8 +58,14 @@ void table_print(struct table *t);
 /* virsh's "%.2lf %s" of a byte count (B, KiB, ... EiB), malloc'd. */
 char *pretty_size(uint64_t v);
 
+/* Is uri a vdisk+ssh:// one? */
+bool remote_uri(const char *uri);
+/* Run the parsed command on the remote host of c->uri; the exit code. */
+int remote_run(const struct cmd_ctx *c);
+
 /* The command tables (cmd-pool.c, cmd-vol.c), ended by a NULL name. */
 extern const struct cmd_def pool_cmds[];
 extern const struct cmd_def vol_cmds[];
+extern const struct cmd_def secret_cmds[];
 
 #endif

@@ -21,6 +21,12 @@ static int be_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     return b ? b->build(d, overwrite, no_overwrite) : -1;
 }
 
+/* Is d a netfs pool (built as a dir pool, started by mounting)? */
+static bool is_netfs(const struct pool_def *d)
+{
+    return !strcmp(d->type, "netfs");
+}
+
 static int be_start(struct pool_def *d)
 {
     const struct pool_backend *b = backend(d);
@@ -71,6 +77,13 @@ static int start_pool(struct pool_conn *conn, struct pool_obj *o)
     return 0;
 }
 
+/* Do a and b mount the same network directory (libvirt refuses that)? */
+static bool same_netfs_source(const struct pool_def *a, const struct pool_def *b)
+{
+    return is_netfs(a) && is_netfs(b) && a->src_host && b->src_host && a->src_dir &&
+           b->src_dir && !strcmp(a->src_host, b->src_host) && !strcmp(a->src_dir, b->src_dir);
+}
+
 /* A definition from an XML file; refuse a name or uuid clash. */
 static struct pool_def *def_from_file(struct cmd_ctx *c, const char *file,
                                       bool *exists_ok)
@@ -94,6 +107,13 @@ static struct pool_def *def_from_file(struct cmd_ctx *c, const char *file,
         if (strcmp(o->name, d->name) && !strcmp(o->uuid, d->uuid)) {
             pool_set_error("operation failed: pool '%s' is already defined with uuid %s",
                            o->name, d->uuid);
+            pool_def_free(d);
+            d = NULL;
+            break;
+        }
+        if (strcmp(o->name, d->name) && same_netfs_source(o, d)) {
+            pool_set_error("operation failed: Storage source conflict with pool: '%s'",
+                           o->name);
             pool_def_free(d);
             d = NULL;
             break;
@@ -171,76 +191,97 @@ static int cmd_create(struct cmd_ctx *c)
     return create_file(c, opt_str(c, "file"), NULL);
 }
 
-/* s with XML escapes (malloc'd). */
-static char *esc(const char *s)
+/* Append printf output with one string argument to *x (virsh writes the
+ * option values into the XML as they are, unescaped). */
+static void add(char **x, const char *fmt, const char *v)
 {
-    size_t n = 1;
-    char *o, *w;
+    char *line = xasprintf(fmt, v), *n = xasprintf("%s%s", *x, line);
 
-    for (const char *p = s; *p; p++)
-        n += 6;
-    o = w = malloc(n);
-    if (!o)
-        pool_oom();
-    for (; *s; s++) {
-        const char *e = *s == '<' ? "&lt;" : *s == '>' ? "&gt;" : *s == '&' ? "&amp;" :
-                        *s == '\'' ? "&apos;" : *s == '"' ? "&quot;" : NULL;
-        if (e) {
-            strcpy(w, e);
-            w += strlen(e);
-        } else {
-            *w++ = *s;
-        }
-    }
-    *w = 0;
-    return o;
-}
-
-/* Append printf output to *x, v escaped (NULL: fmt is literal text). */
-static void append(char **x, const char *fmt, const char *v)
-{
-    char *e = v ? esc(v) : NULL, *line = v ? xasprintf(fmt, e) : xstrdup(fmt);
-    char *n = xasprintf("%s%s", *x, line);
-
-    free(e);
     free(line);
     free(*x);
     *x = n;
 }
 
-/* The XML that pool-define-as / pool-create-as build from their options, in
- * the layout virsh's --print-xml shows. */
+/* The <adapter> element of the --adapter-* options, or NULL. */
+static char *adapter_xml(struct cmd_ctx *c)
+{
+    const char *name = opt_str(c, "adapter-name"), *wwnn = opt_str(c, "adapter-wwnn");
+    const char *wwpn = opt_str(c, "adapter-wwpn"), *par = opt_str(c, "adapter-parent");
+    const char *pwwnn = opt_str(c, "adapter-parent-wwnn");
+    const char *pwwpn = opt_str(c, "adapter-parent-wwpn");
+    const char *fabric = opt_str(c, "adapter-parent-fabric-wwn");
+    char *x, *p;
+
+    /* a wwnn and wwpn pair (an fc_host) before a name (a scsi_host) */
+    if (!wwnn || !wwpn)
+        return name ? xasprintf("    <adapter type='scsi_host' name='%s'/>\n", name) : NULL;
+    /* one way to name the parent: by name, by its wwnn and wwpn, or by fabric */
+    if (par)
+        p = xasprintf(" parent='%s'", par);
+    else if (pwwnn && pwwpn)
+        p = xasprintf(" parent_wwnn='%s' parent_wwpn='%s'", pwwnn, pwwpn);
+    else if (fabric)
+        p = xasprintf(" parent_fabric_wwn='%s'", fabric);
+    else
+        p = xstrdup("");
+    x = xasprintf("    <adapter type='fc_host'%s wwnn='%s' wwpn='%s'/>\n", p, wwnn, wwpn);
+    free(p);
+    return x;
+}
+
+/* The <auth> element of --auth-type, --auth-username and a secret, or NULL. */
+static char *auth_xml(struct cmd_ctx *c)
+{
+    const char *type = opt_str(c, "auth-type"), *user = opt_str(c, "auth-username");
+    const char *usage = opt_str(c, "secret-usage"), *uuid = opt_str(c, "secret-uuid");
+
+    if (!type || !user || (!usage && !uuid))
+        return NULL;
+    return xasprintf("    <auth type='%s' username='%s'>\n      <secret %s='%s'/>\n"
+                     "    </auth>\n", type, user, usage ? "usage" : "uuid",
+                     usage ? usage : uuid);
+}
+
+/* The XML that pool-define-as / pool-create-as build from their options, as
+ * virsh's --print-xml shows it: <source> when one of its main options is
+ * given (not for --auth-* or --source-protocol-ver alone). */
 static char *xml_from_opts(struct cmd_ctx *c)
 {
-    static const char *const src[][2] = {
-        { "source-host", "    <host name='%s'/>\n" },
-        { "source-path", "    <dir path='%s'/>\n" },
-        { "source-dev", "    <device path='%s'/>\n" },
-        { "source-name", "    <name>%s</name>\n" },
-        { "source-format", "    <format type='%s'/>\n" },
-    };
-    char *x = xstrdup("");
-    bool any = false;
+    const char *host = opt_str(c, "source-host"), *path = opt_str(c, "source-path");
+    const char *dev = opt_str(c, "source-dev"), *name = opt_str(c, "source-name");
+    const char *fmt = opt_str(c, "source-format"), *ini = opt_str(c, "source-initiator");
+    const char *ver = opt_str(c, "source-protocol-ver");
+    char *x = xstrdup(""), *adapter = adapter_xml(c), *auth = auth_xml(c);
 
-    append(&x, "<pool type='%s'>\n", opt_str(c, "type"));
-    append(&x, "  <name>%s</name>\n", opt_str(c, "name"));
-    for (size_t i = 0; i < sizeof(src) / sizeof(src[0]); i++) {
-        const char *v = opt_str(c, src[i][0]);
-        if (!v)
-            continue;
-        if (!any)
-            append(&x, "  <source>\n", NULL);
-        any = true;
-        append(&x, src[i][1], v);
+    add(&x, "<pool type='%s'>\n", opt_str(c, "type"));
+    add(&x, "  <name>%s</name>\n", opt_str(c, "name"));
+    if (host || path || dev || ini || adapter || fmt || name) {
+        add(&x, "%s", "  <source>\n");
+        if (host)
+            add(&x, "    <host name='%s'/>\n", host);
+        if (path)
+            add(&x, "    <dir path='%s'/>\n", path);
+        if (dev)
+            add(&x, "    <device path='%s'/>\n", dev);
+        if (ini)
+            add(&x, "    <initiator>\n      <iqn name='%s'/>\n    </initiator>\n", ini);
+        if (adapter)
+            add(&x, "%s", adapter);
+        if (auth)
+            add(&x, "%s", auth);
+        if (fmt)
+            add(&x, "    <format type='%s'/>\n", fmt);
+        if (name)
+            add(&x, "    <name>%s</name>\n", name);
+        if (ver)
+            add(&x, "    <protocol ver='%s'/>\n", ver);
+        add(&x, "%s", "  </source>\n");
     }
-    if (any)
-        append(&x, "  </source>\n", NULL);
-    if (opt_str(c, "target")) {
-        append(&x, "  <target>\n", NULL);
-        append(&x, "    <path>%s</path>\n", opt_str(c, "target"));
-        append(&x, "  </target>\n", NULL);
-    }
-    append(&x, "</pool>\n", NULL);
+    if (opt_str(c, "target"))
+        add(&x, "  <target>\n    <path>%s</path>\n  </target>\n", opt_str(c, "target"));
+    add(&x, "%s", "</pool>\n");
+    free(adapter);
+    free(auth);
     return x;
 }
 
@@ -265,6 +306,10 @@ static int define_as(struct cmd_ctx *c, bool create)
     struct pool_def *d;
     int r = -1;
 
+    if (opt_str(c, "secret-usage") && opt_str(c, "secret-uuid")) {
+        pool_err("Options --secret-usage and --secret-uuid are mutually exclusive");
+        return 1;
+    }
     if (opt_bool(c, "print-xml")) {
         path = xml_from_opts(c);
         fputs(path, stdout);
@@ -290,7 +335,7 @@ static int define_as(struct cmd_ctx *c, bool create)
     if (r == 0)
         printf("Pool %s defined\n", d->name);
     else {
-        pool_err("Failed to define pool %s", opt_str(c, "name"));
+        pool_err("Failed to %s pool %s", create ? "create" : "define", opt_str(c, "name"));
         pool_report();
     }
     pool_def_free(d);
@@ -707,7 +752,20 @@ static int cmd_find_sources(struct cmd_ctx *c)
     { "source-dev", OPT_STRING, false, true, "source device for underlying storage" }, \
     { "source-name", OPT_STRING, false, true, "source name for underlying storage" }, \
     { "target", OPT_STRING, false, true, "target for underlying storage" }, \
-    { "source-format", OPT_STRING, false, false, "format for underlying storage" }
+    { "source-format", OPT_STRING, false, false, "format for underlying storage" }, \
+    { "auth-type", OPT_STRING, false, false, "auth type to be used for underlying storage" }, \
+    { "auth-username", OPT_STRING, false, false, "auth username to be used for underlying storage" }, \
+    { "secret-usage", OPT_STRING, false, false, "auth secret usage to be used for underlying storage" }, \
+    { "secret-uuid", OPT_STRING, false, false, "auth secret UUID to be used for underlying storage" }, \
+    { "adapter-name", OPT_STRING, false, false, "adapter name to be used for underlying storage" }, \
+    { "adapter-wwnn", OPT_STRING, false, false, "adapter wwnn to be used for underlying storage" }, \
+    { "adapter-wwpn", OPT_STRING, false, false, "adapter wwpn to be used for underlying storage" }, \
+    { "adapter-parent", OPT_STRING, false, false, "adapter parent scsi_hostN to be used for underlying vHBA storage" }, \
+    { "adapter-parent-wwnn", OPT_STRING, false, false, "adapter parent scsi_hostN wwnn to be used for underlying vHBA storage" }, \
+    { "adapter-parent-wwpn", OPT_STRING, false, false, "adapter parent scsi_hostN wwpn to be used for underlying vHBA storage" }, \
+    { "adapter-parent-fabric-wwn", OPT_STRING, false, false, "adapter parent scsi_hostN fabric_wwn to be used for underlying vHBA storage" }, \
+    { "source-protocol-ver", OPT_STRING, false, false, "nfsvers value for NFS pool mount option" }, \
+    { "source-initiator", OPT_STRING, false, false, "initiator iqn for underlying storage" }
 
 const struct cmd_def pool_cmds[] = {
     { "pool-autostart", "autostart a pool",

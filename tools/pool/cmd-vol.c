@@ -40,10 +40,11 @@ static const struct pool_backend *be(const struct pool_obj *o)
     return pool_backend_of(o->def->type);
 }
 
-/* Is o a pool whose volumes are files (dir, fs)? */
+/* Is o a pool whose volumes are files (dir, fs, netfs)? */
 static bool file_pool(const struct pool_obj *o)
 {
-    return !strcmp(o->def->type, "dir") || !strcmp(o->def->type, "fs");
+    return !strcmp(o->def->type, "dir") || !strcmp(o->def->type, "fs") ||
+           !strcmp(o->def->type, "netfs");
 }
 
 /* The volumes of pool o as libvirt shows them now. */
@@ -58,6 +59,7 @@ static struct vol_def **list_vols(struct pool_conn *conn, struct pool_obj *o, si
     v = b->vols(o->def, n);
 
     state_apply_marks(conn, o->def->name, v, *n);
+    secret_fill_vols(conn, v, *n);
     return v;
 }
 
@@ -213,7 +215,8 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (b->vol_create(o->def, v, meta, from) < 0)
+    if (secret_prepare_vol(conn, v, from != NULL) < 0 ||
+        b->vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (!file_pool(o)) {
         resize_pool(conn, o);
@@ -603,12 +606,13 @@ static int cmd_upload(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    if (access(opt_str(c, "file"), R_OK) < 0) {
+    if (!pool_stream && access(opt_str(c, "file"), R_OK) < 0) {
         pool_err("cannot read %s", opt_str(c, "file"));
         ref_free(&r);
         return 1;
     }
-    rc = be(r.pool)->vol_upload(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = be(r.pool)->vol_upload(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len,
+                                opt_bool(c, "sparse"));
     if (rc == -3) {
         pool_err("cannot send data to volume %s", r.vol->name);
         pool_report();
@@ -628,7 +632,8 @@ static int cmd_download(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    rc = be(r.pool)->vol_download(r.vol, opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = be(r.pool)->vol_download(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len,
+                                  opt_bool(c, "sparse"));
     if (rc == -1) {
         pool_err("cannot download from volume %s", r.vol->name);
         pool_report();
@@ -693,8 +698,10 @@ static int cmd_resize(struct cmd_ctx *c)
                        "storage pool does not support changing of volume capacity");
         rc = -1;
     } else {
-        rc = be(r.pool)->vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
-                                    opt_bool(c, "shrink"));
+        rc = secret_prepare_vol(&c->conn, r.vol, false);
+        if (rc == 0)
+            rc = be(r.pool)->vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
+                                        opt_bool(c, "shrink"));
         if (rc == 0 && !file_pool(r.pool))
             resize_pool(&c->conn, r.pool);
     }

@@ -125,8 +125,12 @@ static void probe_qcow2(struct vol_def *v, vd_node *n)
         return;
     if (n->drv->info(n, data) == 0) {
         vd_json *l = vd_json_get(data, "lazy-refcounts"), *e = vd_json_get(data, "extended-l2");
+        vd_json *enc = vd_json_get(data, "encrypt"), *f = enc ? vd_json_get(enc, "format") : NULL;
         v->lazy_refcounts = l && vd_json_bool(l);
         v->extended_l2 = e && vd_json_bool(e);
+        if (vd_node_encrypted(n))
+            v->enc_format = xstrdup(f && vd_json_str(f) && !strcmp(vd_json_str(f), "luks")
+                                    ? "luks" : "qcow");
     }
     vd_json_free(data);
     if (v->lazy_refcounts || v->extended_l2)
@@ -162,6 +166,12 @@ int vol_probe(struct vol_def *v)
         v->format = xstrdup(vd_node_format(n));
         if (!strcmp(v->format, "qcow2"))
             probe_qcow2(v, n);
+        if (!strcmp(v->format, "luks")) {
+            /* libvirt shows a LUKS file as an encrypted raw volume */
+            free(v->format);
+            v->format = xstrdup("raw");
+            v->enc_format = xstrdup("luks");
+        }
         probe_backing(v, n);
         vd_close(n);
     }
@@ -253,6 +263,35 @@ static int create_raw(struct vol_def *v, mode_t mode)
     return 0;
 }
 
+/* The LUKS options of v's <encryption> (prefix "encrypt." inside qcow2), as
+ * libvirt passes them to qemu-img. */
+static void encrypt_opts(vd_opts *o, const struct vol_def *v, const char *prefix)
+{
+    char k[64], val[160];
+
+    if (*prefix) {
+        snprintf(k, sizeof(k), "%sformat", prefix);
+        vd_opts_set(o, k, "luks");
+    }
+    snprintf(k, sizeof(k), "%skey-secret", prefix);
+    vd_opts_set(o, k, VOL_KEY_ID);
+    if (v->enc_cipher[0]) {
+        snprintf(k, sizeof(k), "%scipher-alg", prefix);
+        snprintf(val, sizeof(val), "%s-%s", v->enc_cipher[0], v->enc_cipher[1]);
+        vd_opts_set(o, k, val);
+    }
+    const char *const more[][2] = {
+        { "cipher-mode", v->enc_cipher[2] }, { "hash-alg", v->enc_cipher[3] },
+        { "ivgen-alg", v->enc_ivgen[0] }, { "ivgen-hash-alg", v->enc_ivgen[1] },
+    };
+    for (size_t i = 0; i < sizeof(more) / sizeof(more[0]); i++) {
+        if (!more[i][1])
+            continue;
+        snprintf(k, sizeof(k), "%s%s", prefix, more[i][0]);
+        vd_opts_set(o, k, more[i][1]);
+    }
+}
+
 /* The options of a non-raw image as libvirt passes them to qemu-img. */
 static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
 {
@@ -272,6 +311,8 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
     }
     if (prealloc_meta)
         vd_opts_set(o, "preallocation", "metadata");
+    if (v->enc_format)
+        encrypt_opts(o, v, !strcmp(v->format, "qcow2") ? "encrypt." : "");
     if (v->backing_path) {
         vd_opts_set(o, "backing_file", v->backing_path);
         vd_opts_set(o, "backing_fmt", v->backing_format ? v->backing_format : "raw");
@@ -317,11 +358,12 @@ static int make_image(struct vol_def *v, bool prealloc_meta, const struct vol_de
     vd_opts *o;
     int r;
 
-    if (!strcmp(v->format, "raw") && !from)
+    if (!strcmp(v->format, "raw") && !from && !v->enc_format)
         return create_raw(v, DEFAULT_VOL_MODE);
     o = image_opts(v, prealloc_meta);
     vd_error_clear();
-    r = vd_create(v->format, v->path, o);
+    /* an encrypted raw volume is a LUKS file, as libvirt makes it */
+    r = vd_create(v->enc_format && !strcmp(v->format, "raw") ? "luks" : v->format, v->path, o);
     vd_opts_free(o);
     if (r < 0) {
         pool_set_error("cannot create volume '%s': %s", v->name, vd_errmsg());
@@ -496,10 +538,20 @@ static int resize_raw(struct vol_def *v, uint64_t cap, bool allocate)
 static int resize_image(struct vol_def *v, uint64_t cap, bool allocate)
 {
     vd_node *n = NULL;
+    vd_opts *o = NULL;
+    const char *fmt = v->format;
     int r;
 
     vd_error_clear();
-    r = vd_open(&n, v->path, v->format, NULL, VD_O_RDWR | VD_O_RESIZE | VD_O_NO_BACKING);
+    if (v->enc_format) {
+        /* through the encryption, with the key secret_prepare_vol gave */
+        bool raw = !strcmp(v->format, "raw");
+        if (!(o = vd_opts_new()))
+            pool_oom();
+        vd_opts_set(o, raw ? "key-secret" : "encrypt.key-secret", VOL_KEY_ID);
+        fmt = raw ? "luks" : v->format;
+    }
+    r = vd_open(&n, v->path, fmt, o, VD_O_RDWR | VD_O_RESIZE | VD_O_NO_BACKING);
     if (r == 0)
         r = vd_truncate(n, cap, false, allocate ? VD_PREALLOC_FALLOC : VD_PREALLOC_OFF);
     vd_close(n);
@@ -528,7 +580,7 @@ int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                        "type volume");
         return -1;
     }
-    if (!strcmp(v->format, "raw"))
+    if (!strcmp(v->format, "raw") && !v->enc_format)
         return resize_raw(v, cap, allocate);
     return resize_image(v, cap, allocate);
 }
@@ -574,6 +626,93 @@ static int copy_span(int in, int out, uint64_t in_off, uint64_t out_off, uint64_
     return 0;
 }
 
+ssize_t read_full(int fd, void *buf, size_t n)
+{
+    size_t got = 0;
+
+    while (got < n) {
+        ssize_t r = read(fd, (char *)buf + got, n - got);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            break;
+        got += (size_t)r;
+    }
+    return (ssize_t)got;
+}
+
+bool is_zero(const void *buf, size_t n)
+{
+    const unsigned char *p = buf;
+
+    return n == 0 || (p[0] == 0 && !memcmp(p, p + 1, n - 1));
+}
+
+/* Write all n bytes of buf to fd (a pipe); -1 on error. */
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t r = write(fd, buf, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        buf += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* Upload from a pipe: up to len bytes (0: to its end) of in into out at
+ * out_off; sparse: zero blocks become holes and out ends where the data
+ * ends.  -3 when more than len bytes come. */
+static int from_pipe(int in, int out, uint64_t out_off, uint64_t len, bool sparse,
+                     char *buf)
+{
+    uint64_t done = 0;
+    ssize_t n = 0;
+
+    while (!len || done < len) {
+        size_t want = len && len - done < STREAM_BLOCK ? (size_t)(len - done) : STREAM_BLOCK;
+        if ((n = read_full(in, buf, want)) <= 0)
+            break;
+        if (sparse && is_zero(buf, (size_t)n))
+            fallocate(out, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                      (off_t)(out_off + done), (off_t)n);
+        else if (pwrite(out, buf, (size_t)n, (off_t)(out_off + done)) != n)
+            return -1;
+        done += (uint64_t)n;
+    }
+    if (n < 0 || (sparse && ftruncate(out, (off_t)(out_off + done)) < 0))
+        return -1;
+    if (len && done == len && read_full(in, buf, 1) > 0)
+        return -3;
+    return 0;
+}
+
+/* Download to a pipe: [in_off, end) of in, holes sent as zeros. */
+static int to_pipe(int in, int out, uint64_t in_off, uint64_t end, char *buf)
+{
+    while (in_off < end) {
+        size_t want = end - in_off < STREAM_BLOCK ? (size_t)(end - in_off) : STREAM_BLOCK;
+        ssize_t r = pread(in, buf, want, (off_t)in_off);
+        if (r <= 0)
+            return r == 0 ? 0 : -1;
+        if (write_all(out, buf, (size_t)r) < 0)
+            return -1;
+        in_off += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* Is fd something pread/pwrite cannot address (a pipe, a socket)? */
+static bool is_pipe(int fd)
+{
+    return lseek(fd, 0, SEEK_CUR) < 0 && errno == ESPIPE;
+}
+
 /* Stream len bytes (0: to the end of in) of in at in_off to out at out_off;
  * sparse: holes of in are left as holes in out. */
 static int stream(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t len,
@@ -587,10 +726,16 @@ static int stream(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t l
     if (fstat(in, &st) < 0)
         return -1;
     end = S_ISREG(st.st_mode) ? (uint64_t)st.st_size : UINT64_MAX;
-    if (len && in_off + len < end)
+    if (len && in_off <= end && len < end - in_off)
         end = in_off + len;
     if (!(buf = malloc(IO_CHUNK)))
         pool_oom();
+    if (is_pipe(in) || is_pipe(out)) {
+        r = is_pipe(in) ? from_pipe(in, out, out_off, len, sparse, buf)
+                        : to_pipe(in, out, in_off, end, buf);
+        free(buf);
+        return r;
+    }
     if (!sparse || !S_ISREG(st.st_mode)) {
         r = copy_span(in, out, in_off, out_off, end - in_off, buf);
         free(buf);
@@ -616,16 +761,18 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse)
 {
     struct stat st;
-    int in = open(file, O_RDONLY | O_CLOEXEC), out = -1, r = -1;
+    int in = file ? open(file, O_RDONLY | O_CLOEXEC) : 0, out = -1, r = -1;
 
     if (in < 0) {
         pool_set_error("cannot open %s: %s", file, strerror(errno));
         return -1;
     }
     out = open(v->path, O_WRONLY | O_CLOEXEC);
-    if (out >= 0 && stream(in, out, 0, off, len, sparse) == 0)
-        r = 0;
-    if (r < 0)
+    if (out >= 0)
+        r = stream(in, out, 0, off, len, sparse);
+    if (r == -3)
+        pool_set_error("cannot write to stream: %s", strerror(ENOSPC));
+    else if (r < 0)
         pool_set_error("cannot write volume '%s': %s", v->path, strerror(errno));
     else if (len && fstat(in, &st) == 0 && (uint64_t)st.st_size > len) {
         /* the stream takes len bytes and refuses the rest */
@@ -634,7 +781,8 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
     }
     if (out >= 0)
         close(out);
-    close(in);
+    if (file)
+        close(in);
     return r;
 }
 
@@ -647,7 +795,7 @@ int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
         pool_set_error("cannot open volume '%s': %s", v->path, strerror(errno));
         return -1;
     }
-    out = open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    out = file ? open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666) : 1;
     if (out < 0) {
         pool_err("cannot create %s", file);
         close(in);
@@ -657,7 +805,8 @@ int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
         r = 0;
     else
         pool_set_error("cannot read volume '%s': %s", v->path, strerror(errno));
-    close(out);
+    if (file)
+        close(out);
     close(in);
     return r;
 }

@@ -11,6 +11,9 @@
 
 static char err_detail[2048];
 
+bool pool_stream;
+const char *pool_stream_file;
+
 void pool_err(const char *fmt, ...)
 {
     va_list ap;

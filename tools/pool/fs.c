@@ -15,9 +15,7 @@
 
 #define OUT_MAX 4096
 
-/* Run argv; its stdout (first OUT_MAX-1 bytes) into out if given, stderr
- * into the error message on failure.  Returns the exit status or -1. */
-static int run_cmd(char *const argv[], char *out)
+int run_cmd(char *const argv[], char *out)
 {
     int po[2], pe[2], status = -1;
     char err[OUT_MAX] = "";
@@ -145,8 +143,7 @@ int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite)
     return make_fs(d, fmt);
 }
 
-/* Is target a mount point (in /proc/self/mounts, spaces escaped)? */
-static bool is_mounted(const char *target)
+bool is_mounted(const char *target)
 {
     FILE *f = fopen("/proc/self/mounts", "re");
     char line[4096], dev[1024], mnt[1024];

@@ -19,6 +19,9 @@ static const struct cmd_def *find_cmd(const char *name)
     for (const struct cmd_def *d = vol_cmds; d->name; d++)
         if (!strcmp(d->name, name))
             return d;
+    for (const struct cmd_def *d = secret_cmds; d->name; d++)
+        if (!strcmp(d->name, name))
+            return d;
     return NULL;
 }
 
@@ -127,7 +130,8 @@ static void usage(void)
 {
     printf("Usage: %s [-c URI] COMMAND [ARGS]\n\n"
            "  options:\n"
-           "    -c | --connect=URI      vdisk:///system or vdisk:///session\n"
+           "    -c | --connect=URI      vdisk:///system, vdisk:///session or\n"
+           "                            vdisk+ssh://[user@]host[:port]/system|session\n"
            "    -h | --help             this help\n"
            "    -v | --version          program version\n\n"
            "  Storage Pool (help keyword 'pool'):\n", POOL_PROG);
@@ -135,6 +139,9 @@ static void usage(void)
         print_synopsis(d);
     printf("\n  Storage Volume (help keyword 'volume'):\n");
     for (const struct cmd_def *d = vol_cmds; d->name; d++)
+        print_synopsis(d);
+    printf("\n  Secret (help keyword 'secret'):\n");
+    for (const struct cmd_def *d = secret_cmds; d->name; d++)
         print_synopsis(d);
 }
 
@@ -166,6 +173,8 @@ static int parse_global(int argc, char **argv, const char **uri, int *rc)
             *uri = argv[i];
         } else if (!strncmp(a, "--connect=", 10)) {
             *uri = a + 10;
+        } else if (!strcmp(a, "--stream")) {
+            pool_stream = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();
             *rc = 0;
@@ -204,10 +213,15 @@ int main(int argc, char **argv)
     }
     if (parse_args(&c, argc - i - 1, argv + i + 1) < 0)
         return 1;
+    if (remote_uri(c.uri))
+        return remote_run(&c);
+    if (pool_stream && strcmp(c.def->name, "vol-upload") && strcmp(c.def->name, "vol-download"))
+        pool_stream_file = opt_str(&c, "file");
     rc = c.def->fn(&c);
     fflush(stdout);
     if (c.conn.cfg_dir)
         conn_close(&c.conn);
-    putchar('\n');
+    if (!pool_stream)
+        putchar('\n');
     return rc;
 }

@@ -34,6 +34,7 @@ struct pool_def {
         uint64_t start, end;
     } *free_ext;
     size_t n_free_ext;
+    char *src_proto_ver;           /* netfs <protocol ver=> (nfsvers) */
     uint64_t capacity, allocation, available;
 };
 
@@ -66,6 +67,23 @@ struct vol_def {
         uint64_t start, end;
     } *extents;
     size_t n_extents;
+    char *enc_format;              /* <encryption format=...>, NULL if none */
+    char *enc_secret;              /* its passphrase secret's uuid, or NULL */
+    bool enc_secret_bad;           /* not one <secret type='passphrase'/> */
+    /* <cipher name= size= mode= hash=/> and <ivgen name= hash=/>: NULL
+     * where not given (simple tokens, checked when parsed) */
+    char *enc_cipher[4], *enc_ivgen[2];
+};
+
+/* The id of the libvdisk secret object a volume's passphrase is given as. */
+#define VOL_KEY_ID "vdisk-pool-key"
+
+/* One secret definition (libvirt's secret XML). */
+struct secret_def {
+    char uuid[37];
+    bool ephemeral, priv;
+    char *description;
+    char *usage_type, *usage_id;   /* NULL: no usage */
 };
 
 /* The connection: where state lives. */
@@ -73,6 +91,13 @@ struct pool_conn {
     char *cfg_dir, *run_dir, *autostart_dir;
     int lock_fd;
 };
+
+/* --stream (given by a vdisk+ssh client to the remote side): the file a
+ * command reads (vol-upload's data, an XML file) is stdin, vol-download
+ * writes stdout, and no blank line follows.  pool_stream_file: the XML
+ * file name whose first read is stdin. */
+extern bool pool_stream;
+extern const char *pool_stream_file;
 
 /* ---- errors (cli.c) ---- */
 /* Print "error: <msg>" on stderr. */
@@ -98,6 +123,24 @@ struct pool_def *pool_def_copy(const struct pool_def *d);
 struct vol_def *vol_def_parse(const char *xml, size_t len);
 char *vol_def_format(const struct vol_def *v);
 void vol_def_free(struct vol_def *v);
+struct secret_def *secret_def_parse(const char *xml, size_t len);
+char *secret_def_format(const struct secret_def *s);
+void secret_def_free(struct secret_def *s);
+/* The element that names a secret usage type's object ("volume", "name",
+ * ...), with the error when it is missing; NULL for an unknown type. */
+const char *secret_usage_elem(const char *type, const char **missing);
+/* Canonical form of a uuid string (hex digits, optional dashes): 0 or -1. */
+int pool_uuid_parse(const char *s, char out[37]);
+/* The base64 value of secret uuid (malloc'd); NULL with virsh's error. */
+struct pool_conn;
+char *secret_value_b64(struct pool_conn *c, const char *uuid);
+/* Check v's <encryption> and give its passphrase to libvdisk as the secret
+ * object VOL_KEY_ID; 0 when v is not encrypted; -1 (error recorded). */
+struct vol_def;
+/* Encrypted volumes without a secret get the one whose usage is their
+ * path, as libvirt finds it. */
+void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n);
+int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy);
 /* libvirt's scaled integer units ("KiB", "M", "bytes"...): 0 or -1. */
 int pool_scale(const char *unit, uint64_t *val, uint64_t dflt_scale);
 /* Read a whole file (capped); NULL with the error recorded. */
@@ -148,14 +191,29 @@ int dir_vol_delete(const struct vol_def *v);
 int dir_vol_wipe(const struct vol_def *v, const char *algorithm);
 int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                    bool allocate, bool shrink);
+/* Upload and download: file NULL is stdin / stdout (a pipe, in --stream
+ * mode); -3 from upload when the file has more than len bytes. */
 int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse);
 int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
                      uint64_t len, bool sparse);
+/* Read until n bytes or the end of fd: the count, -1 on error. */
+ssize_t read_full(int fd, void *buf, size_t n);
+bool is_zero(const void *buf, size_t n);
+#define STREAM_BLOCK (64 * 1024)
+
 /* ---- fs backend (fs.c): mkfs, mount, umount around a dir pool ---- */
+/* Run argv; its stdout (first 4095 bytes) into out if given, stderr into
+ * the error message on failure.  Returns the exit status or -1. */
+int run_cmd(char *const argv[], char *out);
+/* Is target a mount point (in /proc/self/mounts)? */
+bool is_mounted(const char *target);
 int fs_build(struct pool_def *d, bool overwrite, bool no_overwrite);
 int fs_start(struct pool_def *d);
 int fs_stop(struct pool_def *d);
+/* ---- netfs backend (netfs.c): nfs, glusterfs, cifs mounted on the target ---- */
+int netfs_start(struct pool_def *d);
+int netfs_stop(struct pool_def *d);
 
 /* Is fmt a volume format libvirt knows for file pools? */
 bool vol_format_known(const char *fmt);

@@ -437,11 +437,18 @@ static char *marks_dir(struct pool_conn *c, const char *pool)
     return xasprintf("%s/%s.new", c->run_dir, pool);
 }
 
+/* A cipher or ivgen field in a mark: "." when absent (fields are tokens). */
+#define MARK_TOK(s) ((s) ? (s) : ".")
+
 int state_mark_vol(struct pool_conn *c, const char *pool, const struct vol_def *v)
 {
     char *d = marks_dir(c, pool), *p = xasprintf("%s/%s", d, v->name);
-    char *txt = xasprintf("%s\n%s%s\n", v->compat ? v->compat : "",
-                          v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "");
+    char *txt = xasprintf("%s\n%s%s\n%s\n%s %s %s %s %s %s\n", v->compat ? v->compat : "",
+                          v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "",
+                          v->enc_secret ? v->enc_secret : "", MARK_TOK(v->enc_cipher[0]),
+                          MARK_TOK(v->enc_cipher[1]), MARK_TOK(v->enc_cipher[2]),
+                          MARK_TOK(v->enc_cipher[3]), MARK_TOK(v->enc_ivgen[0]),
+                          MARK_TOK(v->enc_ivgen[1]));
     int r;
 
     if (mkdir(d, 0700) < 0 && errno != EEXIST)
@@ -481,16 +488,41 @@ void state_clear_vols(struct pool_conn *c, const char *pool)
     free(d);
 }
 
+/* The cipher and ivgen fields of a mark ("name size mode hash name hash",
+ * "." for none) onto v. */
+static void apply_cipher_mark(struct vol_def *v, const char *line)
+{
+    char f[6][64];
+
+    if (sscanf(line, "%63s %63s %63s %63s %63s %63s", f[0], f[1], f[2], f[3], f[4], f[5]) != 6)
+        return;
+    for (int i = 0; i < 6; i++) {
+        char **slot = i < 4 ? &v->enc_cipher[i] : &v->enc_ivgen[i - 4];
+        free(*slot);
+        *slot = strcmp(f[i], ".") ? xstrdup(f[i]) : NULL;
+    }
+}
+
 /* Apply one mark file's content to v. */
 static void apply_mark(struct vol_def *v, const char *txt)
 {
-    const char *nl = strchr(txt, '\n');
+    const char *nl = strchr(txt, '\n'), *nl2 = nl ? strchr(nl + 1, '\n') : NULL;
+    char uuid[37], line[37] = "";
 
     free(v->compat);
     v->compat = nl && nl > txt ? strndup(txt, (size_t)(nl - txt)) : NULL;
     v->cluster_size = 0;
-    v->lazy_refcounts = nl && strchr(nl, 'L');
-    v->extended_l2 = nl && strchr(nl, 'E');
+    v->lazy_refcounts = nl && memchr(nl, 'L', (size_t)(nl2 ? nl2 - nl : 1));
+    v->extended_l2 = nl && memchr(nl, 'E', (size_t)(nl2 ? nl2 - nl : 1));
+    /* the passphrase secret of an encrypted volume, until a refresh */
+    if (nl2)
+        snprintf(line, sizeof(line), "%.36s", nl2 + 1);
+    if (v->enc_format && strlen(line) == 36 && pool_uuid_parse(line, uuid) == 0) {
+        free(v->enc_secret);
+        v->enc_secret = xstrdup(uuid);
+    }
+    if (v->enc_format && nl2 && (nl2 = strchr(nl2 + 1, '\n')))
+        apply_cipher_mark(v, nl2 + 1);
 }
 
 void state_apply_marks(struct pool_conn *c, const char *pool, struct vol_def **v, size_t n)
@@ -498,7 +530,7 @@ void state_apply_marks(struct pool_conn *c, const char *pool, struct vol_def **v
     char *d = marks_dir(c, pool);
 
     for (size_t i = 0; i < n && access(d, F_OK) == 0; i++) {
-        char *p = xasprintf("%s/%s", d, v[i]->name), buf[256];
+        char *p = xasprintf("%s/%s", d, v[i]->name), buf[512];
         FILE *f = fopen(p, "re");
         if (f) {
             size_t l = fread(buf, 1, sizeof(buf) - 1, f);

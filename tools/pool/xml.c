@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
@@ -55,7 +56,8 @@ bool vol_format_any(const char *fmt)
 
 char *pool_read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "re");
+    bool in = pool_stream_file && !strcmp(path, pool_stream_file);
+    FILE *f = in ? fdopen(dup(0), "r") : fopen(path, "re");
     char *buf;
     size_t n;
 
@@ -63,6 +65,8 @@ char *pool_read_file(const char *path, size_t *len)
         pool_set_error("Failed to open file '%s': %s", path, strerror(errno));
         return NULL;
     }
+    if (in)
+        pool_stream_file = NULL;   /* stdin is read once */
     buf = malloc(XML_MAX_FILE + 1);
     if (!buf)
         pool_oom();
@@ -199,8 +203,7 @@ static char *attr(xmlNodePtr n, const char *name)
     return s;
 }
 
-/* Canonical form of a uuid string (hex digits, optional dashes). */
-static int parse_uuid(const char *s, char out[37])
+int pool_uuid_parse(const char *s, char out[37])
 {
     int nd = 0;
     char hex[33];
@@ -338,6 +341,40 @@ static void source_defaults(struct pool_def *d)
     }
 }
 
+/* The checks libvirt makes of a netfs pool's source. */
+static int parse_netfs_source(xmlNodePtr s, struct pool_def *d)
+{
+    static const char *const formats[] = { "auto", "nfs", "glusterfs", "cifs", NULL };
+    const char *fmt = d->src_format ? d->src_format : "auto";
+
+    d->src_proto_ver = attr(child(s, "protocol"), "ver");
+    if (!d->src_host) {
+        pool_set_error("XML error: missing storage pool source host name");
+        return -1;
+    }
+    if (!d->src_dir) {
+        pool_set_error("XML error: missing storage pool source path");
+        return -1;
+    }
+    if (!in_list(formats, fmt)) {
+        pool_set_error("unsupported configuration: unknown pool format type %s", fmt);
+        return -1;
+    }
+    if (d->src_proto_ver && (!d->src_proto_ver[0] ||
+                             strspn(d->src_proto_ver, "0123456789") != strlen(d->src_proto_ver) ||
+                             strlen(d->src_proto_ver) > 9)) {
+        pool_set_error("XML error: storage pool protocol ver value '%s' is malformed",
+                       d->src_proto_ver);
+        return -1;
+    }
+    if (d->src_proto_ver && strcmp(fmt, "nfs")) {
+        pool_set_error("unsupported configuration: storage pool protocol ver unsupported "
+                       "for pool type '%s'", fmt);
+        return -1;
+    }
+    return 0;
+}
+
 static int parse_source(xmlNodePtr s, struct pool_def *d)
 {
     parse_devices(s, d);
@@ -349,10 +386,8 @@ static int parse_source(xmlNodePtr s, struct pool_def *d)
         pool_set_error("XML error: missing storage pool source device name");
         return -1;
     }
-    if (!strcmp(d->type, "netfs") && !d->src_host) {
-        pool_set_error("XML error: missing storage pool source host name");
-        return -1;
-    }
+    if (!strcmp(d->type, "netfs"))
+        return parse_netfs_source(s, d);
     return 0;
 }
 
@@ -375,7 +410,7 @@ static int parse_ident(xmlNodePtr r, struct pool_def *d)
         make_uuid(d->uuid);
         return 0;
     }
-    if (parse_uuid(u, d->uuid) < 0) {
+    if (pool_uuid_parse(u, d->uuid) < 0) {
         free(u);
         pool_set_error("XML error: malformed uuid element");
         return -1;
@@ -490,6 +525,7 @@ void pool_def_free(struct pool_def *d)
     free(d->src_host);
     free(d->src_name);
     free(d->src_format);
+    free(d->src_proto_ver);
     free(d);
 }
 
@@ -525,6 +561,7 @@ struct pool_def *pool_def_copy(const struct pool_def *s)
     d->src_host = dupn(s->src_host);
     d->src_name = dupn(s->src_name);
     d->src_format = dupn(s->src_format);
+    d->src_proto_ver = dupn(s->src_proto_ver);
     return d;
 }
 
@@ -621,6 +658,8 @@ static void put_source(struct vd_buf *b, const struct pool_def *d)
         put_elem(b, 4, "name", d->src_name);
     if (fs || netfs || d->src_format)
         put_attr_elem(b, 4, "format", "type", d->src_format ? d->src_format : "auto");
+    if (d->src_proto_ver)
+        put_attr_elem(b, 4, "protocol", "ver", d->src_proto_ver);
     vd_buf_adds(b, "  </source>\n");
 }
 
@@ -700,6 +739,81 @@ static int parse_scaled(xmlNodePtr n, uint64_t *out, const char *what)
     return r;
 }
 
+/* Is s a plain token (an algorithm name, a size)? */
+static bool token(const char *s)
+{
+    return s && *s && strlen(s) < 64 &&
+           strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") ==
+           strlen(s);
+}
+
+/* <cipher name= size= mode= hash=/> and <ivgen name= hash=/> of an
+ * <encryption>: name (and the cipher's size, a number) required. */
+static int parse_cipher(xmlNodePtr e, struct vol_def *v)
+{
+    static const char *const cn[] = { "name", "size", "mode", "hash" }, *const in[] = {
+        "name", "hash" };
+    xmlNodePtr c = child(e, "cipher"), g = child(e, "ivgen");
+
+    for (int i = 0; c && i < 4; i++) {
+        v->enc_cipher[i] = attr(c, cn[i]);
+        if ((i < 2 && !v->enc_cipher[i]) || (v->enc_cipher[i] && !token(v->enc_cipher[i])) ||
+            (i == 1 && strspn(v->enc_cipher[1], "0123456789") != strlen(v->enc_cipher[1]))) {
+            pool_set_error("XML error: missing or malformed cipher %s", cn[i]);
+            return -1;
+        }
+    }
+    for (int i = 0; g && i < 2; i++) {
+        v->enc_ivgen[i] = attr(g, in[i]);
+        if ((i == 0 && !v->enc_ivgen[i]) || (v->enc_ivgen[i] && !token(v->enc_ivgen[i]))) {
+            pool_set_error("XML error: missing or malformed ivgen %s", in[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* <encryption format='luks'><secret type='passphrase' uuid='...'/>. */
+static int parse_encryption(xmlNodePtr e, struct vol_def *v)
+{
+    static const char *const formats[] = { "default", "qcow", "luks", "luks2", "luks-any",
+                                           NULL };
+    int n = 0;
+
+    if (!e)
+        return 0;
+    v->enc_format = attr(e, "format");
+    if (!v->enc_format || !in_list(formats, v->enc_format)) {
+        pool_set_error("XML error: unknown volume encryption format type %s",
+                       v->enc_format ? v->enc_format : "(null)");
+        return -1;
+    }
+    for (xmlNodePtr c = e->children; c; c = c->next) {
+        char *type, *uuid;
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "secret"))
+            continue;
+        type = attr(c, "type");
+        uuid = attr(c, "uuid");
+        n++;
+        if (!type || strcmp(type, "passphrase"))
+            v->enc_secret_bad = true;
+        if (uuid && !v->enc_secret) {
+            char canon[37];
+            if (pool_uuid_parse(uuid, canon) < 0) {
+                pool_set_error("XML error: malformed volume encryption uuid '%s'", uuid);
+                free(type);
+                free(uuid);
+                return -1;
+            }
+            v->enc_secret = xstrdup(canon);
+        }
+        free(type);
+        free(uuid);
+    }
+    v->enc_secret_bad |= n != 1;
+    return parse_cipher(e, v);
+}
+
 /* The target element of a volume. */
 static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
 {
@@ -711,6 +825,8 @@ static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
         return -1;
     }
     v->compat = text(child(t, "compat"));
+    if (parse_encryption(child(t, "encryption"), v) < 0)
+        return -1;
     v->lazy_refcounts = child(f, "lazy_refcounts") != NULL;
     v->extended_l2 = child(f, "extended_l2") != NULL;
     return parse_perms(child(t, "permissions"), &v->perms, "volume");
@@ -771,6 +887,12 @@ void vol_def_free(struct vol_def *v)
     for (size_t i = 0; i < v->n_extents; i++)
         free(v->extents[i].dev);
     free(v->extents);
+    free(v->enc_format);
+    free(v->enc_secret);
+    for (int i = 0; i < 4; i++)
+        free(v->enc_cipher[i]);
+    for (int i = 0; i < 2; i++)
+        free(v->enc_ivgen[i]);
     free(v);
 }
 
@@ -829,6 +951,28 @@ static void put_extents(struct vd_buf *b, const struct vol_def *v)
     vd_buf_adds(b, "    </device>\n  </source>\n");
 }
 
+/* <cipher/> and <ivgen/> with the attributes given. */
+static void put_cipher(struct vd_buf *b, const struct vol_def *v)
+{
+    static const char *const cn[] = { "name", "size", "mode", "hash" }, *const in[] = {
+        "name", "hash" };
+
+    if (v->enc_cipher[0]) {
+        vd_buf_adds(b, "      <cipher");
+        for (int i = 0; i < 4; i++)
+            if (v->enc_cipher[i])
+                vd_buf_printf(b, " %s='%s'", cn[i], v->enc_cipher[i]);
+        vd_buf_adds(b, "/>\n");
+    }
+    if (v->enc_ivgen[0]) {
+        vd_buf_adds(b, "      <ivgen");
+        for (int i = 0; i < 2; i++)
+            if (v->enc_ivgen[i])
+                vd_buf_printf(b, " %s='%s'", in[i], v->enc_ivgen[i]);
+        vd_buf_adds(b, "/>\n");
+    }
+}
+
 char *vol_def_format(const struct vol_def *v)
 {
     struct vd_buf b = {0};
@@ -848,6 +992,15 @@ char *vol_def_format(const struct vol_def *v)
         put_attr_elem(&b, 4, "format", "type", v->format);
     put_perms(&b, 4, &v->perms);
     put_times(&b, &v->atime, &v->mtime, &v->ctime_);
+    if (v->enc_format) {
+        vd_buf_adds(&b, "    <encryption format='");
+        put_esc(&b, v->enc_format);
+        vd_buf_adds(&b, "'>\n");
+        if (v->enc_secret)
+            vd_buf_printf(&b, "      <secret type='passphrase' uuid='%s'/>\n", v->enc_secret);
+        put_cipher(&b, v);
+        vd_buf_adds(&b, "    </encryption>\n");
+    }
     if (v->compat)
         put_elem(&b, 4, "compat", v->compat);
     if (v->cluster_size)
@@ -865,5 +1018,125 @@ char *vol_def_format(const struct vol_def *v)
     if (v->backing_path)
         put_backing(&b, v);
     vd_buf_adds(&b, "</volume>\n");
+    return buf_take(&b);
+}
+
+/* Usage types and the element naming what each secret is for. */
+static const char *const usage_types[][3] = {
+    { "volume", "volume", "volume usage specified, but volume path is missing" },
+    { "ceph", "name", "Ceph usage specified, but name is missing" },
+    { "iscsi", "target", "iSCSI usage specified, but target is missing" },
+    { "tls", "name", "TLS usage specified, but name is missing" },
+    { "vtpm", "name", "vTPM usage specified, but name is missing" },
+};
+
+void secret_def_free(struct secret_def *s)
+{
+    if (!s)
+        return;
+    free(s->description);
+    free(s->usage_type);
+    free(s->usage_id);
+    free(s);
+}
+
+const char *secret_usage_elem(const char *type, const char **missing)
+{
+    for (size_t i = 0; i < sizeof(usage_types) / sizeof(usage_types[0]); i++) {
+        if (!strcmp(type, usage_types[i][0])) {
+            *missing = usage_types[i][2];
+            return usage_types[i][1];
+        }
+    }
+    return NULL;
+}
+
+/* ephemeral= or private= of a secret: "yes", "no" or absent. */
+static int yes_no(xmlNodePtr r, const char *name, bool *out)
+{
+    char *v = attr(r, name);
+    int rc = 0;
+
+    *out = v && !strcmp(v, "yes");
+    if (v && strcmp(v, "yes") && strcmp(v, "no")) {
+        pool_set_error("XML error: invalid value of '%s': '%s'", name, v);
+        rc = -1;
+    }
+    free(v);
+    return rc;
+}
+
+/* <usage type='...'><volume|name|target>ID</...></usage>. */
+static int parse_usage(xmlNodePtr u, struct secret_def *s)
+{
+    const char *missing, *elem;
+
+    if (!u)
+        return 0;
+    s->usage_type = attr(u, "type");
+    if (!s->usage_type) {
+        pool_set_error("internal error: unknown secret usage type");
+        return -1;
+    }
+    if (!(elem = secret_usage_elem(s->usage_type, &missing))) {
+        pool_set_error("internal error: unknown secret usage type %s", s->usage_type);
+        return -1;
+    }
+    s->usage_id = text(child(u, elem));
+    if (!s->usage_id || !*s->usage_id) {
+        pool_set_error("internal error: %s", missing);
+        return -1;
+    }
+    return 0;
+}
+
+struct secret_def *secret_def_parse(const char *xml, size_t len)
+{
+    xmlDocPtr doc = parse_doc(xml, len, "secret", "secret_definition");
+    struct secret_def *s;
+    xmlNodePtr r;
+    char *u;
+    int rc = -1;
+
+    if (!doc)
+        return NULL;
+    if (!(s = calloc(1, sizeof(*s))))
+        pool_oom();
+    r = xmlDocGetRootElement(doc);
+    u = text(child(r, "uuid"));
+    if (yes_no(r, "ephemeral", &s->ephemeral) == 0 && yes_no(r, "private", &s->priv) == 0) {
+        if (u && pool_uuid_parse(u, s->uuid) < 0)
+            pool_set_error("internal error: malformed uuid element");
+        else if (parse_usage(child(r, "usage"), s) == 0)
+            rc = 0;
+    }
+    if (rc == 0 && !u)
+        make_uuid(s->uuid);
+    s->description = text(child(r, "description"));
+    free(u);
+    xmlFreeDoc(doc);
+    if (rc < 0) {
+        secret_def_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+char *secret_def_format(const struct secret_def *s)
+{
+    struct vd_buf b = {0};
+    const char *missing, *elem;
+
+    vd_buf_printf(&b, "<secret ephemeral='%s' private='%s'>\n", s->ephemeral ? "yes" : "no",
+                  s->priv ? "yes" : "no");
+    put_elem(&b, 2, "uuid", s->uuid);
+    if (s->description)
+        put_elem(&b, 2, "description", s->description);
+    if (s->usage_type && (elem = secret_usage_elem(s->usage_type, &missing))) {
+        vd_buf_printf(&b, "  <usage type='%s'>\n", s->usage_type);
+        put_elem(&b, 4, elem, s->usage_id);
+        vd_buf_adds(&b, "  </usage>\n");
+    }
+    vd_buf_adds(&b, "</secret>\n");
     return buf_take(&b);
 }

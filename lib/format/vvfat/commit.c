@@ -8,11 +8,12 @@
  * mapped to files and are refused.  A flush (and the close) commits:
  * the file system is parsed as the guest left it (parse.c), matched with
  * the tree the host has (by first cluster, then by path), and the
- * differences are applied: new and changed files are written to temporary
- * files first, then renamed objects moved aside, deleted ones removed,
- * and everything put in place parents first.  A file system that does
- * not parse is refused with an error and nothing on the host changes; the
- * commit is retried at the next flush.
+ * differences are applied in journaled phases (see "applying the plan"
+ * below): a host error midway undoes what was done, so the directory
+ * either takes all of the guest's changes or none, and no temporary name
+ * stays.  A file system that does not parse is refused with an error and
+ * nothing on the host changes; a failed commit is retried at the next
+ * flush.
  *
  * Invariants (under the lock of vvfat.c): cl_node/cl_pos describe the
  * tree the host has; an overlay slot of a cluster overrides them; after
@@ -272,85 +273,6 @@ static int make_plan(struct vv_state *s, struct plan *pl)
     return r;
 }
 
-/* Write the contents of file entry i to a new temporary file. */
-static int stage_contents(struct vv_state *s, struct plan *pl, uint32_t i)
-{
-    const struct vv_entry *e = &pl->t->e[i];
-    uint8_t *buf = malloc(s->g.cluster);
-    uint32_t c = e->first, left = e->size;
-    int fd, r = 0;
-
-    if (!buf || asprintf(&pl->tmp[i], "%s/.vdisk-vvfat-XXXXXX", s->dir) < 0) {
-        free(buf);
-        pl->tmp[i] = NULL;
-        return vd_error(ENOMEM, "out of memory");
-    }
-    if ((fd = mkstemp(pl->tmp[i])) < 0) {
-        free(buf);
-        free(pl->tmp[i]);
-        pl->tmp[i] = NULL;
-        return vd_error(errno, "vvfat: cannot create a file in '%s'", s->dir);
-    }
-    while (r == 0 && left) {
-        uint32_t l = VD_MIN(left, s->g.cluster);
-        if ((r = vv_read_cluster(s, c, 0, l, buf)) == 0 && write(fd, buf, l) != (ssize_t)l)
-            r = vd_error(errno ? errno : EIO, "vvfat: cannot write '%s'", pl->path[i]);
-        left -= l;
-        c = vv_fat_get(s->fat, s->g.fat_type, c);
-    }
-    if (r == 0 && fchmod(fd, 0644) < 0)
-        r = vd_error(errno, "vvfat: cannot set the mode of '%s'", pl->path[i]);
-    close(fd);
-    free(buf);
-    return r;
-}
-
-/* Depth of old node k. */
-static uint32_t old_depth(const struct vv_state *s, uint32_t k)
-{
-    uint32_t d = 0;
-
-    for (; k; k = s->nodes[k].parent)
-        d++;
-    return d;
-}
-
-/* Move the old objects the guest renamed (unchanged files, directories)
- * aside, deepest first, so that their old paths stay valid meanwhile. */
-static int move_aside(struct vv_state *s, struct plan *pl, uint32_t depth)
-{
-    for (uint32_t i = 1; i < pl->t->n; i++) {
-        int64_t k = pl->match[i];
-        if (k <= 0 || pl->changed[i] || !strcmp(s->nodes[k].path, pl->path[i]) ||
-            old_depth(s, (uint32_t)k) != depth)
-            continue;
-        if (asprintf(&pl->tmp[i], "%s/.vdisk-vvfat-mv-%" PRIu32, s->dir, i) < 0) {
-            pl->tmp[i] = NULL;
-            return vd_error(ENOMEM, "out of memory");
-        }
-        if (rename(s->nodes[k].path, pl->tmp[i]) < 0)
-            return vd_error(errno, "vvfat: cannot rename '%s'", s->nodes[k].path);
-    }
-    return 0;
-}
-
-/* Remove old nodes at depth that the guest deleted (or replaced). */
-static int remove_old(struct vv_state *s, struct plan *pl, uint32_t depth, const bool *moved)
-{
-    for (uint32_t k = 1; k < s->n_nodes; k++) {
-        const struct vv_node *o = &s->nodes[k];
-        if ((pl->old_kept[k] && !moved[k]) || old_depth(s, k) != depth)
-            continue;
-        if (moved[k] && !o->is_dir) {
-            if (unlink(o->path) < 0 && errno != ENOENT)
-                return vd_error(errno, "vvfat: cannot remove '%s'", o->path);
-        } else if (!pl->old_kept[k] && (o->is_dir ? rmdir(o->path) : unlink(o->path)) < 0) {
-            return vd_error(errno, "vvfat: cannot remove '%s' (deleted by the guest)", o->path);
-        }
-    }
-    return 0;
-}
-
 /* Give the host file of entry e the entry's modification time (FAT keeps
  * local time in 2-second steps); an invalid date leaves the time alone. */
 static void set_mtime(const char *path, const struct vv_entry *e)
@@ -374,52 +296,304 @@ static void set_mtime(const char *path, const struct vv_entry *e)
         utimensat(AT_FDCWD, path, ts, 0);
 }
 
-/* Put each entry in place, parents first. */
-static int put_in_place(struct vv_state *s, struct plan *pl)
+/* ---- applying the plan: a journal of host changes, undone on failure ----
+ *
+ * The host directory changes in phases.  (1) Stage: the contents of
+ * new and changed files go to temporary files.  (2) Move aside, deepest
+ * first: every old object that is renamed, replaced or deleted gets a
+ * temporary name in the top directory.  (3) Put in place, parents first:
+ * staged files and moved objects are renamed to their new paths (never
+ * over an existing name), new directories made.  Each step is journaled;
+ * a host error in any of them (permission denied, no space, a file gone)
+ * undoes the journal backwards, so the directory is as it was and no
+ * temporary name stays.  Only then (4) are the old objects the guest
+ * deleted or replaced removed; one that cannot be removed is renamed back
+ * to its old path (its data is kept) and named in the error. */
+
+enum jkind { J_STAGED, J_RENAME, J_MKDIR };
+
+/* One host change: a staged file (path), a rename (from -> path) or a
+ * directory made (path). */
+struct jop {
+    enum jkind kind;
+    char *from, *path;
+};
+
+struct journal {
+    struct jop *op;
+    size_t n, cap;
+};
+
+/* Append a change (taking the strings); ENOMEM leaves them to the caller. */
+static int journal_add(struct journal *j, enum jkind kind, char *from, char *path)
 {
-    for (uint32_t i = 1; i < pl->t->n; i++) {
-        const struct vv_entry *e = &pl->t->e[i];
-        int64_t k = pl->match[i];
-        if (pl->tmp[i]) {
-            if (rename(pl->tmp[i], pl->path[i]) < 0)
-                return vd_error(errno, "vvfat: cannot create '%s'", pl->path[i]);
-            free(pl->tmp[i]);
-            pl->tmp[i] = NULL;
-            if (pl->changed[i])
-                set_mtime(pl->path[i], e);
-        } else if (e->is_dir && k < 0 && mkdir(pl->path[i], 0755) < 0) {
-            return vd_error(errno, "vvfat: cannot create directory '%s'", pl->path[i]);
+    if (j->n == j->cap) {
+        size_t cap = j->cap ? 2 * j->cap : 64;
+        struct jop *op = reallocarray(j->op, cap, sizeof(*op));
+        if (!op)
+            return vd_error(ENOMEM, "out of memory");
+        j->op = op;
+        j->cap = cap;
+    }
+    j->op[j->n++] = (struct jop){ kind, from, path };
+    return 0;
+}
+
+/* Undo the journal backwards (best effort: each step is the inverse of
+ * one that succeeded, in the reverse order). */
+static void journal_undo(struct journal *j)
+{
+    for (size_t i = j->n; i-- > 0;) {
+        struct jop *op = &j->op[i];
+        if (op->kind == J_STAGED)
+            unlink(op->path);
+        else if (op->kind == J_RENAME)
+            rename(op->path, op->from);
+        else
+            rmdir(op->path);
+    }
+}
+
+static void journal_free(struct journal *j)
+{
+    for (size_t i = 0; i < j->n; i++) {
+        free(j->op[i].from);
+        free(j->op[i].path);
+    }
+    free(j->op);
+}
+
+/* rename that never replaces an existing name. */
+static int rename_new(const char *from, const char *to)
+{
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* a file system without RENAME_NOREPLACE: check, then rename */
+    struct stat st;
+    if (lstat(to, &st) == 0) {
+        errno = EEXIST;
+        return -1;
+    }
+    return rename(from, to);
+}
+
+/* Rename from to a path and journal it (the journal owns both strings). */
+static int journal_rename(struct journal *j, const char *from, const char *to)
+{
+    char *f = strdup(from), *t = strdup(to);
+
+    if (!f || !t) {
+        free(f);
+        free(t);
+        return vd_error(ENOMEM, "out of memory");
+    }
+    if (rename_new(from, to) < 0) {
+        int e = errno;
+        free(f);
+        free(t);
+        return vd_error(e, "vvfat: cannot rename '%s' to '%s'", from, to);
+    }
+    if (journal_add(j, J_RENAME, f, t) < 0) {
+        rename(to, from);
+        free(f);
+        free(t);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+/* Copy file entry i's contents from the image to the open file fd. */
+static int copy_out(struct vv_state *s, struct plan *pl, uint32_t i, int fd)
+{
+    const struct vv_entry *e = &pl->t->e[i];
+    uint8_t *buf = malloc(s->g.cluster);
+    uint32_t c = e->first, left = e->size;
+    int r = 0;
+
+    if (!buf)
+        return vd_error(ENOMEM, "out of memory");
+    while (r == 0 && left) {
+        uint32_t l = VD_MIN(left, s->g.cluster);
+        ssize_t w;
+        if ((r = vv_read_cluster(s, c, 0, l, buf)) < 0)
+            break;
+        if ((w = write(fd, buf, l)) != (ssize_t)l)
+            r = vd_error(w < 0 ? errno : ENOSPC, "vvfat: cannot write '%s'", pl->path[i]);
+        left -= l;
+        c = vv_fat_get(s->fat, s->g.fat_type, c);
+    }
+    if (r == 0 && fchmod(fd, 0644) < 0)
+        r = vd_error(errno, "vvfat: cannot set the mode of '%s'", pl->path[i]);
+    free(buf);
+    return r;
+}
+
+/* Write the contents of file entry i to a new temporary file (pl->tmp[i],
+ * journaled so that a failure removes it). */
+static int stage_contents(struct vv_state *s, struct plan *pl, struct journal *j, uint32_t i)
+{
+    char *tmp;
+    int fd, r;
+
+    if (asprintf(&tmp, "%s/.vdisk-vvfat-XXXXXX", s->dir) < 0)
+        return vd_error(ENOMEM, "out of memory");
+    if ((fd = mkstemp(tmp)) < 0) {
+        r = vd_error(errno, "vvfat: cannot create a file in '%s' for '%s'", s->dir,
+                     pl->path[i]);
+        free(tmp);
+        return r;
+    }
+    if (journal_add(j, J_STAGED, NULL, tmp) < 0) {
+        close(fd);
+        unlink(tmp);
+        free(tmp);
+        return -ENOMEM;
+    }
+    pl->tmp[i] = tmp;                /* the journal owns it */
+    r = copy_out(s, pl, i, fd);
+    if (close(fd) < 0 && r == 0)
+        r = vd_error(errno, "vvfat: cannot write '%s'", pl->path[i]);
+    return r;
+}
+
+/* Must old node k leave its path?  Deleted, renamed or replaced (a file
+ * whose contents changed: the old one stays until the end). */
+static bool must_move(const struct vv_state *s, const struct plan *pl, uint32_t k,
+                      const int64_t *entry_of)
+{
+    int64_t i = entry_of[k];
+
+    return i < 0 || pl->changed[i] || strcmp(s->nodes[k].path, pl->path[i]);
+}
+
+/* Move the old objects that must leave their paths aside, deepest first,
+ * so that the old paths of the others stay valid meanwhile. */
+static int move_aside(struct vv_state *s, struct plan *pl, struct journal *j,
+                      const int64_t *entry_of, const uint32_t *depth_of, char **aside,
+                      uint32_t depth)
+{
+    for (uint32_t k = 1; k < s->n_nodes; k++) {
+        int r;
+        if (depth_of[k] != depth || !must_move(s, pl, k, entry_of))
+            continue;
+        if (asprintf(&aside[k], "%s/.vdisk-vvfat-mv-%ld-%" PRIu32, s->dir, (long)getpid(),
+                     k) < 0) {
+            aside[k] = NULL;
+            return vd_error(ENOMEM, "out of memory");
+        }
+        if ((r = journal_rename(j, s->nodes[k].path, aside[k])) < 0) {
+            free(aside[k]);
+            aside[k] = NULL;
+            return r;
         }
     }
     return 0;
 }
 
-/* Apply the plan to the host directory. */
-static int apply_plan(struct vv_state *s, struct plan *pl)
+/* Put each entry in place, parents first: staged contents, moved objects,
+ * new directories. */
+static int put_in_place(struct vv_state *s, struct plan *pl, struct journal *j, char **aside)
 {
-    bool *moved = vd_calloc_array(s->n_nodes, sizeof(bool));
+    for (uint32_t i = 1; i < pl->t->n; i++) {
+        const struct vv_entry *e = &pl->t->e[i];
+        int64_t k = pl->match[i];
+        const char *from = pl->changed[i] ? pl->tmp[i] : k > 0 ? aside[k] : NULL;
+        char *path;
+        int r;
+        if (from) {
+            if ((r = journal_rename(j, from, pl->path[i])) < 0)
+                return r;
+        } else if (e->is_dir && k < 0) {
+            if (mkdir(pl->path[i], 0755) < 0)
+                return vd_error(errno, "vvfat: cannot create directory '%s'", pl->path[i]);
+            if (!(path = strdup(pl->path[i])) || journal_add(j, J_MKDIR, NULL, path) < 0) {
+                rmdir(pl->path[i]);
+                free(path);
+                return vd_error(ENOMEM, "out of memory");
+            }
+        }
+    }
+    return 0;
+}
+
+/* After the commit point: remove the old objects the guest deleted or
+ * replaced (moved aside before).  One that cannot be removed goes back to
+ * its old path when that is free (else keeps its temporary name), and the
+ * first such failure is returned. */
+static int remove_aside(struct vv_state *s, struct plan *pl, char **aside,
+                        const int64_t *entry_of)
+{
+    int r = 0;
+
+    for (uint32_t k = s->n_nodes; k-- > 1;) {
+        int64_t i = entry_of[k];
+        const struct vv_node *o = &s->nodes[k];
+        if (!aside[k] || (i >= 0 && !pl->changed[i]))
+            continue;                /* not moved, or moved to its new path */
+        if ((o->is_dir ? rmdir(aside[k]) : unlink(aside[k])) == 0)
+            continue;
+        int e = errno;
+        bool back = rename_new(aside[k], o->path) == 0;
+        if (r == 0)
+            r = vd_error(e, "vvfat: cannot remove '%s' (deleted by the guest); it is left "
+                         "as '%s'", o->path, back ? o->path : aside[k]);
+    }
+    return r;
+}
+
+/* Apply the plan to the host directory (see the notes above): 0, a
+ * negative errno with the directory unchanged, or (*after set) an error
+ * from the last phase, with the guest's changes in place. */
+static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
+{
+    int64_t *entry_of = vd_calloc_array(s->n_nodes, sizeof(int64_t));
+    uint32_t *depth_of = vd_calloc_array(s->n_nodes, sizeof(uint32_t));
+    char **aside = vd_calloc_array(s->n_nodes, sizeof(char *));
+    struct journal j = { 0 };
     uint32_t max_depth = 0;
     int r = 0;
 
-    if (!moved)
+    *after = false;
+    if (!entry_of || !depth_of || !aside) {
+        free(entry_of);
+        free(depth_of);
+        free(aside);
         return vd_error(ENOMEM, "out of memory");
-    for (uint32_t i = 1; r == 0 && i < pl->t->n; i++) {
-        if (pl->changed[i])
-            r = stage_contents(s, pl, i);
-        if (pl->match[i] > 0 && (pl->changed[i] ||
-                                 strcmp(s->nodes[pl->match[i]].path, pl->path[i])))
-            moved[pl->match[i]] = pl->changed[i] && !s->nodes[pl->match[i]].is_dir &&
-                                  strcmp(s->nodes[pl->match[i]].path, pl->path[i]);
     }
-    for (uint32_t k = 0; k < s->n_nodes; k++)
-        max_depth = VD_MAX(max_depth, old_depth(s, k));
+    for (uint32_t k = 0; k < s->n_nodes; k++) {   /* parents come first */
+        entry_of[k] = -1;
+        depth_of[k] = k ? depth_of[s->nodes[k].parent] + 1 : 0;
+        max_depth = VD_MAX(max_depth, depth_of[k]);
+    }
+    for (uint32_t i = 0; i < pl->t->n; i++)
+        if (pl->match[i] >= 0)
+            entry_of[pl->match[i]] = i;
+    for (uint32_t i = 1; r == 0 && i < pl->t->n; i++)
+        if (pl->changed[i])
+            r = stage_contents(s, pl, &j, i);
     for (uint32_t d = max_depth; r == 0 && d >= 1; d--)
-        r = move_aside(s, pl, d);
-    for (uint32_t d = max_depth; r == 0 && d >= 1; d--)
-        r = remove_old(s, pl, d, moved);
+        r = move_aside(s, pl, &j, entry_of, depth_of, aside, d);
     if (r == 0)
-        r = put_in_place(s, pl);
-    free(moved);
+        r = put_in_place(s, pl, &j, aside);
+    if (r < 0) {
+        journal_undo(&j);
+    } else {
+        for (uint32_t i = 1; i < pl->t->n; i++)
+            if (pl->changed[i])
+                set_mtime(pl->path[i], &pl->t->e[i]);
+        r = remove_aside(s, pl, aside, entry_of);
+        *after = r < 0;
+    }
+    for (uint32_t i = 0; i < pl->t->n; i++)
+        pl->tmp[i] = NULL;           /* owned by the journal */
+    journal_free(&j);
+    for (uint32_t k = 0; k < s->n_nodes; k++)
+        free(aside[k]);
+    free(aside);
+    free(depth_of);
+    free(entry_of);
     return r;
 }
 
@@ -469,18 +643,11 @@ static int adopt_tree(struct vv_state *s, struct plan *pl)
     return 0;
 }
 
-/* Free a plan (and unlink temporary files left by a failed commit). */
+/* Free a plan. */
 static void plan_free(struct plan *pl)
 {
-    for (uint32_t i = 0; pl->t && i < pl->t->n; i++) {
-        if (pl->tmp && pl->tmp[i]) {
-            if (pl->changed[i])
-                unlink(pl->tmp[i]);
-            free(pl->tmp[i]);
-        }
-        if (pl->path)
-            free(pl->path[i]);
-    }
+    for (uint32_t i = 0; pl->t && pl->path && i < pl->t->n; i++)
+        free(pl->path[i]);
     free(pl->match);
     free(pl->old_kept);
     free(pl->changed);
@@ -489,23 +656,30 @@ static void plan_free(struct plan *pl)
     vv_tree_free(pl->t);
 }
 
-/* See vvfat.h. */
+/* See vvfat.h.  A failure before the host changed leaves the commit to be
+ * retried at the next flush; one in the last phase (an old object that
+ * could not be removed) is reported once, the guest's tree adopted. */
 int vv_commit(struct vv_state *s)
 {
     struct plan pl = { 0 };
-    int r;
+    bool after = false;
+    int r, late = 0;
 
     r = vv_parse_tree(&s->g, s->fat, s->root, read_whole, s, &pl.t);
     if (r == 0)
         r = make_plan(s, &pl);
-    if (r == 0)
-        r = apply_plan(s, &pl);
+    if (r == 0 && (r = apply_plan(s, &pl, &after)) < 0 && after) {
+        late = r;
+        r = 0;
+    }
     if (r == 0)
         r = adopt_tree(s, &pl);
     if (r == 0)
         s->dirty = false;
     s->commit_failed = r < 0;
     plan_free(&pl);
+    if (r == 0 && late < 0)
+        r = late;
     return r < 0 ? vd_error_prefix(r, "vvfat: cannot apply the guest's changes to '%s'",
                                    s->dir) : 0;
 }
