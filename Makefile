@@ -25,11 +25,11 @@ check: deps
 
 # Only the tests that run in the QEMU test guest (tests/functional/guest.py):
 # logical and disk pools against a libvirtd in the guest, the kernel's NBD
-# client.  They also run within check.
+# client, LUKS under dm-crypt.  They also run within check.
 check-vm: build
 	VDISK_BUILDDIR=$(abspath $(BUILD)) pytest-3 -q -rs -p no:cacheprovider \
 	    tests/functional/test_pool_logical.py tests/functional/test_pool_disk.py \
-	    tests/functional/test_nbd_kernel.py
+	    tests/functional/test_nbd_kernel.py tests/functional/test_luks_guest.py
 
 bench: deps
 	$(MAKE) build
