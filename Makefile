@@ -3,7 +3,7 @@
 PREFIX ?= /usr/local
 BUILD ?= build
 
-.PHONY: all build demo check bench install fuzz-smoke deps clean soak
+.PHONY: all build demo check check-vm bench install fuzz-smoke deps clean soak
 
 all: build
 
@@ -22,6 +22,14 @@ demo: deps
 
 check: deps
 	./scripts/check
+
+# Only the tests that run in the QEMU test guest (tests/functional/guest.py):
+# logical and disk pools against a libvirtd in the guest, the kernel's NBD
+# client, LUKS under dm-crypt.  They also run within check.
+check-vm: build
+	VDISK_BUILDDIR=$(abspath $(BUILD)) pytest-3 -q -rs -p no:cacheprovider \
+	    tests/functional/test_pool_logical.py tests/functional/test_pool_disk.py \
+	    tests/functional/test_nbd_kernel.py tests/functional/test_luks_guest.py
 
 bench: deps
 	$(MAKE) build

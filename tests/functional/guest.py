@@ -445,12 +445,17 @@ def sbin_program(name):
     """The path of an administration program (outside a user's PATH), or None."""
     return shutil.which(name) or next(
         (p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.path.exists(p)), None)
+# The logical and disk pool tests (pool_guest.py): device-mapper
+# snapshots and the zero target.
+GUEST_MODULES += ["dm_snapshot", "dm_zero"]
 
 
 def guest_programs():
     from nbd_helpers import VDISK_NBD
     progs = [VDISK_NBD, shutil.which("qemu-nbd")]
     progs += [sbin_program(n) for n in ("cryptsetup", "losetup", "dmsetup")]
+    from pool_guest import pool_guest_programs
+    progs += pool_guest_programs()
     return [p for p in progs if p and os.path.exists(p)]
 
 

@@ -88,4 +88,4 @@ def test_pool_capabilities_dir_and_fs_as_libvirt(pair):
         return out.split("<pool type='%s'" % t)[1].split("</pool>")[0]
     for t in ("dir", "fs", "netfs"):
         assert block(v[1], t) == block(l[1], t)
-    assert "<pool type='logical' supported='no'>" in v[1]
+    assert "<pool type='iscsi' supported='no'>" in v[1]

@@ -7,16 +7,18 @@
 
 #include "cli.h"
 
-/* Is d an fs pool (else a dir pool)? */
-static bool is_fs(const struct pool_def *d)
+/* The backend of d's type; NULL with the error recorded. */
+static const struct pool_backend *backend(const struct pool_def *d)
 {
-    return !strcmp(d->type, "fs");
+    return pool_backend_of(d->type);
 }
 
 /* The backend's build, start and stop for d's type. */
 static int be_build(struct pool_def *d, bool overwrite, bool no_overwrite)
 {
-    return is_fs(d) ? fs_build(d, overwrite, no_overwrite) : dir_build(d, overwrite, no_overwrite);
+    const struct pool_backend *b = backend(d);
+
+    return b ? b->build(d, overwrite, no_overwrite) : -1;
 }
 
 /* Is d a netfs pool (built as a dir pool, started by mounting)? */
@@ -27,22 +29,22 @@ static bool is_netfs(const struct pool_def *d)
 
 static int be_start(struct pool_def *d)
 {
-    return is_fs(d) ? fs_start(d) : is_netfs(d) ? netfs_start(d) : dir_start(d);
+    const struct pool_backend *b = backend(d);
+
+    return b ? b->start(d) : -1;
 }
 
 static int be_stop(struct pool_def *d)
 {
-    return is_fs(d) ? fs_stop(d) : is_netfs(d) ? netfs_stop(d) : dir_stop(d);
+    const struct pool_backend *b = backend(d);
+
+    return b ? b->stop(d) : -1;
 }
 
 /* Does the pool's type have a backend here? */
 static bool supported(const struct pool_def *d)
 {
-    if (!strcmp(d->type, "dir") || is_fs(d) || is_netfs(d))
-        return true;
-    pool_set_error("this function is not supported by the connection driver: "
-                   "storage pool type '%s' is not supported", d->type);
-    return false;
+    return backend(d) != NULL;
 }
 
 /* Connect and look the pool named by option "pool" up; NULL (printed). */
@@ -418,7 +420,7 @@ static int cmd_delete(struct cmd_ctx *c)
         pool_set_error("Requested operation is not valid: storage pool '%s' is still active",
                        o->def->name);
     else if (supported(o->def))
-        r = dir_delete(o->def);
+        r = backend(o->def)->delete_(o->def);
     return finish(o, r, "deleted", "delete");
 }
 
@@ -447,7 +449,8 @@ static int cmd_refresh(struct cmd_ctx *c)
 
     if (!o)
         return 1;
-    if (check_active(o, true) == 0 && dir_refresh(o->def) == 0) {
+    if (check_active(o, true) == 0 && supported(o->def) &&
+        backend(o->def)->refresh(o->def) == 0) {
         state_clear_vols(&c->conn, o->def->name);
         r = state_save_live(&c->conn, o->def);
     }
@@ -662,61 +665,75 @@ static int cmd_autostart_all(struct cmd_ctx *c)
     return rc;
 }
 
-/* <volOptions> of the file-based pool types. */
-static void print_vol_options(void)
+/* One <enum> of pool-capabilities. */
+static void print_enum(const char *name, const char *const *vals)
 {
-    static const char *const fmts[] = { "none", "raw", "dir", "bochs", "cloop", "dmg",
-                                        "iso", "vpc", "vdi", "fat", "vhd", "ploop", "cow",
-                                        "qcow", "qcow2", "qed", "vmdk", NULL };
-
-    printf("    <volOptions>\n      <defaultFormat type='raw'/>\n"
-           "      <enum name='targetFormatType'>\n");
-    for (int i = 0; fmts[i]; i++)
-        printf("        <value>%s</value>\n", fmts[i]);
-    printf("      </enum>\n    </volOptions>\n");
+    printf("      <enum name='%s'>\n", name);
+    for (int i = 0; vals[i]; i++)
+        printf("        <value>%s</value>\n", vals[i]);
+    printf("      </enum>\n");
 }
 
-/* <pool type=T supported='yes'> with its source formats and volume options. */
-static void print_fs_type(const char *type, const char *const *fmts)
+/* One <pool> of pool-capabilities, from its backend's table entry. */
+static void print_pool_caps(const struct pool_backend *b)
 {
-    printf("  <pool type='%s' supported='yes'>\n    <poolOptions>\n"
-           "      <defaultFormat type='auto'/>\n      <enum name='sourceFormatType'>\n", type);
-    for (int i = 0; fmts[i]; i++)
-        printf("        <value>%s</value>\n", fmts[i]);
-    printf("      </enum>\n    </poolOptions>\n");
-    print_vol_options();
+    printf("  <pool type='%s' supported='yes'>\n", b->type);
+    if (b->src_formats) {
+        printf("    <poolOptions>\n      <defaultFormat type='%s'/>\n",
+               b->src_default_format);
+        print_enum("sourceFormatType", b->src_formats);
+        printf("    </poolOptions>\n");
+    }
+    if (b->vol_formats) {
+        printf("    <volOptions>\n      <defaultFormat type='%s'/>\n",
+               b->vol_default_format);
+        print_enum("targetFormatType", b->vol_formats);
+        printf("    </volOptions>\n");
+    }
     printf("  </pool>\n");
 }
 
 static int cmd_capabilities(struct cmd_ctx *c)
 {
-    static const char *const fs_fmts[] = { "auto", "ext2", "ext3", "ext4", "ufs", "iso9660",
-                                           "udf", "gfs", "gfs2", "vfat", "hfs+", "xfs",
-                                           "ocfs2", "vmfs", NULL };
-    static const char *const netfs_fmts[] = { "auto", "nfs", "glusterfs", "cifs", NULL };
-    static const char *const others[] = { "logical", "disk", "iscsi",
-                                          "iscsi-direct", "scsi", "mpath", "rbd",
-                                          "sheepdog", "gluster", "zfs", "vstorage", NULL };
+    static const char *const types[] = { "dir", "fs", "netfs", "logical", "disk", "iscsi",
+                                         "iscsi-direct", "scsi", "mpath", "rbd",
+                                         "sheepdog", "gluster", "zfs", "vstorage", NULL };
 
-    printf("<storagepoolCapabilities>\n  <pool type='dir' supported='yes'>\n");
-    print_vol_options();
-    printf("  </pool>\n");
-    print_fs_type("fs", fs_fmts);
-    print_fs_type("netfs", netfs_fmts);
-    for (int i = 0; others[i]; i++)
-        printf("  <pool type='%s' supported='no'>\n  </pool>\n", others[i]);
+    printf("<storagepoolCapabilities>\n");
+    for (int i = 0; types[i]; i++) {
+        const struct pool_backend *b = NULL;
+        for (const struct pool_backend *p = pool_backends; p->type && !b; p++)
+            if (!strcmp(p->type, types[i]))
+                b = p;
+        if (b)
+            print_pool_caps(b);
+        else
+            printf("  <pool type='%s' supported='no'>\n  </pool>\n", types[i]);
+    }
     printf("</storagepoolCapabilities>\n");
     (void)c;
     return 0;
 }
 
-/* find-storage-pool-sources(-as): no pool type here discovers sources. */
+/* find-storage-pool-sources(-as): logical pools list the volume groups
+ * (libvirt's discovery through pvs); no other type here discovers. */
 static int cmd_find_sources(struct cmd_ctx *c)
 {
     const char *type = opt_str(c, "type");
+    char *x;
 
     if (ctx_connect(c, false) < 0)
         return 1;
+    if (!strcmp(type, "logical")) {
+        if (!(x = lvm_find_sources())) {
+            pool_err("Failed to find any %s pool sources", type);
+            pool_report();
+            return 1;
+        }
+        fputs(x, stdout);
+        free(x);
+        return 0;
+    }
     pool_err("Failed to find any %s pool sources", type);
     pool_err("this function is not supported by the connection driver: pool type '%s' "
              "does not support source discovery", type);

@@ -34,10 +34,29 @@ static struct pool_obj *active_pool(struct cmd_ctx *c, const char *opt)
     return o;
 }
 
+/* The backend of pool o's type (NULL with the error recorded). */
+static const struct pool_backend *be(const struct pool_obj *o)
+{
+    return pool_backend_of(o->def->type);
+}
+
+/* Is o a pool whose volumes are files (dir, fs, netfs)? */
+static bool file_pool(const struct pool_obj *o)
+{
+    return !strcmp(o->def->type, "dir") || !strcmp(o->def->type, "fs") ||
+           !strcmp(o->def->type, "netfs");
+}
+
 /* The volumes of pool o as libvirt shows them now. */
 static struct vol_def **list_vols(struct pool_conn *conn, struct pool_obj *o, size_t *n)
 {
-    struct vol_def **v = dir_vols(o->def, n);
+    const struct pool_backend *b = be(o);
+    struct vol_def **v;
+
+    *n = 0;
+    if (!b)
+        return NULL;
+    v = b->vols(o->def, n);
 
     state_apply_marks(conn, o->def->name, v, *n);
     secret_fill_vols(conn, v, *n);
@@ -116,7 +135,7 @@ static int check_new(struct pool_conn *conn, struct pool_obj *o, const char *nam
                        o->def->name);
         return -1;
     }
-    if (strchr(name, '/')) {
+    if (file_pool(o) && strchr(name, '/')) {
         pool_set_error("Requested operation is not valid: volume name '%s' cannot contain '/'",
                        name);
         return -1;
@@ -161,26 +180,48 @@ static uint64_t allocation_of(const char *path)
     return a;
 }
 
+/* Is fmt one of the backend's volume formats? */
+static bool format_of(const struct pool_backend *b, const char *fmt)
+{
+    for (int i = 0; b->vol_formats && b->vol_formats[i]; i++)
+        if (!strcmp(b->vol_formats[i], fmt))
+            return true;
+    return false;
+}
+
+/* After a change of a pool whose sizes its backend reads (lvm, parted):
+ * read them again, as libvirt's refresh after the change does. */
+static void resize_pool(struct pool_conn *conn, struct pool_obj *o)
+{
+    if (be(o)->refresh(o->def) == 0)
+        state_save_live(conn, o->def);
+}
+
 /* Create v in pool o (optionally from a source volume). */
 static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def *v,
                      bool meta, const struct vol_def *from)
 {
-    if (strcmp(o->def->type, "dir") && strcmp(o->def->type, "fs") &&
-        strcmp(o->def->type, "netfs")) {
+    const struct pool_backend *b = be(o);
+
+    if (!b || !b->vol_create) {
         pool_set_error("this function is not supported by the connection driver: "
                        "storage pool does not support volume creation");
         return -1;
     }
     if (check_new(conn, o, v->name, from != NULL) < 0)
         return -1;
-    if (v->format && !vol_format_known(v->format)) {
+    if (v->format && b->vol_formats && !format_of(b, v->format)) {
         pool_set_error("unsupported configuration: unknown volume format type %s",
                        v->format);
         return -1;
     }
     if (secret_prepare_vol(conn, v, from != NULL) < 0 ||
-        dir_vol_create(o->def, v, meta, from) < 0)
+        b->vol_create(o->def, v, meta, from) < 0)
         return -1;
+    if (!file_pool(o)) {
+        resize_pool(conn, o);
+        return 0;
+    }
     if (state_mark_vol(conn, o->def->name, v) < 0) {
         dir_vol_delete(v);
         return -1;
@@ -251,6 +292,7 @@ static int cmd_create_as(struct cmd_ctx *c)
     }
     if (!given)
         v->allocation = v->capacity;
+    v->has_allocation = given;
     if (opt_str(c, "format"))
         v->format = xstrdup(opt_str(c, "format"));
     if (set_backing(c, o, v) < 0) {
@@ -382,8 +424,14 @@ static int simple_op(struct cmd_ctx *c, int (*op)(struct cmd_ctx *, struct vol_r
 
 static int do_delete(struct cmd_ctx *c, struct vol_ref *r)
 {
-    if (dir_vol_delete(r->vol) < 0)
+    const struct pool_backend *b = be(r->pool);
+
+    if (!b || b->vol_delete(r->pool->def, r->vol) < 0)
         return -1;
+    if (!file_pool(r->pool)) {
+        resize_pool(&c->conn, r->pool);
+        return 0;
+    }
     account(&c->conn, r->pool, r->vol->allocation, -1);
     state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     return 0;
@@ -398,7 +446,9 @@ static int do_wipe(struct cmd_ctx *c, struct vol_ref *r)
 {
     const char *alg = opt_str(c, "algorithm");
 
-    return dir_vol_wipe(r->vol, alg ? alg : "zero");
+    const struct pool_backend *b = be(r->pool);
+
+    return b ? b->vol_wipe(r->vol, alg ? alg : "zero") : -1;
 }
 
 /* Algorithms of vol-wipe, as virsh lists them. */
@@ -561,7 +611,8 @@ static int cmd_upload(struct cmd_ctx *c)
         ref_free(&r);
         return 1;
     }
-    rc = dir_vol_upload(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = be(r.pool)->vol_upload(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len,
+                                opt_bool(c, "sparse"));
     if (rc == -3) {
         pool_err("cannot send data to volume %s", r.vol->name);
         pool_report();
@@ -581,7 +632,8 @@ static int cmd_download(struct cmd_ctx *c)
 
     if (off_len(c, &off, &len) < 0 || get_vol(c, "vol", &r, false) < 0)
         return 1;
-    rc = dir_vol_download(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len, opt_bool(c, "sparse"));
+    rc = be(r.pool)->vol_download(r.vol, pool_stream ? NULL : opt_str(c, "file"), off, len,
+                                  opt_bool(c, "sparse"));
     if (rc == -1) {
         pool_err("cannot download from volume %s", r.vol->name);
         pool_report();
@@ -634,10 +686,25 @@ static int cmd_resize(struct cmd_ctx *c)
     }
     if (s[0] == '-')
         s++;
-    rc = secret_prepare_vol(&c->conn, r.vol, false);
-    if (rc == 0)
-        rc = dir_vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
-                            opt_bool(c, "shrink"));
+    if (!file_pool(r.pool) && cap < r.vol->allocation) {
+        pool_set_error("invalid argument: can't shrink capacity below existing allocation");
+        rc = -1;
+    } else if (!file_pool(r.pool) && cap < r.vol->capacity && !opt_bool(c, "shrink")) {
+        pool_set_error("invalid argument: Can't shrink capacity below current capacity "
+                       "unless shrink flag explicitly specified");
+        rc = -1;
+    } else if (!be(r.pool)->vol_resize) {
+        pool_set_error("this function is not supported by the connection driver: "
+                       "storage pool does not support changing of volume capacity");
+        rc = -1;
+    } else {
+        rc = secret_prepare_vol(&c->conn, r.vol, false);
+        if (rc == 0)
+            rc = be(r.pool)->vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
+                                        opt_bool(c, "shrink"));
+        if (rc == 0 && !file_pool(r.pool))
+            resize_pool(&c->conn, r.pool);
+    }
     if (rc == 0)
         printf("Size of volume '%s' successfully changed %s %s\n", r.vol->name,
                delta ? "by" : "to", s);

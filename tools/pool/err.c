@@ -34,6 +34,11 @@ void pool_set_error(const char *fmt, ...)
     va_end(ap);
 }
 
+const char *pool_error_text(void)
+{
+    return err_detail;
+}
+
 void pool_report(void)
 {
     if (err_detail[0])

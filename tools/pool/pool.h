@@ -27,6 +27,13 @@ struct pool_def {
     char *target_path;
     struct pool_perms perms;
     char *src_device, *src_dir, *src_host, *src_name, *src_format;
+    char **src_devs;               /* every <device path>; src_device is the first */
+    size_t n_src_devs;
+    /* free extents of the first device (live disk pools), end exclusive */
+    struct pool_extent {
+        uint64_t start, end;
+    } *free_ext;
+    size_t n_free_ext;
     char *src_proto_ver;           /* netfs <protocol ver=> (nfsvers) */
     uint64_t capacity, allocation, available;
 };
@@ -53,6 +60,13 @@ struct vol_def {
     bool lazy_refcounts, extended_l2;
     char *compat;
     uint64_t cluster_size;         /* probed qcow2 only; 0: not shown */
+    /* <source> extents of block volumes (LVs, partitions): byte ranges
+     * of devices, end exclusive */
+    struct vol_extent {
+        char *dev;
+        uint64_t start, end;
+    } *extents;
+    size_t n_extents;
     char *enc_format;              /* <encryption format=...>, NULL if none */
     char *enc_secret;              /* its passphrase secret's uuid, or NULL */
     bool enc_secret_bad;           /* not one <secret type='passphrase'/> */
@@ -90,6 +104,8 @@ extern const char *pool_stream_file;
 void pool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Record the detailed (second) error line for the current failure. */
 void pool_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The recorded detail ("" when none). */
+const char *pool_error_text(void);
 /* Print the recorded detail as "error: <detail>" (if any) and clear it. */
 void pool_report(void);
 /* Out of memory: print and exit 1. */
@@ -201,5 +217,74 @@ int netfs_stop(struct pool_def *d);
 
 /* Is fmt a volume format libvirt knows for file pools? */
 bool vol_format_known(const char *fmt);
+/* Is fmt a volume format of any pool type (file formats, partition types)? */
+bool vol_format_any(const char *fmt);
+
+/* ---- the pool types (backend.c): one table entry per type ---- */
+struct pool_backend {
+    const char *type;
+    int (*build)(struct pool_def *d, bool overwrite, bool no_overwrite);
+    int (*start)(struct pool_def *d);
+    int (*stop)(struct pool_def *d);
+    int (*delete_)(struct pool_def *d);
+    int (*refresh)(struct pool_def *d);
+    /* The volumes of the active pool, sorted as libvirt lists them. */
+    struct vol_def **(*vols)(const struct pool_def *d, size_t *n);
+    int (*vol_create)(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                      const struct vol_def *from);
+    int (*vol_delete)(const struct pool_def *d, const struct vol_def *v);
+    int (*vol_resize)(const struct pool_def *d, struct vol_def *v, uint64_t cap,
+                      bool allocate, bool shrink);
+    int (*vol_wipe)(const struct vol_def *v, const char *algorithm);
+    int (*vol_upload)(const struct vol_def *v, const char *file, uint64_t off,
+                      uint64_t len, bool sparse);
+    int (*vol_download)(const struct vol_def *v, const char *file, uint64_t off,
+                        uint64_t len, bool sparse);
+    /* Volume formats (NULL-ended) and the default; NULL: no <format>. */
+    const char *const *vol_formats;
+    const char *vol_default_format;
+    /* Source formats of pool-capabilities' <poolOptions> (NULL: none). */
+    const char *const *src_formats;
+    const char *src_default_format;
+};
+
+/* The backend of pool type type; NULL with libvirt's error recorded. */
+const struct pool_backend *pool_backend_of(const char *type);
+/* Every backend, ended by a NULL type. */
+extern const struct pool_backend pool_backends[];
+/* Run argv (argv[0] looked up in PATH); its stdout (up to 1 MiB, NUL
+ * ended, malloc'd) into *out if out is given.  Returns the exit status,
+ * -1 when it could not run; on a nonzero status the error is recorded as
+ * libvirt words a failed child process. */
+int pool_run(char *const argv[], char **out);
+
+/* ---- logical backend (logical.c): LVM volume groups ---- */
+int lvm_build(struct pool_def *d, bool overwrite, bool no_overwrite);
+int lvm_start(struct pool_def *d);
+int lvm_stop(struct pool_def *d);
+int lvm_delete(struct pool_def *d);
+int lvm_refresh(struct pool_def *d);
+struct vol_def **lvm_vols(const struct pool_def *d, size_t *n);
+int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                   const struct vol_def *from);
+int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v);
+/* find-storage-pool-sources for logical: the <sources> XML (malloc'd). */
+char *lvm_find_sources(void);
+
+/* ---- disk backend (disk.c): partition tables through parted ---- */
+int disk_build(struct pool_def *d, bool overwrite, bool no_overwrite);
+int disk_start(struct pool_def *d);
+int disk_stop(struct pool_def *d);
+int disk_delete(struct pool_def *d);
+int disk_refresh(struct pool_def *d);
+struct vol_def **disk_vols(const struct pool_def *d, size_t *n);
+int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                    const struct vol_def *from);
+int disk_vol_delete(const struct pool_def *d, const struct vol_def *v);
+
+/* Append an extent (dev, start, end) to v's <source>. */
+void vol_add_extent(struct vol_def *v, const char *dev, uint64_t start, uint64_t end);
+/* Fill a block volume's permissions and timestamps from its node. */
+void vol_stat_block(struct vol_def *v);
 
 #endif

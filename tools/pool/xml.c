@@ -23,6 +23,12 @@ static const char *const pool_types[] = {
     "mpath", "rbd", "sheepdog", "gluster", "zfs", "vstorage", NULL,
 };
 
+/* Partition types of disk pools' volumes, in libvirt's order. */
+static const char *const part_formats[] = {
+    "none", "linux", "fat16", "fat32", "linux-swap", "linux-lvm", "linux-raid",
+    "extended", NULL,
+};
+
 /* Volume formats of file-based pools, in libvirt's order. */
 static const char *const vol_formats[] = {
     "none", "raw", "dir", "bochs", "cloop", "dmg", "iso", "vpc", "vdi",
@@ -41,6 +47,11 @@ static bool in_list(const char *const *list, const char *s)
 bool vol_format_known(const char *fmt)
 {
     return in_list(vol_formats, fmt);
+}
+
+bool vol_format_any(const char *fmt)
+{
+    return in_list(vol_formats, fmt) || in_list(part_formats, fmt);
 }
 
 char *pool_read_file(const char *path, size_t *len)
@@ -264,6 +275,72 @@ static void clean_path(char *p)
 }
 
 /* <source> of a pool. */
+/* An unsigned number attribute; -1 if absent or malformed. */
+static int attr_u64(xmlNodePtr n, const char *name, uint64_t *out)
+{
+    char *s = attr(n, name), *end;
+    int r = -1;
+
+    if (s && s[0] >= '0' && s[0] <= '9') {
+        errno = 0;
+        *out = strtoull(s, &end, 10);
+        r = errno || *end ? -1 : 0;
+    }
+    free(s);
+    return r;
+}
+
+/* The <freeExtent start end/> children of a device (a live disk pool's
+ * state); malformed or inverted ones are left out. */
+static void parse_free_extents(xmlNodePtr dev, struct pool_def *d)
+{
+    for (xmlNodePtr c = dev ? dev->children : NULL; c; c = c->next) {
+        uint64_t s, e;
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "freeExtent") ||
+            attr_u64(c, "start", &s) < 0 || attr_u64(c, "end", &e) < 0 || e < s ||
+            d->n_free_ext >= 4096)
+            continue;
+        d->free_ext = realloc(d->free_ext, (d->n_free_ext + 1) * sizeof(*d->free_ext));
+        if (!d->free_ext)
+            pool_oom();
+        d->free_ext[d->n_free_ext].start = s;
+        d->free_ext[d->n_free_ext].end = e;
+        d->n_free_ext++;
+    }
+}
+
+/* Every <device path='...'/> of a pool source. */
+static void parse_devices(xmlNodePtr s, struct pool_def *d)
+{
+    for (xmlNodePtr c = s ? s->children : NULL; c; c = c->next) {
+        char *p;
+        if (c->type != XML_ELEMENT_NODE || strcmp((const char *)c->name, "device") ||
+            !(p = attr(c, "path")))
+            continue;
+        d->src_devs = realloc(d->src_devs, (d->n_src_devs + 1) * sizeof(*d->src_devs));
+        if (!d->src_devs)
+            pool_oom();
+        d->src_devs[d->n_src_devs++] = p;
+    }
+    if (d->n_src_devs)
+        d->src_device = xstrdup(d->src_devs[0]);
+    parse_free_extents(child(s, "device"), d);
+}
+
+/* The defaults libvirt fills in: a logical pool's source name is the
+ * pool's name and its format lvm2; a disk pool's format is unknown. */
+static void source_defaults(struct pool_def *d)
+{
+    if (!strcmp(d->type, "logical")) {
+        if (!d->src_name)
+            d->src_name = xstrdup(d->name);
+        if (!d->src_format)
+            d->src_format = xstrdup("lvm2");
+    } else if (!strcmp(d->type, "disk") && !d->src_format) {
+        d->src_format = xstrdup("unknown");
+    }
+}
+
 /* The checks libvirt makes of a netfs pool's source. */
 static int parse_netfs_source(xmlNodePtr s, struct pool_def *d)
 {
@@ -300,12 +377,12 @@ static int parse_netfs_source(xmlNodePtr s, struct pool_def *d)
 
 static int parse_source(xmlNodePtr s, struct pool_def *d)
 {
-    d->src_device = attr(child(s, "device"), "path");
+    parse_devices(s, d);
     d->src_dir = attr(child(s, "dir"), "path");
     d->src_host = attr(child(s, "host"), "name");
     d->src_name = text(child(s, "name"));
     d->src_format = attr(child(s, "format"), "type");
-    if (!strcmp(d->type, "fs") && !d->src_device) {
+    if ((!strcmp(d->type, "fs") || !strcmp(d->type, "disk")) && !d->src_device) {
         pool_set_error("XML error: missing storage pool source device name");
         return -1;
     }
@@ -383,8 +460,13 @@ static int parse_pool(xmlNodePtr r, struct pool_def *d)
     }
     if (parse_ident(r, d) < 0 || parse_source(child(r, "source"), d) < 0)
         return -1;
+    source_defaults(d);
     t = child(r, "target");
     d->target_path = text(child(t, "path"));
+    if ((!d->target_path || !*d->target_path) && !strcmp(d->type, "logical")) {
+        free(d->target_path);
+        d->target_path = xasprintf("/dev/%s", d->src_name);
+    }
     if (!d->target_path || !*d->target_path) {
         pool_set_error("XML error: missing storage pool target path");
         return -1;
@@ -435,6 +517,10 @@ void pool_def_free(struct pool_def *d)
     free(d->target_path);
     free(d->perms.label);
     free(d->src_device);
+    for (size_t i = 0; i < d->n_src_devs; i++)
+        free(d->src_devs[i]);
+    free(d->src_devs);
+    free(d->free_ext);
     free(d->src_dir);
     free(d->src_host);
     free(d->src_name);
@@ -461,6 +547,16 @@ struct pool_def *pool_def_copy(const struct pool_def *s)
     d->target_path = dupn(s->target_path);
     d->perms.label = dupn(s->perms.label);
     d->src_device = dupn(s->src_device);
+    d->src_devs = NULL;
+    if (s->n_src_devs && !(d->src_devs = malloc(s->n_src_devs * sizeof(*d->src_devs))))
+        pool_oom();
+    for (size_t i = 0; i < s->n_src_devs; i++)
+        d->src_devs[i] = xstrdup(s->src_devs[i]);
+    d->free_ext = NULL;
+    if (s->n_free_ext && !(d->free_ext = malloc(s->n_free_ext * sizeof(*d->free_ext))))
+        pool_oom();
+    if (s->n_free_ext)
+        memcpy(d->free_ext, s->free_ext, s->n_free_ext * sizeof(*d->free_ext));
     d->src_dir = dupn(s->src_dir);
     d->src_host = dupn(s->src_host);
     d->src_name = dupn(s->src_name);
@@ -511,6 +607,15 @@ static void put_attr_elem(struct vd_buf *b, int indent, const char *tag,
     vd_buf_adds(b, "'/>\n");
 }
 
+/* <tag attr='escaped'> at indent (an element with children). */
+static void put_attr_elem_open(struct vd_buf *b, int indent, const char *tag,
+                               const char *an, const char *val)
+{
+    vd_buf_printf(b, "%*s<%s %s='", indent, "", tag, an);
+    put_esc(b, val);
+    vd_buf_adds(b, "'>\n");
+}
+
 /* <permissions> with the fields that are set. */
 static void put_perms(struct vd_buf *b, int indent, const struct pool_perms *p)
 {
@@ -536,8 +641,17 @@ static void put_source(struct vd_buf *b, const struct pool_def *d)
     vd_buf_adds(b, "  <source>\n");
     if (d->src_host)
         put_attr_elem(b, 4, "host", "name", d->src_host);
-    if (d->src_device)
-        put_attr_elem(b, 4, "device", "path", d->src_device);
+    for (size_t i = 0; i < d->n_src_devs; i++) {
+        if (i || !d->n_free_ext) {
+            put_attr_elem(b, 4, "device", "path", d->src_devs[i]);
+            continue;
+        }
+        put_attr_elem_open(b, 4, "device", "path", d->src_devs[i]);
+        for (size_t j = 0; j < d->n_free_ext; j++)
+            vd_buf_printf(b, "      <freeExtent start='%" PRIu64 "' end='%" PRIu64 "'/>\n",
+                          d->free_ext[j].start, d->free_ext[j].end);
+        vd_buf_adds(b, "    </device>\n");
+    }
     if (d->src_dir)
         put_attr_elem(b, 4, "dir", "path", d->src_dir);
     if (d->src_name)
@@ -706,7 +820,7 @@ static int parse_vol_target(xmlNodePtr t, struct vol_def *v)
     xmlNodePtr f = child(t, "features");
 
     v->format = attr(child(t, "format"), "type");
-    if (v->format && !vol_format_known(v->format)) {
+    if (v->format && !vol_format_any(v->format)) {
         pool_set_error("unsupported configuration: unknown volume format type %s", v->format);
         return -1;
     }
@@ -770,6 +884,9 @@ void vol_def_free(struct vol_def *v)
     free(v->backing_format);
     free(v->backing_perms.label);
     free(v->compat);
+    for (size_t i = 0; i < v->n_extents; i++)
+        free(v->extents[i].dev);
+    free(v->extents);
     free(v->enc_format);
     free(v->enc_secret);
     for (int i = 0; i < 4; i++)
@@ -814,6 +931,26 @@ static void put_backing(struct vd_buf *b, const struct vol_def *v)
     vd_buf_adds(b, "  </backingStore>\n");
 }
 
+/* <source> of a block volume: its extents, grouped by device. */
+static void put_extents(struct vd_buf *b, const struct vol_def *v)
+{
+    const char *dev = NULL;
+
+    vd_buf_adds(b, "  <source>\n");
+    for (size_t i = 0; i < v->n_extents; i++) {
+        const struct vol_extent *e = &v->extents[i];
+        if (!dev || strcmp(dev, e->dev)) {
+            if (dev)
+                vd_buf_adds(b, "    </device>\n");
+            dev = e->dev;
+            put_attr_elem_open(b, 4, "device", "path", dev);
+        }
+        vd_buf_printf(b, "      <extent start='%" PRIu64 "' end='%" PRIu64 "'/>\n",
+                      e->start, e->end);
+    }
+    vd_buf_adds(b, "    </device>\n  </source>\n");
+}
+
 /* <cipher/> and <ivgen/> with the attributes given. */
 static void put_cipher(struct vd_buf *b, const struct vol_def *v)
 {
@@ -843,6 +980,8 @@ char *vol_def_format(const struct vol_def *v)
     vd_buf_printf(&b, "<volume type='%s'>\n", v->type);
     put_elem(&b, 2, "name", v->name);
     put_elem(&b, 2, "key", v->key);
+    if (v->n_extents)
+        put_extents(&b, v);
     vd_buf_printf(&b, "  <capacity unit='bytes'>%" PRIu64 "</capacity>\n", v->capacity);
     vd_buf_printf(&b, "  <allocation unit='bytes'>%" PRIu64 "</allocation>\n", v->allocation);
     if (strcmp(v->type, "dir"))
