@@ -46,10 +46,6 @@
 #include "sparse.h"
 
 #define COPY_DEFAULT_WORKERS 8
-/* A copy between local files needs no requests in flight to hide latency:
- * its cost is the kernel's page-cache copies, which more threads than
- * cores only spread over colder caches (measured in bench/run W5, W14). */
-#define COPY_LOCAL_MIN_WORKERS 2
 #define COPY_MAX_WORKERS 64
 #define COPY_DEFAULT_CHUNK (1u << 20)
 #define COPY_COMPRESS_CHUNK (256u << 10)
@@ -914,37 +910,11 @@ static int online_cpus(void)
     return (int)VD_MAX(1, VD_MIN(n, COPY_MAX_WORKERS));
 }
 
-/* Do n and every node under it (protocol child, backing chain) stay on
- * this machine's files and devices? */
-static bool node_local(const vd_node *n, int depth)
-{
-    if (depth > 64)
-        return false;
-    if (n->drv->kind == VD_DRV_PROTOCOL)
-        return !strcmp(n->drv->name, "file") || !strcmp(n->drv->name, "host_device");
-    if (!n->file)               /* a driver with children of its own */
-        return false;
-    return node_local(n->file, depth + 1) && (!n->backing || node_local(n->backing, depth + 1));
-}
-
-/* Workers when -m is not given: one per core (at least two) for local
- * copies, else enough requests in flight for network latency. */
-static int default_workers(const struct vd_copy_params *p)
-{
-    bool local = node_local(p->dst, 0);
-
-    for (size_t i = 0; local && i < p->nsrc; i++)
-        local = node_local(p->src[i], 0);
-    if (!local)
-        return COPY_DEFAULT_WORKERS;
-    return VD_MIN(VD_MAX(online_cpus(), COPY_LOCAL_MIN_WORKERS), COPY_DEFAULT_WORKERS);
-}
-
 /* Number of workers and bytes per job from the parameters. */
 static void choose_sizes(struct copy_state *st, int *nworkers)
 {
     const struct vd_copy_params *p = st->p;
-    int w = p->workers > 0 ? p->workers : default_workers(p);
+    int w = p->workers > 0 ? p->workers : COPY_DEFAULT_WORKERS;
     uint64_t chunk = p->chunk ? p->chunk : COPY_DEFAULT_CHUNK;
 
     w = VD_MIN(w, COPY_MAX_WORKERS);

@@ -535,7 +535,7 @@ static void convert_cleanup(struct convert_ctx *cx)
 /* vdisk-img convert [options] filename [filename2 [...]] output_filename */
 int img_convert(int argc, char **argv)
 {
-    struct convert_args ca = { .min_sparse = 4096, .cache = "unsafe" };
+    struct convert_args ca = { .workers = 8, .min_sparse = 4096, .cache = "unsafe" };
     struct convert_ctx cx = { .ca = &ca };
     int ret = 1;
 
