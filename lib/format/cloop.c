@@ -182,22 +182,17 @@ static int load_offsets(vd_node *n, uint64_t table_off)
 {
     struct cloop_state *s = n->state;
     uint64_t bytes = ((uint64_t)s->n_blocks + 1) * 8;
-    uint8_t *raw;
     int r;
 
     if ((r = vd_untrusted_table_check(n, bytes, "cloop offsets table")) < 0)
         return r;
-    raw = malloc(bytes);
     s->offsets = malloc(bytes);
     s->lens = vd_calloc_array(s->n_blocks, sizeof(*s->lens));
-    if (!raw || !s->offsets || !s->lens) {
-        free(raw);
+    if (!s->offsets || !s->lens)
         return vd_error(ENOMEM, "Could not allocate offsets table");
-    }
-    r = vd_pread(n->file, table_off, bytes, raw, 0);
-    for (uint64_t i = 0; r >= 0 && i <= s->n_blocks; i++)
-        s->offsets[i] = be64_get(raw + 8 * i);
-    free(raw);
+    r = vd_pread(n->file, table_off, bytes, s->offsets, 0);
+    for (uint64_t i = 0; r >= 0 && i <= s->n_blocks; i++)   /* in place */
+        s->offsets[i] = be64_get((const uint8_t *)&s->offsets[i]);
     return r < 0 ? vd_error_prefix(r, "cloop: cannot read the offsets table") : 0;
 }
 

@@ -472,57 +472,96 @@ static uint32_t find_chunk(const struct dmg_state *s, uint64_t sector)
     return DMG_NO_CHUNK;
 }
 
-/* Inflate a zlib stream into exactly out_len bytes. */
-static bool inflate_exact(const uint8_t *in, uint64_t in_len, uint8_t *out, uint64_t out_len)
-{
-    z_stream z = { 0 };
-    int zr;
+/* Compressed bytes read at a time: a chunk's input is streamed through
+ * the decoder, so each reader holds this much, not the whole chunk. */
+#define DMG_IN_WINDOW (64u << 10)
 
-    if (inflateInit(&z) != Z_OK)
+/* One zlib or bzip2 stream fed in pieces into a fixed output. */
+struct dmg_decoder {
+    bool bz;
+    z_stream z;
+    bz_stream b;
+};
+
+static bool decoder_init(struct dmg_decoder *d, bool bz, uint8_t *out, uint64_t out_len)
+{
+    memset(d, 0, sizeof(*d));
+    d->bz = bz;
+    if (out_len > UINT32_MAX)
         return false;
-    z.next_in = (Bytef *)in;
-    z.avail_in = (uInt)in_len;
-    z.next_out = out;
-    z.avail_out = (uInt)out_len;
-    zr = inflate(&z, Z_FINISH);
-    inflateEnd(&z);
-    return zr == Z_STREAM_END && z.total_out == out_len;
+    if (bz) {
+        if (BZ2_bzDecompressInit(&d->b, 0, 0) != BZ_OK)
+            return false;
+        d->b.next_out = (char *)out;
+        d->b.avail_out = (unsigned)out_len;
+        return true;
+    }
+    if (inflateInit(&d->z) != Z_OK)
+        return false;
+    d->z.next_out = out;
+    d->z.avail_out = (uInt)out_len;
+    return true;
 }
 
-/* Decompress a bzip2 stream into exactly out_len bytes. */
-static bool bunzip_exact(const uint8_t *in, uint64_t in_len, uint8_t *out, uint64_t out_len)
+/* Feed len bytes: 1 at the end of the stream, 0 for more, -1 on bad
+ * data or output that does not fit. */
+static int decoder_feed(struct dmg_decoder *d, const uint8_t *in, size_t len)
 {
-    bz_stream z = { 0 };
-    int br;
+    if (d->bz) {
+        d->b.next_in = (char *)in;
+        d->b.avail_in = (unsigned)len;
+        int br = BZ2_bzDecompress(&d->b);
+        if (br == BZ_STREAM_END)
+            return 1;
+        return br == BZ_OK && (d->b.avail_out || !d->b.avail_in) ? 0 : -1;
+    }
+    d->z.next_in = (Bytef *)in;
+    d->z.avail_in = (uInt)len;
+    int zr = inflate(&d->z, Z_NO_FLUSH);
+    if (zr == Z_STREAM_END)
+        return 1;
+    return zr == Z_OK && (d->z.avail_out || !d->z.avail_in) ? 0 : -1;
+}
 
-    if (BZ2_bzDecompressInit(&z, 0, 0) != BZ_OK)
-        return false;
-    z.next_in = (char *)in;
-    z.avail_in = (unsigned)in_len;
-    z.next_out = (char *)out;
-    z.avail_out = (unsigned)out_len;
-    br = BZ2_bzDecompress(&z);
-    BZ2_bzDecompressEnd(&z);
-    return br == BZ_STREAM_END && z.avail_out == 0;
+/* Has the stream filled its output exactly?  Frees the decoder. */
+static bool decoder_end(struct dmg_decoder *d)
+{
+    bool full = d->bz ? d->b.avail_out == 0 : d->z.avail_out == 0;
+
+    if (d->bz)
+        BZ2_bzDecompressEnd(&d->b);
+    else
+        inflateEnd(&d->z);
+    return full;
 }
 
 /* Read and decompress chunk c into out (c->count sectors). */
 static int load_chunk(vd_node *n, const struct dmg_chunk *c, uint8_t *out)
 {
-    uint8_t *in = malloc(c->length ? c->length : 1);
-    uint64_t out_len = c->count * DMG_SECTOR;
+    uint64_t out_len = c->count * DMG_SECTOR, pos = 0;
+    size_t win = (size_t)VD_MIN(c->length, (uint64_t)DMG_IN_WINDOW);
+    uint8_t *in = malloc(win ? win : 1);
+    struct dmg_decoder d;
+    int r = 0, st = 0;
     bool ok;
-    int r;
 
     if (!in)
-        return vd_error(ENOMEM, "dmg: cannot allocate %" PRIu64 " bytes", c->length);
-    if ((r = vd_pread(n->file, c->offset, c->length, in, 0)) < 0) {
+        return vd_error(ENOMEM, "dmg: cannot allocate %zu bytes", win);
+    if (!decoder_init(&d, c->type == DMG_BZIP2, out, out_len)) {
         free(in);
-        return r;
+        return vd_error(ENOMEM, "dmg: cannot start a decompressor");
     }
-    ok = c->type == DMG_ZLIB ? inflate_exact(in, c->length, out, out_len)
-                             : bunzip_exact(in, c->length, out, out_len);
+    while (st == 0 && pos < c->length) {
+        size_t l = (size_t)VD_MIN(c->length - pos, (uint64_t)win);
+        if ((r = vd_pread(n->file, c->offset + pos, l, in, 0)) < 0)
+            break;
+        pos += l;
+        st = decoder_feed(&d, in, l);
+    }
+    ok = decoder_end(&d) && st == 1;
     free(in);
+    if (r < 0)
+        return r;
     if (!ok)
         return vd_error(EIO, "dmg: the %s chunk at sector %" PRIu64 " (%" PRIu64 " bytes at %"
                         PRIu64 ") does not decompress to %" PRIu64 " bytes",
