@@ -31,6 +31,17 @@ def qimg(*args, **kw):
     return run([QEMU_IMG] + [str(a) for a in args], **kw)
 
 
+def qimg_retry(*args):
+    """qemu-img 7.2 fails some LUKS creates and measures with 'Unable to
+    get accurate CPU usage' (its PBKDF2 timing), with sha1 several times
+    in a row: retry that error only."""
+    for _ in range(12):
+        p = qimg(*args)
+        if "Unable to get accurate CPU usage" not in p.stderr:
+            return p
+    return p
+
+
 def same_output(vout, qout):
     """vdisk-img prints its own name where qemu-img prints 'qemu-img'."""
     return vout == qout.replace("qemu-img", "vdisk-img")
