@@ -140,8 +140,8 @@ static void child_error(const char *prog, char *const argv[], int status, char *
                    status, elen ? ": " : "", err);
 }
 
-/* The full path of prog in $PATH (malloc'd); prog itself if not found. */
-static char *which(const char *prog)
+/* See pool.h. */
+char *pool_find_program(const char *prog)
 {
     const char *path = getenv("PATH");
     char *copy, *save = NULL, *hit = NULL;
@@ -157,6 +157,14 @@ static char *which(const char *prog)
             free(p);
     }
     free(copy);
+    return hit;
+}
+
+/* The full path of prog in $PATH (malloc'd); prog itself if not found. */
+static char *which(const char *prog)
+{
+    char *hit = pool_find_program(prog);
+
     return hit ? hit : xstrdup(prog);
 }
 

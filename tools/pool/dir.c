@@ -443,27 +443,10 @@ static int overwrite(int fd, uint64_t len, bool rnd)
     return r;
 }
 
-/* The full path of program prog in $PATH (malloc'd), or NULL. */
-static char *find_in_path(const char *prog)
-{
-    const char *path = getenv("PATH");
-    char *copy = xstrdup(path ? path : "/usr/bin:/bin"), *save = NULL, *hit = NULL;
-
-    for (char *d = strtok_r(copy, ":", &save); d && !hit; d = strtok_r(NULL, ":", &save)) {
-        char *p = xasprintf("%s/%s", d, prog);
-        if (access(p, X_OK) == 0)
-            hit = p;
-        else
-            free(p);
-    }
-    free(copy);
-    return hit;
-}
-
 /* The pattern algorithms: scrub(1) does them, as for libvirt. */
 static int wipe_scrub(const struct vol_def *v, const char *alg)
 {
-    char *scrub = find_in_path("scrub");
+    char *scrub = pool_find_program("scrub");
     int status = -1;
     pid_t pid;
 

@@ -104,6 +104,9 @@ extern const char *pool_stream_file;
 void pool_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Record the detailed (second) error line for the current failure. */
 void pool_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The full path of program prog in $PATH (malloc'd; prog itself when it
+ * names a path), or NULL when no directory of $PATH has it. */
+char *pool_find_program(const char *prog);
 /* The recorded detail ("" when none). */
 const char *pool_error_text(void);
 /* Print the recorded detail as "error: <detail>" (if any) and clear it. */
