@@ -6,8 +6,12 @@
  * writes (2 bytes little-endian sector number modulo 2880, then up to 512
  * bytes laid over that sector), then a flush commits them to the
  * directory: the guest's FAT and directories parsed and mapped to file
- * changes.  The directory is made afresh for every input.  Nothing is
- * printed (the driver's warnings go to a closed stderr). */
+ * changes.  The directory is made afresh for every input.  With bit 1
+ * of the first byte set, a journal file (2 bytes little-endian length,
+ * then its bytes) is planted in the directory first, beside an object
+ * under a commit's temporary name, as a killed commit leaves them: the
+ * open recovers it (journal.c).  Nothing is printed (the driver's
+ * warnings go to a closed stderr). */
 #include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
@@ -61,6 +65,22 @@ static void make_dir(char *dir, size_t room)
     put_file(p, 0, 0);
 }
 
+/* What a killed commit leaves: the journal (its bytes given) and an
+ * object moved aside. */
+static void plant_journal(const char *dir, const uint8_t *j, size_t len)
+{
+    char p[512];
+    FILE *f;
+
+    snprintf(p, sizeof(p), "%s/.vdisk-vvfat-mv-1-1", dir);
+    put_file(p, 10, 'm');
+    snprintf(p, sizeof(p), "%s/.vdisk-vvfat-journal", dir);
+    if ((f = fopen(p, "wb"))) {
+        fwrite(j, 1, len, f);
+        fclose(f);
+    }
+}
+
 /* Remove the scratch directory at exit. */
 static void cleanup(void)
 {
@@ -86,6 +106,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     make_dir(dir, sizeof(dir));
     snprintf(name, sizeof(name), "fat:%s:%s", data[0] & 1 ? "rw:32" : "floppy:rw:12", dir);
+    if (data[0] & 2 && size >= 3) {
+        size_t l = (size_t)(data[1] | data[2] << 8);
+        l = l < size - 3 ? l : size - 3;
+        plant_journal(dir, data + 3, l);
+        data += 2 + l;
+        size -= 2 + l;
+    }
     data++;
     size--;
     if (vd_open(&n, name, "vvfat", NULL, VD_O_RDWR | VD_O_NO_LOCK) < 0)

@@ -11,7 +11,9 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -308,7 +310,10 @@ try:
 except nbd.Error as e:
     print(e.string); sys.exit(3)
 finally:
-    h.shutdown()
+    try:
+        h.shutdown()
+    except nbd.Error:
+        pass                        # the server is gone (the kill tests)
 """
     p = subprocess.run(["/usr/bin/python3", "-c", code, uri, str(before), str(after),
                         "1" if flush else "0"], capture_output=True, text=True, timeout=300)
@@ -664,3 +669,118 @@ def test_rw_never_replaces_host_files(tmp_path, rw_server):
     assert tree_of(d) == old and old["Brand New.txt"] == b"from the host\n"
     assert write_back(uri, after, before) is None
     assert tree_of(d) == old
+
+
+STRACE = shutil.which("strace")
+# The guest's changes of the kill tests: a rename, deletions (a file, an
+# empty directory, a tree), a new file, a new directory with a file, a
+# file moved into another directory and a changed file.
+# (The new directory comes first: made after the deletions it would take
+# a freed directory's first cluster and be matched with it, a rename.)
+KILL_EDITS = (("mmd", "::/newdir"), ("mren", "::/UPPER.TXT", "::/Moved Upper.txt"),
+              ("mdel", "::/lower.txt"), ("mdeltree", "::/Empty Dir"),
+              ("mdeltree", "::/sub/deeper"), ("mmove", "::/sub/inner.txt", "::/newdir/inner.txt"))
+
+
+def traced(pid):
+    """Are all the threads of process pid traced?"""
+    try:
+        for t in os.listdir("/proc/%d/task" % pid):
+            with open("/proc/%d/task/%s/status" % (pid, t)) as f:
+                if "TracerPid:\t0\n" in f.read():
+                    return False
+    except OSError:
+        return False
+    return True
+
+
+def killed_commit(tmp_path, d, name, syscall, when):
+    """Serve d rw; the guest makes KILL_EDITS; strace, attached before the
+    guest writes them back and flushes, kills the server at the when-th
+    call of syscall by the thread that makes it.  Returns (killed, the
+    image as the guest wrote it)."""
+    srv = Server(VDISK_NBD, ["-t", "-f", "vvfat", "fat:rw:12:%s" % d],
+                 sock=str(tmp_path / (name + ".sock")))
+    tracer = None
+    try:
+        (tmp_path / "n.txt").write_bytes(b"new file\n" * 2000)
+        (tmp_path / "r.txt").write_bytes(b"changed\n")
+        before, img = tmp_path / (name + "0.raw"), tmp_path / (name + "1.raw")
+        nbd_copy(srv.uri(), before)
+        shutil.copy(before, img)
+        for cmd in (("mcopy", tmp_path / "n.txt", "::/New.txt"),
+                    ("mcopy", "-o", tmp_path / "r.txt", "::/README")) + KILL_EDITS:
+            mtool(img, *cmd)
+        tracer = subprocess.Popen(
+            [STRACE, "-f", "-qq", "-o", "/dev/null", "-e", "trace=" + syscall,
+             "-e", "inject=%s:signal=KILL:when=%d" % (syscall, when), "-p", str(srv.proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for _ in range(400):
+            if traced(srv.proc.pid) or tracer.poll() is not None:
+                break
+            time.sleep(0.025)
+        assert traced(srv.proc.pid), tracer.stderr.read() if tracer.poll() is not None else ""
+        err = write_back(srv.uri(), before, img)
+        killed = srv.proc.poll() is not None or err is not None
+    finally:
+        if tracer and tracer.poll() is None:
+            tracer.send_signal(signal.SIGINT)       # detach
+            tracer.wait(60)
+        srv.stop()
+    return killed, img
+
+
+def reopen_rw(tmp_path, d):
+    """Open d rw once (which recovers an interrupted commit) and close it."""
+    srv = Server(VDISK_NBD, ["-t", "-f", "vvfat", "fat:rw:12:%s" % d],
+                 sock=str(tmp_path / "re.sock"))
+    assert srv.stop() == 0, srv.stderr
+
+
+@pytest.mark.skipif(not STRACE, reason="strace is needed to kill at a chosen system call")
+def test_rw_killed_mid_commit(tmp_path):
+    """The server killed at each step of a commit (before each rename and
+    new directory, after the commit point, amid the removal of the deleted
+    objects, before the journal goes): the next rw open leaves the
+    directory exactly as it was, or exactly as the guest wrote it once the
+    commit point was passed, with no temporary name and no journal left;
+    a read-only open leaves it alone and says so."""
+    pristine = tmp_path / "pristine"
+    make_tree(pristine)
+    old = tree_of(pristine)
+    renames = [("renameat2", n) for n in range(1, 40, 3 if SANITIZED else 1)]
+    after = [("utimensat", 1), ("rmdir", 1), ("rmdir", 2), ("unlinkat", 1)]
+    seen = {"before": 0, "after": 0}
+
+    def case(i, syscall, when):
+        """False when the commit ran to its end without a kill."""
+        d = tmp_path / ("d%d" % i)
+        shutil.copytree(pristine, d, symlinks=True)
+        killed, img = killed_commit(tmp_path, d, "k%d" % i, syscall, when)
+        if not killed:
+            host_is_image(d, img, tmp_path)
+            shutil.rmtree(d)
+            return False
+        assert (d / ".vdisk-vvfat-journal").exists(), (syscall, when, sorted(tree_of(d)))
+        p = run(VDISK_IMG, "info", "fat:%s" % d)
+        assert p.returncode == 0 and "unfinished commit" in p.stderr, p.stderr
+        assert (d / ".vdisk-vvfat-journal").exists()
+        reopen_rw(tmp_path, d)
+        assert not (d / ".vdisk-vvfat-journal").exists()
+        if (syscall, when) in after:
+            host_is_image(d, img, tmp_path)
+            seen["after"] += 1
+        else:
+            assert tree_of(d) == old, (syscall, when)
+            seen["before"] += 1
+        shutil.rmtree(d)
+        return True
+
+    for i, (syscall, when) in enumerate(renames):
+        if not case(i, syscall, when):
+            break
+    else:
+        raise AssertionError("the commit makes more renames than the test expects")
+    for i, (syscall, when) in enumerate([("mkdir", 1)] + after, start=100):
+        assert case(i, syscall, when), (syscall, when)
+    assert seen["before"] >= 10 and seen["after"] == len(after), seen

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "format/vvfat/journal.h"
 #include "format/vvfat/vvfat.h"
 #include "util/checked.h"
 #include "util/utf8.h"
@@ -309,6 +310,8 @@ static int add_child(struct vv_state *s, uint32_t p, const char *name)
     struct stat st;
     int r = 0;
 
+    if (p == 0 && vv_journal_name(name))
+        return 0;                  /* a commit's, not the guest's */
     if (!name_fits(name)) {
         warn_skip(name, "the name cannot be stored in a FAT long name");
         return 0;

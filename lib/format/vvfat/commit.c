@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "format/vvfat/journal.h"
 #include "format/vvfat/parse.h"
 #include "format/vvfat/vvfat.h"
 #include "util/checked.h"
@@ -322,6 +323,7 @@ struct jop {
 struct journal {
     struct jop *op;
     size_t n, cap;
+    struct vv_journal disk;        /* the same changes in the directory's file */
 };
 
 /* Append a change (taking the strings); ENOMEM leaves them to the caller. */
@@ -389,6 +391,12 @@ static int journal_rename(struct journal *j, const char *from, const char *to)
         free(t);
         return vd_error(ENOMEM, "out of memory");
     }
+    int r = vv_journal_log(&j->disk, VV_J_RENAME, from, to);
+    if (r < 0) {
+        free(f);
+        free(t);
+        return r;
+    }
     if (rename_new(from, to) < 0) {
         int e = errno;
         free(f);
@@ -445,11 +453,12 @@ static int stage_contents(struct vv_state *s, struct plan *pl, struct journal *j
         free(tmp);
         return r;
     }
-    if (journal_add(j, J_STAGED, NULL, tmp) < 0) {
+    if ((r = vv_journal_log(&j->disk, VV_J_STAGED, NULL, tmp)) < 0 ||
+        journal_add(j, J_STAGED, NULL, tmp) < 0) {
         close(fd);
         unlink(tmp);
         free(tmp);
-        return -ENOMEM;
+        return r < 0 ? r : -ENOMEM;
     }
     pl->tmp[i] = tmp;                /* the journal owns it */
     r = copy_out(s, pl, i, fd);
@@ -508,6 +517,10 @@ static int put_in_place(struct vv_state *s, struct plan *pl, struct journal *j, 
         } else if (e->is_dir && k < 0) {
             if (mkdir(pl->path[i], 0755) < 0)
                 return vd_error(errno, "vvfat: cannot create directory '%s'", pl->path[i]);
+            if ((r = vv_journal_log(&j->disk, VV_J_MKDIR, NULL, pl->path[i])) < 0) {
+                rmdir(pl->path[i]);
+                return r;
+            }
             if (!(path = strdup(pl->path[i])) || journal_add(j, J_MKDIR, NULL, path) < 0) {
                 rmdir(pl->path[i]);
                 free(path);
@@ -570,6 +583,7 @@ static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
     for (uint32_t i = 0; i < pl->t->n; i++)
         if (pl->match[i] >= 0)
             entry_of[pl->match[i]] = i;
+    r = vv_journal_begin(&j.disk, s->dir);
     for (uint32_t i = 1; r == 0 && i < pl->t->n; i++)
         if (pl->changed[i])
             r = stage_contents(s, pl, &j, i);
@@ -577,6 +591,8 @@ static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
         r = move_aside(s, pl, &j, entry_of, depth_of, aside, d);
     if (r == 0)
         r = put_in_place(s, pl, &j, aside);
+    if (r == 0)
+        r = vv_journal_log(&j.disk, VV_J_COMMIT, NULL, NULL);
     if (r < 0) {
         journal_undo(&j);
     } else {
@@ -586,6 +602,7 @@ static int apply_plan(struct vv_state *s, struct plan *pl, bool *after)
         r = remove_aside(s, pl, aside, entry_of);
         *after = r < 0;
     }
+    vv_journal_end(&j.disk);
     for (uint32_t i = 0; i < pl->t->n; i++)
         pl->tmp[i] = NULL;           /* owned by the journal */
     journal_free(&j);

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "format/vvfat/journal.h"
 #include "format/vvfat/vvfat.h"
 #include "util/checked.h"
 #include "util/json.h"
@@ -181,6 +182,11 @@ static int vvfat_open(vd_node *n, vd_opts *opts, int flags)
     if (!s->rw && !n->read_only)
         return vd_error(EACCES, "Image is read-only");
     n->request_alignment = VV_SECTOR;
+    if (s->rw && (r = vv_journal_recover(s->dir)) < 0)
+        return r;
+    if (!s->rw && vv_journal_pending(s->dir))
+        fprintf(stderr, "%s: warning: vvfat: '%s' holds an unfinished commit of guest changes; "
+                "an rw open finishes or undoes it\n", program_invocation_short_name, s->dir);
     return vv_build(s);
 }
 
