@@ -206,6 +206,12 @@ const char *vd_prealloc_name(int mode);
 const struct vd_driver *vd_driver_find(const char *name);
 /* The protocol driver for the prefix name[0..len) ("nbd", "http"...). */
 const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len);
+/* The protocol a file name names, as QEMU reads names: a colon before any
+ * slash ends a "proto:" prefix or URI scheme, whose driver is returned;
+ * a name without one is a file (the file driver).  NULL, with the error
+ * "Unknown protocol 'X'", for a prefix no driver provides ("./a:b" names
+ * the file a:b). */
+const struct vd_driver *vd_protocol_for_name(const char *name);
 /* Call fn for every registered driver, sorted by name. */
 void vd_driver_foreach(void (*fn)(const struct vd_driver *d, void *opaque), void *opaque);
 const char *vd_driver_name(const struct vd_driver *d);

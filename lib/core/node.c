@@ -127,24 +127,14 @@ int vd_make_empty(vd_node *n)
     return n->drv->make_empty(n);
 }
 
-/* The protocol driver for a file name to create. */
-static const struct vd_driver *protocol_for_create(const char *name)
-{
-    const char *colon = strchr(name, ':'), *slash = strchr(name, '/');
-    if (colon && (!slash || colon < slash)) {
-        const struct vd_driver *d = vd_driver_find_protocol(name, colon - name);
-        if (d)
-            return d;
-    }
-    return vd_driver_find("file");
-}
-
 /* Create the protocol-level file of an image. */
 int vd_protocol_create(const char *name, vd_opts *opts)
 {
-    const struct vd_driver *d = protocol_for_create(name);
+    const struct vd_driver *d = vd_protocol_for_name(name);
 
-    if (!d || !d->create)
+    if (!d)
+        return -ENOENT;
+    if (!d->create)
         return vd_error(ENOTSUP, "Protocol driver '%s' does not support image creation",
                         d ? d->name : "?");
     if (d->protocol && !strncmp(name, d->protocol, strlen(d->protocol)) &&
@@ -164,7 +154,9 @@ int vd_create(const char *fmt, const char *name, vd_opts *opts)
     if (!d->create)
         return vd_error(ENOTSUP, "Format driver '%s' does not support image creation", fmt);
     if (d->kind == VD_DRV_FORMAT) {
-        const struct vd_driver *p = protocol_for_create(name);
+        const struct vd_driver *p = vd_protocol_for_name(name);
+        if (!p)
+            return -ENOENT;
         /* Unknown options must be known to the format or its protocol. */
         for (size_t i = 0; i < vd_opts_count(opts); i++) {
             const char *k = vd_opts_key(opts, i);

@@ -136,18 +136,15 @@ void vd_close(vd_node *n)
 }
 
 /* The protocol driver for name: its "proto:" prefix or URI scheme, else
- * host_device for block devices, else file. */
+ * host_device for block devices, else file.  A name with a colon before
+ * any slash names a protocol, as in QEMU: one no driver provides is an
+ * error (NULL), not a file name ("./a:b" is the file). */
 static const struct vd_driver *protocol_for_name(const char *name)
 {
-    const char *colon = strchr(name, ':');
-    const char *slash = strchr(name, '/');
     struct stat st;
 
-    if (colon && (!slash || colon < slash)) {
-        const struct vd_driver *d = vd_driver_find_protocol(name, colon - name);
-        if (d)
-            return d;
-    }
+    if (name[strcspn(name, ":/")] == ':')
+        return vd_protocol_for_name(name);
     if (stat(name, &st) == 0 && S_ISBLK(st.st_mode) && vd_driver_find("host_device"))
         return vd_driver_find("host_device");
     return vd_driver_find("file");
@@ -488,7 +485,7 @@ static int pick_driver(const char *name, const char *fmt, const vd_opts *opts,
     if (!*d && file_child)
         *d = name ? protocol_for_name(name) : vd_driver_find("file");
     if (file_child && !*d)
-        return vd_error(ENOENT, "No protocol driver for '%s'", name ? name : "");
+        return name ? -ENOENT : vd_error(ENOENT, "No protocol driver for ''");
     return 0;
 }
 

@@ -89,6 +89,19 @@ const struct vd_driver *vd_driver_find_protocol(const char *name, size_t len)
     return d;
 }
 
+/* See vdisk.h. */
+const struct vd_driver *vd_protocol_for_name(const char *name)
+{
+    size_t len = strcspn(name, ":/");
+    const struct vd_driver *d;
+
+    if (name[len] != ':')
+        return vd_driver_find("file");
+    if (!(d = vd_driver_find_protocol(name, len)))
+        vd_error(ENOENT, "Unknown protocol '%.*s'", (int)VD_MIN(len, 256), name);
+    return d;
+}
+
 /* qsort comparator: by driver name. */
 static int cmp_driver(const void *a, const void *b)
 {

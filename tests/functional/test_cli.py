@@ -206,3 +206,33 @@ def test_bitmap_add_refused(tmp_path):
     assert re.match(r"vdisk-img: Operation add on bitmap b0 failed: Can't store "
                     r"persistent bitmaps to #block\d+: Operation not supported\n$",
                     p.stderr)
+
+
+UNKNOWN_PROTOCOL = [
+    ["info", "zz:x"], ["info", "gluster+foo://h/v/i"], ["info", ":x"], ["check", "zz:x"],
+    ["map", "zz:x"], ["compare", "zz:x", "yy:z"], ["create", "-f", "qcow2", "zz:x", "1M"],
+    ["create", "-f", "qcow2", "-o", "help", "zz:x"], ["convert", "-O", "raw", "SRC", "zz:x"],
+    ["convert", "-O", "qcow2", "-o", "help", "SRC", "zz:x"],
+    ["dd", "-O", "raw", "if=SRC", "of=zz:x"],
+    ["create", "-f", "qcow2", "-b", "zz:y", "-F", "raw", "new.qcow2", "1M"],
+]
+
+
+@pytest.mark.parametrize("args", UNKNOWN_PROTOCOL, ids=[" ".join(a) for a in UNKNOWN_PROTOCOL])
+def test_unknown_protocol(needs_qemu, tmp_path, args):
+    """A colon before any slash makes a protocol prefix: one no driver has
+    is an error, as in qemu-img, and no file of that name is made; ./a:b
+    names the file."""
+    src = tmp_path / "src.raw"
+    src.write_bytes(b"x" * 4096)
+    args = [a.replace("SRC", str(src)) for a in args]
+    p = differential(*args, cwd=tmp_path)
+    assert p.returncode != 0 and "Unknown protocol '" in p.stderr, p.stderr
+    assert not [f for f in os.listdir(tmp_path) if ":" in f or f == "new.qcow2"]
+
+
+def test_colon_file_after_dot_slash(needs_qemu, tmp_path):
+    """./a:b is a file name: created, read and converted like any other."""
+    differential("create", "-q", "-f", "qcow2", "./a:b", "1M", cwd=tmp_path)
+    p = differential("info", "--output=json", "./a:b", cwd=tmp_path)
+    assert '"format": "qcow2"' in p.stdout

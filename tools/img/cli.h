@@ -31,7 +31,8 @@ int img_opts_append(char **acc, const char *arg);
 int img_check_image_opts_fmt(bool image_opts, const char *fmt);
 /* Validate a -t / -T cache mode; prints "Invalid [source ]cache option". */
 int img_check_cache(const char *mode, bool source);
-/* The protocol driver that would store filename (default "file"). */
+/* The protocol driver that would store filename (default "file"); NULL,
+ * with the error set, for an unknown protocol prefix. */
 const struct vd_driver *img_protocol_for(const char *filename);
 /* fmt's create options then proto's (duplicates dropped), NULL-terminated,
  * malloc'd; NULL when out of memory. */

@@ -355,14 +355,7 @@ void img_progress_end(void)
 /* The protocol driver that would store filename ("nbd://", "file:"...). */
 const struct vd_driver *img_protocol_for(const char *filename)
 {
-    const struct vd_driver *d = NULL;
-
-    if (filename) {
-        size_t len = strcspn(filename, ":/");
-        if (filename[len] == ':')
-            d = vd_driver_find_protocol(filename, len);
-    }
-    return d ? d : vd_driver_find("file");
+    return filename ? vd_protocol_for_name(filename) : vd_driver_find("file");
 }
 
 /* Number of entries of an option table. */

@@ -208,8 +208,10 @@ static int print_help(const struct convert_args *ca)
         img_error("Unknown file format '%s'", ca->out_fmt ? ca->out_fmt : "");
         return 1;
     }
-    if (ca->out)
-        p = img_protocol_for(ca->out);
+    if (ca->out && !(p = img_protocol_for(ca->out))) {
+        img_error("%s", vd_errmsg());
+        return 1;
+    }
     vd_error_clear();
     if (vd_driver_print_create_opts(ca->out_fmt, p ? vd_driver_name(p) : NULL) < 0) {
         img_error("%s", vd_errmsg());

@@ -48,8 +48,10 @@ static int print_help(const struct create_args *ca)
         img_error("Unknown file format '%s'", ca->fmt);
         return 1;
     }
-    if (ca->filename)
-        p = img_protocol_for(ca->filename);
+    if (ca->filename && !(p = img_protocol_for(ca->filename))) {
+        img_error("%s", vd_errmsg());
+        return 1;
+    }
     vd_error_clear();
     if (vd_driver_print_create_opts(ca->fmt, p ? vd_driver_name(p) : NULL) < 0) {
         img_error("%s", vd_errmsg());
@@ -260,6 +262,10 @@ static int do_create(const struct create_args *ca)
         return 1;
     }
     const struct vd_driver *proto = img_protocol_for(ca->filename);
+    if (!proto) {
+        img_error("%s: %s", ca->filename, vd_errmsg());
+        return 1;
+    }
     /* A protocol that cannot write (http, ftp, ...) is refused first, as
      * qemu-img does. */
     if (proto && !proto->create && !proto->pwrite) {

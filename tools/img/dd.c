@@ -142,6 +142,10 @@ int img_check_protocol_create(const char *name)
     char drv[64];
     const struct vd_driver *d;
 
+    if (!vd_protocol_for_name(name)) {
+        img_error("%s", vd_errmsg());
+        return -1;
+    }
     if (name[n] != ':' || n == 0 || n >= sizeof(drv))
         return 0;
     memcpy(drv, name, n);
