@@ -1,11 +1,15 @@
-"""Protocol drivers with heavy client libraries are modules: libvdisk
-itself needs none of those libraries, a local image maps no module, and a
-name with the module's prefix loads it."""
+"""Protocol drivers with heavy client libraries, and the libxml2 parser of
+parallels' DiskDescriptor.xml, are modules: libvdisk itself needs none of
+those libraries, a local image maps no module, and a name with the
+module's prefix (or a descriptor) loads it."""
+import json
 import os
+import shutil
 import subprocess
 
 import pytest
 
+import dmg_gen as g
 from conftest import BUILD, VDISK_IMG, vimg
 
 LIB = os.path.join(BUILD, "lib")
@@ -94,3 +98,95 @@ def test_gluster_name_loads_gluster_module():
     r, objs = loaded_objects("info", "gluster://127.0.0.1/vol")
     assert [o for o in objs if "vdisk-gluster.so" in o], objs
     assert "invalid URI gluster://127.0.0.1/vol" in r.stderr
+
+
+# libxml2 (and the ICU and libstdc++ it pulls in) is mapped only by the
+# module vdisk-xml.so, for parallels' DiskDescriptor.xml.
+XML_LIBS = ("libxml2", "libicu", "libstdc++")
+DESCRIPTOR = """<?xml version='1.0' encoding='UTF-8'?>
+<Parallels_disk_image Version="1.0">
+  <Disk_Parameters><Disk_size>128</Disk_size></Disk_Parameters>
+  <StorageData><Storage><Start>0</Start><End>128</End>
+    <Image><GUID>{1}</GUID><Type>Plain</Type><File>disk.hds</File></Image>
+  </Storage></StorageData>
+  <Snapshots><Shot><GUID>{1}</GUID><ParentGUID>{0}</ParentGUID></Shot></Snapshots>
+</Parallels_disk_image>
+"""
+
+
+def descriptor_disk(d):
+    """A DiskDescriptor.xml in d over one plain 64 KiB image; its data."""
+    data = bytes(range(256)) * 256
+    (d / "disk.hds").write_bytes(data)
+    (d / "DiskDescriptor.xml").write_text(DESCRIPTOR)
+    return data
+
+
+def build_options():
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        return {o["name"]: o["value"] for o in json.load(f)}
+
+
+def test_libvdisk_and_vdisk_img_need_no_xml_library():
+    # Sanitized builds link libstdc++ on purpose (lib/meson.build).
+    sanitized = "address" in str(build_options().get("b_sanitize", ""))
+    unwanted = XML_LIBS[:2] if sanitized else XML_LIBS
+    img = os.path.realpath(VDISK_IMG)
+    for path in (libvdisk(), img):
+        libs = needed(path)
+        assert libs and not [n for n in libs if n.startswith(unwanted)], (path, libs)
+    out = subprocess.run(["ldd", img], capture_output=True, text=True, check=True).stdout
+    assert "libvdisk" in out, out
+    assert not [l for l in out.splitlines() if l.strip().startswith(unwanted)], out
+
+
+def test_images_without_descriptor_load_no_xml_module(tmp_path):
+    # dmg's XML property list is read without libxml2.
+    data = bytes(range(256)) * 256
+    (tmp_path / "a.dmg").write_bytes(g.udif([g.chunks_for(data, [g.ZLIB, g.RAW])]))
+    assert vimg("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "1M").returncode == 0
+    for name in ("a.qcow2", "a.dmg"):
+        r, objs = loaded_objects("info", tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        assert objs, "LD_DEBUG printed nothing"
+        assert not [o for o in objs if "vdisk-xml" in o or "libxml2" in o], (name, objs)
+    r = vimg("convert", "-O", "raw", tmp_path / "a.dmg", tmp_path / "out.raw")
+    assert r.returncode == 0 and (tmp_path / "out.raw").read_bytes() == data, r.stderr
+
+
+def test_descriptor_loads_xml_module(tmp_path):
+    data = descriptor_disk(tmp_path)
+    r, objs = loaded_objects("convert", "-f", "parallels", "-O", "raw",
+                             tmp_path / "DiskDescriptor.xml", tmp_path / "out.raw")
+    assert r.returncode == 0, r.stderr
+    assert [o for o in objs if "vdisk-xml.so" in o], objs
+    assert (tmp_path / "out.raw").read_bytes() == data
+
+
+def installed_module_dir():
+    opts = build_options()
+    return os.path.join(opts["prefix"], opts["libdir"], "vdisk")
+
+
+def test_missing_xml_module_is_an_error(tmp_path):
+    """libvdisk without its modules directory beside it, VDISK_MODULE_DIR
+    naming an empty one: a descriptor fails to open with the module named,
+    other images still open."""
+    if os.path.exists(os.path.join(installed_module_dir(), "vdisk-xml.so")):
+        pytest.skip("vdisk-xml.so is installed")
+    lib, empty = tmp_path / "lib", tmp_path / "empty"
+    lib.mkdir()
+    empty.mkdir()
+    shutil.copy(os.path.join(LIB, "libvdisk.so.0"), lib)
+    descriptor_disk(tmp_path)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(lib), VDISK_MODULE_DIR=str(empty))
+    r = subprocess.run([VDISK_IMG, "info", "-f", "parallels", "DiskDescriptor.xml"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr == ("vdisk-img: Could not open 'DiskDescriptor.xml': parallels: cannot "
+                        "parse DiskDescriptor.xml: the module vdisk-xml.so is not installed "
+                        "(looked in %s, %s/modules, %s/vdisk, %s)\n"
+                        % (empty, lib, lib, installed_module_dir())), r.stderr
+    r = subprocess.run([VDISK_IMG, "info", "-f", "raw", "disk.hds"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "virtual size: 64 KiB" in r.stdout, r
