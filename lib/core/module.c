@@ -3,8 +3,9 @@
  * needed, so that a program opening a local qcow2 maps none of them:
  * protocol drivers over client libraries (libcurl, libssh, libiscsi,
  * librbd, libgfapi), which register with VD_DRIVER_REGISTER when loaded,
- * and parsers over libxml2 (vdisk-xml.so: parallels' DiskDescriptor.xml),
- * which register their functions with the format that calls them. */
+ * parsers over libxml2 (vdisk-xml.so: parallels' DiskDescriptor.xml) and
+ * decompressors (vdisk-codec.so: libbz2, liblzma, liblz4), which register
+ * their functions with the formats that call them. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
@@ -36,6 +37,7 @@ static const struct vd_module modules[] = {
     { "gluster", (const char *const[]){ "gluster", "gluster+tcp", "gluster+unix",
                                         "gluster+rdma", NULL } },
     { "xml", NULL },
+    { "codec", NULL },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))

@@ -1,7 +1,9 @@
-"""Protocol drivers with heavy client libraries, and the libxml2 parser of
-parallels' DiskDescriptor.xml, are modules: libvdisk itself needs none of
-those libraries, a local image maps no module, and a name with the
-module's prefix (or a descriptor) loads it."""
+"""Protocol drivers with heavy client libraries, the libxml2 parser of
+parallels' DiskDescriptor.xml and the decompressors only some images need
+(libbz2, liblzma, liblz4) are modules: libvdisk itself needs none of those
+libraries, a local image maps no module, and a name with the module's
+prefix (or a descriptor, or a block that needs the decompressor) loads
+it."""
 import json
 import os
 import shutil
@@ -9,6 +11,7 @@ import subprocess
 
 import pytest
 
+import cloop_gen as cg
 import dmg_gen as g
 from conftest import BUILD, VDISK_IMG, vimg
 
@@ -101,8 +104,11 @@ def test_gluster_name_loads_gluster_module():
 
 
 # libxml2 (and the ICU and libstdc++ it pulls in) is mapped only by the
-# module vdisk-xml.so, for parallels' DiskDescriptor.xml.
+# module vdisk-xml.so, for parallels' DiskDescriptor.xml; libbz2, liblzma
+# and liblz4 only by vdisk-codec.so.
 XML_LIBS = ("libxml2", "libicu", "libstdc++")
+CODEC_LIBS = ("libbz2", "liblzma", "liblz4")
+DATA = bytes(range(256)) * 256
 DESCRIPTOR = """<?xml version='1.0' encoding='UTF-8'?>
 <Parallels_disk_image Version="1.0">
   <Disk_Parameters><Disk_size>128</Disk_size></Disk_Parameters>
@@ -116,10 +122,15 @@ DESCRIPTOR = """<?xml version='1.0' encoding='UTF-8'?>
 
 def descriptor_disk(d):
     """A DiskDescriptor.xml in d over one plain 64 KiB image; its data."""
-    data = bytes(range(256)) * 256
-    (d / "disk.hds").write_bytes(data)
+    (d / "disk.hds").write_bytes(DATA)
     (d / "DiskDescriptor.xml").write_text(DESCRIPTOR)
-    return data
+    return DATA
+
+
+def dmg(d, name, kinds):
+    """A dmg of DATA in d with chunks of the given kinds."""
+    (d / name).write_bytes(g.udif([g.chunks_for(DATA, kinds)]))
+    return d / name
 
 
 def build_options():
@@ -127,10 +138,10 @@ def build_options():
         return {o["name"]: o["value"] for o in json.load(f)}
 
 
-def test_libvdisk_and_vdisk_img_need_no_xml_library():
+def test_libvdisk_and_vdisk_img_need_no_xml_or_codec_library():
     # Sanitized builds link libstdc++ on purpose (lib/meson.build).
     sanitized = "address" in str(build_options().get("b_sanitize", ""))
-    unwanted = XML_LIBS[:2] if sanitized else XML_LIBS
+    unwanted = (XML_LIBS[:2] if sanitized else XML_LIBS) + CODEC_LIBS
     img = os.path.realpath(VDISK_IMG)
     for path in (libvdisk(), img):
         libs = needed(path)
@@ -140,18 +151,30 @@ def test_libvdisk_and_vdisk_img_need_no_xml_library():
     assert not [l for l in out.splitlines() if l.strip().startswith(unwanted)], out
 
 
-def test_images_without_descriptor_load_no_xml_module(tmp_path):
-    # dmg's XML property list is read without libxml2.
-    data = bytes(range(256)) * 256
-    (tmp_path / "a.dmg").write_bytes(g.udif([g.chunks_for(data, [g.ZLIB, g.RAW])]))
+def test_common_images_load_no_xml_or_codec_module(tmp_path):
+    # dmg's XML property list is read without libxml2, its zlib chunks
+    # without the codec module; so are cloop's zlib blocks.
+    dmg(tmp_path, "a.dmg", [g.ZLIB, g.RAW])
+    (tmp_path / "a.cloop").write_bytes(cg.pack(DATA, 16384, [cg.ZLIB, cg.NONE])[0])
     assert vimg("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "1M").returncode == 0
-    for name in ("a.qcow2", "a.dmg"):
-        r, objs = loaded_objects("info", tmp_path / name)
+    for name in ("a.qcow2", "a.dmg", "a.cloop"):
+        r, objs = loaded_objects("convert", "-O", "raw", tmp_path / name, tmp_path / "out.raw")
         assert r.returncode == 0, r.stderr
         assert objs, "LD_DEBUG printed nothing"
-        assert not [o for o in objs if "vdisk-xml" in o or "libxml2" in o], (name, objs)
-    r = vimg("convert", "-O", "raw", tmp_path / "a.dmg", tmp_path / "out.raw")
-    assert r.returncode == 0 and (tmp_path / "out.raw").read_bytes() == data, r.stderr
+        assert not [o for o in objs if "vdisk-xml" in o or "vdisk-codec" in o or
+                    "libxml2" in o or "libbz2" in o or "liblz" in o], (name, objs)
+        if name != "a.qcow2":
+            assert (tmp_path / "out.raw").read_bytes() == DATA, name
+
+
+def test_bzip2_and_xz_blocks_load_codec_module(tmp_path):
+    dmg(tmp_path, "a.dmg", [g.BZIP2])
+    (tmp_path / "a.cloop").write_bytes(cg.pack(DATA, 16384, [cg.XZ, cg.LZ4])[0])
+    for name in ("a.dmg", "a.cloop"):
+        r, objs = loaded_objects("convert", "-O", "raw", tmp_path / name, tmp_path / "out.raw")
+        assert r.returncode == 0, r.stderr
+        assert [o for o in objs if "vdisk-codec.so" in o], objs
+        assert (tmp_path / "out.raw").read_bytes() == DATA, name
 
 
 def test_descriptor_loads_xml_module(tmp_path):
@@ -168,12 +191,13 @@ def installed_module_dir():
     return os.path.join(opts["prefix"], opts["libdir"], "vdisk")
 
 
-def test_missing_xml_module_is_an_error(tmp_path):
+def test_missing_modules_are_errors(tmp_path):
     """libvdisk without its modules directory beside it, VDISK_MODULE_DIR
-    naming an empty one: a descriptor fails to open with the module named,
-    other images still open."""
-    if os.path.exists(os.path.join(installed_module_dir(), "vdisk-xml.so")):
-        pytest.skip("vdisk-xml.so is installed")
+    naming an empty one: a descriptor fails to open and a bzip2 chunk to
+    read, with the module named; other images still open and read."""
+    for m in ("vdisk-xml.so", "vdisk-codec.so"):
+        if os.path.exists(os.path.join(installed_module_dir(), m)):
+            pytest.skip("%s is installed" % m)
     lib, empty = tmp_path / "lib", tmp_path / "empty"
     lib.mkdir()
     empty.mkdir()
@@ -190,3 +214,22 @@ def test_missing_xml_module_is_an_error(tmp_path):
     r = subprocess.run([VDISK_IMG, "info", "-f", "raw", "disk.hds"], capture_output=True,
                        text=True, env=env, cwd=tmp_path, timeout=60)
     assert r.returncode == 0 and "virtual size: 64 KiB" in r.stdout, r
+    # As qemu-img without its dmg-bzip2 module: a warning at open, then
+    # I/O errors.
+    dmg(tmp_path, "bz.dmg", [g.BZIP2])
+    r = subprocess.run([VDISK_IMG, "convert", "bz.dmg", "out.raw"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr == ("vdisk-img: warning: dmg-bzip2 module is missing, accessing bzip2 "
+                        "compressed blocks will result in I/O errors\n"
+                        "vdisk-img: error while reading at byte 0: Input/output error\n"), r
+    (tmp_path / "xz.cloop").write_bytes(cg.pack(DATA, 16384, [cg.XZ])[0])
+    r = subprocess.run([VDISK_IMG, "convert", "xz.cloop", "out.raw"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("vdisk-img: warning: cloop: the image has xz-compressed blocks "
+                               "and there is no xz decompressor"), r
+    dmg(tmp_path, "z.dmg", [g.ZLIB])
+    r = subprocess.run([VDISK_IMG, "convert", "-O", "raw", "z.dmg", "out.raw"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and (tmp_path / "out.raw").read_bytes() == DATA, r
