@@ -21,7 +21,8 @@ enum cloop_codec {
 /* The codec's name for messages ("zlib", "xz", ...; "unknown" else). */
 const char *cloop_codec_name(unsigned codec);
 
-/* Can this build decode the codec? */
+/* Can this build decode the codec?  (For xz and lz4, loads the
+ * decompressor module and says whether it loaded.) */
 bool cloop_codec_available(unsigned codec);
 
 /* Decode in (in_len bytes) of the given codec into out (room for out_len

@@ -4,9 +4,10 @@
  * property list, and the disk's sector count; each partition's block
  * table ("mish") lists chunks: sector range, type, and where the chunk's
  * bytes lie in the data fork.  Chunk types read here: zero-fill and
- * ignored (zeroes), raw, zlib and bzip2 (libbz2); lzfse and ADC chunks,
- * for which there is no decompressor, are read errors that name the
- * codec.  It behaves as QEMU 7.2's driver (the same trailer search and
+ * ignored (zeroes), raw, zlib and bzip2 (libbz2, in the module
+ * vdisk-codec.so, loaded when a block table names a bzip2 chunk); lzfse
+ * and ADC chunks, for which there is no decompressor, are read errors
+ * that name the codec.  It behaves as QEMU 7.2's driver (the same trailer search and
  * checks, the same messages and warnings, the same 64 MiB chunk bounds, no
  * mapping offsets, refused for writing) and checks more of its own:
  * chunks may not overlap or lie outside the file, block tables are
@@ -15,7 +16,6 @@
  * Invariant: the chunk table is sorted and fixed after open; lock guards
  * only the one-chunk cache, so chunks are read and decompressed in
  * parallel outside it. */
-#include <bzlib.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -25,6 +25,7 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "format/codecs.h"
 #include "util/checked.h"
 #include "vdisk/driver.h"
 
@@ -67,7 +68,7 @@ struct dmg_state {
     uint64_t file_len;
     uint32_t cache_chunk;          /* chunk in cache, or DMG_NO_CHUNK */
     uint8_t *cache;                /* its decompressed bytes */
-    bool warned_lzfse, warned_unknown;
+    bool warned_lzfse, warned_unknown, checked_bzip2;
 };
 
 /* Data fork offset while the tables are read (QEMU's "in_offset" base). */
@@ -161,6 +162,21 @@ static bool known_type(uint32_t t)
            t == DMG_BZIP2;
 }
 
+/* At the first bzip2 chunk, load the decompressor module; warn as QEMU
+ * does without its dmg-bzip2 module when it cannot be loaded (reading
+ * those chunks then fails, naming the reason). */
+static void check_bzip2(struct dmg_state *s)
+{
+    if (s->checked_bzip2)
+        return;
+    s->checked_bzip2 = true;
+    if (vd_codecs())
+        return;
+    vd_error_clear();
+    fprintf(stderr, "%s: warning: dmg-bzip2 module is missing, accessing bzip2 compressed "
+            "blocks will result in I/O errors\n", program_invocation_short_name);
+}
+
 /* Warn as QEMU does about chunks it cannot read; true when the chunk is
  * kept anyway (to name its codec when read). */
 static bool other_type(struct dmg_state *s, uint32_t t)
@@ -235,6 +251,8 @@ static int read_mish(vd_node *n, struct dmg_parse *p, const uint8_t *b, uint64_t
         struct dmg_chunk c = { .type = be32_get(q) };
         if (!known_type(c.type) && !other_type(s, c.type))
             continue;
+        if (c.type == DMG_BZIP2)
+            check_bzip2(s);
         c.sector = be64_get(q + 8) + first;
         c.count = be64_get(q + 0x10);
         c.offset = be64_get(q + 0x18) + base;
@@ -478,24 +496,21 @@ static uint32_t find_chunk(const struct dmg_state *s, uint64_t sector)
 
 /* One zlib or bzip2 stream fed in pieces into a fixed output. */
 struct dmg_decoder {
-    bool bz;
+    const struct vd_codecs *bz;    /* bzip2: the module's decoder */
+    void *b;
     z_stream z;
-    bz_stream b;
 };
 
-static bool decoder_init(struct dmg_decoder *d, bool bz, uint8_t *out, uint64_t out_len)
+/* Start a decoder; bz (the module's table) for bzip2, NULL for zlib. */
+static bool decoder_init(struct dmg_decoder *d, const struct vd_codecs *bz, uint8_t *out,
+                         uint64_t out_len)
 {
     memset(d, 0, sizeof(*d));
     d->bz = bz;
     if (out_len > UINT32_MAX)
         return false;
-    if (bz) {
-        if (BZ2_bzDecompressInit(&d->b, 0, 0) != BZ_OK)
-            return false;
-        d->b.next_out = (char *)out;
-        d->b.avail_out = (unsigned)out_len;
-        return true;
-    }
+    if (bz)
+        return (d->b = bz->bz_start(out, (size_t)out_len)) != NULL;
     if (inflateInit(&d->z) != Z_OK)
         return false;
     d->z.next_out = out;
@@ -507,14 +522,8 @@ static bool decoder_init(struct dmg_decoder *d, bool bz, uint8_t *out, uint64_t 
  * data or output that does not fit. */
 static int decoder_feed(struct dmg_decoder *d, const uint8_t *in, size_t len)
 {
-    if (d->bz) {
-        d->b.next_in = (char *)in;
-        d->b.avail_in = (unsigned)len;
-        int br = BZ2_bzDecompress(&d->b);
-        if (br == BZ_STREAM_END)
-            return 1;
-        return br == BZ_OK && (d->b.avail_out || !d->b.avail_in) ? 0 : -1;
-    }
+    if (d->bz)
+        return d->bz->bz_feed(d->b, in, len);
     d->z.next_in = (Bytef *)in;
     d->z.avail_in = (uInt)len;
     int zr = inflate(&d->z, Z_NO_FLUSH);
@@ -526,12 +535,12 @@ static int decoder_feed(struct dmg_decoder *d, const uint8_t *in, size_t len)
 /* Has the stream filled its output exactly?  Frees the decoder. */
 static bool decoder_end(struct dmg_decoder *d)
 {
-    bool full = d->bz ? d->b.avail_out == 0 : d->z.avail_out == 0;
+    bool full;
 
     if (d->bz)
-        BZ2_bzDecompressEnd(&d->b);
-    else
-        inflateEnd(&d->z);
+        return d->bz->bz_end(d->b);
+    full = d->z.avail_out == 0;
+    inflateEnd(&d->z);
     return full;
 }
 
@@ -541,13 +550,19 @@ static int load_chunk(vd_node *n, const struct dmg_chunk *c, uint8_t *out)
     uint64_t out_len = c->count * DMG_SECTOR, pos = 0;
     size_t win = (size_t)VD_MIN(c->length, (uint64_t)DMG_IN_WINDOW);
     uint8_t *in = malloc(win ? win : 1);
+    const struct vd_codecs *bz = NULL;
     struct dmg_decoder d;
     int r = 0, st = 0;
     bool ok;
 
     if (!in)
         return vd_error(ENOMEM, "dmg: cannot allocate %zu bytes", win);
-    if (!decoder_init(&d, c->type == DMG_BZIP2, out, out_len)) {
+    if (c->type == DMG_BZIP2 && !(bz = vd_codecs())) {
+        free(in);
+        return vd_error_prefix(-EIO, "dmg: cannot read the bzip2 chunk at sector %" PRIu64,
+                               c->sector);
+    }
+    if (!decoder_init(&d, bz, out, out_len)) {
         free(in);
         return vd_error(ENOMEM, "dmg: cannot start a decompressor");
     }

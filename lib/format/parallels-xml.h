@@ -30,8 +30,14 @@ struct prl_xml {
 /* Does the file start like a disk descriptor? */
 bool prl_xml_detect(const uint8_t *buf, size_t len);
 /* Parse descriptor text into *out (checked: storages contiguous from 0 to
- * Disk_size, one image of the top snapshot each, relative file names). */
+ * Disk_size, one image of the top snapshot each, relative file names).
+ * Loads the XML module on first use; an error if it cannot. */
 int prl_xml_parse(const char *text, size_t len, struct prl_xml *out);
+/* A parser of descriptor text of at most PRL_XML_MAX_BYTES into a zeroed
+ * *out, as prl_xml_parse. */
+typedef int prl_xml_parser(const char *text, size_t len, struct prl_xml *out);
+/* Called by the XML module (parallels-xml-parse.c) when it is loaded. */
+void prl_xml_register_parser(prl_xml_parser *parse);
 /* Read the descriptor from n->file, parse it and open the images. */
 int prl_xml_open(vd_node *n, struct prl_xml **out);
 void prl_xml_free(struct prl_xml *x);

@@ -1,11 +1,18 @@
-"""Protocol drivers with heavy client libraries are modules: libvdisk
-itself needs none of those libraries, a local image maps no module, and a
-name with the module's prefix loads it."""
+"""Protocol drivers with heavy client libraries, the libxml2 parser of
+parallels' DiskDescriptor.xml and the decompressors only some images need
+(libbz2, liblzma, liblz4) are modules: libvdisk itself needs none of those
+libraries, a local image maps no module, and a name with the module's
+prefix (or a descriptor, or a block that needs the decompressor) loads
+it."""
+import json
 import os
+import shutil
 import subprocess
 
 import pytest
 
+import cloop_gen as cg
+import dmg_gen as g
 from conftest import BUILD, VDISK_IMG, vimg
 
 LIB = os.path.join(BUILD, "lib")
@@ -94,3 +101,135 @@ def test_gluster_name_loads_gluster_module():
     r, objs = loaded_objects("info", "gluster://127.0.0.1/vol")
     assert [o for o in objs if "vdisk-gluster.so" in o], objs
     assert "invalid URI gluster://127.0.0.1/vol" in r.stderr
+
+
+# libxml2 (and the ICU and libstdc++ it pulls in) is mapped only by the
+# module vdisk-xml.so, for parallels' DiskDescriptor.xml; libbz2, liblzma
+# and liblz4 only by vdisk-codec.so.
+XML_LIBS = ("libxml2", "libicu", "libstdc++")
+CODEC_LIBS = ("libbz2", "liblzma", "liblz4")
+DATA = bytes(range(256)) * 256
+DESCRIPTOR = """<?xml version='1.0' encoding='UTF-8'?>
+<Parallels_disk_image Version="1.0">
+  <Disk_Parameters><Disk_size>128</Disk_size></Disk_Parameters>
+  <StorageData><Storage><Start>0</Start><End>128</End>
+    <Image><GUID>{1}</GUID><Type>Plain</Type><File>disk.hds</File></Image>
+  </Storage></StorageData>
+  <Snapshots><Shot><GUID>{1}</GUID><ParentGUID>{0}</ParentGUID></Shot></Snapshots>
+</Parallels_disk_image>
+"""
+
+
+def descriptor_disk(d):
+    """A DiskDescriptor.xml in d over one plain 64 KiB image; its data."""
+    (d / "disk.hds").write_bytes(DATA)
+    (d / "DiskDescriptor.xml").write_text(DESCRIPTOR)
+    return DATA
+
+
+def dmg(d, name, kinds):
+    """A dmg of DATA in d with chunks of the given kinds."""
+    (d / name).write_bytes(g.udif([g.chunks_for(DATA, kinds)]))
+    return d / name
+
+
+def build_options():
+    with open(os.path.join(BUILD, "meson-info", "intro-buildoptions.json")) as f:
+        return {o["name"]: o["value"] for o in json.load(f)}
+
+
+def test_libvdisk_and_vdisk_img_need_no_xml_or_codec_library():
+    # Sanitized builds link libstdc++ on purpose (lib/meson.build).
+    sanitized = "address" in str(build_options().get("b_sanitize", ""))
+    unwanted = (XML_LIBS[:2] if sanitized else XML_LIBS) + CODEC_LIBS
+    img = os.path.realpath(VDISK_IMG)
+    for path in (libvdisk(), img):
+        libs = needed(path)
+        assert libs and not [n for n in libs if n.startswith(unwanted)], (path, libs)
+    out = subprocess.run(["ldd", img], capture_output=True, text=True, check=True).stdout
+    assert "libvdisk" in out, out
+    assert not [l for l in out.splitlines() if l.strip().startswith(unwanted)], out
+
+
+def test_common_images_load_no_xml_or_codec_module(tmp_path):
+    # dmg's XML property list is read without libxml2, its zlib chunks
+    # without the codec module; so are cloop's zlib blocks.
+    dmg(tmp_path, "a.dmg", [g.ZLIB, g.RAW])
+    (tmp_path / "a.cloop").write_bytes(cg.pack(DATA, 16384, [cg.ZLIB, cg.NONE])[0])
+    assert vimg("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "1M").returncode == 0
+    for name in ("a.qcow2", "a.dmg", "a.cloop"):
+        r, objs = loaded_objects("convert", "-O", "raw", tmp_path / name, tmp_path / "out.raw")
+        assert r.returncode == 0, r.stderr
+        assert objs, "LD_DEBUG printed nothing"
+        assert not [o for o in objs if "vdisk-xml" in o or "vdisk-codec" in o or
+                    "libxml2" in o or "libbz2" in o or "liblz" in o], (name, objs)
+        if name != "a.qcow2":
+            assert (tmp_path / "out.raw").read_bytes() == DATA, name
+
+
+def test_bzip2_and_xz_blocks_load_codec_module(tmp_path):
+    dmg(tmp_path, "a.dmg", [g.BZIP2])
+    (tmp_path / "a.cloop").write_bytes(cg.pack(DATA, 16384, [cg.XZ, cg.LZ4])[0])
+    for name in ("a.dmg", "a.cloop"):
+        r, objs = loaded_objects("convert", "-O", "raw", tmp_path / name, tmp_path / "out.raw")
+        assert r.returncode == 0, r.stderr
+        assert [o for o in objs if "vdisk-codec.so" in o], objs
+        assert (tmp_path / "out.raw").read_bytes() == DATA, name
+
+
+def test_descriptor_loads_xml_module(tmp_path):
+    data = descriptor_disk(tmp_path)
+    r, objs = loaded_objects("convert", "-f", "parallels", "-O", "raw",
+                             tmp_path / "DiskDescriptor.xml", tmp_path / "out.raw")
+    assert r.returncode == 0, r.stderr
+    assert [o for o in objs if "vdisk-xml.so" in o], objs
+    assert (tmp_path / "out.raw").read_bytes() == data
+
+
+def installed_module_dir():
+    opts = build_options()
+    return os.path.join(opts["prefix"], opts["libdir"], "vdisk")
+
+
+def test_missing_modules_are_errors(tmp_path):
+    """libvdisk without its modules directory beside it, VDISK_MODULE_DIR
+    naming an empty one: a descriptor fails to open and a bzip2 chunk to
+    read, with the module named; other images still open and read."""
+    for m in ("vdisk-xml.so", "vdisk-codec.so"):
+        if os.path.exists(os.path.join(installed_module_dir(), m)):
+            pytest.skip("%s is installed" % m)
+    lib, empty = tmp_path / "lib", tmp_path / "empty"
+    lib.mkdir()
+    empty.mkdir()
+    shutil.copy(os.path.join(LIB, "libvdisk.so.0"), lib)
+    descriptor_disk(tmp_path)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(lib), VDISK_MODULE_DIR=str(empty))
+    r = subprocess.run([VDISK_IMG, "info", "-f", "parallels", "DiskDescriptor.xml"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr == ("vdisk-img: Could not open 'DiskDescriptor.xml': parallels: cannot "
+                        "parse DiskDescriptor.xml: the module vdisk-xml.so is not installed "
+                        "(looked in %s, %s/modules, %s/vdisk, %s)\n"
+                        % (empty, lib, lib, installed_module_dir())), r.stderr
+    r = subprocess.run([VDISK_IMG, "info", "-f", "raw", "disk.hds"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and "virtual size: 64 KiB" in r.stdout, r
+    # As qemu-img without its dmg-bzip2 module: a warning at open, then
+    # I/O errors.
+    dmg(tmp_path, "bz.dmg", [g.BZIP2])
+    r = subprocess.run([VDISK_IMG, "convert", "bz.dmg", "out.raw"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr == ("vdisk-img: warning: dmg-bzip2 module is missing, accessing bzip2 "
+                        "compressed blocks will result in I/O errors\n"
+                        "vdisk-img: error while reading at byte 0: Input/output error\n"), r
+    (tmp_path / "xz.cloop").write_bytes(cg.pack(DATA, 16384, [cg.XZ])[0])
+    r = subprocess.run([VDISK_IMG, "convert", "xz.cloop", "out.raw"], capture_output=True,
+                       text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr.startswith("vdisk-img: warning: cloop: the image has xz-compressed blocks "
+                               "and there is no xz decompressor"), r
+    dmg(tmp_path, "z.dmg", [g.ZLIB])
+    r = subprocess.run([VDISK_IMG, "convert", "-O", "raw", "z.dmg", "out.raw"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0 and (tmp_path / "out.raw").read_bytes() == DATA, r
