@@ -34,7 +34,7 @@ GIB = 1 << 30
 ISCSI_GRID = [(1, 8, 256 << 10), (1, 32, 256 << 10), (1, 8, 512 << 10), (1, 32, 512 << 10),
               (1, 8, 1 << 20), (1, 32, 1 << 20), (1, 8, 2 << 20), (4, 8, 512 << 10)]
 # (iodepth, request bytes) for fio's rbd and gfapi_async engines
-FIO_GRID = [(16, 4 << 20), (32, 4 << 20), (32, 1 << 20)]
+FIO_GRID = [(16, 4 << 20), (32, 1 << 20), (8, 1 << 20), (32, 256 << 10)]
 
 
 def warm(path):
@@ -133,7 +133,7 @@ def best_fio(what, engine_args, rw, env=None, before=None, last_args=()):
         if best is None or rate > best["rate"]:
             best = {"rate": rate, "how": "fio %s %s iodepth %d bs %d KiB" % (what, rw, depth,
                                                                               bs >> 10),
-                    "cpu_per_gib": cpu * GIB / nbytes}
+                    "cpu_per_gib": cpu * GIB / nbytes, "wall": wall, "nbytes": nbytes}
     return best
 
 
@@ -194,6 +194,9 @@ def report(best, need, peer_s, vdisk_s):
           "qemu-img/ceiling %.2f, vdisk-img/ceiling %.2f"
           % (t, need >> 20, best["rate"] / MIB, best["how"], best["cpu_per_gib"],
              peer_s / t, vdisk_s / t), flush=True)
+    if "wall" in best:
+        print("     (that fio process, connecting and closing included: %.3f s wall for "
+              "%d MiB)" % (best["wall"], best["nbytes"] >> 20), flush=True)
     return t
 
 
