@@ -25,7 +25,11 @@
 #define ISCSI_SESSIONS 8               /* commands in flight per node */
 #define ISCSI_DEFAULT_TIMEOUT 30       /* seconds, when the option is 0/absent */
 #define ISCSI_TIMEOUT_MAX 86400
-#define ISCSI_MAX_XFER (2u << 20)      /* largest READ/WRITE issued */
+/* Largest READ/WRITE issued: libiscsi's default Data-In PDU (256 KiB).
+ * Against tgtd on loopback, eight sessions of 2 MiB commands converted a
+ * 256 MiB LUN 3-4 times slower than of 256 KiB ones; 512 KiB was about as
+ * fast, 128 KiB and 1 MiB slower. */
+#define ISCSI_MAX_XFER (256u << 10)
 #define ISCSI_LUN_MAX 16383
 #define ISCSI_DEFAULT_INITIATOR "iqn.2008-11.org.linux-kvm"
 
