@@ -34,8 +34,9 @@ def pool_guest_programs():
              LIBVIRT + "/connection-driver/libvirt_driver_storage.so",
              LIBVIRT + "/storage-backend/libvirt_storage_backend_logical.so",
              LIBVIRT + "/storage-backend/libvirt_storage_backend_disk.so",
+             LIBVIRT + "/storage-backend/libvirt_storage_backend_fs.so",
              LIBVIRT + "/storage-file/libvirt_storage_file_fs.so",
-             "/usr/lib/libvirt/libvirt_parthelper"]
+             "/usr/lib/libvirt/libvirt_parthelper", "/usr/bin/qemu-img"]
     return [p for p in progs if os.path.exists(p)]
 
 

@@ -242,7 +242,7 @@ static int set_backing(struct cmd_ctx *c, struct pool_obj *o, struct vol_def *v)
     v->backing_path = xstrdup(bv ? bv->path : b);
     if (opt_str(c, "backing-vol-format"))
         v->backing_format = xstrdup(opt_str(c, "backing-vol-format"));
-    else if (bv)
+    else if (bv && bv->format)
         v->backing_format = xstrdup(bv->format);
     if (!bv && b[0] != '/') {
         pool_err("failed to get vol '%s'", b);
@@ -389,7 +389,7 @@ static int cmd_clone(struct cmd_ctx *c)
     v->perms.mode = v->perms.owner = v->perms.group = -1;
     v->name = xstrdup(opt_str(c, "newname"));
     v->capacity = src.vol->capacity;
-    v->format = xstrdup(src.vol->format);
+    v->format = src.vol->format ? xstrdup(src.vol->format) : NULL;
     r = create_in(&c->conn, src.pool, v, opt_bool(c, "prealloc-metadata"), src.vol);
     if (r == 0)
         printf("Vol %s cloned from %s\n", v->name, src.vol->name);

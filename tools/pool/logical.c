@@ -423,25 +423,29 @@ static char *kib(uint64_t bytes)
     return xasprintf("%" PRIu64 "K", bytes / 1024 + (bytes % 1024 != 0));
 }
 
-int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
-                   const struct vol_def *from)
+/* lvremove of VG/NAME. */
+static int remove_lv(const struct pool_def *d, const char *name)
+{
+    char *path = xasprintf("%s/%s", d->src_name, name);
+    char *argv[] = { "lvremove", "-f", path, NULL };
+    int r = pool_run(argv, NULL) == 0 ? 0 : -1;
+
+    free(path);
+    return r;
+}
+
+/* lvcreate of v: capacity bytes, or a sparse volume (a snapshot of a
+ * virtual origin, as libvirt makes them) when its allocation is less. */
+static int make_lv(const struct pool_def *d, const struct vol_def *v)
 {
     char *cap = kib(v->capacity), *alloc = NULL, *argv[16];
     int i = 0, r;
 
-    (void)prealloc_meta;
-    if (from || v->backing_path) {
-        pool_set_error("this function is not supported by the connection driver: "
-                       "logical volumes are copied and snapshotted by lvm only");
-        free(cap);
-        return -1;
-    }
     argv[i++] = "lvcreate";
     argv[i++] = "--name";
     argv[i++] = v->name;
     argv[i++] = "-L";
     if (v->has_allocation && v->allocation != v->capacity) {
-        /* sparse: a snapshot of a virtual origin, as libvirt makes them */
         alloc = kib(v->allocation ? v->allocation : 1);
         argv[i++] = alloc;
         argv[i++] = "--type";
@@ -455,20 +459,44 @@ int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
     r = pool_run(argv, NULL) == 0 ? 0 : -1;
     free(cap);
     free(alloc);
-    if (r == 0)
-        r = set_perms(d, v);
     return r;
+}
+
+int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                   const struct vol_def *from)
+{
+    if (v->backing_path) {
+        pool_set_error("this function is not supported by the connection driver: "
+                       "logical volumes are copied and snapshotted by lvm only");
+        return -1;
+    }
+    if (from && prealloc_meta) {
+        pool_set_error("unsupported configuration: metadata preallocation is not "
+                       "supported for block volumes");
+        return -1;
+    }
+    free(v->path);
+    v->path = xasprintf("%s/%s", d->target_path, v->name);
+    v->type = "block";
+    if (make_lv(d, v) < 0)
+        return -1;
+    /* a copy goes into the new LV as raw bytes, as libvirt writes it;
+     * the LV goes again when the copy fails */
+    if (set_perms(d, v) < 0 || (from && vol_copy_data(from, v) < 0)) {
+        char *why = xstrdup(pool_error_text());
+        remove_lv(d, v->name);
+        pool_set_error("%s", why);
+        free(why);
+        return -1;
+    }
+    return 0;
 }
 
 int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v)
 {
-    char *path = xasprintf("%s/%s", d->src_name, v->name);
-    char *argv[] = { "lvremove", "-f", path, NULL };
-    int r = pool_run(argv, NULL) == 0 ? 0 : -1;
-
-    free(path);
-    return r;
+    return remove_lv(d, v->name);
 }
+
 
 /* Append text to *x. */
 static void add(char **x, const char *fmt, const char *a)

@@ -191,6 +191,10 @@ int vol_probe(struct vol_def *v);
 int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                    const struct vol_def *from);
 int dir_vol_delete(const struct vol_def *v);
+/* Copy the guest data of volume from into the volume v just made (its
+ * path and type set), as raw where either is a block volume; -1 with the
+ * error recorded. */
+int vol_copy_data(const struct vol_def *from, const struct vol_def *v);
 int dir_vol_wipe(const struct vol_def *v, const char *algorithm);
 int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                    bool allocate, bool shrink);
