@@ -248,3 +248,52 @@ def test_secret_without_value(peer):
         name="e", fmt="raw", enc=ENC % s.uuid(1))))
     s.same("pool-destroy", s.pool)
     s.same("secret-undefine", s.uuid(1))
+
+
+def test_encrypted_copies_same_as_virsh(peer, tmp_path):
+    """vol-create-from a plain volume into a LUKS one, vol-clone of a LUKS
+    volume (the clone keeps its source's secret), vol-create-from a LUKS
+    raw volume into LUKS in qcow2 with another secret and from that into
+    a plain volume: the same outputs as virsh, and every copy decrypts
+    (qemu-img with the secret's passphrase) to the plain source."""
+    s = Sides(peer)
+    p = s.pool
+    s.same("secret-define", s.file("s1.xml", SECRET_XML.format(
+        priv="no", uuid=s.uuid(1), type="volume", elem="volume", id="@/p/e")))
+    s.same("secret-define", s.file("s2.xml", SECRET_XML.format(
+        priv="no", uuid=s.uuid(2), type="volume", elem="volume", id="@/p/q")))
+    s.same("secret-set-value", s.uuid(1), "c2VjcmV0")
+    s.same("secret-set-value", s.uuid(2), "b3RoZXI=")
+    s.same("pool-create-as", p, "dir", "--target", "@/p", "--build")
+    data = os.urandom(1 << 20)
+    for side in ("l", "v"):
+        path = os.path.join(s.dir, side, "p", "plain")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, 65534, 65534)
+    s.same("pool-refresh", p)
+    e = s.file("e.xml", VOL_XML.format(name="e", fmt="raw", enc=ENC % s.uuid(1)))
+    q = s.file("q.xml", VOL_XML.format(name="q", fmt="qcow2", enc=ENC % s.uuid(2)))
+    pl = s.file("pl.xml", VOL_XML.format(name="pl", fmt="raw", enc=""))
+    s.same("vol-create-from", p, e, "plain", "--inputpool", p)
+    s.same("vol-clone", "e", "ec", "--pool", p)
+    s.same("vol-create-from", p, q, "ec", "--inputpool", p)
+    s.same("vol-create-from", p, pl, "q", "--inputpool", p)
+    for v in ("ec", "q"):
+        dump = s.same("vol-dumpxml", v, "--pool", p)[1]
+        assert "<secret type='passphrase' uuid='UUID'/>" in dump
+    s.same("vol-list", p, "--details")
+    # the clone's secret is its source's: found by usage no more
+    s.same("pool-refresh", p)
+    assert "<secret " not in s.same("vol-dumpxml", "ec", "--pool", p)[1]
+    s.same("pool-destroy", p)
+    for side in ("l", "v"):
+        with open(os.path.join(s.dir, side, "p", "pl"), "rb") as f:
+            assert f.read() == data
+    v = os.path.join(s.dir, "v", "p")
+    for name, fmt, key in (("ec", "raw", "secret"), ("q", "qcow2", "other")):
+        r = qemu_open(os.path.join(v, name), fmt, key, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / name).read_bytes() == data
+    for u in (1, 2):
+        s.same("secret-undefine", s.uuid(u))

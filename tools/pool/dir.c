@@ -327,12 +327,27 @@ static bool is_block(const struct vol_def *v)
 }
 
 /* The format libvdisk reads or writes volume v's data as: a block
- * volume's bytes are raw, as libvirt copies them, never probed. */
+ * volume's bytes are raw, as libvirt copies them, never probed; an
+ * encrypted raw volume is a LUKS file. */
 static const char *data_format(const struct vol_def *v)
 {
     if (is_block(v) || !v->format || !strcmp(v->format, "none"))
         return "raw";
+    if (v->enc_format && !strcmp(v->format, "raw"))
+        return "luks";
     return v->format;
+}
+
+/* The options that open v through its encryption with secret object id
+ * (secret_prepare_vol gave it); o made if NULL. */
+static vd_opts *key_opts(vd_opts *o, const struct vol_def *v, const char *id)
+{
+    if (!o && !(o = vd_opts_new()))
+        pool_oom();
+    if (v->enc_format && !is_block(v))
+        vd_opts_set(o, !strcmp(data_format(v), "luks") ? "key-secret" : "encrypt.key-secret",
+                    id);
+    return o;
 }
 
 int vol_copy_data(const struct vol_def *from, const struct vol_def *v)
@@ -348,8 +363,10 @@ int vol_copy_data(const struct vol_def *from, const struct vol_def *v)
      * for files; a block volume is synced, as libvirt's copy into it is */
     if (!is_block(v))
         vd_opts_set(o, "cache.no-flush", "on");
+    o = key_opts(o, v, VOL_KEY_ID);
     vd_error_clear();
-    r = vd_open(&s, from->path, data_format(from), NULL, VD_O_FORCE_SHARE);
+    r = vd_open(&s, from->path, data_format(from), key_opts(NULL, from, VOL_SRC_KEY_ID),
+                VD_O_FORCE_SHARE);
     if (r == 0)
         r = vd_open(&t, v->path, data_format(v), o, VD_O_RDWR | VD_O_NO_BACKING);
     else

@@ -184,13 +184,22 @@ char *secret_value_b64(struct pool_conn *c, const char *uuid)
     return v;
 }
 
-int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
+/* Check v's <encryption> (which = "volume" or "inputvol" in messages)
+ * and give its passphrase to libvdisk as secret object id; 0 when v is
+ * not encrypted. */
+static int prepare_key(struct pool_conn *c, const struct vol_def *v, const char *id,
+                       bool input)
 {
     char *b, *spec;
     int r;
 
     if (!v->enc_format)
         return 0;
+    if (input && strcmp(v->enc_format, "luks")) {
+        pool_set_error("unsupported configuration: encryption format of inputvol must be "
+                       "LUKS");
+        return -1;
+    }
     if (strcmp(v->enc_format, "luks")) {
         pool_set_error("unsupported configuration: volume encryption format '%s' is not "
                        "supported, only 'luks'", v->enc_format);
@@ -201,11 +210,6 @@ int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
                        "format %s", v->format);
         return -1;
     }
-    if (copy) {
-        pool_set_error("unsupported configuration: encrypted volumes are created empty here, "
-                       "not copied");
-        return -1;
-    }
     if (v->enc_secret_bad || !v->enc_secret) {
         pool_set_error("invalid argument: A single <secret type='passphrase'...> element is "
                        "expected in encryption description");
@@ -213,14 +217,21 @@ int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
     }
     if (!(b = secret_value_b64(c, v->enc_secret)))
         return -1;
-    spec = xasprintf("secret,id=%s,format=base64,data=%s", VOL_KEY_ID, b);
-    vd_object_clear();
+    spec = xasprintf("secret,id=%s,format=base64,data=%s", id, b);
     r = vd_object_add(spec);
     if (r < 0)
         pool_set_error("internal error: cannot use secret '%s': %s", v->enc_secret, vd_errmsg());
     free(spec);
     free(b);
     return r < 0 ? -1 : 0;
+}
+
+int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, const struct vol_def *from)
+{
+    vd_object_clear();
+    if (prepare_key(c, v, VOL_KEY_ID, false) < 0)
+        return -1;
+    return from ? prepare_key(c, from, VOL_SRC_KEY_ID, true) : 0;
 }
 
 void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n)
