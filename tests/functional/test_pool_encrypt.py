@@ -7,12 +7,15 @@ costs seconds of PBKDF2 (qemu-img's 2 s iteration time, as libvirt gets
 it), so only two are made on each side, and each is opened once by
 qemu-img (with the right passphrase: a wrong one is the luks tests')."""
 import os
+import pty
 import re
+import select
 import subprocess
+import time
 
 import pytest
 
-from pool_helpers import peer, mask  # noqa: F401
+from pool_helpers import VDISK_POOL, peer, mask  # noqa: F401
 
 # The daemon and its secrets live as long as the session: each test's
 # uuids, usages and pool names are its own (from its scratch directory).
@@ -157,6 +160,80 @@ def test_secret_without_uuid_gets_one(peer):
     assert virsh == vdisk == (0, "Secret UUID created\n\n", "")
     virsh, vdisk = s.both("secret-list")
     assert mine(s, virsh) == mine(s, vdisk) == [" UUID   tls t" + s.tag]
+
+
+def on_tty(argv, env, typed):
+    """Run argv on a new terminal (a pty, its controlling terminal); type
+    typed once it prompts (a ':' shown).  (exit status, what the terminal
+    shows), without the polkit notice virsh prints on a terminal here."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    shown, sent, end = b"", False, time.monotonic() + 60
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:         # the other end is closed: EIO
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+        if not sent and b":" in shown:
+            os.write(fd, typed)
+            sent = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    text = shown.decode().replace("\r\n", "\n")
+    return os.waitstatus_to_exitcode(status), re.sub(r"^Authorization not available.*\n", "",
+                                                     text)
+
+
+@pytest.mark.parametrize("typed,opts", [
+    (b"hunter2 & x\n", []),
+    (b"\n", []),                      # nothing typed: refused, the old value stays
+    (b"", ["--base64", "eA=="]),
+    (b"", ["--plain"]),
+    (b"", ["--file", "/nonexistent"]),
+])
+def test_secret_set_value_interactive_same_as_virsh(peer, typed, opts):
+    """secret-set-value --interactive on a terminal: virsh's prompt, the
+    value read with echo off (the newline it ends with dropped, taken as
+    plain bytes), the same messages and value; and from stdin when there
+    is no terminal."""
+    s = Sides(peer)
+    u = s.uuid(1)
+    s.same("secret-define", s.file("s.xml", "<secret><uuid>%s</uuid></secret>" % u))
+    s.same("secret-set-value", u, "b2xk")
+    got = []
+    for base, env in ((["virsh", "-c", "qemu:///session"], peer.env),
+                      ([VDISK_POOL], peer.venv)):
+        got.append(on_tty(peer.prefix() + base + ["secret-set-value", u, "--interactive"] +
+                          opts, env, typed))
+    assert got[0] == got[1]
+    value = s.same("secret-get-value", u)[1]
+    if opts:
+        assert got[1][0] == 1 and "mutually exclusive" in got[1][1]
+    elif typed == b"\n":
+        assert got[1] == (1, "Enter new value for secret:\nerror: Failed to set secret "
+                             "value\nerror: value in virSecretSetValue must not be NULL\n\n")
+        assert value == "b2xk\n"
+    else:
+        # the typed value is not echoed
+        assert got[1] == (0, "Enter new value for secret:\nSecret value set\n\n")
+        assert value == "aHVudGVyMiAmIHg=\n"
+    # no terminal: read from stdin, no newline after the prompt
+    outs = [f(*["secret-set-value", u, "--interactive"], input="from stdin\n",
+              start_new_session=True) for f in (peer.virsh, peer.vpool)]
+    assert [(p.returncode, p.stdout, p.stderr) for p in outs] == [
+        (o.returncode, o.stdout, o.stderr) for o in outs[:1]] * 2
+    if not opts:
+        assert outs[1].stdout == "Enter new value for secret:Secret value set\n\n"
+        assert s.same("secret-get-value", u)[1] == "ZnJvbSBzdGRpbg==\n"
+    s.same("secret-undefine", u)
 
 
 def qemu_open(path, fmt, passphrase, tmp):
