@@ -49,7 +49,8 @@ for c in %(lvm)s; do ln -sf /usr/sbin/lvm /sbin/$c; done
 ln -sf /usr/sbin/parted /sbin/parted
 cat >/etc/lvm/lvm.conf <<'EOF'
 devices { obtain_device_list_from_udev = 0 }
-activation { udev_sync = 0 udev_rules = 0 }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { thin_check_executable = "" }
 EOF
 [ -x /usr/sbin/libvirtd ] || { echo "no libvirtd in the guest"; exit 0; }
 printf 'auth_unix_rw = "none"\nauth_unix_ro = "none"\n' >/etc/libvirt/libvirtd.conf

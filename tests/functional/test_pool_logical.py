@@ -256,3 +256,42 @@ def test_logical_copies_same_as_virsh(pool_guest, loops):
     assert a[20][4] == b[20][4] == "same\n"
     assert b[21][4].startswith("300000\n") and b[23][4].startswith("%d\n" % (4 * MIB))
     assert b[22][1] == 1 and "No such file" in b[22][4]
+
+
+def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
+    """A volume group with a thin pool, a thin volume and its snapshot,
+    an LV and a snapshot of it, made with lvm2 itself: libvirt 9.0 lists
+    neither the thin pool nor the thin volumes (no devices in lvs), and
+    shows a snapshot with its origin as backing store; so does vdisk-pool."""
+    a, _ = loops
+
+    def setup():
+        wipe(pool_guest, loops)()
+        r = pool_guest.run(
+            "set -e; pvcreate -q %s; vgcreate -q vdtest %s\n"
+            "lvcreate -q --type thin-pool -L 8M -n tpool vdtest\n"
+            "lvcreate -q -V 16M --thinpool tpool -n thin1 vdtest\n"
+            "lvcreate -q -s -kn -n tsnap vdtest/thin1\n"
+            "lvcreate -q -L 4M -n plain vdtest\n"
+            "lvcreate -q -s -L 4M -n snap vdtest/plain\n"
+            "vgchange -q -aln vdtest" % (a, a))
+        assert r.returncode == 0, r.stderr
+
+    verbs = [
+        ["pool-define-as", "vdtest", "logical", "--source-name", "vdtest",
+         "--target", "/dev/vdtest"],
+        ["pool-start", "vdtest"],
+        ["vol-list", "vdtest", "--details"],
+        ["pool-info", "--bytes", "vdtest"],
+        ["vol-dumpxml", "--pool", "vdtest", "snap"],
+        ["vol-info", "--pool", "vdtest", "thin1"],
+        ["vol-create-as", "vdtest", "lv1", "4M"],
+        ["vol-list", "vdtest"],
+        ["pool-destroy", "vdtest"],
+        ["pool-undefine", "vdtest"],
+    ]
+    _, b = compare(pool_guest, verbs, setup, {1: LVS % "vdtest"})
+    assert "thin1" in b[1][4] and "tpool" in b[1][4]
+    assert [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()] == ["plain", "snap"]
+    assert "<backingStore>\n    <path>/dev/vdtest/plain</path>" in b[4][2]
+    assert b[5][1] == 1 and b[6][1] == 0

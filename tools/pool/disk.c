@@ -501,6 +501,11 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
                        "supported for block volumes");
         return -1;
     }
+    if (v->enc_format) {
+        pool_set_error("unsupported configuration: storage pool does not support "
+                       "encrypted volumes");
+        return -1;
+    }
     if (read_table(d->src_device, &t) < 0)
         return -1;
     kind = new_kind(d, &t);
