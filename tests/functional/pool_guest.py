@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The logical and disk pool tests run in the session's test guest
 (guest.py): this machine's kernel may lack device-mapper and partition
-scanning on loop devices.  The guest gets lvm2, parted, blkid, vdisk-pool
-and a libvirtd (9.0, with only its storage driver and the logical and disk
-backends) run as root with a private configuration; virsh reaches it as
-storage:///system.  LVM runs without udev (an lvm.conf the setup writes
-turns udev off, so LVM makes its device nodes itself), and libvirt calls
-the lvm2 programs as /sbin/NAME, so the setup links them there.
+scanning on loop devices.  The guest gets lvm2, parted, blkid, vdisk-pool,
+qemu-img and a libvirtd (9.0, with only its storage driver and the logical,
+disk and dir backends: dir pools hold the sources and targets of copies
+into and out of LVs and partitions, which libvirt makes with qemu-img) run
+as root with a private configuration; virsh reaches it as storage:///system.
+LVM runs without udev and dmeventd (an lvm.conf the setup writes turns udev
+and monitoring off, so LVM makes its device nodes itself), thin pools
+without thin_check, and libvirt calls the lvm2 programs as /sbin/NAME, so
+the setup links them there.
 
 Each test gives one list of verbs to both programs in turn, on the same
 loop devices: virsh first (pool-define-as ... pool-undefine), then

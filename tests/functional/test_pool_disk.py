@@ -160,7 +160,7 @@ def test_disk_failures_same_as_virsh(pool_guest, loop):
 
 def test_capabilities_logical_and_disk_as_libvirt(pool_guest):
     """pool-capabilities' logical and disk blocks are libvirt's (the
-    guest's libvirtd has only those two backends)."""
+    guest's libvirtd has those two backends and the dir one)."""
     if not pool_guest.libvirt:
         pytest.skip("libvirtd does not run in the guest: " + pool_guest.why)
     (_, rc1, l, _, _), = pool_guest.sequence("virsh", [["pool-capabilities"]])
