@@ -11,6 +11,7 @@ import pty
 import re
 import select
 import subprocess
+import termios
 import time
 
 import pytest
@@ -162,10 +163,19 @@ def test_secret_without_uuid_gets_one(peer):
     assert mine(s, virsh) == mine(s, vdisk) == [" UUID   tls t" + s.tag]
 
 
+def echo_on(fd):
+    """Does the terminal of pty master fd echo (True when it is gone)?"""
+    try:
+        return bool(termios.tcgetattr(fd)[3] & termios.ECHO)
+    except termios.error:
+        return True
+
+
 def on_tty(argv, env, typed):
     """Run argv on a new terminal (a pty, its controlling terminal); type
-    typed once it prompts (a ':' shown).  (exit status, what the terminal
-    shows), without the polkit notice virsh prints on a terminal here."""
+    typed once it prompts (a ':' shown) and has turned echo off.  (exit
+    status, what the terminal shows), without the polkit notice virsh
+    prints on a terminal here."""
     pid, fd = pty.fork()
     if pid == 0:
         try:
@@ -182,7 +192,8 @@ def on_tty(argv, env, typed):
             if not chunk:
                 break
             shown += chunk
-        if not sent and b":" in shown:
+        # typed once echo is off: getpass flushes what comes before
+        if not sent and b":" in shown and not echo_on(fd):
             os.write(fd, typed)
             sent = True
     os.close(fd)
