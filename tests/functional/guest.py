@@ -446,8 +446,9 @@ def sbin_program(name):
     return shutil.which(name) or next(
         (p for p in ("/usr/sbin/" + name, "/sbin/" + name) if os.path.exists(p)), None)
 # The logical and disk pool tests (pool_guest.py): device-mapper
-# snapshots and the zero target.
-GUEST_MODULES += ["dm_snapshot", "dm_zero"]
+# snapshots, the zero target and thin provisioning (whose metadata
+# checksums need a crc32c the kernel would otherwise load on demand).
+GUEST_MODULES += ["dm_snapshot", "dm_zero", "crc32c_generic", "dm_thin_pool"]
 
 
 def guest_programs():

@@ -1,12 +1,15 @@
 # SPDX-License-Identifier: BSD-3-Clause
 """The logical and disk pool tests run in the session's test guest
 (guest.py): this machine's kernel may lack device-mapper and partition
-scanning on loop devices.  The guest gets lvm2, parted, blkid, vdisk-pool
-and a libvirtd (9.0, with only its storage driver and the logical and disk
-backends) run as root with a private configuration; virsh reaches it as
-storage:///system.  LVM runs without udev (an lvm.conf the setup writes
-turns udev off, so LVM makes its device nodes itself), and libvirt calls
-the lvm2 programs as /sbin/NAME, so the setup links them there.
+scanning on loop devices.  The guest gets lvm2, parted, blkid, vdisk-pool,
+qemu-img and a libvirtd (9.0, with only its storage driver and the logical,
+disk and dir backends: dir pools hold the sources and targets of copies
+into and out of LVs and partitions, which libvirt makes with qemu-img) run
+as root with a private configuration; virsh reaches it as storage:///system.
+LVM runs without udev and dmeventd (an lvm.conf the setup writes turns udev
+and monitoring off, so LVM makes its device nodes itself), thin pools
+without thin_check, and libvirt calls the lvm2 programs as /sbin/NAME, so
+the setup links them there.
 
 Each test gives one list of verbs to both programs in turn, on the same
 loop devices: virsh first (pool-define-as ... pool-undefine), then
@@ -34,8 +37,9 @@ def pool_guest_programs():
              LIBVIRT + "/connection-driver/libvirt_driver_storage.so",
              LIBVIRT + "/storage-backend/libvirt_storage_backend_logical.so",
              LIBVIRT + "/storage-backend/libvirt_storage_backend_disk.so",
+             LIBVIRT + "/storage-backend/libvirt_storage_backend_fs.so",
              LIBVIRT + "/storage-file/libvirt_storage_file_fs.so",
-             "/usr/lib/libvirt/libvirt_parthelper"]
+             "/usr/lib/libvirt/libvirt_parthelper", "/usr/bin/qemu-img"]
     return [p for p in progs if os.path.exists(p)]
 
 
@@ -48,7 +52,8 @@ for c in %(lvm)s; do ln -sf /usr/sbin/lvm /sbin/$c; done
 ln -sf /usr/sbin/parted /sbin/parted
 cat >/etc/lvm/lvm.conf <<'EOF'
 devices { obtain_device_list_from_udev = 0 }
-activation { udev_sync = 0 udev_rules = 0 }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { thin_check_executable = "" }
 EOF
 [ -x /usr/sbin/libvirtd ] || { echo "no libvirtd in the guest"; exit 0; }
 printf 'auth_unix_rw = "none"\nauth_unix_ro = "none"\n' >/etc/libvirt/libvirtd.conf

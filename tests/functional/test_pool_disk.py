@@ -160,7 +160,7 @@ def test_disk_failures_same_as_virsh(pool_guest, loop):
 
 def test_capabilities_logical_and_disk_as_libvirt(pool_guest):
     """pool-capabilities' logical and disk blocks are libvirt's (the
-    guest's libvirtd has only those two backends)."""
+    guest's libvirtd has those two backends and the dir one)."""
     if not pool_guest.libvirt:
         pytest.skip("libvirtd does not run in the guest: " + pool_guest.why)
     (_, rc1, l, _, _), = pool_guest.sequence("virsh", [["pool-capabilities"]])
@@ -172,3 +172,78 @@ def test_capabilities_logical_and_disk_as_libvirt(pool_guest):
     for t in ("logical", "disk"):
         assert block(v, t) == block(l, t)
         assert block(v, t).startswith(" supported='yes'>")
+
+
+def test_disk_copies_same_as_virsh(pool_guest, loop):
+    """vol-create-from and vol-clone into and out of a disk pool (the
+    source copied as raw into a partition of the larger capacity),
+    vol-upload and vol-download on partitions; the bytes compared with
+    cmp in the guest."""
+    if not pool_guest.libvirt:
+        pytest.skip("libvirtd does not run in the guest: " + pool_guest.why)
+    p1, p2, p3 = part(loop, 1), part(loop, 2), part(loop, 3)
+    s, d, dev = "/tmp/vdsrcd", "/tmp/vdcopyd", "/dev/"
+    r = pool_guest.run(
+        "set -e; rm -rf %s; mkdir %s; cd %s\n"
+        "dd if=/dev/urandom of=src.raw bs=1M count=3 2>/dev/null; truncate -s 5M src.raw\n"
+        "dd if=/dev/urandom of=part bs=1M count=4 2>/dev/null\n"
+        "dd if=/dev/urandom of=up bs=64k count=3 2>/dev/null\n"
+        "dd if=/dev/urandom of=up bs=64k seek=10 count=2 conv=notrunc 2>/dev/null\n"
+        "truncate -s 1M up\n"
+        "printf \"<volume><name>%s</name><capacity unit='M'>2</capacity></volume>\" >p2.xml\n"
+        "printf \"<volume><name>frompart</name><capacity unit='M'>1</capacity></volume>\" "
+        ">frompart.xml\n" % (s, s, s, p2))
+    assert r.returncode == 0, r.stderr
+
+    def setup():
+        blank(pool_guest, loop)()
+        r = pool_guest.run("rm -rf %s /tmp/vdd*; mkdir %s; cp %s/src.raw %s/" % (d, d, s, d))
+        assert r.returncode == 0
+
+    verbs = [
+        ["pool-define-as", "vdisk", "disk", "--source-dev", loop, "--target", "/dev",
+         "--source-format", "gpt"],
+        ["pool-build", "vdisk"],
+        ["pool-start", "vdisk"],
+        ["pool-create-as", "vdcopy", "dir", "--target", d],
+        ["vol-create-as", "vdisk", p1, "4M"],
+        # 5 MiB of source in a partition asked 2 MiB: 5 MiB
+        ["vol-create-from", "vdisk", s + "/p2.xml", "--inputpool", "vdcopy", "src.raw"],
+        ["vol-clone", "--pool", "vdisk", p1, p3],
+        ["vol-create-from", "vdcopy", s + "/frompart.xml", "--inputpool", "vdisk", p1],
+        ["vol-list", "vdisk", "--details"],
+        ["vol-dumpxml", "--pool", "vdisk", p2],
+        ["vol-info", "--bytes", "--pool", "vdisk", p3],
+        ["vol-dumpxml", "--pool", "vdcopy", "frompart"],
+        ["pool-info", "--bytes", "vdisk"],
+        ["vol-upload", "--pool", "vdisk", p3, s + "/up", "--sparse", "--offset", "65536"],
+        ["vol-upload", "--pool", "vdisk", p3, s + "/up", "--offset", "5000000"],
+        ["vol-download", "--pool", "vdisk", p3, "/tmp/vdd1", "--sparse", "--offset",
+         "65536", "--length", "1048576"],
+        ["vol-download", "--pool", "vdisk", p3, "/tmp/vdd2", "--offset", "4194305"],
+        ["pool-destroy", "vdcopy"],
+        ["pool-destroy", "vdisk"],
+        ["pool-undefine", "vdisk"],
+    ]
+    pr = PRINT % loop
+    between = {
+        4: "dd if=%s/part of=%s%s bs=1M 2>/dev/null" % (s, dev, p1),
+        6: pr + "; cmp -n 5242880 %s/src.raw %s%s && cmp %s%s %s%s && echo same"
+           % (s, dev, p2, dev, p1, dev, p3),
+        7: "cmp %s%s %s/frompart && echo same" % (dev, p1, d),
+        13: "cmp -n 1048576 %s/up %s%s 0 65536 && cmp -n 65536 %s/part %s%s && echo same"
+            % (s, dev, p3, s, dev, p3),
+        15: "cmp %s/up /tmp/vdd1 && echo same" % s,
+        16: "ls /tmp/vdd2",
+    }
+    try:
+        _, b = compare(pool_guest, verbs, setup, between)
+    finally:
+        pool_guest.run("rm -rf %s %s /tmp/vdd*" % (s, d))
+    for i in (6, 7, 13, 15):
+        assert b[i][4].endswith("same\n"), b[i]
+    # the partition made from 5 MiB of source holds 5 MiB
+    rows = [r.split(":") for r in b[6][4].splitlines() if r[:1].isdigit()]
+    assert [int(r[3].rstrip("B")) for r in rows] == [4 * MIB, 5 * MIB, 4 * MIB]
+    assert b[14][1] == 1 and "Unable to seek %s%s to 5000000" % (dev, p3) in b[14][3]
+    assert b[16][1] == 1 and "No such file" in b[16][4]

@@ -7,12 +7,16 @@ costs seconds of PBKDF2 (qemu-img's 2 s iteration time, as libvirt gets
 it), so only two are made on each side, and each is opened once by
 qemu-img (with the right passphrase: a wrong one is the luks tests')."""
 import os
+import pty
 import re
+import select
 import subprocess
+import termios
+import time
 
 import pytest
 
-from pool_helpers import peer, mask  # noqa: F401
+from pool_helpers import VDISK_POOL, peer, mask  # noqa: F401
 
 # The daemon and its secrets live as long as the session: each test's
 # uuids, usages and pool names are its own (from its scratch directory).
@@ -159,6 +163,90 @@ def test_secret_without_uuid_gets_one(peer):
     assert mine(s, virsh) == mine(s, vdisk) == [" UUID   tls t" + s.tag]
 
 
+def echo_on(fd):
+    """Does the terminal of pty master fd echo (True when it is gone)?"""
+    try:
+        return bool(termios.tcgetattr(fd)[3] & termios.ECHO)
+    except termios.error:
+        return True
+
+
+def on_tty(argv, env, typed):
+    """Run argv on a new terminal (a pty, its controlling terminal); type
+    typed once it prompts (a ':' shown) and has turned echo off.  (exit
+    status, what the terminal shows), without the polkit notice virsh
+    prints on a terminal here."""
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execvpe(argv[0], argv, env)
+        finally:
+            os._exit(127)
+    shown, sent, end = b"", False, time.monotonic() + 60
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 1)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:         # the other end is closed: EIO
+                chunk = b""
+            if not chunk:
+                break
+            shown += chunk
+        # typed once echo is off: getpass flushes what comes before
+        if not sent and b":" in shown and not echo_on(fd):
+            os.write(fd, typed)
+            sent = True
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    text = shown.decode().replace("\r\n", "\n")
+    return os.waitstatus_to_exitcode(status), re.sub(r"^Authorization not available.*\n", "",
+                                                     text)
+
+
+@pytest.mark.parametrize("typed,opts", [
+    (b"hunter2 & x\n", []),
+    (b"\n", []),                      # nothing typed: refused, the old value stays
+    (b"", ["--base64", "eA=="]),
+    (b"", ["--plain"]),
+    (b"", ["--file", "/nonexistent"]),
+])
+def test_secret_set_value_interactive_same_as_virsh(peer, typed, opts):
+    """secret-set-value --interactive on a terminal: virsh's prompt, the
+    value read with echo off (the newline it ends with dropped, taken as
+    plain bytes), the same messages and value; and from stdin when there
+    is no terminal."""
+    s = Sides(peer)
+    u = s.uuid(1)
+    s.same("secret-define", s.file("s.xml", "<secret><uuid>%s</uuid></secret>" % u))
+    s.same("secret-set-value", u, "b2xk")
+    got = []
+    for base, env in ((["virsh", "-c", "qemu:///session"], peer.env),
+                      ([VDISK_POOL], peer.venv)):
+        got.append(on_tty(peer.prefix() + base + ["secret-set-value", u, "--interactive"] +
+                          opts, env, typed))
+    assert got[0] == got[1]
+    value = s.same("secret-get-value", u)[1]
+    if opts:
+        assert got[1][0] == 1 and "mutually exclusive" in got[1][1]
+    elif typed == b"\n":
+        assert got[1] == (1, "Enter new value for secret:\nerror: Failed to set secret "
+                             "value\nerror: value in virSecretSetValue must not be NULL\n\n")
+        assert value == "b2xk\n"
+    else:
+        # the typed value is not echoed
+        assert got[1] == (0, "Enter new value for secret:\nSecret value set\n\n")
+        assert value == "aHVudGVyMiAmIHg=\n"
+    # no terminal: read from stdin, no newline after the prompt
+    outs = [f(*["secret-set-value", u, "--interactive"], input="from stdin\n",
+              start_new_session=True) for f in (peer.virsh, peer.vpool)]
+    assert [(p.returncode, p.stdout, p.stderr) for p in outs] == [
+        (o.returncode, o.stdout, o.stderr) for o in outs[:1]] * 2
+    if not opts:
+        assert outs[1].stdout == "Enter new value for secret:Secret value set\n\n"
+        assert s.same("secret-get-value", u)[1] == "ZnJvbSBzdGRpbg==\n"
+    s.same("secret-undefine", u)
+
+
 def qemu_open(path, fmt, passphrase, tmp):
     """qemu-img reads the volume's guest data with the passphrase."""
     key = "encrypt.key-secret" if fmt == "qcow2" else "key-secret"
@@ -248,3 +336,52 @@ def test_secret_without_value(peer):
         name="e", fmt="raw", enc=ENC % s.uuid(1))))
     s.same("pool-destroy", s.pool)
     s.same("secret-undefine", s.uuid(1))
+
+
+def test_encrypted_copies_same_as_virsh(peer, tmp_path):
+    """vol-create-from a plain volume into a LUKS one, vol-clone of a LUKS
+    volume (the clone keeps its source's secret), vol-create-from a LUKS
+    raw volume into LUKS in qcow2 with another secret and from that into
+    a plain volume: the same outputs as virsh, and every copy decrypts
+    (qemu-img with the secret's passphrase) to the plain source."""
+    s = Sides(peer)
+    p = s.pool
+    s.same("secret-define", s.file("s1.xml", SECRET_XML.format(
+        priv="no", uuid=s.uuid(1), type="volume", elem="volume", id="@/p/e")))
+    s.same("secret-define", s.file("s2.xml", SECRET_XML.format(
+        priv="no", uuid=s.uuid(2), type="volume", elem="volume", id="@/p/q")))
+    s.same("secret-set-value", s.uuid(1), "c2VjcmV0")
+    s.same("secret-set-value", s.uuid(2), "b3RoZXI=")
+    s.same("pool-create-as", p, "dir", "--target", "@/p", "--build")
+    data = os.urandom(1 << 20)
+    for side in ("l", "v"):
+        path = os.path.join(s.dir, side, "p", "plain")
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chown(path, 65534, 65534)
+    s.same("pool-refresh", p)
+    e = s.file("e.xml", VOL_XML.format(name="e", fmt="raw", enc=ENC % s.uuid(1)))
+    q = s.file("q.xml", VOL_XML.format(name="q", fmt="qcow2", enc=ENC % s.uuid(2)))
+    pl = s.file("pl.xml", VOL_XML.format(name="pl", fmt="raw", enc=""))
+    s.same("vol-create-from", p, e, "plain", "--inputpool", p)
+    s.same("vol-clone", "e", "ec", "--pool", p)
+    s.same("vol-create-from", p, q, "ec", "--inputpool", p)
+    s.same("vol-create-from", p, pl, "q", "--inputpool", p)
+    for v in ("ec", "q"):
+        dump = s.same("vol-dumpxml", v, "--pool", p)[1]
+        assert "<secret type='passphrase' uuid='UUID'/>" in dump
+    s.same("vol-list", p, "--details")
+    # the clone's secret is its source's: found by usage no more
+    s.same("pool-refresh", p)
+    assert "<secret " not in s.same("vol-dumpxml", "ec", "--pool", p)[1]
+    s.same("pool-destroy", p)
+    for side in ("l", "v"):
+        with open(os.path.join(s.dir, side, "p", "pl"), "rb") as f:
+            assert f.read() == data
+    v = os.path.join(s.dir, "v", "p")
+    for name, fmt, key in (("ec", "raw", "secret"), ("q", "qcow2", "other")):
+        r = qemu_open(os.path.join(v, name), fmt, key, tmp_path / name)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / name).read_bytes() == data
+    for u in (1, 2):
+        s.same("secret-undefine", s.uuid(u))

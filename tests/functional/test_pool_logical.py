@@ -138,3 +138,160 @@ def test_logical_failures_same_as_virsh(pool_guest, loops):
     _, res = compare(pool_guest, verbs, setup, {5: VGS % "vdother"})
     assert res[1][1] == 1 and res[5][1] == 1 and res[6][1] == 0
     assert "vdother" in res[5][4]
+
+
+COPY_DIR = "/tmp/vdcopy"
+
+
+def copy_sources(pg):
+    """The dir pool's source volumes (a raw file with 3 MiB of data in
+    5 MiB, its qcow2 copy) and the bytes written into LVs and uploaded,
+    made once: the same for both programs."""
+    r = pg.run("set -e; rm -rf /tmp/vdsrc; mkdir /tmp/vdsrc; cd /tmp/vdsrc\n"
+               "dd if=/dev/urandom of=src.raw bs=1M count=3 2>/dev/null\n"
+               "truncate -s 5M src.raw\n"
+               "qemu-img convert -f raw -O qcow2 src.raw src.qcow2\n"
+               "dd if=/dev/urandom of=lv bs=1M count=4 2>/dev/null\n"
+               # data, a hole, data: what vol-upload --sparse sends
+               "dd if=/dev/urandom of=up bs=64k count=3 2>/dev/null\n"
+               "dd if=/dev/urandom of=up bs=64k seek=10 count=2 conv=notrunc 2>/dev/null\n"
+               "truncate -s 1M up\n"
+               "printf \"<volume><name>lvc</name><capacity unit='M'>2</capacity></volume>\" "
+               ">lvc.xml\n"
+               "sed s/lvc/lvq/ lvc.xml >lvq.xml\n"
+               "printf \"<volume><name>fromlv</name><capacity unit='M'>1</capacity>"
+               "</volume>\" >fromlv.xml\n"
+               "printf \"<volume><name>fromlvq</name><capacity unit='M'>8</capacity>"
+               "<allocation>0</allocation><target><format type='qcow2'/></target>"
+               "</volume>\" >fromlvq.xml\n")
+    assert r.returncode == 0, r.stderr
+
+
+def test_logical_copies_same_as_virsh(pool_guest, loops):
+    """vol-create-from and vol-clone into and out of a logical pool (the
+    source copied as raw into an LV of the larger capacity), vol-upload
+    and vol-download on LVs; the bytes compared with cmp in the guest."""
+    a, _ = loops
+    if not pool_guest.libvirt:
+        pytest.skip("libvirtd does not run in the guest: " + pool_guest.why)
+    copy_sources(pool_guest)
+
+    def setup():
+        wipe(pool_guest, loops)()
+        r = pool_guest.run("rm -rf %s /tmp/vdd*; mkdir %s; cp /tmp/vdsrc/src.* %s/"
+                           % (COPY_DIR, COPY_DIR, COPY_DIR))
+        assert r.returncode == 0
+
+    s, lv = "/tmp/vdsrc", "/dev/vdtest/"
+    verbs = [
+        ["pool-define-as", "vdtest", "logical", "--source-name", "vdtest",
+         "--source-dev", a, "--target", "/dev/vdtest"],
+        ["pool-build", "vdtest"],
+        ["pool-start", "vdtest"],
+        ["pool-create-as", "vdcopy", "dir", "--target", COPY_DIR],
+        ["vol-create-as", "vdtest", "lv1", "4M"],
+        # 5 MiB of source in an LV asked 2 MiB: 8 MiB (the source's
+        # capacity, in whole extents)
+        ["vol-create-from", "vdtest", s + "/lvc.xml", "--inputpool", "vdcopy", "src.raw"],
+        ["vol-create-from", "vdtest", s + "/lvq.xml", "--inputpool", "vdcopy", "src.qcow2"],
+        ["vol-clone", "--pool", "vdtest", "lv1", "lv1c"],
+        ["vol-clone", "--pool", "vdtest", "lv1", "lv1c"],
+        ["vol-clone", "--pool", "vdtest", "lv1", "big", "--prealloc-metadata"],
+        ["vol-create-from", "vdcopy", s + "/fromlv.xml", "--inputpool", "vdtest", "lv1"],
+        ["vol-create-from", "vdcopy", s + "/fromlvq.xml", "--inputpool", "vdtest", "lv1"],
+        ["vol-list", "vdtest", "--details"],
+        ["vol-dumpxml", "--pool", "vdtest", "lvc"],
+        ["vol-info", "--bytes", "--pool", "vdtest", "lv1c"],
+        ["vol-dumpxml", "--pool", "vdcopy", "fromlv"],
+        ["vol-info", "--pool", "vdcopy", "fromlvq"],
+        ["pool-info", "--bytes", "vdtest"],
+        # a hole of the file is written as zeros: a device has no holes
+        ["vol-upload", "--pool", "vdtest", "lv1", s + "/up", "--sparse", "--offset", "65536"],
+        ["vol-upload", "--pool", "vdtest", "lv1", s + "/up", "--offset", "5000000"],
+        ["vol-upload", "--pool", "vdtest", "lv1", s + "/up", "--offset", "4000000"],
+        ["vol-download", "--pool", "vdtest", "lv1", "/tmp/vdd1", "--sparse", "--offset",
+         "1000", "--length", "300000"],
+        ["vol-download", "--pool", "vdtest", "lv1", "/tmp/vdd2", "--offset", "5000000"],
+        ["vol-download", "--pool", "vdtest", "lv1c", "/tmp/vdd3", "--length", "5000000"],
+        ["pool-destroy", "vdcopy"],
+        ["pool-destroy", "vdtest"],
+        ["pool-delete", "vdtest"],
+        ["pool-undefine", "vdtest"],
+    ]
+    lvs = LVS % "vdtest"
+    between = {
+        4: "dd if=%s/lv of=%slv1 bs=1M 2>/dev/null" % (s, lv),
+        7: lvs + "; cmp %slv1 %slv1c && cmp -n 5242880 %slvc %s/src.raw && "
+                 "cmp -n 5242880 %slvq %s/src.raw && echo same" % (lv, lv, lv, s, lv, s),
+        10: "cmp %slv1 %s/fromlv && echo same" % (lv, COPY_DIR),
+        11: "qemu-img compare -f raw -F qcow2 %slv1 %s/fromlvq" % (lv, COPY_DIR),
+        18: "cmp -n 1048576 %s/up %slv1 0 65536 && cmp -n 65536 %s/lv %slv1 && echo same"
+            % (s, lv, s, lv),
+        20: "cmp -n 194304 %s/up %slv1 0 4000000 && echo same" % (s, lv),
+        21: "wc -c </tmp/vdd1; cmp -n 300000 %slv1 /tmp/vdd1 1000 0 && echo same" % lv,
+        22: "ls /tmp/vdd2",
+        23: "wc -c </tmp/vdd3; cmp %slv1c /tmp/vdd3 && echo same" % lv,
+    }
+    try:
+        a, b = compare(pool_guest, verbs, setup, between, differs={20})
+    finally:
+        pool_guest.run("rm -rf /tmp/vdsrc /tmp/vdd* " + COPY_DIR)
+    # the copies are the bytes of their sources
+    for i in (7, 10, 18, 23):
+        assert b[i][4].endswith("same\n"), b[i]
+    assert "Images are identical." in b[11][4]
+    assert [r.split()[:2] for r in b[7][4].splitlines()[:-1]] == [
+        ["lv1", str(4 * MIB)], ["lv1c", str(4 * MIB)], ["lvc", str(8 * MIB)],
+        ["lvq", str(8 * MIB)]]
+    assert b[8][1] == b[9][1] == 1
+    # uploaded past the end of the LV: the part that fits, then ENOSPC;
+    # virsh reports it when sending or when closing the stream, as its
+    # daemon's writer gets to it
+    assert a[20][1] == b[20][1] == 1 and b[20][3] == (
+        "error: cannot send data to volume lv1\nerror: Unable to write %slv1: No space "
+        "left on device\n" % lv)
+    assert a[20][3].split("\n")[1:] == b[20][3].split("\n")[1:]
+    assert a[20][3].split("\n")[0] in ("error: cannot send data to volume lv1",
+                                       "error: cannot close volume lv1")
+    assert a[20][4] == b[20][4] == "same\n"
+    assert b[21][4].startswith("300000\n") and b[23][4].startswith("%d\n" % (4 * MIB))
+    assert b[22][1] == 1 and "No such file" in b[22][4]
+
+
+def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
+    """A volume group with a thin pool, a thin volume and its snapshot,
+    an LV and a snapshot of it, made with lvm2 itself: libvirt 9.0 lists
+    neither the thin pool nor the thin volumes (no devices in lvs), and
+    shows a snapshot with its origin as backing store; so does vdisk-pool."""
+    a, _ = loops
+
+    def setup():
+        wipe(pool_guest, loops)()
+        r = pool_guest.run(
+            "set -e; pvcreate -q %s; vgcreate -q vdtest %s\n"
+            "lvcreate -q --type thin-pool -L 8M -n tpool vdtest\n"
+            "lvcreate -q -V 16M --thinpool tpool -n thin1 vdtest\n"
+            "lvcreate -q -s -kn -n tsnap vdtest/thin1\n"
+            "lvcreate -q -L 4M -n plain vdtest\n"
+            "lvcreate -q -s -L 4M -n snap vdtest/plain\n"
+            "vgchange -q -aln vdtest" % (a, a))
+        assert r.returncode == 0, r.stderr
+
+    verbs = [
+        ["pool-define-as", "vdtest", "logical", "--source-name", "vdtest",
+         "--target", "/dev/vdtest"],
+        ["pool-start", "vdtest"],
+        ["vol-list", "vdtest", "--details"],
+        ["pool-info", "--bytes", "vdtest"],
+        ["vol-dumpxml", "--pool", "vdtest", "snap"],
+        ["vol-info", "--pool", "vdtest", "thin1"],
+        ["vol-create-as", "vdtest", "lv1", "4M"],
+        ["vol-list", "vdtest"],
+        ["pool-destroy", "vdtest"],
+        ["pool-undefine", "vdtest"],
+    ]
+    _, b = compare(pool_guest, verbs, setup, {1: LVS % "vdtest"})
+    assert "thin1" in b[1][4] and "tpool" in b[1][4]
+    assert [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()] == ["plain", "snap"]
+    assert "<backingStore>\n    <path>/dev/vdtest/plain</path>" in b[4][2]
+    assert b[5][1] == 1 and b[6][1] == 0

@@ -215,7 +215,7 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (secret_prepare_vol(conn, v, from != NULL) < 0 ||
+    if (secret_prepare_vol(conn, v, from) < 0 ||
         b->vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (!file_pool(o)) {
@@ -242,7 +242,7 @@ static int set_backing(struct cmd_ctx *c, struct pool_obj *o, struct vol_def *v)
     v->backing_path = xstrdup(bv ? bv->path : b);
     if (opt_str(c, "backing-vol-format"))
         v->backing_format = xstrdup(opt_str(c, "backing-vol-format"));
-    else if (bv)
+    else if (bv && bv->format)
         v->backing_format = xstrdup(bv->format);
     if (!bv && b[0] != '/') {
         pool_err("failed to get vol '%s'", b);
@@ -375,6 +375,20 @@ static int cmd_create_from(struct cmd_ctx *c)
     return r ? 1 : 0;
 }
 
+/* A clone's <encryption>: its source's, as virsh passes the source's XML
+ * (the same secret, cipher and IV generator). */
+static void clone_encryption(struct vol_def *v, const struct vol_def *src)
+{
+    if (!src->enc_format)
+        return;
+    v->enc_format = xstrdup(src->enc_format);
+    v->enc_secret = src->enc_secret ? xstrdup(src->enc_secret) : NULL;
+    for (int i = 0; i < 4; i++)
+        v->enc_cipher[i] = src->enc_cipher[i] ? xstrdup(src->enc_cipher[i]) : NULL;
+    for (int i = 0; i < 2; i++)
+        v->enc_ivgen[i] = src->enc_ivgen[i] ? xstrdup(src->enc_ivgen[i]) : NULL;
+}
+
 static int cmd_clone(struct cmd_ctx *c)
 {
     struct vol_ref src;
@@ -389,7 +403,8 @@ static int cmd_clone(struct cmd_ctx *c)
     v->perms.mode = v->perms.owner = v->perms.group = -1;
     v->name = xstrdup(opt_str(c, "newname"));
     v->capacity = src.vol->capacity;
-    v->format = xstrdup(src.vol->format);
+    v->format = src.vol->format ? xstrdup(src.vol->format) : NULL;
+    clone_encryption(v, src.vol);
     r = create_in(&c->conn, src.pool, v, opt_bool(c, "prealloc-metadata"), src.vol);
     if (r == 0)
         printf("Vol %s cloned from %s\n", v->name, src.vol->name);
@@ -698,7 +713,7 @@ static int cmd_resize(struct cmd_ctx *c)
                        "storage pool does not support changing of volume capacity");
         rc = -1;
     } else {
-        rc = secret_prepare_vol(&c->conn, r.vol, false);
+        rc = secret_prepare_vol(&c->conn, r.vol, NULL);
         if (rc == 0)
             rc = be(r.pool)->vol_resize(r.pool->def, r.vol, cap, opt_bool(c, "allocate"),
                                         opt_bool(c, "shrink"));

@@ -320,28 +320,68 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
     return o;
 }
 
-/* Copy the guest data of from into the new volume v. */
-static int copy_from(const struct vol_def *from, struct vol_def *v)
+/* Is v a block volume (an LV, a partition)? */
+static bool is_block(const struct vol_def *v)
+{
+    return v->type && !strcmp(v->type, "block");
+}
+
+/* The format libvdisk reads or writes volume v's data as: a block
+ * volume's bytes are raw, as libvirt copies them, never probed; an
+ * encrypted raw volume is a LUKS file. */
+static const char *data_format(const struct vol_def *v)
+{
+    if (is_block(v) || !v->format || !strcmp(v->format, "none"))
+        return "raw";
+    if (v->enc_format && !strcmp(v->format, "raw"))
+        return "luks";
+    return v->format;
+}
+
+/* The options that open v through its encryption with secret object id
+ * (secret_prepare_vol gave it); o made if NULL. */
+static vd_opts *key_opts(vd_opts *o, const struct vol_def *v, const char *id)
+{
+    if (!o && !(o = vd_opts_new()))
+        pool_oom();
+    if (v->enc_format && !is_block(v))
+        vd_opts_set(o, !strcmp(data_format(v), "luks") ? "key-secret" : "encrypt.key-secret",
+                    id);
+    return o;
+}
+
+int vol_copy_data(const struct vol_def *from, const struct vol_def *v)
 {
     vd_node *s = NULL, *t = NULL;
     vd_opts *o = vd_opts_new();
+    int64_t slen = 0, tlen = 0;
     int r;
 
     if (!o)
         pool_oom();
-    /* qemu-img convert's default cache mode (unsafe), which libvirt uses */
-    vd_opts_set(o, "cache.no-flush", "on");
-    r = vd_open(&s, from->path, from->format, NULL, VD_O_FORCE_SHARE);
+    /* qemu-img convert's default cache mode (unsafe), which libvirt uses
+     * for files; a block volume is synced, as libvirt's copy into it is */
+    if (!is_block(v))
+        vd_opts_set(o, "cache.no-flush", "on");
+    o = key_opts(o, v, VOL_KEY_ID);
+    vd_error_clear();
+    r = vd_open(&s, from->path, data_format(from), key_opts(NULL, from, VOL_SRC_KEY_ID),
+                VD_O_FORCE_SHARE);
     if (r == 0)
-        r = vd_open(&t, v->path, v->format, o, VD_O_RDWR | VD_O_NO_BACKING);
+        r = vd_open(&t, v->path, data_format(v), o, VD_O_RDWR | VD_O_NO_BACKING);
     else
         vd_opts_free(o);
+    if (r == 0 && ((slen = vd_getlength(s)) < 0 || (tlen = vd_getlength(t)) < 0))
+        r = (int)(slen < 0 ? slen : tlen);
     if (r == 0) {
+        /* a block target may be larger than the source (extents, cylinders)
+         * and holds old bytes: the source's length is written in full */
         struct vd_copy_params p = {
             .src = &s, .nsrc = 1, .dst = t, .workers = 8, .min_sparse = 4096,
-            .target_is_zero = !v->backing_path, .copy_offload = true,
+            .length = (uint64_t)(slen < tlen ? slen : tlen),
+            .target_is_zero = !v->backing_path && !is_block(v), .copy_offload = true,
         };
-        r = vd_copy(&p);
+        r = p.length ? vd_copy(&p) : 0;
         if (r == 0)
             r = vd_flush(t);
     }
@@ -393,7 +433,7 @@ int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
         unlink(v->path);           /* no partial volume left behind */
         return -1;
     }
-    if ((from && copy_from(from, v) < 0) || chmod(v->path, mode) < 0 ||
+    if ((from && vol_copy_data(from, v) < 0) || chmod(v->path, mode) < 0 ||
         ((v->perms.owner >= 0 || v->perms.group >= 0) &&
          chown(v->path, (uid_t)v->perms.owner, (gid_t)v->perms.group) < 0)) {
         if (!from)
@@ -740,6 +780,113 @@ static int stream(int in, int out, uint64_t in_off, uint64_t out_off, uint64_t l
     return 0;
 }
 
+/* pwrite all n bytes at off (short writes continued); -1 with errno. */
+static int pwrite_all(int fd, const char *buf, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t r = pwrite(fd, buf, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0) {
+            errno = ENOSPC;
+            return -1;
+        }
+        buf += r;
+        n -= (size_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+/* The size of block device fd and a check of off against it, as
+ * libvirt's seek on the device fails past its end; -1 (recorded). */
+static int block_seek(const struct vol_def *v, int fd, uint64_t off, uint64_t *size)
+{
+    off_t s = lseek(fd, 0, SEEK_END);
+
+    if (s < 0 || off > (uint64_t)s) {
+        pool_set_error("Unable to seek %s to %" PRIu64 ": %s", v->path, off,
+                       strerror(s < 0 ? errno : EINVAL));
+        return -1;
+    }
+    *size = (uint64_t)s;
+    return 0;
+}
+
+/* Upload into a block volume (an LV, a partition) from off: the input's
+ * bytes, its holes written as zeros (a device keeps no holes, with or
+ * without --sparse).  -3 when the device ends before the data or more
+ * than len bytes come, -1 on other errors (recorded). */
+static int upload_block(const struct vol_def *v, int in, int out, uint64_t off,
+                        uint64_t len)
+{
+    char *buf = malloc(STREAM_BLOCK);
+    uint64_t size, done = 0;
+    ssize_t n = 0;
+    int r = 0;
+
+    if (!buf)
+        pool_oom();
+    if (block_seek(v, out, off, &size) < 0) {
+        free(buf);
+        return -1;
+    }
+    while (r == 0 && (!len || done < len)) {
+        size_t want = len && len - done < STREAM_BLOCK ? (size_t)(len - done) : STREAM_BLOCK;
+        if ((n = read_full(in, buf, want)) <= 0)
+            break;
+        if (pwrite_all(out, buf, (size_t)n, off + done) < 0) {
+            pool_set_error("Unable to write %s: %s", v->path, strerror(errno));
+            r = -3;
+        }
+        done += (uint64_t)n;
+    }
+    if (r == 0 && n < 0) {
+        pool_set_error("cannot read the data to upload: %s", strerror(errno));
+        r = -1;
+    } else if (r == 0 && len && done == len && read_full(in, buf, 1) > 0) {
+        pool_set_error("cannot write to stream: %s", strerror(ENOSPC));
+        r = -3;
+    } else if (r == 0 && fdatasync(out) < 0) {
+        pool_set_error("cannot sync data to '%s': %s", v->path, strerror(errno));
+        r = -1;
+    }
+    free(buf);
+    return r;
+}
+
+/* Download from a block volume: [off, off + len) of the device (to its
+ * end when len is 0 or reaches past it), zeros sent as data. */
+static int download_block(const struct vol_def *v, int in, int out, uint64_t off,
+                          uint64_t len)
+{
+    char *buf;
+    uint64_t size, end;
+    int r;
+
+    if (block_seek(v, in, off, &size) < 0)
+        return -1;
+    end = len && len < size - off ? off + len : size;
+    if (!(buf = malloc(IO_CHUNK)))
+        pool_oom();
+    r = is_pipe(out) ? to_pipe(in, out, off, end, buf)
+                     : copy_span(in, out, off, 0, end - off, buf) < 0 ? -1 : 0;
+    free(buf);
+    if (r < 0)
+        pool_set_error("cannot read volume '%s': %s", v->path, strerror(errno));
+    return r;
+}
+
+/* Is fd a block device? */
+static bool is_blockdev(int fd)
+{
+    struct stat st;
+
+    return fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
+}
+
 int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
                    uint64_t len, bool sparse)
 {
@@ -751,6 +898,13 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
         return -1;
     }
     out = open(v->path, O_WRONLY | O_CLOEXEC);
+    if (out >= 0 && is_blockdev(out)) {
+        r = upload_block(v, in, out, off, len);
+        close(out);
+        if (file)
+            close(in);
+        return r;
+    }
     if (out >= 0)
         r = stream(in, out, 0, off, len, sparse);
     if (r == -3)
@@ -769,27 +923,44 @@ int dir_vol_upload(const struct vol_def *v, const char *file, uint64_t off,
     return r;
 }
 
+/* Open (create) the file a download writes, as virsh does: a new file
+ * (*made set, so a failure removes it again), else the old one emptied. */
+static int open_download(const char *file, bool *made)
+{
+    int fd = open(file, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+
+    *made = fd >= 0;
+    if (fd < 0 && errno == EEXIST)
+        fd = open(file, O_WRONLY | O_TRUNC | O_CLOEXEC);
+    return fd;
+}
+
 int dir_vol_download(const struct vol_def *v, const char *file, uint64_t off,
                      uint64_t len, bool sparse)
 {
     int in = open(v->path, O_RDONLY | O_CLOEXEC), out, r = -1;
+    bool made = false;
 
     if (in < 0) {
         pool_set_error("cannot open volume '%s': %s", v->path, strerror(errno));
         return -1;
     }
-    out = file ? open(file, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666) : 1;
+    out = file ? open_download(file, &made) : 1;
     if (out < 0) {
         pool_err("cannot create %s", file);
         close(in);
         return -2;
     }
-    if (stream(in, out, off, 0, len, sparse) == 0)
+    if (is_blockdev(in))
+        r = download_block(v, in, out, off, len);
+    else if (stream(in, out, off, 0, len, sparse) == 0)
         r = 0;
     else
         pool_set_error("cannot read volume '%s': %s", v->path, strerror(errno));
     if (file)
         close(out);
+    if (r < 0 && made)
+        unlink(file);
     close(in);
     return r;
 }

@@ -470,6 +470,20 @@ static int remove_part(const struct pool_def *d, unsigned num)
     return pool_run(argv, NULL) == 0 ? 0 : -1;
 }
 
+/* The mode libvirt gives a partition it copied into (0600 unless the
+ * volume's XML says otherwise). */
+static int chmod_new(const struct vol_def *v)
+{
+    mode_t mode = v->perms.mode >= 0 ? (mode_t)v->perms.mode : 0600;
+
+    if (chmod(v->path, mode) < 0) {
+        pool_set_error("cannot set mode of '%s' to %04o: %s", v->path, (unsigned)mode,
+                       strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
 int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                     const struct vol_def *from)
 {
@@ -482,10 +496,14 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
     char *path, *name;
     int r;
 
-    (void)prealloc_meta;
-    if (from) {
-        pool_set_error("this function is not supported by the connection driver: "
-                       "disk volumes cannot be copied here");
+    if (from && prealloc_meta) {
+        pool_set_error("unsupported configuration: metadata preallocation is not "
+                       "supported for block volumes");
+        return -1;
+    }
+    if (v->enc_format) {
+        pool_set_error("unsupported configuration: storage pool does not support "
+                       "encrypted volumes");
         return -1;
     }
     if (read_table(d->src_device, &t) < 0)
@@ -519,6 +537,16 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
     }
     free(v->path);
     v->path = path;
+    v->type = "block";
+    /* a copy goes into the partition as raw bytes, which then gets
+     * libvirt's default mode; the partition goes when the copy fails */
+    if (from && (vol_copy_data(from, v) < 0 || chmod_new(v) < 0)) {
+        char *why = xstrdup(pool_error_text());
+        remove_part(d, p->num);
+        pool_set_error("%s", why);
+        free(why);
+        return -1;
+    }
     return 0;
 }
 

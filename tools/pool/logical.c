@@ -304,17 +304,18 @@ static uint64_t block_size(const char *path, uint64_t dflt)
     return s > 0 ? (uint64_t)s : dflt;
 }
 
-/* The volume of lvs line fields f, or NULL for lines libvirt leaves out
- * (thin pools and other LVs with no device node of their own). */
+/* The volume of lvs line fields f, or NULL for lines libvirt leaves out:
+ * thin pools, and LVs on no devices (thin volumes and their snapshots,
+ * which libvirt 9.0's reading of lvs output does not match). */
 static struct vol_def *lv_from(const struct pool_def *d, char **f)
 {
     const char *name = trim(f[0]), *origin = trim(f[1]), *uuid = trim(f[2]);
-    const char *attr = trim(f[9]);
+    const char *attr = trim(f[9]), *devices = trim(f[3]);
     uint64_t size, seg, ext;
     struct vol_def *v;
 
     if (!*name || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") ||
-        !*uuid || strlen(attr) < 5 || attr[0] == 't' ||
+        !*uuid || !*devices || strlen(attr) < 5 || attr[0] == 't' ||
         parse_u64(f[8], &size) < 0 || parse_u64(f[6], &seg) < 0 ||
         parse_u64(f[7], &ext) < 0)
         return NULL;
@@ -331,8 +332,20 @@ static struct vol_def *lv_from(const struct pool_def *d, char **f)
      * ordinary LV is fully allocated; the size is the device's */
     v->allocation = *origin || attr[0] == 's' ? seg : size;
     v->capacity = v->physical = block_size(v->path, size);
-    if (*origin && *origin != '[' && attr[0] != 'V')
+    if (*origin && *origin != '[' && attr[0] != 'V') {
+        struct stat st;
         v->backing_path = xasprintf("%s/%s", d->target_path, origin);
+        if (stat(v->backing_path, &st) == 0) {
+            /* the origin's node, shown in <backingStore> as libvirt does */
+            v->backing_stat = true;
+            v->backing_perms.mode = st.st_mode & 07777;
+            v->backing_perms.owner = st.st_uid;
+            v->backing_perms.group = st.st_gid;
+            v->batime = st.st_atim;
+            v->bmtime = st.st_mtim;
+            v->bctime = st.st_ctim;
+        }
+    }
     vol_stat_block(v);
     add_extents(v, f[3], f[5], seg, ext);
     return v;
@@ -423,25 +436,29 @@ static char *kib(uint64_t bytes)
     return xasprintf("%" PRIu64 "K", bytes / 1024 + (bytes % 1024 != 0));
 }
 
-int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
-                   const struct vol_def *from)
+/* lvremove of VG/NAME. */
+static int remove_lv(const struct pool_def *d, const char *name)
+{
+    char *path = xasprintf("%s/%s", d->src_name, name);
+    char *argv[] = { "lvremove", "-f", path, NULL };
+    int r = pool_run(argv, NULL) == 0 ? 0 : -1;
+
+    free(path);
+    return r;
+}
+
+/* lvcreate of v: capacity bytes, or a sparse volume (a snapshot of a
+ * virtual origin, as libvirt makes them) when its allocation is less. */
+static int make_lv(const struct pool_def *d, const struct vol_def *v)
 {
     char *cap = kib(v->capacity), *alloc = NULL, *argv[16];
     int i = 0, r;
 
-    (void)prealloc_meta;
-    if (from || v->backing_path) {
-        pool_set_error("this function is not supported by the connection driver: "
-                       "logical volumes are copied and snapshotted by lvm only");
-        free(cap);
-        return -1;
-    }
     argv[i++] = "lvcreate";
     argv[i++] = "--name";
     argv[i++] = v->name;
     argv[i++] = "-L";
     if (v->has_allocation && v->allocation != v->capacity) {
-        /* sparse: a snapshot of a virtual origin, as libvirt makes them */
         alloc = kib(v->allocation ? v->allocation : 1);
         argv[i++] = alloc;
         argv[i++] = "--type";
@@ -455,20 +472,50 @@ int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
     r = pool_run(argv, NULL) == 0 ? 0 : -1;
     free(cap);
     free(alloc);
-    if (r == 0)
-        r = set_perms(d, v);
     return r;
+}
+
+int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
+                   const struct vol_def *from)
+{
+    if (v->backing_path) {
+        pool_set_error("this function is not supported by the connection driver: "
+                       "logical volumes are copied and snapshotted by lvm only");
+        return -1;
+    }
+    if (from && prealloc_meta) {
+        pool_set_error("unsupported configuration: metadata preallocation is not "
+                       "supported for block volumes");
+        return -1;
+    }
+    if (v->enc_format) {
+        /* libvirt formats the LV as LUKS with qemu-img: not done here */
+        pool_set_error("unsupported configuration: storage pool does not support "
+                       "encrypted volumes");
+        return -1;
+    }
+    free(v->path);
+    v->path = xasprintf("%s/%s", d->target_path, v->name);
+    v->type = "block";
+    if (make_lv(d, v) < 0)
+        return -1;
+    /* a copy goes into the new LV as raw bytes, as libvirt writes it;
+     * the LV goes again when the copy fails */
+    if (set_perms(d, v) < 0 || (from && vol_copy_data(from, v) < 0)) {
+        char *why = xstrdup(pool_error_text());
+        remove_lv(d, v->name);
+        pool_set_error("%s", why);
+        free(why);
+        return -1;
+    }
+    return 0;
 }
 
 int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v)
 {
-    char *path = xasprintf("%s/%s", d->src_name, v->name);
-    char *argv[] = { "lvremove", "-f", path, NULL };
-    int r = pool_run(argv, NULL) == 0 ? 0 : -1;
-
-    free(path);
-    return r;
+    return remove_lv(d, v->name);
 }
+
 
 /* Append text to *x. */
 static void add(char **x, const char *fmt, const char *a)

@@ -75,8 +75,10 @@ struct vol_def {
     char *enc_cipher[4], *enc_ivgen[2];
 };
 
-/* The id of the libvdisk secret object a volume's passphrase is given as. */
+/* The ids of the libvdisk secret objects a volume's passphrase and (for
+ * a copy) its source's are given as. */
 #define VOL_KEY_ID "vdisk-pool-key"
+#define VOL_SRC_KEY_ID "vdisk-pool-input-key"
 
 /* One secret definition (libvirt's secret XML). */
 struct secret_def {
@@ -137,13 +139,15 @@ int pool_uuid_parse(const char *s, char out[37]);
 /* The base64 value of secret uuid (malloc'd); NULL with virsh's error. */
 struct pool_conn;
 char *secret_value_b64(struct pool_conn *c, const char *uuid);
-/* Check v's <encryption> and give its passphrase to libvdisk as the secret
- * object VOL_KEY_ID; 0 when v is not encrypted; -1 (error recorded). */
 struct vol_def;
 /* Encrypted volumes without a secret get the one whose usage is their
  * path, as libvirt finds it. */
 void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n);
-int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy);
+/* Check v's <encryption> and give its passphrase to libvdisk as the secret
+ * object VOL_KEY_ID, and (a copy) that of its source from, when
+ * encrypted, as VOL_SRC_KEY_ID; 0 when neither is encrypted; -1 (error
+ * recorded). */
+int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, const struct vol_def *from);
 /* libvirt's scaled integer units ("KiB", "M", "bytes"...): 0 or -1. */
 int pool_scale(const char *unit, uint64_t *val, uint64_t dflt_scale);
 /* Read a whole file (capped); NULL with the error recorded. */
@@ -191,6 +195,10 @@ int vol_probe(struct vol_def *v);
 int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                    const struct vol_def *from);
 int dir_vol_delete(const struct vol_def *v);
+/* Copy the guest data of volume from into the volume v just made (its
+ * path and type set), as raw where either is a block volume; -1 with the
+ * error recorded. */
+int vol_copy_data(const struct vol_def *from, const struct vol_def *v);
 int dir_vol_wipe(const struct vol_def *v, const char *algorithm);
 int dir_vol_resize(const struct pool_def *d, struct vol_def *v, uint64_t cap,
                    bool allocate, bool shrink);

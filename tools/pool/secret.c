@@ -184,13 +184,22 @@ char *secret_value_b64(struct pool_conn *c, const char *uuid)
     return v;
 }
 
-int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
+/* Check v's <encryption> (which = "volume" or "inputvol" in messages)
+ * and give its passphrase to libvdisk as secret object id; 0 when v is
+ * not encrypted. */
+static int prepare_key(struct pool_conn *c, const struct vol_def *v, const char *id,
+                       bool input)
 {
     char *b, *spec;
     int r;
 
     if (!v->enc_format)
         return 0;
+    if (input && strcmp(v->enc_format, "luks")) {
+        pool_set_error("unsupported configuration: encryption format of inputvol must be "
+                       "LUKS");
+        return -1;
+    }
     if (strcmp(v->enc_format, "luks")) {
         pool_set_error("unsupported configuration: volume encryption format '%s' is not "
                        "supported, only 'luks'", v->enc_format);
@@ -201,11 +210,6 @@ int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
                        "format %s", v->format);
         return -1;
     }
-    if (copy) {
-        pool_set_error("unsupported configuration: encrypted volumes are created empty here, "
-                       "not copied");
-        return -1;
-    }
     if (v->enc_secret_bad || !v->enc_secret) {
         pool_set_error("invalid argument: A single <secret type='passphrase'...> element is "
                        "expected in encryption description");
@@ -213,14 +217,21 @@ int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, bool copy)
     }
     if (!(b = secret_value_b64(c, v->enc_secret)))
         return -1;
-    spec = xasprintf("secret,id=%s,format=base64,data=%s", VOL_KEY_ID, b);
-    vd_object_clear();
+    spec = xasprintf("secret,id=%s,format=base64,data=%s", id, b);
     r = vd_object_add(spec);
     if (r < 0)
         pool_set_error("internal error: cannot use secret '%s': %s", v->enc_secret, vd_errmsg());
     free(spec);
     free(b);
     return r < 0 ? -1 : 0;
+}
+
+int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, const struct vol_def *from)
+{
+    vd_object_clear();
+    if (prepare_key(c, v, VOL_KEY_ID, false) < 0)
+        return -1;
+    return from ? prepare_key(c, from, VOL_SRC_KEY_ID, true) : 0;
 }
 
 void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n)
@@ -343,22 +354,54 @@ static int cmd_undefine(struct cmd_ctx *c)
     return r ? 1 : 0;
 }
 
-/* The new value from --base64, --file (with --plain) or stdin; NULL
- * (printed).  *n is its length. */
+/* virsh's checks of options that exclude each other, in its order;
+ * -1 (printed) when two are given. */
+static int exclusive_opts(struct cmd_ctx *c)
+{
+    static const char *const pairs[][2] = {
+        { "file", "base64" }, { "plain", "base64" }, { "interactive", "base64" },
+        { "interactive", "plain" }, { "interactive", "file" },
+    };
+
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++) {
+        if (opt_bool(c, pairs[i][0]) && opt_bool(c, pairs[i][1])) {
+            pool_err("Options --%s and --%s are mutually exclusive", pairs[i][0],
+                     pairs[i][1]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* --interactive: the value typed at the terminal after virsh's prompt,
+ * read as virsh reads it (getpass: from the terminal with echo off, or
+ * stdin when there is none; the newline dropped, taken as plain bytes). */
+static unsigned char *read_interactive(size_t *n)
+{
+    char *p, *v;
+
+    printf("Enter new value for secret:");
+    fflush(stdout);
+    if (!(p = getpass(""))) {
+        pool_err("Failed to read secret");
+        return NULL;
+    }
+    *n = strlen(p);
+    v = xstrdup(p);
+    explicit_bzero(p, *n);
+    return (unsigned char *)v;
+}
+
+/* The new value from --base64, --file (with --plain) or the terminal;
+ * NULL (printed).  *n is its length. */
 static unsigned char *new_value(struct cmd_ctx *c, size_t *n)
 {
     const char *b64 = opt_str(c, "base64"), *file = opt_str(c, "file");
     unsigned char *v;
     char *text;
 
-    if (b64 && file) {
-        pool_err("Options --file and --base64 are mutually exclusive");
-        return NULL;
-    }
-    if (opt_bool(c, "interactive")) {
-        pool_err("--interactive is not supported: give the value with --base64 or --file");
-        return NULL;
-    }
+    if (opt_bool(c, "interactive"))
+        return read_interactive(n);
     if (b64) {
         pool_err("Passing secret value as command-line argument is insecure!");
         return b64_decode(b64, n);
@@ -380,13 +423,13 @@ static unsigned char *new_value(struct cmd_ctx *c, size_t *n)
 
 static int cmd_set_value(struct cmd_ctx *c)
 {
-    struct secret_def *s = get_secret(c, true);
+    struct secret_def *s;
     unsigned char *v;
     size_t n;
     char *b, *p;
     int r;
 
-    if (!s)
+    if (exclusive_opts(c) < 0 || !(s = get_secret(c, true)))
         return 1;
     if (!(v = new_value(c, &n))) {
         secret_def_free(s);
@@ -394,11 +437,17 @@ static int cmd_set_value(struct cmd_ctx *c)
     }
     b = b64_encode(v, n);
     p = secret_file(&c->conn, s->uuid, "base64");
-    r = n > SECRET_MAX ? -1 : atomic_write(p, b, strlen(b));
-    if (r == 0)
-        printf("Secret value set\n");
-    else
+    /* no value at all: libvirt's API refuses it, the old value stays */
+    r = n == 0 || n > SECRET_MAX ? -1 : atomic_write(p, b, strlen(b));
+    if (n == 0) {
         pool_err("Failed to set secret value");
+        pool_err("value in virSecretSetValue must not be NULL");
+    } else if (r == 0) {
+        printf("Secret value set\n");
+    } else {
+        pool_err("Failed to set secret value");
+    }
+    explicit_bzero(v, n);
     free(p);
     free(b);
     free(v);
