@@ -516,7 +516,6 @@ int lvm_vol_delete(const struct pool_def *d, const struct vol_def *v)
     return remove_lv(d, v->name);
 }
 
-
 /* Append text to *x. */
 static void add(char **x, const char *fmt, const char *a)
 {
