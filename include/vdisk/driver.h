@@ -143,6 +143,13 @@ struct vd_driver {
                  void *opaque);
     /* Is the guest data encrypted (info's "encrypted: yes")?  NULL: no. */
     bool (*is_encrypted)(vd_node *n);
+    /* Where guest bytes live, for the copy engine only (block_status, which
+     * map and info print, is left as QEMU answers): the *pnum bytes from
+     * off read as zeroes (VD_BS_ZERO), are stored as they are at *map in
+     * *file (VD_BS_OFFSET_VALID), or neither is known (0).  NULL: the copy
+     * engine uses block_status's offsets only. */
+    int (*data_extent)(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                       uint64_t *map, vd_node **file);
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \
@@ -174,6 +181,11 @@ struct vd_node {
     _Atomic uint64_t st_rd_ops, st_wr_ops, st_zero_ops, st_discard_ops,
         st_flush_ops, st_rd_bytes, st_wr_bytes;
 };
+
+/* n's data_extent over [off, off+len) (clipped to n): flags as it
+ * describes them, *pnum > 0; -ENOTSUP when n has none. */
+int vd_data_extent(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                   uint64_t *map, vd_node **file);
 
 /* Open a child node (for drivers that open their own, e.g. data-file,
  * or a filter's "image").  Same semantics as vd_open.  The child inherits

@@ -29,7 +29,12 @@
  *     from its start) and decides its zero runs by qemu-img's rule
  *     (sparse.c); commit follows QEMU's active commit job (plan_commit).
  *     Workers may run such jobs in parallel: each decision rests on its own
- *     job's bytes only. */
+ *     job's bytes only.
+ *  6. A data job with zero detection does not read what is known to read
+ *     as zeroes (holes of the file under a format, blocks a format's
+ *     data_extent calls zero: holes.c); the scan counts those sectors zero
+ *     and the parts that data runs write are zeroed in the buffer, so every
+ *     decision is the one reading them would give. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -43,6 +48,7 @@
 #include "vdisk/copy.h"
 #include "vdisk/driver.h"
 #include "util/checked.h"
+#include "holes.h"
 #include "sparse.h"
 
 #define COPY_DEFAULT_WORKERS 8
@@ -81,6 +87,17 @@ struct copy_job {
     uint64_t len;
     uint64_t seq;
     size_t packed_len;   /* compressed ahead: bytes at packed_off; 0 = zeroes */
+    vd_node *hfile;      /* set when block status said the job's bytes */
+    uint64_t host;       /* lie as they are at host in hfile */
+};
+
+/* A worker's own memory: its buffer, the zero runs of its job, the parts
+ * of the job known to read as zeroes, the file it last asked about. */
+struct worker_mem {
+    char *buf;
+    struct sparse_map map;
+    struct sparse_known known;
+    struct hole_cache holes;
 };
 
 /* A worker waiting for its turn to write (in order mode); each has its own
@@ -111,6 +128,8 @@ struct copy_state {
     uint64_t soff, pos, end, doff;
     uint64_t bs_start, bs_end; /* cached block status of src si */
     enum job_kind bs_kind;
+    vd_node *bs_file;         /* set when the answer's data lies as it is */
+    uint64_t bs_map;          /* at bs_map in bs_file (at bs_start) */
     bool bs_valid;
     uint64_t next_seq, write_seq;
     /* settings */
@@ -233,14 +252,15 @@ static uint64_t trim_status(vd_node *src, uint64_t soff, uint64_t pnum)
 /* Make sure the cached block status covers st->soff; <0 on error. */
 static int refresh_status(struct copy_state *st, vd_node *src, uint64_t limit)
 {
-    uint64_t pnum = 0;
+    uint64_t pnum = 0, map = 0;
+    vd_node *file = NULL;
     int depth = 0, r;
 
     if (st->bs_valid && st->soff >= st->bs_start && st->soff < st->bs_end)
         return 0;
     if (st->qemu_requests)
         limit = VD_MIN(limit, QEMU_MAX_REQUEST);
-    r = vd_block_status_above(src, st->soff, limit, &pnum, NULL, NULL, &depth);
+    r = vd_block_status_above(src, st->soff, limit, &pnum, &map, &file, &depth);
     if (r < 0)
         return status_error(st, r, st->pos);
     if (pnum == 0 || pnum > limit) {   /* a driver that says nothing: read */
@@ -248,6 +268,10 @@ static int refresh_status(struct copy_state *st, vd_node *src, uint64_t limit)
         r = VD_BS_DATA;
         depth = 0;
     }
+    /* (a raw source's status already tells its file's holes) */
+    st->bs_file = (r & VD_BS_OFFSET_VALID) && (r & VD_BS_DATA) && !src->drv->data_only &&
+                  src->drv->kind == VD_DRV_FORMAT ? file : NULL;
+    st->bs_map = map;
     if (st->qemu_requests)
         pnum = trim_status(src, st->soff, pnum);
     st->bs_start = st->soff;
@@ -448,6 +472,10 @@ static int plan_next(struct copy_state *st, struct copy_job *job)
         }
         *job = (struct copy_job){ kind, st->p->src[st->si], st->si, st->soff,
                                   st->pos, st->doff, n, st->next_seq++ };
+        if (st->bs_file && st->soff + n <= st->bs_end) {
+            job->hfile = st->bs_file;
+            job->host = st->bs_map + (st->soff - st->bs_start);
+        }
         advance(st, n);
         return 1;
     }
@@ -493,6 +521,33 @@ static int read_piece(struct copy_state *st, vd_node *src, uint64_t soff,
     }
     io_error(st, r, "reading", pos);
     return r;
+}
+
+/* Is a data job written through a sparse map? */
+static bool job_sparse(const struct copy_state *st, const struct copy_job *job)
+{
+    return job->kind == JOB_DATA && st->p->min_sparse && !st->p->compress && !st->p->base;
+}
+
+/* Read a sparse job of one source into w's buffer but for the parts known
+ * to read as zeroes (left for sparse_fill_known); <0 on error (recorded). */
+static int read_around_holes(struct copy_state *st, const struct copy_job *job,
+                             struct worker_mem *w)
+{
+    struct sparse_known *k = &w->known;
+    uint64_t at = 0;
+    int r;
+
+    holes_find(job->src, job->soff, job->len, job->hfile, job->host, &w->holes, k);
+    for (size_t i = 0; i <= k->n; i++) {
+        uint64_t e = i < k->n ? k->start[i] : job->len;
+        if (e > at && (r = read_piece(st, job->src, job->soff + at, job->pos + at, e - at,
+                                      w->buf + at)) < 0)
+            return r;
+        if (i < k->n)
+            at = k->end[i];
+    }
+    return 0;
 }
 
 /* Read a data job into buf, source by source; <0 on error (recorded). */
@@ -573,12 +628,6 @@ static int write_sparse(struct copy_state *st, uint64_t doff, const char *buf,
         i = m->end[k];
     }
     return 0;
-}
-
-/* Is a data job written through a sparse map? */
-static bool job_sparse(const struct copy_state *st, const struct copy_job *job)
-{
-    return job->kind == JOB_DATA && st->p->min_sparse && !st->p->compress && !st->p->base;
 }
 
 /* -c: one target cluster [off, off+l) of data; the part of the cluster
@@ -804,21 +853,35 @@ static int ordered_write(struct copy_state *st, int id, const struct copy_job *j
     }
 }
 
+/* Read a data job into w's buffer; a sparse one skips what is known to
+ * read as zeroes.  <0 on error (recorded). */
+static int read_data(struct copy_state *st, const struct copy_job *job, struct worker_mem *w)
+{
+    w->known.n = 0;
+    if (job_sparse(st, job) && job->soff + job->len <= st->src_len[job->si])
+        return read_around_holes(st, job, w);
+    return read_job(st, job, w->buf);
+}
+
 /* Run one job start to finish; <0 on error. */
-static int run_job(struct copy_state *st, int id, struct copy_job *job, char *buf,
-                   struct sparse_map *m)
+static int run_job(struct copy_state *st, int id, struct copy_job *job, struct worker_mem *w)
 {
     int r;
 
     if ((r = offload_job(st, id, job)) != 0)
         return r < 0 ? r : 0;
-    if (job->kind == JOB_DATA && (r = read_job(st, job, buf)) < 0)
+    if (job->kind == JOB_DATA && (r = read_data(st, job, w)) < 0)
         return r;
-    if (job->kind == JOB_DATA && st->compress_ahead && (r = compress_ahead(st, job, buf)) < 0)
+    if (job->kind == JOB_DATA && st->compress_ahead &&
+        (r = compress_ahead(st, job, w->buf)) < 0)
         return r;
-    if (job_sparse(st, job))
-        sparse_scan(buf, job->len, job->doff, st->p->min_sparse, st->sparse_align, m);
-    return ordered_write(st, id, job, buf, m);
+    if (job_sparse(st, job)) {
+        sparse_scan(w->buf, job->len, job->doff, st->p->min_sparse, st->sparse_align,
+                    &w->known, &w->map);
+        if (w->known.n)
+            sparse_fill_known(w->buf, &w->map, &w->known);
+    }
+    return ordered_write(st, id, job, w->buf, &w->map);
 }
 
 /* Worker thread: take jobs until none are left or an error stops us. */
@@ -826,35 +889,37 @@ static void *worker(void *opaque)
 {
     struct copy_state *st = opaque;
     struct copy_job job = { 0 };
-    struct sparse_map m = { 0 };
+    struct worker_mem w = { 0 };
+    struct sparse_map *m = &w.map;
     void *buf = NULL;
     int r, id;
 
     pthread_mutex_lock(&st->lock);
     id = st->nworkers++;
     pthread_mutex_unlock(&st->lock);
-    m.cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
-    if (!(m.end = vd_calloc_array(m.cap, sizeof(*m.end))) ||
-        !(m.zero = vd_calloc_array(m.cap, sizeof(*m.zero))) ||
+    m->cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
+    if (!(m->end = vd_calloc_array(m->cap, sizeof(*m->end))) ||
+        !(m->zero = vd_calloc_array(m->cap, sizeof(*m->zero))) ||
         posix_memalign(&buf, 4096, st->packed_off +
                        (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0))) {
-        free(m.end);
-        free(m.zero);
+        free(m->end);
+        free(m->zero);
         pthread_mutex_lock(&st->lock);
         set_error_locked(st, -ENOMEM, "cannot allocate a copy buffer: %s",
                          strerror(ENOMEM));
         pthread_mutex_unlock(&st->lock);
         return NULL;
     }
+    w.buf = buf;
     for (;;) {
         pthread_mutex_lock(&st->lock);
         r = plan_next(st, &job);
         pthread_mutex_unlock(&st->lock);
-        if (r <= 0 || run_job(st, id, &job, buf, &m) < 0)
+        if (r <= 0 || run_job(st, id, &job, &w) < 0)
             break;
     }
-    free(m.end);
-    free(m.zero);
+    free(m->end);
+    free(m->zero);
     free(buf);
     return NULL;
 }

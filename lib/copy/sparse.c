@@ -11,6 +11,8 @@
  *  - a data run absorbs the runs after it until a zero run of at least -S
  *    (or of the whole rest, if shorter) follows; zeroes it absorbed at the
  *    very end of the request are given back and start the next run. */
+#include <string.h>
+
 #include "sparse.h"
 #include "util/checked.h"
 
@@ -84,19 +86,62 @@ static void push_run(struct sparse_map *m, bool zero, uint64_t e)
 
 /* See sparse.h. */
 void sparse_scan(const char *buf, uint64_t len, uint64_t off, uint64_t min,
-                 uint64_t align, struct sparse_map *m)
+                 uint64_t align, const struct sparse_known *known, struct sparse_map *m)
 {
     uint64_t n = div_round_up(len, SECTOR), k;
     struct scan sc = { m->zero, off / SECTOR, VD_MAX(min / SECTOR, 1),
                        VD_MAX(align / SECTOR, 1) };
+    size_t kk = 0, kn = known ? known->n : 0;
 
-    for (uint64_t i = 0; i < n; i++)
-        m->zero[i] = buffer_is_zero(buf + i * SECTOR, VD_MIN(SECTOR, len - i * SECTOR));
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t b = i * SECTOR;
+        while (kk < kn && known->end[kk] <= b)
+            kk++;
+        m->zero[i] = (kk < kn && known->start[kk] <= b) ||
+                     buffer_is_zero(buf + b, VD_MIN(SECTOR, len - b));
+    }
     m->n = 0;
     for (uint64_t i = 0; i < n; i += k) {
         bool data = run_min(&sc, i, n, &k);
         push_run(m, !data, VD_MIN((i + k) * SECTOR, len));
     }
+}
+
+/* See sparse.h. */
+void sparse_fill_known(char *buf, const struct sparse_map *m, const struct sparse_known *known)
+{
+    uint64_t run_start = 0;
+
+    for (size_t k = 0; k < m->n; k++) {
+        if (!sparse_run_zero(m, k)) {
+            for (size_t j = 0; j < known->n; j++) {
+                uint64_t s = VD_MAX(known->start[j], run_start);
+                uint64_t e = VD_MIN(known->end[j], m->end[k]);
+                if (s < e)
+                    memset(buf + s, 0, e - s);
+            }
+        }
+        run_start = m->end[k];
+    }
+}
+
+/* See sparse.h. */
+bool sparse_known_add(struct sparse_known *k, uint64_t s, uint64_t e, uint64_t len)
+{
+    s = div_round_up(s, SECTOR) * SECTOR;
+    if (e != len)
+        e = round_down(e, SECTOR);
+    if (s >= e)
+        return true;
+    if (k->n && k->end[k->n - 1] == s) {
+        k->end[k->n - 1] = e;
+        return true;
+    }
+    if (k->n == SPARSE_KNOWN_MAX)
+        return false;
+    k->start[k->n] = s;
+    k->end[k->n++] = e;
+    return true;
 }
 
 /* See sparse.h. */

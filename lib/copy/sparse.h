@@ -24,11 +24,33 @@ static inline bool sparse_run_zero(const struct sparse_map *m, size_t k)
     return m->first_zero == !(k & 1);
 }
 
+/* Most ranges of a buffer known to read as zeroes (a job's holes). */
+#define SPARSE_KNOWN_MAX 32
+
+/* Byte ranges of a buffer that the source reads as zeroes, known without
+ * reading them (holes of the file under the format): ascending, apart,
+ * starting on sectors and ending on sectors or at the buffer's end.  Their
+ * bytes in the buffer are not read, so they hold garbage until
+ * sparse_fill_known. */
+struct sparse_known {
+    size_t n;
+    uint64_t start[SPARSE_KNOWN_MAX], end[SPARSE_KNOWN_MAX];
+};
+
 /* Fill m for the len bytes of buf that land at byte off of the target:
  * min is -S (bytes, a multiple of 512, > 0), align the alignment writes
- * are steered to (bytes, a power of two, >= 512). */
+ * are steered to (bytes, a power of two, >= 512).  The sectors of known
+ * (may be NULL) count as zero without being looked at. */
 void sparse_scan(const char *buf, uint64_t len, uint64_t off, uint64_t min,
-                 uint64_t align, struct sparse_map *m);
+                 uint64_t align, const struct sparse_known *known, struct sparse_map *m);
+
+/* Zero the bytes of known that m's data runs write (a short hole that the
+ * rule folds into data). */
+void sparse_fill_known(char *buf, const struct sparse_map *m, const struct sparse_known *known);
+
+/* Add [s, e) of a len-byte buffer to k, cut inward to whole sectors (e may
+ * stay at len); false when k is full. */
+bool sparse_known_add(struct sparse_known *k, uint64_t s, uint64_t e, uint64_t len);
 
 /* Slots the end and zero arrays of m need for buffers of up to len bytes. */
 size_t sparse_map_slots(uint64_t len);

@@ -5,6 +5,7 @@
  * the maximum transfer, protects sector 0 of probed raw images and counts
  * statistics.  Drivers never see an out-of-range request. */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -550,6 +551,26 @@ int vd_block_status_above(vd_node *n, uint64_t off, uint64_t len,
         len = *pnum;
     }
     return vd_error(EIO, "block status: empty chain");
+}
+
+/* See driver.h. */
+int vd_data_extent(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                   uint64_t *map, vd_node **file)
+{
+    uint64_t size = (uint64_t)n->total_size;
+    int r;
+
+    *pnum = 0;
+    if (n->drv->struct_size <= offsetof(struct vd_driver, data_extent) ||
+        !n->drv->data_extent)
+        return -ENOTSUP;
+    if (off >= size || len == 0)
+        return vd_error(EINVAL, "data extent beyond the end of the image");
+    len = VD_MIN(len, size - off);
+    r = n->drv->data_extent(n, off, len, pnum, map, file);
+    if (r >= 0 && (*pnum == 0 || *pnum > len))
+        return vd_error(EIO, "driver '%s' returned a bad data extent length", n->drv->name);
+    return r;
 }
 
 /* Offloaded copy: the source's layers translate first, then the target's. */

@@ -173,6 +173,29 @@ int vhdx_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags)
     return 0;
 }
 
+/* See vhdx.h: a fully present block's bytes lie in the file; a block
+ * that holds none reads as zeroes unless a parent has them. */
+int vhdx_data_extent(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                     uint64_t *map, vd_node **file)
+{
+    struct vhdx_state *s = n->state;
+    struct vhdx_map m;
+
+    pthread_mutex_lock(&s->lock);
+    map_block(s, off, len, &m);
+    pthread_mutex_unlock(&s->lock);
+    *pnum = m.len;
+    if (m.state == VHDX_PB_FULLY_PRESENT) {
+        *map = m.host;
+        *file = n->file;
+        return VD_BS_DATA | VD_BS_OFFSET_VALID;
+    }
+    if (m.state == VHDX_PB_ZERO ||
+        (!(s->params & VHDX_PARAM_HAS_PARENT) && state_absent(m.state)))
+        return VD_BS_ZERO;
+    return 0;
+}
+
 /* ---- writes (lock held) ---- */
 
 /* Grow the file to at least end bytes; the new space reads as zeroes. */

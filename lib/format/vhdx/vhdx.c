@@ -813,6 +813,7 @@ static const struct vd_driver vhdx_driver = {
     .close = vhdx_close,
     .pread = vhdx_pread,
     .pwrite = vhdx_pwrite,
+    .data_extent = vhdx_data_extent,
     .getlength = vhdx_getlength,
     .create = vhdx_create,
     .check = vhdx_check,

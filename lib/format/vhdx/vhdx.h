@@ -182,6 +182,9 @@ int vhdx_start_session(vd_node *n);
 /* ---- io.c ---- */
 int vhdx_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int flags);
 int vhdx_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags);
+/* The driver's data_extent (driver.h). */
+int vhdx_data_extent(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
+                     uint64_t *map, vd_node **file);
 
 /* ---- create.c ---- */
 int vhdx_create(const char *filename, vd_opts *opts);
