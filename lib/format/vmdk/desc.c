@@ -228,7 +228,7 @@ static int add_line_extent(vd_node *n, struct ext_line *l, int depth)
     else if (!strcmp(l->type, "SESPARSE"))
         r = vmdk_add_sesparse(n, f, l->type);
     else
-        r = vmdk_add_sparse(n, f, true, l->type, depth + 1);
+        r = vmdk_add_sparse(n, f, true, l->type, depth + 1, NULL);
     if (r < 0)
         vd_close(f);
     return r;

@@ -249,8 +249,10 @@ static int setup_sparse(struct vmdk_extent *e, const struct vmdk4_header *hd,
     return 0;
 }
 
-/* Open a sparse extent in f (the image file itself when !own). */
-int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int depth)
+/* Open a sparse extent in f (the image file itself when !own); head is
+ * f's text from vmdk_read_text when the caller has it (NULL: read here). */
+int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int depth,
+                    const char *head)
 {
     struct vmdk_state *s = n->state;
     int64_t flen = vd_getlength(f);
@@ -261,10 +263,11 @@ int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int dept
     char *text = NULL;
     int r;
 
-    if ((r = vmdk_read_text(f, 0, &text)) < 0)
+    if (!head && (r = vmdk_read_text(f, 0, &text)) < 0)
         return r;
-    memcpy(h, text, 4);
+    memcpy(h, head ? head : text, 4);
     free(text);
+    text = NULL;
     if (!memcmp(h, "COWD", 4))
         return vmdk_add_cowd(n, f, own, type);
     if (memcmp(h, "KDMV", 4))

@@ -33,7 +33,7 @@ static int open_extents(vd_node *n)
     if ((r = vmdk_read_text(n->file, 0, &text)) < 0)
         return r;
     if (!memcmp(text, "KDMV", 4) || !memcmp(text, "COWD", 4)) {
-        r = vmdk_add_sparse(n, n->file, false, "", 0);
+        r = vmdk_add_sparse(n, n->file, false, "", 0, text);   /* read once */
         if (!s->desc_file)
             s->desc_offset = 0x200;
     } else {

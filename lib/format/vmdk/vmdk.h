@@ -123,7 +123,8 @@ int vmdk_update_cid(vd_node *n);
 bool vmdk_probe_text(const uint8_t *buf, size_t len);
 
 /* sparse.c */
-int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int depth);
+int vmdk_add_sparse(vd_node *n, vd_node *f, bool own, const char *type, int depth,
+                    const char *head);
 int vmdk_add_flat(vd_node *n, vd_node *f, const char *type, uint64_t sectors,
                   uint64_t offset);
 struct vmdk_extent *vmdk_new_extent(vd_node *n);
