@@ -69,6 +69,8 @@ def test_w14_group(tmp_path, needs_qemu):
     assert p.returncode == 0, p.stderr
     assert re.findall(r"^(W\S+) ", p.stdout, re.M) == ["W14dmg-raw", "W14cloop-raw"]
     assert len(re.findall(r"time ratio [0-9.]+, RSS ratio [0-9.]+", p.stdout)) == 2
+    assert len(re.findall(r"lowest: [0-9.]+ s / [0-9.]+ s, time ratio [0-9.]+; "
+                          r"CPU s [0-9.]+ / [0-9.]+, CPU ratio [0-9.]+", p.stdout)) == 2
     for fmt in ("dmg", "cloop"):
         info = subprocess.run(["qemu-img", "info", "--output=json", "-f", fmt,
                                str(tmp_path / ("w14." + fmt))],
