@@ -9,7 +9,16 @@
  * Every cluster call is bounded: mount, monitor and OSD timeouts get our
  * defaults unless the configuration sets them, and a request that outlives
  * twice the OSD timeout is given up (the node is then dead: later requests
- * fail at once and close leaves the library alone). */
+ * fail at once and close leaves the library alone).
+ *
+ * Connections: one rados_t per process for each set of settings that picks
+ * the cluster and credentials (user, conf file, name pairs, servers, key,
+ * authentication modes), shared by the nodes that name it and reference
+ * counted, so creating an image and then opening it, or several nodes on
+ * one cluster, connect once (each connection costs about half a second).
+ * One nobody uses stays idle for the next open (at most RBD_MAX_IDLE; the
+ * oldest is shut down beyond that) and idle ones are shut down at exit.
+ * A failed connection is never kept, nor one a request gave up on. */
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -40,9 +49,26 @@
  * or name options may change them. */
 #define RBD_MOUNT_TIMEOUT "10"
 #define RBD_OP_TIMEOUT "30"
+#define RBD_MAX_IDLE 4                    /* idle connections kept per process */
+
+/* One shared cluster connection. */
+struct rbd_conn {
+    char *key;                 /* the settings that chose it (holds the key) */
+    rados_t cluster;
+    uint64_t timeout;          /* request_timeout of its settings */
+    int refs;
+    uint64_t idle_since;       /* order of going idle */
+    struct rbd_conn *next;
+};
+
+static pthread_mutex_t conn_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct rbd_conn *conns;
+static uint64_t idle_clock;
+static pthread_once_t exit_once = PTHREAD_ONCE_INIT;
 
 struct rbd_state {
-    rados_t cluster;
+    struct rbd_conn *conn;
+    rados_t cluster;           /* conn's */
     rados_ioctx_t io;
     rbd_image_t image;
     char *image_name, *snap;
@@ -54,7 +80,7 @@ struct rbd_state {
     int npool;
     bool pool_init;
     bool diff_ok;              /* diff_layout_ok at open */
-    bool have_cluster, have_io, have_image;
+    bool have_io, have_image;
 };
 
 /* ---- the name ---- */
@@ -384,6 +410,181 @@ static uint64_t request_timeout(rados_t c)
     return t ? VD_MIN(2 * t + 10, 86400ull) : 0;
 }
 
+/* A field of a connection key: its length, then its text. */
+static bool key_field(char **key, const char *v)
+{
+    char *k = NULL;
+
+    if (asprintf(&k, "%s%zu:%s;", *key, v ? strlen(v) : (size_t)0, v ? v : "") < 0)
+        return false;
+    vd_wipe(*key, strlen(*key));
+    free(*key);
+    *key = k;
+    return true;
+}
+
+static void key_free(char *key)
+{
+    if (key) {
+        vd_wipe(key, strlen(key));
+        free(key);
+    }
+}
+
+/* Everything in o that reaches the connection's settings, as one string. */
+static int conn_key(const vd_opts *o, char **out)
+{
+    const char *id = vd_opts_get(o, "key-secret");
+    char hosts[4096], modes[128], *secret = NULL, *key = strdup("");
+    int r;
+
+    if (!id)
+        id = vd_opts_get(o, "password-secret");
+    if (!key)
+        return vd_error(ENOMEM, "out of memory");
+    if ((r = mon_host(o, hosts, sizeof(hosts))) < 0 ||
+        (r = auth_modes(o, modes, sizeof(modes))) < 0 ||
+        (id && (r = secret_base64(id, &secret)) < 0)) {
+        key_free(key);
+        return r;
+    }
+    if (!key_field(&key, vd_opts_get(o, "user")) || !key_field(&key, vd_opts_get(o, "conf")) ||
+        !key_field(&key, vd_opts_get(o, RBD_KEYPAIRS)) || !key_field(&key, hosts) ||
+        !key_field(&key, secret) || !key_field(&key, modes))
+        r = vd_error(ENOMEM, "out of memory");
+    if (secret)
+        vd_secret_free_text(secret);
+    if (r < 0) {
+        key_free(key);
+        return r;
+    }
+    *out = key;
+    return 0;
+}
+
+static void conn_free(struct rbd_conn *k)
+{
+    key_free(k->key);
+    free(k);
+}
+
+/* Shut the idle connections down (at exit: librados's threads end before
+ * its own static objects go). */
+static void shutdown_idle(void)
+{
+    struct rbd_conn **pp = &conns, *k;
+
+    pthread_mutex_lock(&conn_lock);
+    while ((k = *pp)) {
+        if (k->refs) {
+            pp = &k->next;
+            continue;
+        }
+        *pp = k->next;
+        rados_shutdown(k->cluster);
+        conn_free(k);
+    }
+    pthread_mutex_unlock(&conn_lock);
+}
+
+static void register_exit(void)
+{
+    atexit(shutdown_idle);
+}
+
+/* A new connection for o (not in the list yet). */
+static int conn_new(const vd_opts *o, char *key, struct rbd_conn **out)
+{
+    struct rbd_conn *k = calloc(1, sizeof(*k));
+    int r;
+
+    if (!k)
+        return vd_error(ENOMEM, "out of memory");
+    if ((r = rados_create(&k->cluster, vd_opts_get(o, "user"))) < 0) {
+        free(k);
+        return vd_error(-r, "error initializing: %s", strerror(-r));
+    }
+    if ((r = configure(k->cluster, o)) >= 0) {
+        k->timeout = request_timeout(k->cluster);
+        if ((r = rados_connect(k->cluster)) < 0)
+            r = vd_error(-r, "error connecting: %s", strerror(-r));
+    }
+    if (r < 0) {
+        rados_shutdown(k->cluster);
+        free(k);
+        return r;
+    }
+    k->key = key;
+    k->refs = 1;
+    *out = k;
+    return 0;
+}
+
+/* The shared connection for o's settings, made on first use. */
+static int conn_get(const vd_opts *o, struct rbd_conn **out)
+{
+    struct rbd_conn *k;
+    char *key;
+    int r;
+
+    if ((r = conn_key(o, &key)) < 0)
+        return r;
+    pthread_mutex_lock(&conn_lock);
+    for (k = conns; k && strcmp(k->key, key); k = k->next)
+        ;
+    if (k) {
+        k->refs++;
+        key_free(key);
+    } else if ((r = conn_new(o, key, &k)) < 0) {
+        key_free(key);
+        k = NULL;
+    } else {
+        k->next = conns;
+        conns = k;
+        pthread_once(&exit_once, register_exit);
+    }
+    pthread_mutex_unlock(&conn_lock);
+    *out = k;
+    return r < 0 ? r : 0;
+}
+
+/* Drop a reference.  A connection a request gave up on leaves the list
+ * and is left to exit (shutting it down would block); an idle one stays
+ * for the next open, the oldest beyond RBD_MAX_IDLE shut down. */
+static void conn_put(struct rbd_conn *k, bool dead)
+{
+    struct rbd_conn **pp, **oldest = NULL, *victim = NULL;
+    int idle = 0;
+
+    pthread_mutex_lock(&conn_lock);
+    if (dead) {
+        for (pp = &conns; *pp && *pp != k; pp = &(*pp)->next)
+            ;
+        if (*pp)
+            *pp = k->next;     /* not reused; freed by nobody, like the handle */
+        k->refs--;
+        pthread_mutex_unlock(&conn_lock);
+        return;
+    }
+    if (--k->refs == 0)
+        k->idle_since = ++idle_clock;
+    for (pp = &conns; *pp; pp = &(*pp)->next)
+        if (!(*pp)->refs) {
+            idle++;
+            if (!oldest || (*pp)->idle_since < (*oldest)->idle_since)
+                oldest = pp;
+        }
+    if (idle > RBD_MAX_IDLE && oldest) {
+        victim = *oldest;
+        *oldest = victim->next;
+    }
+    pthread_mutex_unlock(&conn_lock);
+    if (victim) {
+        rados_shutdown(victim->cluster);
+        conn_free(victim);
+    }
+}
+
 /* Connect and open the pool (and namespace) that o names. */
 static int connect_pool(struct rbd_state *s, const vd_opts *o)
 {
@@ -393,14 +594,10 @@ static int connect_pool(struct rbd_state *s, const vd_opts *o)
 
     if (!pool)
         return vd_error(EINVAL, "Parameter 'pool' is missing");
-    if ((r = rados_create(&s->cluster, vd_opts_get(o, "user"))) < 0)
-        return vd_error(-r, "error initializing: %s", strerror(-r));
-    s->have_cluster = true;
-    if ((r = configure(s->cluster, o)) < 0)
+    if ((r = conn_get(o, &s->conn)) < 0)
         return r;
-    s->timeout = request_timeout(s->cluster);
-    if ((r = rados_connect(s->cluster)) < 0)
-        return vd_error(-r, "error connecting: %s", strerror(-r));
+    s->cluster = s->conn->cluster;
+    s->timeout = s->conn->timeout;
     if ((r = rados_ioctx_create(s->cluster, pool, &s->io)) < 0)
         return vd_error(-r, "error opening pool %s: %s", pool, strerror(-r));
     s->have_io = true;
@@ -414,19 +611,24 @@ static int connect_pool(struct rbd_state *s, const vd_opts *o)
     return 0;
 }
 
-/* Drop the image, pool and cluster handles. */
+/* Drop the image and pool handles and the connection. */
 static void disconnect(struct rbd_state *s)
 {
     /* A dead cluster would block these forever: leave them to exit. */
-    if (atomic_load(&s->dead))
+    if (atomic_load(&s->dead)) {
+        if (s->conn)
+            conn_put(s->conn, true);
+        s->conn = NULL;
         return;
+    }
     if (s->have_image)
         rbd_close(s->image);
     if (s->have_io)
         rados_ioctx_destroy(s->io);
-    if (s->have_cluster)
-        rados_shutdown(s->cluster);
-    s->have_image = s->have_io = s->have_cluster = false;
+    if (s->conn)
+        conn_put(s->conn, false);
+    s->conn = NULL;
+    s->have_image = s->have_io = false;
 }
 
 /* ---- I/O ---- */

@@ -157,6 +157,34 @@ def test_convert_to_rbd(ceph, images, tmp_path, fmt):
         assert vm == qm
 
 
+def mon_connects(ceph, tmp_path, *args):
+    """Run vdisk-img under strace: its result and how many sockets it
+    connected to the monitor's ports."""
+    log = tmp_path / "connects"
+    p = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=connect",
+                        VDISK_IMG, *args], capture_output=True, text=True, timeout=120)
+    ports = "htons(%d)" % ceph.v2, "htons(%d)" % ceph.v1
+    with open(log) as f:
+        n = sum(1 for line in f if any(port in line for port in ports))
+    return p, n
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="strace is needed")
+def test_convert_to_rbd_connects_once(ceph, images, tmp_path):
+    """Creating the target and opening it share one cluster connection: a
+    convert to rbd talks to the monitor as often as an info does."""
+    name = ceph.name("conv-once")
+    p, info = mon_connects(ceph, tmp_path, "info", ceph.name("conv-once-missing"))
+    assert p.returncode == 1 and "error reading header" in p.stderr, p.stderr
+    p, conv = mon_connects(ceph, tmp_path, "convert", "-f", "raw", "-O", "raw",
+                           images["raw"], name)
+    assert p.returncode == 0, p.stderr
+    assert info >= 1
+    assert conv == info
+    c = qimg("compare", "-f", "raw", "-F", "raw", images["raw"], name)
+    assert c.returncode == 0, c.stdout + c.stderr
+
+
 def test_compare(ceph, stored, images):
     v, q = both("compare", stored["raw"], stored["qcow2"])
     assert (v.returncode, v.stdout) == (q.returncode, q.stdout) == (0, "Images are identical.\n")
