@@ -57,6 +57,7 @@ struct rbd_conn {
     rados_t cluster;
     uint64_t timeout;          /* request_timeout of its settings */
     int refs;
+    bool dead;                 /* a request gave up on it: never reused */
     uint64_t idle_since;       /* order of going idle */
     struct rbd_conn *next;
 };
@@ -476,7 +477,7 @@ static void shutdown_idle(void)
 
     pthread_mutex_lock(&conn_lock);
     while ((k = *pp)) {
-        if (k->refs) {
+        if (k->refs || k->dead) {
             pp = &k->next;
             continue;
         }
@@ -530,7 +531,7 @@ static int conn_get(const vd_opts *o, struct rbd_conn **out)
     if ((r = conn_key(o, &key)) < 0)
         return r;
     pthread_mutex_lock(&conn_lock);
-    for (k = conns; k && strcmp(k->key, key); k = k->next)
+    for (k = conns; k && (k->dead || strcmp(k->key, key)); k = k->next)
         ;
     if (k) {
         k->refs++;
@@ -548,28 +549,21 @@ static int conn_get(const vd_opts *o, struct rbd_conn **out)
     return r < 0 ? r : 0;
 }
 
-/* Drop a reference.  A connection a request gave up on leaves the list
- * and is left to exit (shutting it down would block); an idle one stays
- * for the next open, the oldest beyond RBD_MAX_IDLE shut down. */
+/* Drop a reference.  A connection a request gave up on is marked dead and
+ * left to exit (shutting it down would block; it stays in the list, so
+ * reachable); an idle one stays for the next open, the oldest beyond
+ * RBD_MAX_IDLE shut down. */
 static void conn_put(struct rbd_conn *k, bool dead)
 {
     struct rbd_conn **pp, **oldest = NULL, *victim = NULL;
     int idle = 0;
 
     pthread_mutex_lock(&conn_lock);
-    if (dead) {
-        for (pp = &conns; *pp && *pp != k; pp = &(*pp)->next)
-            ;
-        if (*pp)
-            *pp = k->next;     /* not reused; freed by nobody, like the handle */
-        k->refs--;
-        pthread_mutex_unlock(&conn_lock);
-        return;
-    }
+    k->dead |= dead;
     if (--k->refs == 0)
         k->idle_since = ++idle_clock;
     for (pp = &conns; *pp; pp = &(*pp)->next)
-        if (!(*pp)->refs) {
+        if (!(*pp)->refs && !(*pp)->dead) {
             idle++;
             if (!oldest || (*pp)->idle_since < (*oldest)->idle_since)
                 oldest = pp;
