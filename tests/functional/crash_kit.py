@@ -212,7 +212,7 @@ def replay_cuts(rp, prep, ncuts, rng, check, workers=2, seen=None):
             if seen:
                 seen(data)
             path = prep.d / ("cut%d-%s.%s" % (cut, v, prep.ext))
-            path.write_bytes(data)
+            cr.write_image(path, data)
             running.append(ex.submit(job, path, started, flushed,
                                      "cut %d/%d (%s)" % (cut, len(rp.recs), v)))
             if len(running) >= 2 * workers:        # bound the images on disk

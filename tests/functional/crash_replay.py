@@ -13,6 +13,7 @@ to it; anything else is lost or corrupted data.
 Run as a script to replay a log by hand:
     crash_replay.py LOG BASE_IMAGE SCRIPT [--cuts N] [--seed S]
 """
+import mmap
 import os
 import random
 import struct
@@ -113,11 +114,16 @@ class Replay:
         return sorted(pick)
 
     def images(self, cuts, variants, rng):
-        """Yield (cut, variant, image bytes, started, flushed) for sorted
-        cuts (started, flushed: as marks()); variant "drop" drops every
-        change after the last flush before the cut, "keep" keeps them all,
-        "random" keeps a random subset (FUA writes are always kept)."""
+        """Yield (cut, variant, image, started, flushed) for sorted cuts
+        (started, flushed: as marks()); variant "drop" drops every change
+        after the last flush before the cut, "keep" keeps them all,
+        "random" keeps a random subset (FUA writes are always kept).  The
+        image is a bytearray that the next step overwrites: use it (or
+        write_image it) before asking for the next one.  Images are often
+        tens of MiB, mostly the file's zero tail: one buffer reused means
+        no fresh memory per image (page faults are costly on some hosts)."""
         durable = bytearray(self.base)
+        img = bytearray()
         done = started = flushed = 0  # records folded into durable
         pending = []
         for cut in cuts:
@@ -136,12 +142,38 @@ class Replay:
                         flushed = int(k)
             done = cut
             for v in variants:
-                img = bytearray(durable)
+                img[:] = durable
                 for p in pending:
                     if v == "keep" or (v == "random" and rng.random() < 0.5) or \
                             (p[0] == "W" and p[2]):
                         apply(img, p)
-                yield cut, v, bytes(img), started, flushed
+                yield cut, v, img, started, flushed
+
+
+def write_image(path, data):
+    """Write an image's bytes to path, its zero tail as a hole."""
+    end, step = len(data), 1 << 20
+    zero = bytes(step)
+    while end > 0:
+        start = max(0, end - step)
+        if data[start:end] != zero[:end - start]:
+            end = start + len(bytes(data[start:end]).rstrip(b"\0"))
+            break
+        end = start
+    mv = memoryview(data)
+    with open(path, "wb") as f:
+        f.write(mv[:end])
+        f.truncate(len(data))
+
+
+def read_image(path):
+    """An image file's bytes for the readers, mapped rather than read: a
+    crashed qcow2 file keeps its grown-ahead zero tail, which the readers
+    never look at."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
 # ---- the guest workload ----
@@ -331,8 +363,7 @@ def main(argv):
     fails = 0
     for cut, v, img, started, flushed in rp.images(rp.cuts(a.cuts, rng),
                                                    ("drop", "random"), rng):
-        with open(a.out, "wb") as f:
-            f.write(img)
+        write_image(a.out, img)
         ok, out = qemu_check(a.out)
         bad = [] if header_dirty(img) else judge(img, model, started, flushed)
         if not ok or bad:

@@ -460,7 +460,7 @@ def test_amend_crash_replay(tmp_path, name):
     probs = []
     for cut, v, data, _, _ in rp.images(rp.cuts(60, rng), ("drop", "random", "keep"), rng):
         path = w / ("cut%d-%s.qcow2" % (cut, v))
-        path.write_bytes(data)
+        cr.write_image(path, data)
         found = judge_crashed(path, orig / "img.qcow2")
         probs += ["cut %d/%d %s: %s" % (cut, len(rp.recs), v, f) for f in found]
         if not found:

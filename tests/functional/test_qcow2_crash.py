@@ -70,7 +70,7 @@ def repair(img):
 def verify(img, model, started, flushed, lazy=False, what=""):
     """Problems with a crashed/failed image: qemu-img check, dirty bit,
     guest data.  Returns a list of strings (empty: fine)."""
-    data = open(img, "rb").read()
+    data = cr.read_image(img)
     if cr.header_dirty(data):
         if not lazy:
             return ["%s: dirty bit set without lazy refcounts" % what]
@@ -80,7 +80,7 @@ def verify(img, model, started, flushed, lazy=False, what=""):
         rc, out = qcheck(img)
         if rc:
             return ["%s: check after repair: %s" % (what, out)]
-        data = open(img, "rb").read()
+        data = cr.read_image(img)
     else:
         rc, out = qcheck(img)
         if rc not in (0, 3):
