@@ -360,6 +360,9 @@ static int cmd_create_from(struct cmd_ctx *c)
         if (!v->has_capacity || v->capacity < src.vol->capacity ||
             (v->format && strcmp(v->format, "raw")))
             v->capacity = src.vol->capacity;
+        /* no <allocation>: all of the (new) capacity, as libvirt takes it */
+        if (!v->has_allocation)
+            v->allocation = v->capacity;
         r = create_in(&c->conn, o, v, opt_bool(c, "prealloc-metadata"), src.vol);
     }
     if (r == 0)
@@ -403,6 +406,13 @@ static int cmd_clone(struct cmd_ctx *c)
     v->perms.mode = v->perms.owner = v->perms.group = -1;
     v->name = xstrdup(opt_str(c, "newname"));
     v->capacity = src.vol->capacity;
+    /* the source's allocation and permissions, as virsh passes the
+     * source's XML */
+    v->allocation = src.vol->allocation;
+    v->has_allocation = true;
+    v->perms.mode = src.vol->perms.mode;
+    v->perms.owner = src.vol->perms.owner;
+    v->perms.group = src.vol->perms.group;
     v->format = src.vol->format ? xstrdup(src.vol->format) : NULL;
     clone_encryption(v, src.vol);
     r = create_in(&c->conn, src.pool, v, opt_bool(c, "prealloc-metadata"), src.vol);
