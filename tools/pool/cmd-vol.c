@@ -215,10 +215,16 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (secret_prepare_vol(conn, v, from) < 0 ||
-        b->vol_create(o->def, v, meta, from) < 0)
+    if (!file_pool(o))
+        v->type = "block";
+    if ((b->vol_check && b->vol_check(v, meta, from) < 0) ||
+        secret_prepare_vol(conn, v, from) < 0 || b->vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (!file_pool(o)) {
+        /* an encrypted LV or partition shows its <encryption> (and a
+         * partition its size less the LUKS header) until a refresh */
+        if (v->enc_format)
+            state_mark_vol(conn, o->def->name, v);
         resize_pool(conn, o);
         return 0;
     }
@@ -453,12 +459,12 @@ static int do_delete(struct cmd_ctx *c, struct vol_ref *r)
 
     if (!b || b->vol_delete(r->pool->def, r->vol) < 0)
         return -1;
+    state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     if (!file_pool(r->pool)) {
         resize_pool(&c->conn, r->pool);
         return 0;
     }
     account(&c->conn, r->pool, r->vol->allocation, -1);
-    state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     return 0;
 }
 
