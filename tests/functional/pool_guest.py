@@ -211,14 +211,14 @@ def luks_files(pg, names):
     assert r.returncode == 0, r.stderr
 
 
-def decrypt(dev):
+def decrypt(dev, opened=True):
     """Shell lines: the LUKS header's cipher choices (qemu-img info) and
-    the payload's size once opened with the passphrase."""
-    return ("qemu-img info --output=json %s | grep -E '\"(format|cipher-alg|cipher-mode|"
-            "hash-alg|ivgen-alg|ivgen-hash-alg|payload-offset)\"'; "
-            "qemu-img convert --object secret,id=k,data=secret --image-opts "
-            "driver=luks,key-secret=k,file.filename=%s -O raw /tmp/vddec && "
-            "wc -c </tmp/vddec; rm -f /tmp/vddec" % (dev, dev))
+    (opened) the payload's size once opened with the passphrase."""
+    info = ("qemu-img info --output=json %s | grep -E '\"(format|cipher-alg|cipher-mode|"
+            "hash-alg|ivgen-alg|ivgen-hash-alg|payload-offset)\"'" % dev)
+    return info + ("; qemu-img convert --object secret,id=k,data=secret --image-opts "
+                   "driver=luks,key-secret=k,file.filename=%s -O raw /tmp/vddec && "
+                   "wc -c </tmp/vddec; rm -f /tmp/vddec" % dev if opened else "")
 
 
 def have_guest_tools():
