@@ -277,6 +277,7 @@ def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
             "lvcreate -q -s -kn -n tsnap vdtest/thin1\n"
             "lvcreate -q -L 4M -n plain vdtest\n"
             "lvcreate -q -s -L 4M -n snap vdtest/plain\n"
+            "lvcreate -q -n sp -L 4M --type snapshot --virtualsize 16M vdtest\n"
             "vgchange -q -aln vdtest" % (a, a))
         assert r.returncode == 0, r.stderr
 
@@ -290,33 +291,41 @@ def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
         ["vol-info", "--pool", "vdtest", "thin1"],
         ["vol-create-as", "vdtest", "lv1", "4M"],
         ["vol-list", "vdtest"],
-        # libvirt 9.0 clones a snapshot as a snapshot of its origin and
-        # fails; vdisk-pool copies it into a plain LV (see the README)
+        # libvirt 9.0 clones a snapshot as a snapshot of its origin, and a
+        # sparse LV as a sparse one, and fails; vdisk-pool copies them into
+        # plain LVs (see the README)
         ["vol-clone", "--pool", "vdtest", "snap", "snapc"],
+        ["vol-clone", "--pool", "vdtest", "sp", "spc"],
         ["pool-destroy", "vdtest"],
         ["pool-undefine", "vdtest"],
     ]
     lvs = LVS % "vdtest"
-    between = {1: lvs, 8: lvs + "; cmp /dev/vdtest/snap /dev/vdtest/snapc && echo same"}
-    a, b = compare(pool_guest, verbs, setup, between, differs={8})
+    between = {1: lvs, 8: lvs + "; cmp /dev/vdtest/snap /dev/vdtest/snapc && echo same",
+               9: lvs + "; cmp /dev/vdtest/sp /dev/vdtest/spc && echo same"}
+    a, b = compare(pool_guest, verbs, setup, between, differs={8, 9})
     assert "thin1" in b[1][4] and "tpool" in b[1][4]
-    assert [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()] == ["plain", "snap"]
+    names = [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()]
+    assert names == ["plain", "snap", "sp"]
     assert "<backingStore>\n    <path>/dev/vdtest/plain</path>" in b[4][2]
     assert b[5][1] == 1 and b[6][1] == 0
-    check_snapshot_clone(a[8], b[8])
+    check_snapshot_clone(a[8], b[8], "snap", 4 * MIB)
+    check_snapshot_clone(a[9], b[9], "sp", 16 * MIB)
+    assert "cannot sync data to file '/dev/vdtest/spc': Input/output error" in a[9][3]
 
 
-def check_snapshot_clone(a, b):
-    """vol-clone of a classic snapshot: libvirt 9.0 makes a snapshot of
-    the origin (lvcreate -s) and copies the source into it, which fills
-    its copy-on-write space: the sync fails and the new LV is removed;
-    vdisk-pool makes a plain LV with the snapshot's bytes.  a, b: virsh's
-    and vdisk-pool's results, lvs and cmp after it."""
-    assert a[1] == 1 and a[3].startswith("error: Failed to clone vol from snap\nerror: ")
-    assert not [r for r in a[4].splitlines() if r.split()[:1] == ["snapc"]]
-    assert b[1] == 0 and b[2] == "Vol snapc cloned from snap\n\n"
-    row = [r.split() for r in b[4].splitlines() if r.split()[:1] == ["snapc"]]
-    assert row and row[0][1] == str(4 * MIB) and row[0][2].startswith("-wi")
+def check_snapshot_clone(a, b, src, size):
+    """vol-clone of a classic snapshot or a sparse LV: libvirt 9.0 makes a
+    snapshot (of the origin, or of a virtual one) and copies all of the
+    source into it, which fills its copy-on-write space or lvcreate
+    refuses: it fails and the new LV is removed; vdisk-pool makes a plain
+    LV of size bytes with the source's bytes.  a, b: virsh's and
+    vdisk-pool's results, lvs and cmp after it."""
+    new = src + "c"
+    assert a[1] == 1 and a[3].startswith("error: Failed to clone vol from %s\nerror: " % src)
+    assert not [r for r in a[4].splitlines() if r.split()[:1] == [new]]
+    assert b[1] == 0 and b[2] == "Vol %s cloned from %s\n\n" % (new, src)
+    row = [r.split() for r in b[4].splitlines() if r.split()[:1] == [new]]
+    assert row and row[0][1] == str(size) and row[0][2].startswith("-wi")
     assert b[4].endswith("same\n")
 
 

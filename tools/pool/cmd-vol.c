@@ -413,9 +413,10 @@ static int cmd_clone(struct cmd_ctx *c)
     v->name = xstrdup(opt_str(c, "newname"));
     v->capacity = src.vol->capacity;
     /* the source's allocation and permissions, as virsh passes the
-     * source's XML */
+     * source's XML; but a sparse LV is cloned whole (libvirt 9.0 clones
+     * it sparse and the copy overflows it, see the README) */
     v->allocation = src.vol->allocation;
-    v->has_allocation = true;
+    v->has_allocation = file_pool(src.pool);
     v->perms.mode = src.vol->perms.mode;
     v->perms.owner = src.vol->perms.owner;
     v->perms.group = src.vol->perms.group;
