@@ -271,6 +271,7 @@ def test_disk_luks_same_as_virsh(pool_guest, loop):
         ["vol-create", "vdisk", d + "/q.xml"],
         ["vol-list", "vdisk", "--details"],
         ["vol-dumpxml", "--pool", "vdisk", p1],
+        ["vol-info", "--bytes", "--pool", "vdisk", p1],
         ["pool-info", "--bytes", "vdisk"],
         ["vol-clone", "--pool", "vdisk", p1, p2],
         ["vol-dumpxml", "--pool", "vdisk", p2],
@@ -284,7 +285,7 @@ def test_disk_luks_same_as_virsh(pool_guest, loop):
     size1 = 10704896                        # 8 + 2 MiB in whole cylinders
     # (the header is opened with the passphrase in the logical test)
     between = {5: pr + "; " + decrypt("/dev/" + p1, opened=False), 6: pr,
-               10: pr + "; cmp -n %d /dev/%s /dev/%s && echo same" % (size1, p1, p2)}
+               11: pr + "; cmp -n %d /dev/%s /dev/%s && echo same" % (size1, p1, p2)}
     try:
         _, b = compare(pool_guest, verbs, blank(pool_guest, loop), between)
     finally:
@@ -295,6 +296,7 @@ def test_disk_luks_same_as_virsh(pool_guest, loop):
     assert b[6][1] == 1 and "only supports LUKS" in b[6][3]
     assert "<capacity unit='bytes'>%d</capacity>" % (size1 - 2 * MIB) in b[8][2]
     assert "<encryption format='luks'>" in b[8][2]
-    assert b[10][4].endswith("same\n")
-    assert "<capacity unit='bytes'>%d</capacity>" % size1 in b[13][2]
-    assert "<encryption" not in b[13][2]
+    assert "Capacity:       %d bytes" % (size1 - 2 * MIB) in b[9][2]
+    assert b[11][4].endswith("same\n")
+    assert "<capacity unit='bytes'>%d</capacity>" % size1 in b[14][2]
+    assert "<encryption" not in b[14][2]

@@ -352,6 +352,7 @@ def test_logical_luks_same_as_virsh(pool_guest, loops):
         ["vol-create", "vdtest", d + "/encq.xml"],
         ["vol-create", "vdtest", d + "/encn.xml"],
         ["vol-dumpxml", "--pool", "vdtest", "enc"],
+        ["vol-info", "--bytes", "--pool", "vdtest", "enc"],
         ["vol-clone", "--pool", "vdtest", "enc", "encc"],
         ["vol-dumpxml", "--pool", "vdtest", "encc"],
         ["vol-create-from", "vdtest", d + "/plain.xml", "--inputpool", "vdtest", "enc"],
@@ -366,8 +367,8 @@ def test_logical_luks_same_as_virsh(pool_guest, loops):
     between = {
         5: LVS % "vdtest" + "; " + decrypt(lv + "enc"),
         7: LVS % "vdtest",
-        9: LVS % "vdtest" + "; cmp -n %d %senc %sencc && echo same" % (8 * MIB, lv, lv),
-        11: LVS % "vdtest" + "; cmp %senc %splain && echo same" % (lv, lv),
+        10: LVS % "vdtest" + "; cmp -n %d %senc %sencc && echo same" % (8 * MIB, lv, lv),
+        12: LVS % "vdtest" + "; cmp %senc %splain && echo same" % (lv, lv),
     }
     try:
         _, b = compare(pool_guest, verbs, wipe(pool_guest, loops), between)
@@ -382,7 +383,8 @@ def test_logical_luks_same_as_virsh(pool_guest, loops):
     assert out[-2] == str(8 * MIB - off)
     assert b[6][1] == b[7][1] == 1 and [r.split()[0] for r in b[7][4].splitlines()] == ["enc"]
     assert "<encryption format='luks'>" in b[8][2] and "<cipher name='twofish'" in b[8][2]
+    assert "Capacity:       %d bytes" % (8 * MIB) in b[9][2]
     # the clone: 8 + 2 MiB of LV, the source's bytes
-    assert b[9][4].split("\n")[1].split()[:2] == ["encc", str(12 * MIB)]
-    assert b[9][4].endswith("same\n") and b[11][4].endswith("same\n")
-    assert "<encryption" not in b[13][2]
+    assert b[10][4].split("\n")[1].split()[:2] == ["encc", str(12 * MIB)]
+    assert b[10][4].endswith("same\n") and b[12][4].endswith("same\n")
+    assert "<encryption" not in b[14][2]
