@@ -279,6 +279,62 @@ def test_vol_create_from(pair):
             qinfo(os.path.join(pair.lp, "pool", v))
 
 
+def alloc_class(res):
+    """vol-info --bytes as how much of the capacity is allocated: 'full',
+    'sparse' (some) or 'none', and the allocation in whole MiB."""
+    rc, out, _ = res
+    assert rc == 0, res
+    cap = int(re.search(r"^Capacity: +(\d+) bytes", out, re.M).group(1))
+    alloc = int(re.search(r"^Allocation: +(\d+) bytes", out, re.M).group(1))
+    return ("full" if alloc >= cap else "sparse" if alloc else "none"), alloc >> 20
+
+
+def test_raw_copies_allocated_as_libvirt(pair):
+    """Raw copies of raw volumes: libvirt preallocates the new file when
+    its allocation (a clone: the source's; vol-create-from: the XML's,
+    else the capacity) is at least the source's capacity, and copies only
+    the data otherwise; a qcow2 source is converted sparse.  Compared as
+    each tool's volume reports it on the same file system."""
+    n = pair.name
+    started(pair)
+    data = os.urandom(1 << 20)
+    for root in (pair.lp, pair.vp):
+        with open(os.path.join(root, "pool", "src.raw"), "wb") as f:
+            f.write(data)
+            f.truncate(8 << 20)
+        with open(os.path.join(root, "pool", "full.raw"), "wb") as f:
+            f.write(bytes(8 << 20))
+        for v in ("src.raw", "full.raw"):
+            os.chown(os.path.join(root, "pool", v), 65534, 65534)
+    pair.same("pool-refresh", n)
+    pair.xml("q.xml", "<volume><name>src.qcow2</name><capacity>0</capacity>"
+             "<target><format type='qcow2'/></target></volume>")
+    pair.same("vol-create-from", n, "@/q.xml", "src.raw", "--inputpool", n)
+    xmls = {"f1": "", "f2": "<allocation>0</allocation>",
+            "f3": "<allocation unit='M'>2</allocation>",
+            "f4": "<allocation unit='M'>12</allocation>"}
+    for name, alloc in xmls.items():
+        pair.xml(name + ".xml", "<volume><name>%s.raw</name><capacity unit='M'>%d</capacity>"
+                 "%s</volume>" % (name, 16 if name == "f4" else 1, alloc))
+    pair.same("vol-clone", "--pool", n, "src.raw", "c1.raw")
+    pair.same("vol-clone", "--pool", n, "full.raw", "c2.raw")
+    for name in xmls:
+        pair.same("vol-create-from", n, "@/%s.xml" % name, "src.raw", "--inputpool", n)
+    pair.xml("f5.xml", "<volume><name>f5.raw</name><capacity>0</capacity></volume>")
+    pair.same("vol-create-from", n, "@/f5.xml", "src.qcow2", "--inputpool", n)
+    got = {}
+    for v in ("c1", "c2", "f1", "f2", "f3", "f4", "f5"):
+        l, r = pair.both("vol-info", "--pool", n, v + ".raw", "--bytes")
+        got[v] = alloc_class(l)
+        assert alloc_class(r) == got[v], v
+        with open(os.path.join(pair.vp, "pool", v + ".raw"), "rb") as f:
+            assert f.read(1 << 20) == (data if v != "c2" else bytes(1 << 20))
+    # what libvirt did: sparse clones of sparse files, the rest allocated
+    assert [got[v][0] for v in ("c1", "c2", "f1", "f2", "f3", "f4", "f5")] == [
+        "sparse", "full", "full", "sparse", "sparse", "sparse", "sparse"]
+    assert got["f4"][1] >= 12
+
+
 def test_vol_bad_xml(pair):
     started(pair)
     for i, xml in enumerate([

@@ -4,9 +4,12 @@ in the test guest (pool_guest.py): the same verbs given to virsh and to
 vdisk-pool on the same loop devices give the same outputs, errors and
 exit codes, and the same volume groups and LVs (lvs and vgs after each
 step)."""
+import re
+
 import pytest
 
-from pool_guest import compare, pool_guest  # noqa: F401
+from pool_guest import (CIPHER, ENC, LUKS_DIR, SECRET, compare, decrypt,  # noqa: F401
+                        luks_files, pool_guest)
 
 pytestmark = pytest.mark.xdist_group("guest")
 
@@ -274,6 +277,7 @@ def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
             "lvcreate -q -s -kn -n tsnap vdtest/thin1\n"
             "lvcreate -q -L 4M -n plain vdtest\n"
             "lvcreate -q -s -L 4M -n snap vdtest/plain\n"
+            "lvcreate -q -n sp -L 4M --type snapshot --virtualsize 16M vdtest\n"
             "vgchange -q -aln vdtest" % (a, a))
         assert r.returncode == 0, r.stderr
 
@@ -287,11 +291,100 @@ def test_logical_thin_and_snapshots_same_as_virsh(pool_guest, loops):
         ["vol-info", "--pool", "vdtest", "thin1"],
         ["vol-create-as", "vdtest", "lv1", "4M"],
         ["vol-list", "vdtest"],
+        # libvirt 9.0 clones a snapshot as a snapshot of its origin, and a
+        # sparse LV as a sparse one, and fails; vdisk-pool copies them into
+        # plain LVs (see the README)
+        ["vol-clone", "--pool", "vdtest", "snap", "snapc"],
+        ["vol-clone", "--pool", "vdtest", "sp", "spc"],
         ["pool-destroy", "vdtest"],
         ["pool-undefine", "vdtest"],
     ]
-    _, b = compare(pool_guest, verbs, setup, {1: LVS % "vdtest"})
+    lvs = LVS % "vdtest"
+    between = {1: lvs, 8: lvs + "; cmp /dev/vdtest/snap /dev/vdtest/snapc && echo same",
+               9: lvs + "; cmp /dev/vdtest/sp /dev/vdtest/spc && echo same"}
+    a, b = compare(pool_guest, verbs, setup, between, differs={8, 9})
     assert "thin1" in b[1][4] and "tpool" in b[1][4]
-    assert [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()] == ["plain", "snap"]
+    names = [r.split()[0] for r in b[2][2].splitlines()[2:] if r.strip()]
+    assert names == ["plain", "snap", "sp"]
     assert "<backingStore>\n    <path>/dev/vdtest/plain</path>" in b[4][2]
     assert b[5][1] == 1 and b[6][1] == 0
+    check_snapshot_clone(a[8], b[8], "snap", 4 * MIB)
+    check_snapshot_clone(a[9], b[9], "sp", 16 * MIB)
+    assert "cannot sync data to file '/dev/vdtest/spc': Input/output error" in a[9][3]
+
+
+def check_snapshot_clone(a, b, src, size):
+    """vol-clone of a classic snapshot or a sparse LV: libvirt 9.0 makes a
+    snapshot (of the origin, or of a virtual one) and copies all of the
+    source into it, which fills its copy-on-write space or lvcreate
+    refuses: it fails and the new LV is removed; vdisk-pool makes a plain
+    LV of size bytes with the source's bytes.  a, b: virsh's and
+    vdisk-pool's results, lvs and cmp after it."""
+    new = src + "c"
+    assert a[1] == 1 and a[3].startswith("error: Failed to clone vol from %s\nerror: " % src)
+    assert not [r for r in a[4].splitlines() if r.split()[:1] == [new]]
+    assert b[1] == 0 and b[2] == "Vol %s cloned from %s\n\n" % (new, src)
+    row = [r.split() for r in b[4].splitlines() if r.split()[:1] == [new]]
+    assert row and row[0][1] == str(size) and row[0][2].startswith("-wi")
+    assert b[4].endswith("same\n")
+
+
+def test_logical_luks_same_as_virsh(pool_guest, loops):
+    """Encrypted LVs: libvirt makes the LV 2 MiB larger than asked and
+    formats it as LUKS (with qemu-img; vdisk-pool with libvdisk), shows
+    the <encryption> until a refresh; a clone is a byte copy of its
+    source (header and all) in an LV as large as the source plus the
+    header's room; a copy into a plain LV is raw bytes."""
+    a, _ = loops
+    d = LUKS_DIR
+    luks_files(pool_guest, [("enc", 4, ENC % ("luks", SECRET, CIPHER)),
+                            ("encq", 4, ENC % ("qcow", SECRET, "")),
+                            ("encn", 4, ENC % ("luks", SECRET.replace("1", "9"), "")),
+                            ("plain", 4, "")])
+    verbs = [
+        ["secret-define", d + "/s.xml"],
+        ["secret-set-value", SECRET, "c2VjcmV0"],
+        ["pool-define-as", "vdtest", "logical", "--source-name", "vdtest",
+         "--source-dev", a, "--target", "/dev/vdtest"],
+        ["pool-build", "vdtest"],
+        ["pool-start", "vdtest"],
+        ["vol-create", "vdtest", d + "/enc.xml"],
+        ["vol-create", "vdtest", d + "/encq.xml"],
+        ["vol-create", "vdtest", d + "/encn.xml"],
+        ["vol-dumpxml", "--pool", "vdtest", "enc"],
+        ["vol-info", "--bytes", "--pool", "vdtest", "enc"],
+        ["vol-clone", "--pool", "vdtest", "enc", "encc"],
+        ["vol-dumpxml", "--pool", "vdtest", "encc"],
+        ["vol-create-from", "vdtest", d + "/plain.xml", "--inputpool", "vdtest", "enc"],
+        ["pool-refresh", "vdtest"],
+        ["vol-dumpxml", "--pool", "vdtest", "enc"],
+        ["vol-list", "vdtest", "--details"],
+        ["pool-destroy", "vdtest"],
+        ["pool-undefine", "vdtest"],
+        ["secret-undefine", SECRET],
+    ]
+    lv = "/dev/vdtest/"
+    between = {
+        5: LVS % "vdtest" + "; " + decrypt(lv + "enc"),
+        7: LVS % "vdtest",
+        10: LVS % "vdtest" + "; cmp -n %d %senc %sencc && echo same" % (8 * MIB, lv, lv),
+        12: LVS % "vdtest" + "; cmp %senc %splain && echo same" % (lv, lv),
+    }
+    try:
+        _, b = compare(pool_guest, verbs, wipe(pool_guest, loops), between)
+    finally:
+        pool_guest.run("rm -rf " + LUKS_DIR)
+    # a 4 MiB volume in an LV of 8 MiB (4 + 2, in whole extents), opened
+    # with the passphrase: the payload after the header
+    out = b[5][4].split("\n")
+    assert out[0].split()[:2] == ["enc", str(8 * MIB)]
+    assert '"cipher-alg": "twofish-128"' in b[5][4] and '"ivgen-alg": "essiv"' in b[5][4]
+    off = int(re.search(r'"payload-offset": (\d+)', b[5][4]).group(1))
+    assert out[-2] == str(8 * MIB - off)
+    assert b[6][1] == b[7][1] == 1 and [r.split()[0] for r in b[7][4].splitlines()] == ["enc"]
+    assert "<encryption format='luks'>" in b[8][2] and "<cipher name='twofish'" in b[8][2]
+    assert "Capacity:       %d bytes" % (8 * MIB) in b[9][2]
+    # the clone: 8 + 2 MiB of LV, the source's bytes
+    assert b[10][4].split("\n")[1].split()[:2] == ["encc", str(12 * MIB)]
+    assert b[10][4].endswith("same\n") and b[12][4].endswith("same\n")
+    assert "<encryption" not in b[14][2]

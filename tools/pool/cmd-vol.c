@@ -215,10 +215,16 @@ static int create_in(struct pool_conn *conn, struct pool_obj *o, struct vol_def 
                        v->format);
         return -1;
     }
-    if (secret_prepare_vol(conn, v, from) < 0 ||
-        b->vol_create(o->def, v, meta, from) < 0)
+    if (!file_pool(o))
+        v->type = "block";
+    if ((b->vol_check && b->vol_check(v, meta, from) < 0) ||
+        secret_prepare_vol(conn, v, from) < 0 || b->vol_create(o->def, v, meta, from) < 0)
         return -1;
     if (!file_pool(o)) {
+        /* an encrypted LV or partition shows its <encryption> (and a
+         * partition its size less the LUKS header) until a refresh */
+        if (v->enc_format)
+            state_mark_vol(conn, o->def->name, v);
         resize_pool(conn, o);
         return 0;
     }
@@ -360,6 +366,9 @@ static int cmd_create_from(struct cmd_ctx *c)
         if (!v->has_capacity || v->capacity < src.vol->capacity ||
             (v->format && strcmp(v->format, "raw")))
             v->capacity = src.vol->capacity;
+        /* no <allocation>: all of the (new) capacity, as libvirt takes it */
+        if (!v->has_allocation)
+            v->allocation = v->capacity;
         r = create_in(&c->conn, o, v, opt_bool(c, "prealloc-metadata"), src.vol);
     }
     if (r == 0)
@@ -403,6 +412,14 @@ static int cmd_clone(struct cmd_ctx *c)
     v->perms.mode = v->perms.owner = v->perms.group = -1;
     v->name = xstrdup(opt_str(c, "newname"));
     v->capacity = src.vol->capacity;
+    /* the source's allocation and permissions, as virsh passes the
+     * source's XML; but a sparse LV is cloned whole (libvirt 9.0 clones
+     * it sparse and the copy overflows it, see the README) */
+    v->allocation = src.vol->allocation;
+    v->has_allocation = file_pool(src.pool);
+    v->perms.mode = src.vol->perms.mode;
+    v->perms.owner = src.vol->perms.owner;
+    v->perms.group = src.vol->perms.group;
     v->format = src.vol->format ? xstrdup(src.vol->format) : NULL;
     clone_encryption(v, src.vol);
     r = create_in(&c->conn, src.pool, v, opt_bool(c, "prealloc-metadata"), src.vol);
@@ -443,12 +460,12 @@ static int do_delete(struct cmd_ctx *c, struct vol_ref *r)
 
     if (!b || b->vol_delete(r->pool->def, r->vol) < 0)
         return -1;
+    state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     if (!file_pool(r->pool)) {
         resize_pool(&c->conn, r->pool);
         return 0;
     }
     account(&c->conn, r->pool, r->vol->allocation, -1);
-    state_unmark_vol(&c->conn, r->pool->def->name, r->vol->name);
     return 0;
 }
 

@@ -263,9 +263,7 @@ static int create_raw(struct vol_def *v, mode_t mode)
     return 0;
 }
 
-/* The LUKS options of v's <encryption> (prefix "encrypt." inside qcow2), as
- * libvirt passes them to qemu-img. */
-static void encrypt_opts(vd_opts *o, const struct vol_def *v, const char *prefix)
+void vol_luks_opts(vd_opts *o, const struct vol_def *v, const char *prefix)
 {
     char k[64], val[160];
 
@@ -312,7 +310,7 @@ static vd_opts *image_opts(const struct vol_def *v, bool prealloc_meta)
     if (prealloc_meta)
         vd_opts_set(o, "preallocation", "metadata");
     if (v->enc_format)
-        encrypt_opts(o, v, !strcmp(v->format, "qcow2") ? "encrypt." : "");
+        vol_luks_opts(o, v, !strcmp(v->format, "qcow2") ? "encrypt." : "");
     if (v->backing_path) {
         vd_opts_set(o, "backing_file", v->backing_path);
         vd_opts_set(o, "backing_fmt", v->backing_format ? v->backing_format : "raw");
@@ -392,6 +390,65 @@ int vol_copy_data(const struct vol_def *from, const struct vol_def *v)
     return r < 0 ? -1 : 0;
 }
 
+/* Does libvirt copy from into the raw file v itself (not with qemu-img)?
+ * Plain raw files and block volumes into a plain raw file. */
+static bool raw_copy(const struct vol_def *v, const struct vol_def *from)
+{
+    return !strcmp(v->format, "raw") && !v->enc_format &&
+           (is_block(from) || (!from->enc_format && !strcmp(data_format(from), "raw")));
+}
+
+/* The raw file of a copy, before the data goes in: at its capacity, and
+ * preallocated as libvirt's raw copy does (fallocate of the allocation
+ * when that is not less than the source's capacity: a clone of a sparse
+ * file, or an <allocation> below the source's size, stays sparse).
+ * *fill: fallocate is not supported here, the allocation is written
+ * after the copy (fill_raw). */
+static int create_raw_copy(struct vol_def *v, const struct vol_def *from, bool *fill)
+{
+    int fd = open(v->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, DEFAULT_VOL_MODE);
+    bool alloc = v->allocation && v->allocation >= from->capacity;
+
+    *fill = false;
+    if (fd < 0) {
+        pool_set_error("Failed to create file '%s': %s", v->path, strerror(errno));
+        return -1;
+    }
+    if (ftruncate(fd, (off_t)v->capacity) < 0) {
+        pool_set_error("cannot extend file '%s': %s", v->path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (alloc && fallocate(fd, 0, 0, (off_t)v->allocation) < 0) {
+        if (errno != ENOSYS && errno != EOPNOTSUPP) {
+            pool_set_error("cannot allocate %" PRIu64 " bytes in file '%s': %s",
+                           v->allocation, v->path, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        *fill = true;
+    }
+    close(fd);
+    return 0;
+}
+
+/* Where fallocate is not supported: allocate the first allocation bytes
+ * of the copy v by writing them, keeping the data there. */
+static int fill_raw(const struct vol_def *v)
+{
+    int fd = open(v->path, O_WRONLY | O_CLOEXEC), r;
+
+    if (fd < 0 || (r = posix_fallocate(fd, 0, (off_t)v->allocation)) != 0) {
+        pool_set_error("cannot fill file '%s': %s", v->path,
+                       strerror(fd < 0 ? errno : r));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
 /* Make the image file of v (format via libvdisk, raw directly). */
 static int make_image(struct vol_def *v, bool prealloc_meta, const struct vol_def *from)
 {
@@ -417,6 +474,7 @@ int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
 {
     mode_t mode = v->perms.mode >= 0 ? (mode_t)v->perms.mode : DEFAULT_VOL_MODE;
     struct stat st;
+    bool fill;
 
     free(v->path);
     free(v->key);
@@ -429,11 +487,14 @@ int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
                        v->path);
         return -1;
     }
-    if (make_image(v, prealloc_meta, from) < 0) {
+    fill = false;
+    if ((from && raw_copy(v, from) ? create_raw_copy(v, from, &fill)
+                                   : make_image(v, prealloc_meta, from)) < 0) {
         unlink(v->path);           /* no partial volume left behind */
         return -1;
     }
-    if ((from && vol_copy_data(from, v) < 0) || chmod(v->path, mode) < 0 ||
+    if ((from && vol_copy_data(from, v) < 0) || (fill && fill_raw(v) < 0) ||
+        chmod(v->path, mode) < 0 ||
         ((v->perms.owner >= 0 || v->perms.group >= 0) &&
          chown(v->path, (uid_t)v->perms.owner, (gid_t)v->perms.group) < 0)) {
         if (!from)

@@ -496,22 +496,14 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
     char *path, *name;
     int r;
 
-    if (from && prealloc_meta) {
-        pool_set_error("unsupported configuration: metadata preallocation is not "
-                       "supported for block volumes");
-        return -1;
-    }
-    if (v->enc_format) {
-        pool_set_error("unsupported configuration: storage pool does not support "
-                       "encrypted volumes");
-        return -1;
-    }
+    (void)prealloc_meta;           /* refused for copies by block_vol_check */
     if (read_table(d->src_device, &t) < 0)
         return -1;
     kind = new_kind(d, &t);
     if (!(type = part_type(d, v, &t, kind)))
         return -1;
-    if (place(d, &t, kind, v->capacity, &start, &end) < 0) {
+    /* an encrypted partition gets room for its LUKS header */
+    if (place(d, &t, kind, v->capacity + (v->enc_format ? LUKS_ROOM : 0), &start, &end) < 0) {
         free(type);
         return -1;
     }
@@ -538,13 +530,17 @@ int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_m
     free(v->path);
     v->path = path;
     v->type = "block";
-    /* a copy goes into the partition as raw bytes, which then gets
-     * libvirt's default mode; the partition goes when the copy fails */
-    if (from && (vol_copy_data(from, v) < 0 || chmod_new(v) < 0)) {
-        char *why = xstrdup(pool_error_text());
-        remove_part(d, p->num);
-        pool_set_error("%s", why);
-        free(why);
+    /* an encrypted one is formatted as LUKS, shown without the header's
+     * room until a refresh, as libvirt does; a copy goes into the
+     * partition as raw bytes (over that header too), which then gets
+     * libvirt's default mode; the partition goes when a step fails */
+    if (v->enc_format) {
+        v->capacity = v->allocation = p->end - p->start - LUKS_ROOM;
+        v->luks_room = LUKS_ROOM;
+    }
+    if ((v->enc_format && block_vol_luks(v, v->capacity) < 0) ||
+        (from && (vol_copy_data(from, v) < 0 || chmod_new(v) < 0))) {
+        block_vol_undo(disk_vol_delete, d, v);
         return -1;
     }
     return 0;

@@ -448,10 +448,11 @@ static int remove_lv(const struct pool_def *d, const char *name)
 }
 
 /* lvcreate of v: capacity bytes, or a sparse volume (a snapshot of a
- * virtual origin, as libvirt makes them) when its allocation is less. */
+ * virtual origin, as libvirt makes them) when its allocation differs;
+ * an encrypted one gets room for its LUKS header as well. */
 static int make_lv(const struct pool_def *d, const struct vol_def *v)
 {
-    char *cap = kib(v->capacity), *alloc = NULL, *argv[16];
+    char *cap = kib(v->capacity + (v->enc_format ? LUKS_ROOM : 0)), *alloc = NULL, *argv[16];
     int i = 0, r;
 
     argv[i++] = "lvcreate";
@@ -478,20 +479,10 @@ static int make_lv(const struct pool_def *d, const struct vol_def *v)
 int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                    const struct vol_def *from)
 {
+    (void)prealloc_meta;           /* refused for copies by block_vol_check */
     if (v->backing_path) {
         pool_set_error("this function is not supported by the connection driver: "
                        "logical volumes are copied and snapshotted by lvm only");
-        return -1;
-    }
-    if (from && prealloc_meta) {
-        pool_set_error("unsupported configuration: metadata preallocation is not "
-                       "supported for block volumes");
-        return -1;
-    }
-    if (v->enc_format) {
-        /* libvirt formats the LV as LUKS with qemu-img: not done here */
-        pool_set_error("unsupported configuration: storage pool does not support "
-                       "encrypted volumes");
         return -1;
     }
     free(v->path);
@@ -499,13 +490,12 @@ int lvm_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_me
     v->type = "block";
     if (make_lv(d, v) < 0)
         return -1;
-    /* a copy goes into the new LV as raw bytes, as libvirt writes it;
-     * the LV goes again when the copy fails */
-    if (set_perms(d, v) < 0 || (from && vol_copy_data(from, v) < 0)) {
-        char *why = xstrdup(pool_error_text());
-        remove_lv(d, v->name);
-        pool_set_error("%s", why);
-        free(why);
+    /* an encrypted LV is formatted as LUKS over all of it; a copy then
+     * goes into the LV as raw bytes, as libvirt writes it (over that
+     * header too); the LV goes again when a step fails */
+    if ((v->enc_format && block_vol_luks(v, v->capacity) < 0) || set_perms(d, v) < 0 ||
+        (from && vol_copy_data(from, v) < 0)) {
+        block_vol_undo(lvm_vol_delete, d, v);
         return -1;
     }
     return 0;

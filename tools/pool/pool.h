@@ -73,6 +73,9 @@ struct vol_def {
     /* <cipher name= size= mode= hash=/> and <ivgen name= hash=/>: NULL
      * where not given (simple tokens, checked when parsed) */
     char *enc_cipher[4], *enc_ivgen[2];
+    /* a new encrypted partition: the LUKS header's room, which libvirt
+     * leaves out of its capacity and allocation until a refresh */
+    uint64_t luks_room;
 };
 
 /* The ids of the libvdisk secret objects a volume's passphrase and (for
@@ -195,6 +198,10 @@ int vol_probe(struct vol_def *v);
 int dir_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                    const struct vol_def *from);
 int dir_vol_delete(const struct vol_def *v);
+/* The LUKS options of v's <encryption> (prefix "encrypt." inside qcow2),
+ * as libvirt passes them to qemu-img, its key the secret VOL_KEY_ID. */
+struct vd_opts;
+void vol_luks_opts(struct vd_opts *o, const struct vol_def *v, const char *prefix);
 /* Copy the guest data of volume from into the volume v just made (its
  * path and type set), as raw where either is a block volume; -1 with the
  * error recorded. */
@@ -241,6 +248,8 @@ struct pool_backend {
     int (*refresh)(struct pool_def *d);
     /* The volumes of the active pool, sorted as libvirt lists them. */
     struct vol_def **(*vols)(const struct pool_def *d, size_t *n);
+    /* Checks of a new volume before its secrets are looked up (NULL: none). */
+    int (*vol_check)(const struct vol_def *v, bool prealloc_meta, const struct vol_def *from);
     int (*vol_create)(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                       const struct vol_def *from);
     int (*vol_delete)(const struct pool_def *d, const struct vol_def *v);
@@ -292,6 +301,22 @@ struct vol_def **disk_vols(const struct pool_def *d, size_t *n);
 int disk_vol_create(const struct pool_def *d, struct vol_def *v, bool prealloc_meta,
                     const struct vol_def *from);
 int disk_vol_delete(const struct pool_def *d, const struct vol_def *v);
+
+/* ---- block volumes (block.c): what logical.c and disk.c share ---- */
+/* The room libvirt adds to an encrypted LV or partition for its LUKS
+ * header. */
+#define LUKS_ROOM (2 * 1024 * 1024)
+/* libvirt's refusals of a new LV or partition: an encryption other than
+ * LUKS, metadata preallocation of a copy; 0 or -1 (recorded). */
+int block_vol_check(const struct vol_def *v, bool prealloc_meta, const struct vol_def *from);
+/* Write a LUKS header of payload size (rounded up to KiB) over the new
+ * device v->path, with v's cipher choices and the key VOL_KEY_ID that
+ * secret_prepare_vol gave; 0 or -1 (recorded). */
+int block_vol_luks(const struct vol_def *v, uint64_t size);
+/* After a failure: undo(d, v) (remove the new device) with the
+ * failure's message kept, not the undo's. */
+void block_vol_undo(int (*undo)(const struct pool_def *d, const struct vol_def *v),
+                    const struct pool_def *d, const struct vol_def *v);
 
 /* Append an extent (dev, start, end) to v's <source>. */
 void vol_add_extent(struct vol_def *v, const char *dev, uint64_t start, uint64_t end);

@@ -205,7 +205,9 @@ static int prepare_key(struct pool_conn *c, const struct vol_def *v, const char 
                        "supported, only 'luks'", v->enc_format);
         return -1;
     }
-    if (v->format && strcmp(v->format, "raw") && strcmp(v->format, "qcow2")) {
+    /* a block volume's format is its partition type: its data is raw */
+    if (!(v->type && !strcmp(v->type, "block")) && v->format && strcmp(v->format, "raw") &&
+        strcmp(v->format, "qcow2")) {
         pool_set_error("unsupported configuration: volume encryption unsupported with "
                        "format %s", v->format);
         return -1;

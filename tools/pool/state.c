@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
@@ -443,13 +444,20 @@ static char *marks_dir(struct pool_conn *c, const char *pool)
 int state_mark_vol(struct pool_conn *c, const char *pool, const struct vol_def *v)
 {
     char *d = marks_dir(c, pool), *p = xasprintf("%s/%s", d, v->name);
-    char *txt = xasprintf("%s\n%s%s\n%s\n%s %s %s %s %s %s\n", v->compat ? v->compat : "",
-                          v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "",
-                          v->enc_secret ? v->enc_secret : "", MARK_TOK(v->enc_cipher[0]),
-                          MARK_TOK(v->enc_cipher[1]), MARK_TOK(v->enc_cipher[2]),
-                          MARK_TOK(v->enc_cipher[3]), MARK_TOK(v->enc_ivgen[0]),
-                          MARK_TOK(v->enc_ivgen[1]));
+    char block[64] = "", *txt;
     int r;
+
+    /* a block volume's fifth line: its encryption (not found on the
+     * device, which libvirt does not probe) and the LUKS header's room */
+    if (v->type && !strcmp(v->type, "block"))
+        snprintf(block, sizeof(block), "block %s%" PRIu64 "\n", v->enc_format ? "luks " : "",
+                 v->luks_room);
+    txt = xasprintf("%s\n%s%s\n%s\n%s %s %s %s %s %s\n%s", v->compat ? v->compat : "",
+                    v->lazy_refcounts ? "L" : "", v->extended_l2 ? "E" : "",
+                    v->enc_secret ? v->enc_secret : "", MARK_TOK(v->enc_cipher[0]),
+                    MARK_TOK(v->enc_cipher[1]), MARK_TOK(v->enc_cipher[2]),
+                    MARK_TOK(v->enc_cipher[3]), MARK_TOK(v->enc_ivgen[0]),
+                    MARK_TOK(v->enc_ivgen[1]), block);
 
     if (mkdir(d, 0700) < 0 && errno != EEXIST)
         r = -1;
@@ -503,11 +511,36 @@ static void apply_cipher_mark(struct vol_def *v, const char *line)
     }
 }
 
+/* A block volume's mark line ("block [luks ]ROOM") onto v. */
+static void apply_block_mark(struct vol_def *v, const char *txt)
+{
+    const char *l = strstr(txt, "\nblock ");
+    unsigned long long room;
+    char *end;
+
+    if (!l || !v->type || strcmp(v->type, "block"))
+        return;
+    l += strlen("\nblock ");
+    if (!strncmp(l, "luks ", 5)) {
+        free(v->enc_format);
+        v->enc_format = xstrdup("luks");
+        l += 5;
+    }
+    errno = 0;
+    room = strtoull(l, &end, 10);
+    if (errno || *end != '\n' || room > v->capacity || room > v->allocation)
+        return;
+    v->capacity -= room;
+    v->allocation -= room;
+}
+
 /* Apply one mark file's content to v. */
 static void apply_mark(struct vol_def *v, const char *txt)
 {
     const char *nl = strchr(txt, '\n'), *nl2 = nl ? strchr(nl + 1, '\n') : NULL;
     char uuid[37], line[37] = "";
+
+    apply_block_mark(v, txt);
 
     free(v->compat);
     v->compat = nl && nl > txt ? strndup(txt, (size_t)(nl - txt)) : NULL;

@@ -290,14 +290,14 @@ static int write_image(vd_node *f, struct luks_create_params *p, const uint8_t *
         goto out;
     }
     luks_encode(&h, buf);
-    if ((r = vd_truncate(f, (uint64_t)h.payload * LUKS_SECTOR, true, VD_PREALLOC_OFF)) < 0 ||
+    if ((r = vd_truncate(f, (uint64_t)h.payload * LUKS_SECTOR, false, VD_PREALLOC_OFF)) < 0 ||
         (r = vd_pwrite(f, 0, sizeof(buf), buf, 0)) < 0 ||
         (r = luks_store_slot(&h, &p->a, 0, pass, pass_len, mk, p->iter_time, write_material,
                              f)) < 0)
         goto out;
     luks_encode(&h, buf);
     if ((r = vd_pwrite(f, 0, sizeof(buf), buf, 0)) < 0 ||
-        (r = vd_truncate(f, end, true, prealloc)) < 0)
+        (r = vd_truncate(f, end, false, prealloc)) < 0)
         goto out;
     r = vd_flush(f);
 out:
