@@ -233,7 +233,11 @@ int secret_prepare_vol(struct pool_conn *c, const struct vol_def *v, const struc
     vd_object_clear();
     if (prepare_key(c, v, VOL_KEY_ID, false) < 0)
         return -1;
-    return from ? prepare_key(c, from, VOL_SRC_KEY_ID, true) : 0;
+    /* a block volume is copied as its bytes, never through its encryption:
+     * its secret is not needed (libvirt does not look it up) */
+    if (!from || (from->type && !strcmp(from->type, "block")))
+        return 0;
+    return prepare_key(c, from, VOL_SRC_KEY_ID, true);
 }
 
 void secret_fill_vols(const struct pool_conn *c, struct vol_def **v, size_t n)
