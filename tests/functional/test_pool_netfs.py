@@ -210,6 +210,40 @@ def test_glusterfs_pool_bad_volume(tmp_path, gluster_volume):
             subprocess.run(["umount", target])
 
 
+def test_failed_mount_left_mounted_is_undone(tmp_path):
+    """A mount helper that fails but leaves its file system mounted (as
+    mount.glusterfs can, when its own unmount races its daemon): the start
+    fails with the mount's error and nothing stays mounted."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mount").write_text("#!/bin/sh\n%s -t tmpfs vdtest \"$4\" || exit 99\nexit 32\n"
+                                % shutil.which("mount"))
+    (fake / "mount").chmod(0o755)
+    target = str(tmp_path / "mnt")
+    (tmp_path / "g.xml").write_text(NETFS_XML.format(
+        name="g", host="localhost", dir="/v", target=target,
+        extra="<format type='glusterfs'/>"))
+    ok(vpool(tmp_path, "pool-define", tmp_path / "g.xml"))
+    ok(vpool(tmp_path, "pool-build", "g"))
+    env = dict(os.environ, VDISK_POOL_CONFIG_DIR=str(tmp_path / "cfg"),
+               VDISK_POOL_RUN_DIR=str(tmp_path / "run"),
+               PATH="%s:%s" % (fake, os.environ.get("PATH", "")))
+    try:
+        p = subprocess.run([VDISK_POOL, "pool-start", "g"], env=env, capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 1 and p.stderr.startswith(
+            "error: Failed to start pool g\nerror: internal error: Child process (mount -t "
+            "glusterfs localhost:/v %s -o direct-io-mode=1) unexpected exit status 32"
+            % target), p.stderr
+        assert mounts(target) is None
+        assert "inactive" in ok(vpool(tmp_path, "pool-info", "g")).stdout
+    finally:
+        if mounts(target):
+            subprocess.run(["umount", target])
+
+
 @pytest.mark.parametrize("fs", ["nfs", "cifs"])
 def test_kernel_network_fs(tmp_path, fs):
     if not kernel_has(fs) and subprocess.run(["modprobe", "-n", fs],

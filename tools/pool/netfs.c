@@ -7,6 +7,7 @@
  * handled as a dir pool. */
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "pool.h"
 
@@ -59,6 +60,26 @@ static int check_source(const struct pool_def *d, const char *fmt)
     return 0;
 }
 
+/* After a failed mount: a FUSE file system whose mount helper failed can
+ * stay mounted (mount.glusterfs's own unmount races its daemon); unmount
+ * it, keeping the mount's error. */
+static void unmount_failed(const char *target)
+{
+    char *um[] = { "umount", (char *)target, NULL };
+    char *lazy[] = { "umount", "-l", (char *)target, NULL };
+    char *why;
+
+    if (!is_mounted(target))
+        return;
+    why = xstrdup(pool_error_text());
+    for (int i = 0; i < 20 && is_mounted(target) && run_cmd(um, NULL) != 0; i++)
+        usleep(100 * 1000);
+    if (is_mounted(target))
+        run_cmd(lazy, NULL);
+    pool_set_error("%s", why);
+    free(why);
+}
+
 int netfs_start(struct pool_def *d)
 {
     const char *fmt = d->src_format ? d->src_format : "auto";
@@ -81,8 +102,10 @@ int netfs_start(struct pool_def *d)
     argv[n++] = "-o";
     argv[n++] = opts;
     argv[n] = NULL;
-    if (run_cmd(argv, NULL) != 0)
+    if (run_cmd(argv, NULL) != 0) {
+        unmount_failed(d->target_path);
         r = -1;
+    }
     free(src);
     free(opts);
     if (r == 0 && dir_refresh(d) < 0) {
