@@ -77,6 +77,24 @@ def write_pattern(path, off, length, byte):
         f.write(bytes([byte]) * length)
 
 
+# A passed test's tmp_path is removed at its end: a full run writes tens of
+# GiB of images, which would otherwise stay on disk (and be written back to
+# it) until pytest drops the whole folder three runs later.  A failed
+# test's folder stays for a look.
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "setup" and rep.failed:
+        item._vdisk_keep = True
+    elif rep.when == "call" and not rep.passed:
+        item._vdisk_keep = True
+    elif rep.when == "teardown":
+        path = (getattr(item, "funcargs", None) or {}).get("tmp_path")
+        if path is not None and rep.passed and not getattr(item, "_vdisk_keep", False):
+            shutil.rmtree(str(path), ignore_errors=True)
+
+
 # The session's Linux guest under QEMU, for kernel features this machine
 # lacks (guest.py).
 from guest import guest  # noqa: E402,F401

@@ -99,7 +99,11 @@ class PoolGuest:
         return r.stdout.split()
 
     def free_loops(self, devs):
-        self.run("for d in %s; do /usr/sbin/losetup -d $d; done; true" % " ".join(devs))
+        """Detach the loop devices and remove their files and the state
+        folders of the sequences run since: the guest's /tmp is its RAM, and
+        what a test leaves there fills it for the tests after it."""
+        self.run("for d in %s; do /usr/sbin/losetup -d $d; done; rm -rf %s /tmp/vp*; true"
+                 % (" ".join(devs), " ".join(self.files)))
 
     def sequence(self, tool, verbs, between=None):
         """Run each verb (argument list) with tool ('virsh' or
