@@ -6,7 +6,9 @@ vdisk-img create, convert (of a small raw image with data) and resize
 check finds clean (no errors, no leaks) and that is laid out as
 qemu-img's image from the same command: the same map (host offsets
 too), the same info but for the disk size, the same file length, and
-the same bytes where the map has data (so the same content).
+the same bytes where the map has data (so the same content).  Most
+images are the very file qemu-img writes (the same bytes and holes);
+qemu-img's reports are asked for only of the others.
 
 Small clusters with wide refcounts have a refcount block every few
 clusters (64 with 512-byte clusters and 64-bit refcounts) and their
@@ -20,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from chain_helpers import identical
 from conftest import QEMU_IMG, VDISK_IMG, needs_vdisk_format
 
 CLUSTER_SIZES = [512 << i for i in range(13)]           # 512 .. 2M
@@ -106,6 +109,13 @@ def differences(kind, work, inputs, cs, rb, prealloc):
         p = make(kind, exe, dirs[tool], opts, prealloc, inputs)
         if p.returncode != 0:
             return ["%s: %s failed: %s" % (name, tool, p.stderr.strip())]
+    if identical(dirs["vdisk"] / IMG, dirs["qemu"] / IMG):
+        # The same bytes and holes: qemu-img reports the same of both, and
+        # its own image is clean.
+        for d in dirs.values():
+            shutil.rmtree(d)
+        return []
+    for tool in TOOLS:
         outs[tool] = reports(dirs[tool])
     bad = []
     p = run([QEMU_IMG, "check", "-f", "qcow2", IMG], dirs["vdisk"])
