@@ -104,24 +104,35 @@ def identical(a, b):
     return True
 
 
-def build_chain(tmp_path, d, spec):
-    """make_chain(d, spec), the chain built once per spec and worker in a
-    template folder beside tmp_path and copied from there (hole for hole):
-    many tests run their commands on the same few chains.  Specs naming
-    absolute backing paths are built in place."""
-    if any(l[3] and os.path.isabs(l[3]) for l in spec) or any("/" in l[0] for l in spec):
-        make_chain(d, spec)
-        return
-    key = hashlib.sha256(repr(spec).encode()).hexdigest()[:16]
-    tmpl = os.path.join(os.path.dirname(str(tmp_path)), "chain-templates", key)
+def template(tmp_path, kind, key, make):
+    """A folder made once per worker by make(folder) for (kind, key), kept
+    beside tmp_path: the folder's path."""
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    tmpl = os.path.join(os.path.dirname(str(tmp_path)), kind + "-templates", digest)
     if not os.path.isdir(tmpl):
         part = tmpl + ".part%d" % os.getpid()
         shutil.rmtree(part, ignore_errors=True)
-        make_chain(part, spec)
+        os.makedirs(part)
+        make(part)
         os.rename(part, tmpl)
-    os.makedirs(d, exist_ok=True)
-    for name in os.listdir(tmpl):
-        copy_extents(os.path.join(tmpl, name), os.path.join(d, name))
+    return tmpl
+
+
+def copy_folder(src, dst):
+    """Copy the files of folder src into folder dst, hole for hole."""
+    os.makedirs(dst, exist_ok=True)
+    for name in os.listdir(src):
+        copy_extents(os.path.join(src, name), os.path.join(dst, name))
+
+
+def build_chain(tmp_path, d, spec):
+    """make_chain(d, spec), the chain built once per spec and worker and
+    copied (many tests run their commands on the same few chains).  Specs
+    naming absolute backing paths or subfolders are built in place."""
+    if any(l[3] and os.path.isabs(l[3]) for l in spec) or any("/" in l[0] for l in spec):
+        make_chain(d, spec)
+        return
+    copy_folder(template(tmp_path, "chain", spec, lambda t: make_chain(t, spec)), d)
 
 
 def run_both(tmp_path, spec, args, cwd_sub=None):

@@ -20,6 +20,7 @@ import subprocess
 
 import pytest
 
+from chain_helpers import identical, template
 from conftest import QEMU_IMG, TOP, VDISK_IMG as _VDISK_IMG, needs_vdisk_format, same_output
 
 QEMU_IO = shutil.which("qemu-io")
@@ -83,9 +84,12 @@ def build(d, create_opts="", backing=False, cmds=DATA, snapshot=False, after=())
 
 
 def pair(tmp_path, **kw):
-    base = tmp_path / "base"
-    base.mkdir()
-    build(base, **kw)
+    """Two copies (q, v) of the image build(**kw) makes, built once per
+    worker.  The copies are dense (holes written as zeros), as the tests
+    were written against: with the holes kept, a compat downgrade leaves
+    a hole under a zeroed cluster where QEMU's leaves it allocated, and
+    qemu-img map tells the two apart."""
+    base = template(tmp_path, "amend", sorted(kw.items()), lambda d: build(d, **kw))
     q, v = tmp_path / "q", tmp_path / "v"
     shutil.copytree(base, q)
     shutil.copytree(base, v)
@@ -118,8 +122,19 @@ def content(d, tmp, tag, snap=None):
     return data
 
 
+def same_folders(q, v):
+    """Do folders q and v hold the same files, each the same bytes and
+    holes?"""
+    names = sorted(os.listdir(q))
+    return names == sorted(os.listdir(v)) and all(
+        identical(os.path.join(q, n), os.path.join(v, n)) for n in names)
+
+
 def same_images(q, v, tmp_path, snaps=()):
-    """Both amended copies agree in check, info, map and content."""
+    """Both amended copies agree in check, info, map and content (at once
+    when both folders hold the very same files)."""
+    if same_folders(q, v):
+        return
     cq = run_in(q, QEMU_IMG, "check", "img.qcow2")
     cv = run_in(v, QEMU_IMG, "check", "img.qcow2")
     if cq.returncode == 2 and cv.returncode == 0:
