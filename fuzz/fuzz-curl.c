@@ -114,7 +114,11 @@ static void exercise(vd_node *n)
  * coverage counters from the first input. */
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    return vd_driver_find("http") ? 0 : 1;
+    if (!vd_driver_find("http")) {
+        fputs("fuzz-curl: the http driver is not there (its module not built?)\n", stderr);
+        abort();
+    }
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

@@ -6,6 +6,7 @@
  * option checks, CHAP and digest parsing run and the login fails at once.
  * Any outcome but a crash or hang is fine. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +21,11 @@ static const struct vd_driver *drv;
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     drv = vd_driver_find("iscsi");
-    return drv ? 0 : 1;
+    if (!drv) {
+        fputs("fuzz-iscsi-uri: the iscsi driver is not there (its module not built?)\n", stderr);
+        abort();
+    }
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

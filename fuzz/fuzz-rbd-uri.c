@@ -4,6 +4,7 @@
  * user and the JSON list of Ceph settings) as a name on the command line
  * would be.  No cluster is contacted.  Any outcome but a crash is fine. */
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,7 +18,11 @@ static const struct vd_driver *rbd;
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     rbd = vd_driver_find("rbd");
-    return rbd && rbd->parse_filename ? 0 : 1;
+    if (!rbd || !rbd->parse_filename) {
+        fputs("fuzz-rbd-uri: the rbd driver is not there (its module not built?)\n", stderr);
+        abort();
+    }
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
