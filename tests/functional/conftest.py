@@ -135,7 +135,28 @@ def _stable_hash(text):
     return zlib.crc32(text.encode())
 
 
+# The tests that boot a QEMU guest (xdist groups "guest" and "ga-guest")
+# spend their time in the emulated guest, the same in both passes.
+# scripts/check sets VDISK_SKIP_GUEST=1 for its plain pass, so they run
+# once, against the sanitized build, which checks both what they compare
+# and memory errors.
+GUEST_GROUPS = ("guest", "ga-guest")
+
+
+def _in_guest(item):
+    return any(m.args and m.args[0] in GUEST_GROUPS
+               for m in item.iter_markers("xdist_group"))
+
+
+def _deselect(config, items, drop):
+    if drop:
+        config.hook.pytest_deselected(items=[it for it in items if id(it) in drop])
+        items[:] = [it for it in items if id(it) not in drop]
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("VDISK_SKIP_GUEST"):
+        _deselect(config, items, {id(it) for it in items if _in_guest(it)})
     if not os.environ.get("VDISK_SANITIZED") or os.environ.get("VDISK_SANITIZED_ALL"):
         return
     groups = {}
@@ -151,6 +172,4 @@ def pytest_collection_modifyitems(config, items):
         if len(keep) < SANITIZED_KEEP_ALL:
             keep = ranked[:SANITIZED_KEEP_ALL]
         drop.update(id(it) for it in group if it not in keep)
-    if drop:
-        config.hook.pytest_deselected(items=[it for it in items if id(it) in drop])
-        items[:] = [it for it in items if id(it) not in drop]
+    _deselect(config, items, drop)

@@ -15,8 +15,6 @@ Each test gives one list of verbs to both programs in turn, on the same
 loop devices: virsh first (pool-define-as ... pool-undefine), then
 vdisk-pool, one guest command for each program; the outputs are compared
 after masking uuids, LVM uuids and timestamps."""
-import hashlib
-import json
 import os
 import re
 import shlex
@@ -165,40 +163,6 @@ def mask(text):
 
 QIMG_TIMING = "Unable to get accurate CPU usage"
 
-# virsh's answers, kept for the run's other pass: scripts/check runs the
-# suite twice (plain and sanitized build) with VDISK_REF_CACHE naming one
-# folder, and libvirt's side is the same program both times.  The key is
-# every verb and shell line, so a different sequence is never answered
-# from another's record.
-REF_CACHE = os.environ.get("VDISK_REF_CACHE")
-
-
-def _record_path(verbs, between):
-    key = repr((verbs, sorted((between or {}).items())))
-    return os.path.join(REF_CACHE, "virsh-%s.json" % hashlib.sha256(key.encode()).hexdigest())
-
-
-def recorded(verbs, between):
-    """virsh's results of this sequence from the run's other pass, or None."""
-    if not REF_CACHE:
-        return None
-    try:
-        with open(_record_path(verbs, between)) as f:
-            return [tuple(r) for r in json.load(f)]
-    except (OSError, ValueError):
-        return None
-
-
-def record(verbs, between, results):
-    if not REF_CACHE:
-        return
-    os.makedirs(REF_CACHE, exist_ok=True)
-    path = _record_path(verbs, between)
-    with open(path + ".tmp", "w") as f:
-        json.dump(results, f)
-    os.rename(path + ".tmp", path)
-
-
 def compare(pg, verbs, setup=None, between=None, differs=()):
     """Run verbs with virsh, then (after setup again) with vdisk-pool;
     assert every output, error and exit status is the same, but for the
@@ -208,13 +172,11 @@ def compare(pg, verbs, setup=None, between=None, differs=()):
     to make a LUKS volume failed its PBKDF2 timing (conftest.qimg_retry)."""
     if not pg.libvirt:
         pytest.skip("libvirtd does not run in the guest: " + pg.why)
-    a = recorded(verbs, between)
-    for _ in range(0 if a else 6):
+    for _ in range(6):
         if setup:
             setup()
         a = pg.sequence("virsh", verbs, between)
         if not any(QIMG_TIMING in r[3] for r in a):
-            record(verbs, between, a)
             break
     if setup:
         setup()
