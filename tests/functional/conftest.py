@@ -14,24 +14,30 @@ VDISK_IMG = os.path.join(BUILD, "tools", "img", "vdisk-img")
 QEMU_IMG = shutil.which("qemu-img")
 
 # The tests read whole images into memory, and each large read lands in
-# freshly mapped pages.  Where page faults are costly (virtual machines
-# whose hypervisor handles each one: about 30 us a page was measured), that
-# was half of the faults of a run.  pytest-xdist starts its workers after
-# this file is loaded, so they get glibc's transparent-huge-page malloc
-# (one fault per 2 MiB); the workers put the caller's setting back, so the
-# programs under test run as they would anywhere.
+# freshly mapped pages.  Where the first touch of a page is costly (virtual
+# machines whose host backs each page only when the guest touches it: 13-16
+# us a page was measured), that was half of the faults of a run.  With
+# pytest-xdist the controller sets glibc's transparent-huge-page malloc (one
+# fault per 2 MiB) before it starts its workers, and the workers put the
+# caller's setting back at once, so the programs under test run as they
+# would anywhere.  Without xdist nothing changes.
 _TUNABLES = "VDISK_TEST_SAVED_GLIBC_TUNABLES"
-if os.environ.get("PYTEST_XDIST_WORKER") is None and _TUNABLES not in os.environ:
-    os.environ[_TUNABLES] = os.environ.get("GLIBC_TUNABLES", "")
-    os.environ["GLIBC_TUNABLES"] = ":".join(
-        t for t in (os.environ[_TUNABLES], "glibc.malloc.hugetlb=1") if t)
-elif os.environ.get("PYTEST_XDIST_WORKER") is not None and _TUNABLES in os.environ:
+if os.environ.get("PYTEST_XDIST_WORKER") is not None and _TUNABLES in os.environ:
     if os.environ[_TUNABLES]:
         os.environ["GLIBC_TUNABLES"] = os.environ[_TUNABLES]
     else:
         os.environ.pop("GLIBC_TUNABLES", None)
     del os.environ[_TUNABLES]
 
+
+def pytest_configure(config):
+    workers = getattr(config.option, "numprocesses", None)
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None or not workers \
+            or _TUNABLES in os.environ:
+        return
+    os.environ[_TUNABLES] = os.environ.get("GLIBC_TUNABLES", "")
+    os.environ["GLIBC_TUNABLES"] = ":".join(
+        t for t in (os.environ[_TUNABLES], "glibc.malloc.hugetlb=1") if t)
 
 def run(args, check=False, input=None, env=None, timeout=300):
     """Run a command, return CompletedProcess with text stdout/stderr."""
