@@ -12,6 +12,10 @@
  *     numbered by seq in that order.
  *  2. In order mode, the writes of job k start only once the writes of jobs
  *     0..k-1 have finished (st->write_seq == k); reads run in parallel.
+ *     Order decides where a format allocates what, so a target that stores
+ *     guest data as it is (raw) is written out of order: qemu-img -W's
+ *     result, with every worker's write in flight at once (network
+ *     targets, page-cache copies on every core).
  *  3. The first error wins: it is recorded once in st, every worker stops at
  *     its next step, and the message is re-raised on the caller's thread.
  *  4. With compression every job starts on a target cluster boundary and
@@ -1172,7 +1176,8 @@ static int copy_setup(struct copy_state *st, const struct vd_copy_params *p, int
     setup_sparse(st);
     choose_sizes(st, nw);
     st->dst_size = (uint64_t)VD_MAX(vd_getlength(p->dst), 0);
-    st->ooo = p->out_of_order || (p->compress && !st->compress_ahead);
+    st->ooo = p->out_of_order || (p->compress && !st->compress_ahead) ||
+              (p->dst->drv->data_only && !p->base);
     st->skip_zero = (p->target_is_zero || p->no_zero_writes) && !p->unallocated_only &&
                     !p->base;
     st->zero_flags = p->unallocated_only ? 0 : VD_REQ_MAY_UNMAP;
