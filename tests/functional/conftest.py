@@ -31,6 +31,8 @@ if os.environ.get("PYTEST_XDIST_WORKER") is not None and _TUNABLES in os.environ
 
 
 def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "once: runs in the sanitized pass of make check only (VDISK_SKIP_ONCE)")
     workers = getattr(config.option, "numprocesses", None)
     if os.environ.get("PYTEST_XDIST_WORKER") is not None or not workers \
             or _TUNABLES in os.environ:
@@ -141,17 +143,18 @@ def _stable_hash(text):
     return zlib.crc32(text.encode())
 
 
-# The tests that boot a QEMU guest (xdist groups "guest" and "ga-guest")
-# spend their time in the emulated guest, the same in both passes.
-# scripts/check sets VDISK_SKIP_GUEST=1 for its plain pass, so they run
-# once, against the sanitized build, which checks both what they compare
-# and memory errors.
+# Some tests spend their time in a peer, a server or an emulated guest,
+# the same in both passes of make check: the tests that boot a QEMU guest
+# (xdist groups "guest" and "ga-guest"), and those marked "once" (libvirt's
+# LUKS copies, a cluster made to fail, a timeout waited out).  scripts/check
+# sets VDISK_SKIP_ONCE=1 for its plain pass, so they run once, against the
+# sanitized build, which checks both what they compare and memory errors.
 GUEST_GROUPS = ("guest", "ga-guest")
 
 
-def _in_guest(item):
-    return any(m.args and m.args[0] in GUEST_GROUPS
-               for m in item.iter_markers("xdist_group"))
+def _once(item):
+    return item.get_closest_marker("once") is not None or \
+        any(m.args and m.args[0] in GUEST_GROUPS for m in item.iter_markers("xdist_group"))
 
 
 def _deselect(config, items, drop):
@@ -161,8 +164,8 @@ def _deselect(config, items, drop):
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("VDISK_SKIP_GUEST"):
-        _deselect(config, items, {id(it) for it in items if _in_guest(it)})
+    if os.environ.get("VDISK_SKIP_ONCE"):
+        _deselect(config, items, {id(it) for it in items if _once(it)})
     if not os.environ.get("VDISK_SANITIZED") or os.environ.get("VDISK_SANITIZED_ALL"):
         return
     groups = {}

@@ -463,6 +463,7 @@ def json_timeout_form(gluster, volume, path, seconds):
         "server": [{"type": "tcp", "host": "127.0.0.1", "port": "24007"}]}})
 
 
+@pytest.mark.once      # the bricks' time: once per make check (conftest.py)
 def test_brick_faults(gluster, fault_volume, tmp_path):
     """A brick that stops answering (SIGSTOP) ends reads and new
     connections after the x-timeout, not never; once it answers again, it

@@ -344,6 +344,7 @@ def wait_started(p, out):
         time.sleep(0.002)
 
 
+@pytest.mark.once      # timeouts waited out: once per make check (conftest.py)
 @pytest.mark.parametrize("how", ["kill", "stall"])
 def test_target_dies_mid_convert(big, tmp_path, how):
     """tgtd stopped, then killed (or left stopped, with timeout=2), in the

@@ -55,6 +55,7 @@ def wait_eof(s, limit):
     return time.monotonic() - t0
 
 
+@pytest.mark.once      # 10 s waited out: once per make check (conftest.py)
 def test_stalled_handshake_dropped_after_10s(pair):
     socks = [s.connect() for s in pair]
     for s in socks:

@@ -18,6 +18,10 @@ import pytest
 
 from pool_helpers import VDISK_POOL, peer, mask  # noqa: F401
 
+# Their time is PBKDF2's, on both sides: run once, in the sanitized pass
+# of make check (conftest.py).
+pytestmark = pytest.mark.once
+
 # The daemon and its secrets live as long as the session: each test's
 # uuids, usages and pool names are its own (from its scratch directory).
 

@@ -17,6 +17,7 @@ pytestmark = [
     pytest.mark.skipif(ssh_server.available() is not None,
                        reason=str(ssh_server.available())),
     pytest.mark.skipif(not os.path.exists(VDISK_POOL), reason="vdisk-pool is not built"),
+    pytest.mark.once,      # ssh's time more than vdisk-pool's (conftest.py)
 ]
 
 # Names the remote shell would split, expand or run if they were not quoted.

@@ -380,6 +380,7 @@ def test_parallel_convert_many_objects(ceph, tmp_path):
     assert read(out) == read(src)
 
 
+@pytest.mark.once      # the cluster's time: once per make check (conftest.py)
 def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path):
     """Its own cluster, killed while vdisk-img writes to it: a clear error,
     a nonzero exit, within the OSD timeout given in the name."""
@@ -464,6 +465,7 @@ def _wait_flag(c, present, timeout=90):
     pytest.fail("full_quota flag %s after %d s" % ("not set" if present else "still set", timeout))
 
 
+@pytest.mark.once      # the cluster's time: once per make check (conftest.py)
 def test_full_pool(tmp_path_factory, rbd_driver, tmp_path):
     """A pool whose quota is reached: Ceph holds writes to it until the
     flag clears (qemu-img then waits forever).  vdisk-img's create, its
