@@ -150,10 +150,6 @@ struct vd_driver {
      * engine uses block_status's offsets only. */
     int (*data_extent)(vd_node *n, uint64_t off, uint64_t len, uint64_t *pnum,
                        uint64_t *map, vd_node **file);
-    /* block_status never answers data past the end of the cluster (of
-     * cluster_size) holding off, as QEMU's vdi answers a block at a time;
-     * the copy engine then needs buffers no longer than a cluster. */
-    bool status_per_cluster;
 };
 
 #define VD_DRIVER_REGISTER(drv)                                            \

@@ -46,7 +46,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,10 +61,6 @@
 #define COPY_COMPRESS_CHUNK (256u << 10)
 #define COPY_ZERO_CHUNK (1ull << 30)
 #define COPY_SECTOR 512u
-/* The workers' buffers share one arena on transparent huge pages when it
- * fills at least one: a fresh small page costs a fault each (and, on a
- * virtual machine, the host's backing of it), a huge page one per 2 MiB. */
-#define COPY_HUGE_PAGE (2u << 20)
 /* qemu-img convert's request: at most 2 MiB of data, status queried over
  * at most INT_MAX rounded down to sectors. */
 #define QEMU_CONVERT_BUF (2u << 20)
@@ -149,8 +144,6 @@ struct copy_state {
     uint64_t cs;              /* -c: target cluster size */
     bool compress_ahead;      /* -c in two steps: compress, then store in order */
     uint64_t packed_off;      /* where in a worker's buffer compressed bytes go */
-    size_t buf_size;          /* bytes of one worker's buffer */
-    char *arena;              /* every worker's buffer, or NULL: each its own */
     uint64_t data_end;        /* target offset where the copied data ends */
     uint64_t dst_size;        /* length of the target */
     int base_depth;           /* commit: chain depth of p->base */
@@ -911,8 +904,8 @@ static void *worker(void *opaque)
     m->cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
     if (!(m->end = vd_calloc_array(m->cap, sizeof(*m->end))) ||
         !(m->zero = vd_calloc_array(m->cap, sizeof(*m->zero))) ||
-        (st->arena ? !(buf = st->arena + (size_t)id * st->buf_size)
-                   : posix_memalign(&buf, 4096, st->buf_size) != 0)) {
+        posix_memalign(&buf, 4096, st->packed_off +
+                       (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0))) {
         free(m->end);
         free(m->zero);
         pthread_mutex_lock(&st->lock);
@@ -931,8 +924,7 @@ static void *worker(void *opaque)
     }
     free(m->end);
     free(m->zero);
-    if (!st->arena)
-        free(buf);
+    free(buf);
     return NULL;
 }
 
@@ -987,39 +979,6 @@ static int online_cpus(void)
     return (int)VD_MAX(1, VD_MIN(n, COPY_MAX_WORKERS));
 }
 
-/* The longest data answer block status gives over src's chain (every
- * layer answers a cluster at most: the largest cluster), or 0 if a layer
- * may answer more. */
-static uint64_t status_bound(vd_node *src)
-{
-    uint64_t bound = 0;
-
-    for (vd_node *n = src; n; n = vd_node_backing(n)) {
-        int64_t cs = vd_node_cluster_size(n);
-
-        if (!n->drv->status_per_cluster || cs <= 0)
-            return 0;
-        bound = VD_MAX(bound, (uint64_t)cs);
-    }
-    return bound;
-}
-
-/* qemu-img's requests over sources whose block status answers a cluster at
- * a time are no longer than that: so are the jobs, and the buffers. */
-static uint64_t request_bound(const struct copy_state *st)
-{
-    uint64_t bound = 0;
-
-    for (size_t i = 0; i < st->p->nsrc; i++) {
-        uint64_t b = status_bound(st->p->src[i]);
-
-        if (b == 0 || b % COPY_SECTOR)
-            return st->chunk;
-        bound = VD_MAX(bound, b);
-    }
-    return bound ? VD_MIN(bound, st->chunk) : st->chunk;
-}
-
 /* Number of workers and bytes per job from the parameters. */
 static void choose_sizes(struct copy_state *st, int *nworkers)
 {
@@ -1032,10 +991,8 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
         chunk = p->max_in_flight / (uint64_t)w;
     chunk = round_down(chunk, COPY_SECTOR);
     st->chunk = chunk ? chunk : COPY_SECTOR;
-    if (st->qemu_requests) {    /* jobs are qemu-img's requests, to allocate alike */
+    if (st->qemu_requests)      /* jobs are qemu-img's requests, to allocate alike */
         st->chunk = QEMU_CONVERT_BUF;
-        st->chunk = request_bound(st);
-    }
     else if (p->base)
         st->chunk = QEMU_COMMIT_MAX_IO;
     if (p->compress)   /* whole clusters per job; CPU-bound, so small jobs */
@@ -1047,33 +1004,7 @@ static void choose_sizes(struct copy_state *st, int *nworkers)
         w = VD_MIN(w, online_cpus() + 2);
     }
     st->packed_off = div_round_up(VD_MAX(st->chunk, st->cs), 4096) * 4096;
-    st->buf_size = st->packed_off + (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0);
-    st->buf_size = div_round_up(st->buf_size, 4096) * 4096;
     *nworkers = w;
-}
-
-/* One arena for n workers' buffers, on huge pages, when the buffers fill
- * whole ones and the copy is long enough to fill the buffers (so huge
- * pages add nothing to the memory a copy holds, and a short copy does not
- * pay for clearing 2 MiB to use a few KiB); otherwise each worker
- * allocates its own. */
-static void alloc_arena(struct copy_state *st, int n)
-{
-    void *a;
-    size_t len;
-
-#ifdef __SANITIZE_ADDRESS__
-    return;     /* separate buffers, so AddressSanitizer bounds each one */
-#endif
-    if (MUL_OVERFLOW(st->buf_size, (size_t)n, &len) || len % COPY_HUGE_PAGE ||
-        st->total < len)
-        return;
-    if (posix_memalign(&a, COPY_HUGE_PAGE, len) != 0)
-        return;
-#ifdef MADV_HUGEPAGE
-    (void)madvise(a, len, MADV_HUGEPAGE);   /* a hint: without THP, small pages */
-#endif
-    st->arena = a;
 }
 
 /* Start the workers, run them to completion. */
@@ -1197,9 +1128,7 @@ int vd_copy(const struct vd_copy_params *p)
     if (r == 0) {
         if (p->progress)
             p->progress(p->opaque, 0, st.total);
-        alloc_arena(&st, nw);
         run_workers(&st, nw);
-        free(st.arena);
         r = st.err;
         if (r < 0)
             vd_error(-r, "%s", st.msg);

@@ -976,7 +976,6 @@ static const struct vd_driver vdi_driver = {
     .pread = vdi_pread,
     .pwrite = vdi_pwrite,
     .block_status = vdi_block_status,
-    .status_per_cluster = true,
     .getlength = vdi_getlength,
     .create = vdi_create,
     .check = vdi_check,
