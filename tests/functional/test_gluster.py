@@ -35,6 +35,9 @@ def _have_driver():
 
 pytestmark = [
     pytest.mark.xdist_group("gluster"),
+    # Their time is glusterd's and qemu-img's: once per make check, in the
+    # sanitized pass (conftest.py).
+    pytest.mark.once,
     pytest.mark.skipif(not QEMU_IMG or not shutil.which("qemu-io"),
                        reason="qemu-img and qemu-io are needed"),
 ]
