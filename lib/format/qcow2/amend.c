@@ -151,7 +151,8 @@ static int build_header(const struct qcow2_state *s, const uint8_t *old, struct 
                    (uint32_t)strlen(s->data_file_name));
     if (r >= 0 && s->has_crypto_ext)     /* before the table, as QEMU */
         r = crypto_ext(s, h);
-    if (r >= 0 && s->version >= 3 && flen <= sizeof(ft) &&
+    if (r >= 0 && s->version >= 3 && s->cluster_size > QC_FEATURES_MIN_CLUSTER &&
+        flen <= sizeof(ft) &&
         h->pos + EXT_HEAD + flen + EXT_HEAD + blen <= h->cap) {
         qcow2_feature_table(ft);
         r = hb_ext(h, QC_EXT_FEATURES, ft, (uint32_t)flen);

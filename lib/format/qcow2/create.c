@@ -205,8 +205,8 @@ static int build_header(const struct qc_create *c, uint8_t *h, uint64_t l1_size)
     if (c->data_file)
         ok &= put_ext(h, c->cluster_size, &pos, QC_EXT_DATA_FILE, c->data_file,
                       strlen(c->data_file));
-    if (c->version >= 3) {
-        /* As QEMU: the table is left out when it would not fit. */
+    if (c->version >= 3 && c->cluster_size > QC_FEATURES_MIN_CLUSTER) {
+        /* As QEMU: left out too when it would not fit. */
         size_t room = c->cluster_size - 8 - (c->backing ? strlen(c->backing) : 0);
         feature_table(ft);
         if (pos + 8 + sizeof(ft) <= room)

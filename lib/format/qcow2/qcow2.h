@@ -47,6 +47,9 @@
 #define QC_EXT_END          0x00000000u
 #define QC_EXT_BACKING_FMT  0xe2792acau
 #define QC_EXT_FEATURES     0x6803f857u
+/* The feature name table is written only with clusters larger than this
+ * (as QEMU 7.2: at 4 KiB and below it would crowd out the backing name). */
+#define QC_FEATURES_MIN_CLUSTER 4096u
 #define QC_EXT_BITMAPS      0x23852875u
 #define QC_EXT_CRYPTO       0x0537be77u
 #define QC_EXT_DATA_FILE    0x44415441u
