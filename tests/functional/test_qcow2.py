@@ -388,6 +388,23 @@ def test_cache_clean_interval_keeps_data(tmp_path):
     assert q.returncode == 0 and "Pattern verification failed" not in q.stdout
 
 
+@pytest.mark.parametrize("cluster", ["512", "4096", "8192", "65536"])
+def test_feature_table_as_qemu(tmp_path, cluster):
+    """The header's feature name table is written as qemu-img 7.2 writes
+    it: only with clusters larger than 4 KiB, at create and when amend
+    rewrites the header (the two files are byte-identical both times)."""
+    v, q = tmp_path / "v.qcow2", tmp_path / "q.qcow2"
+    opts = "cluster_size=" + cluster
+    vimg("create", "-q", "-f", "qcow2", "-o", opts, v, "3M", check=True)
+    qimg("create", "-q", "-f", "qcow2", "-o", opts, q, "3M", check=True)
+    table = b"\x68\x03\xf8\x57" in v.read_bytes()[:int(cluster)]
+    assert table == (int(cluster) > 4096)
+    assert v.read_bytes() == q.read_bytes()
+    vimg("amend", "-f", "qcow2", "-o", "lazy_refcounts=on", v, check=True)
+    qimg("amend", "-f", "qcow2", "-o", "lazy_refcounts=on", q, check=True)
+    assert v.read_bytes() == q.read_bytes()
+
+
 @pytest.mark.parametrize("size", ["3145729", "1", "70000"])
 def test_create_odd_size_rounded(tmp_path, size):
     """A size that is not whole sectors is stored rounded up to 512, as
