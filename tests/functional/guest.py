@@ -24,6 +24,7 @@ import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -236,6 +237,10 @@ class Guest:
         self.accel, self.slow = None, 1
         self.counter = itertools.count()
         self.proc = None
+        # The doorbell: a line sent to the guest's second serial port after
+        # each script dropped in ctl wakes the agent (tests/guest/agent).
+        self.bell_path = os.path.join(self.workdir, "doorbell.sock")
+        self.bell = None
         self.boot_seconds = None
 
     def mkguest(self, kver):
@@ -263,7 +268,10 @@ class Guest:
                 "-serial", "file:" + self.console, "-monitor", "none",
                 "-fsdev", "local,id=share,security_model=none,path="
                           + self.share.replace(",", ",,"),
-                "-device", "virtio-9p-pci,fsdev=share,mount_tag=vdisk"] + self.extra_args()
+                "-device", "virtio-9p-pci,fsdev=share,mount_tag=vdisk",
+                "-chardev", "socket,id=doorbell,server=on,wait=off,path="
+                            + self.bell_path.replace(",", ",,"),
+                "-device", "isa-serial,chardev=doorbell"] + self.extra_args()
 
     def extra_args(self):
         args = list(self.devices)
@@ -340,7 +348,36 @@ class Guest:
                 self.proc.wait()
                 return False
             time.sleep(0.02)
+        self.connect_bell()
         return True
+
+    def connect_bell(self):
+        """Connect to the doorbell's socket (without it the agent looks
+        for scripts once a second: slow, but it works)."""
+        self.close_bell()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(self.bell_path)
+        except OSError as e:
+            s.close()
+            warnings.warn("guest doorbell: %s: %s" % (self.bell_path, e))
+            return
+        s.setblocking(False)
+        self.bell = s
+
+    def ring(self):
+        if self.bell is not None:
+            try:
+                self.bell.send(b"\n")
+            except BlockingIOError:
+                pass                # rings are waiting: the agent will look
+            except OSError:
+                self.close_bell()
+
+    def close_bell(self):
+        if self.bell is not None:
+            self.bell.close()
+            self.bell = None
 
     def qemu_log(self):
         try:
@@ -368,6 +405,7 @@ class Guest:
         with open(tmp, "w") as f:
             f.write(env + script + "\n")
         os.rename(tmp, os.path.join(self.ctl, "%d.%d.sh" % (n, timeout)))
+        self.ring()
         return Job(self, n, script, timeout, text)
 
     def run(self, script, timeout=60, text=True):
@@ -376,6 +414,7 @@ class Guest:
 
     def kill(self):
         """Stop QEMU at once (a guest that shut down or hangs)."""
+        self.close_bell()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
         if self.proc is not None:
@@ -401,6 +440,7 @@ class Guest:
             except (GuestError, subprocess.TimeoutExpired):
                 self.proc.kill()
                 self.proc.wait()
+        self.close_bell()
         shutil.rmtree(self.ctl, ignore_errors=True)
         for big in ("vmlinux", "initramfs.cpio.gz"):     # the logs stay
             try:
