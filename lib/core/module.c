@@ -4,8 +4,9 @@
  * protocol drivers over client libraries (libcurl, libssh, libiscsi,
  * librbd, libgfapi), which register with VD_DRIVER_REGISTER when loaded,
  * parsers over libxml2 (vdisk-xml.so: parallels' DiskDescriptor.xml) and
- * decompressors (vdisk-codec.so: libbz2, liblzma, liblz4), which register
- * their functions with the formats that call them. */
+ * decompressors (vdisk-codec.so: libbz2, liblzma, liblz4) and ciphers,
+ * hashes and TLS (vdisk-crypto.so: libgcrypt, nettle, gnutls), which
+ * register their functions with the code that calls them. */
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
@@ -38,6 +39,7 @@ static const struct vd_module modules[] = {
                                         "gluster+rdma", NULL } },
     { "xml", NULL },
     { "codec", NULL },
+    { "crypto", NULL },
 };
 
 #define NMODULES (sizeof(modules) / sizeof(modules[0]))

@@ -5,7 +5,8 @@
  * (bench/crypto: fastest AES-XTS and the only one of the four libraries
  * with serpent, twofish and cast5 in XTS); gnutls's PBKDF2 is faster than
  * libgcrypt's, so key derivation runs there (hashes: libgcrypt, which
- * has ripemd160).  No cipher is written here. */
+ * has ripemd160).  No cipher is written here.  The code over those
+ * libraries is in the module vdisk-crypto.so (crypto-lib.h). */
 #ifndef VD_CRYPTO_CRYPTO_H
 #define VD_CRYPTO_CRYPTO_H
 
@@ -99,8 +100,6 @@ void vd_blockcrypt_free(struct vd_blockcrypt *bc);
 int vd_blockcrypt_encrypt(struct vd_blockcrypt *bc, uint64_t sector, void *buf, size_t len);
 int vd_blockcrypt_decrypt(struct vd_blockcrypt *bc, uint64_t sector, void *buf, size_t len);
 
-/* libgcrypt's one-time initialisation. */
-void vd_gcry_init(void);
 /* Random bytes from the kernel. */
 int vd_random(void *buf, size_t len);
 /* Zero memory the compiler may not skip (secrets, keys). */

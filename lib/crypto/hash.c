@@ -1,37 +1,31 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* Hashes over libgcrypt, PBKDF2 over gnutls (faster; libgcrypt for
- * ripemd160, which gnutls lacks), the LUKS anti-forensic splitter (LUKS
- * On-Disk Format Specification 1.2.3, AFsplit/AFmerge and its diffusion
- * function), random bytes and wiping. */
+/* Hashes and PBKDF2 (in the module vdisk-crypto.so: hash-lib.c), the
+ * LUKS anti-forensic splitter (LUKS On-Disk Format Specification 1.2.3,
+ * AFsplit/AFmerge and its diffusion function), random bytes and wiping. */
 #include <errno.h>
-#include <gcrypt.h>
-#include <gnutls/crypto.h>
-#include <gnutls/gnutls.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
 
-#include "crypto/crypto.h"
+#include "crypto/crypto-lib.h"
 #include "util/checked.h"
 #include "vdisk/vdisk.h"
 
 struct hash_desc {
     const char *name;
-    int md;                        /* libgcrypt's */
-    gnutls_mac_algorithm_t mac;
     size_t len;
 };
 
 static const struct hash_desc hashes[VD_HASH__MAX] = {
-    [VD_HASH_MD5] = { "md5", GCRY_MD_MD5, GNUTLS_MAC_MD5, 16 },
-    [VD_HASH_SHA1] = { "sha1", GCRY_MD_SHA1, GNUTLS_MAC_SHA1, 20 },
-    [VD_HASH_SHA224] = { "sha224", GCRY_MD_SHA224, GNUTLS_MAC_SHA224, 28 },
-    [VD_HASH_SHA256] = { "sha256", GCRY_MD_SHA256, GNUTLS_MAC_SHA256, 32 },
-    [VD_HASH_SHA384] = { "sha384", GCRY_MD_SHA384, GNUTLS_MAC_SHA384, 48 },
-    [VD_HASH_SHA512] = { "sha512", GCRY_MD_SHA512, GNUTLS_MAC_SHA512, 64 },
-    [VD_HASH_RIPEMD160] = { "ripemd160", GCRY_MD_RMD160, GNUTLS_MAC_RMD160, 20 },
+    [VD_HASH_MD5] = { "md5", 16 },
+    [VD_HASH_SHA1] = { "sha1", 20 },
+    [VD_HASH_SHA224] = { "sha224", 28 },
+    [VD_HASH_SHA256] = { "sha256", 32 },
+    [VD_HASH_SHA384] = { "sha384", 48 },
+    [VD_HASH_SHA512] = { "sha512", 64 },
+    [VD_HASH_RIPEMD160] = { "ripemd160", 20 },
 };
 
 int vd_hash_parse(const char *name)
@@ -45,30 +39,21 @@ int vd_hash_parse(const char *name)
 const char *vd_hash_name(enum vd_hash_alg h) { return hashes[h].name; }
 size_t vd_hash_len(enum vd_hash_alg h) { return hashes[h].len; }
 
+/* See crypto.h (in the module vdisk-crypto.so: hash-lib.c). */
 int vd_hash(enum vd_hash_alg h, const void *data, size_t len, uint8_t *out)
 {
-    vd_gcry_init();
-    gcry_md_hash_buffer(hashes[h].md, out, data, len);
-    return 0;
+    const struct vd_crypto_lib *l = vd_crypto_lib();
+
+    return l ? l->hash(h, data, len, out) : -ELIBACC;
 }
 
+/* See crypto.h (in the module vdisk-crypto.so: hash-lib.c). */
 int vd_pbkdf2(enum vd_hash_alg h, const uint8_t *pass, size_t pass_len, const uint8_t *salt,
               size_t salt_len, uint64_t iters, uint8_t *out, size_t out_len)
 {
-    gnutls_datum_t k = { (unsigned char *)pass, (unsigned)pass_len };
-    gnutls_datum_t s = { (unsigned char *)salt, (unsigned)salt_len };
+    const struct vd_crypto_lib *l = vd_crypto_lib();
 
-    if (!iters || iters > UINT32_MAX || pass_len > UINT32_MAX || salt_len > UINT32_MAX)
-        return vd_error(EINVAL, "PBKDF2 iterations %llu out of range",
-                        (unsigned long long)iters);
-    if (gnutls_pbkdf2(hashes[h].mac, &k, &s, (unsigned)iters, out, out_len) >= 0)
-        return 0;
-    /* gnutls has no ripemd160 */
-    vd_gcry_init();
-    if (gcry_kdf_derive(pass, pass_len, GCRY_KDF_PBKDF2, hashes[h].md, salt, salt_len,
-                        (unsigned long)iters, out_len, out))
-        return vd_error(ENOTSUP, "PBKDF2 with hash '%s' is not supported", hashes[h].name);
-    return 0;
+    return l ? l->pbkdf2(h, pass, pass_len, salt, salt_len, iters, out, out_len) : -ELIBACC;
 }
 
 /* CPU time of this thread, in nanoseconds. */

@@ -6,13 +6,12 @@
  * wiped; messages never quote the value. */
 #include <errno.h>
 #include <fcntl.h>
-#include <gnutls/gnutls.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "crypto/crypto.h"
+#include "crypto/crypto-lib.h"
 #include "vdisk/object.h"
 #include "vdisk/vdisk.h"
 
@@ -86,18 +85,19 @@ static int read_file(const char *path, struct sbuf *b)
 /* Replace b by its base64 decoding. */
 static int base64_decode(struct sbuf *b)
 {
-    gnutls_datum_t in = { b->p, (unsigned)b->len }, out = { NULL, 0 };
+    const struct vd_crypto_lib *l = vd_crypto_lib();
+    uint8_t *out;
+    size_t len;
     int r;
 
-    if (memchr(b->p, 0, b->len) || gnutls_base64_decode2(&in, &out) < 0) {
-        if (out.data)
-            gnutls_free(out.data);
+    if (!l)
+        return -ELIBACC;
+    if (memchr(b->p, 0, b->len) || l->base64_decode(b->p, b->len, &out, &len) < 0)
         return vd_error(EINVAL, "Base64 data contains invalid characters");
-    }
     sbuf_free(b);
-    r = sbuf_set(b, out.data ? out.data : (unsigned char *)"", out.size);
-    vd_wipe(out.data, out.size);
-    gnutls_free(out.data);
+    r = sbuf_set(b, out, len);
+    vd_wipe(out, len);
+    free(out);
     return r;
 }
 

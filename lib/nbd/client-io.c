@@ -21,6 +21,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "crypto/crypto-lib.h"
 #include "nbd/client.h"
 #include "nbd/nbd-proto.h"
 #include "nbd/wire.h"
@@ -578,7 +579,7 @@ void nbdc_close(struct nbdc_conn *c)
         hl = encode_request(c, h, 0, NBD_CMD_DISC, 0, 0, 0);
         pthread_mutex_lock(&c->send_lock);
         if (nbdc_send(c, h, hl, nbdc_now_ms() + 1000) >= 0 && c->tls)
-            gnutls_bye(c->tls, GNUTLS_SHUT_WR);
+            vd_crypto_lib()->client_bye(c->tls);
         pthread_mutex_unlock(&c->send_lock);
     }
     atomic_store(&c->closing, true);
@@ -587,11 +588,7 @@ void nbdc_close(struct nbdc_conn *c)
     if (c->reader_started)
         pthread_join(c->reader, NULL);
     if (c->tls)
-        gnutls_deinit(c->tls);
-    if (c->x509)
-        gnutls_certificate_free_credentials(c->x509);
-    if (c->psk)
-        gnutls_psk_free_client_credentials(c->psk);
+        vd_crypto_lib()->client_free(c->tls);
     if (c->fd >= 0)
         close(c->fd);
     pthread_mutex_destroy(&c->lock);

@@ -13,8 +13,6 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <gnutls/gnutls.h>
-
 enum nbdc_addr_type { NBDC_INET, NBDC_UNIX, NBDC_FD };
 
 /* What to connect to and how. */
@@ -53,15 +51,14 @@ struct nbdc_info {
 };
 
 struct nbdc_req;
+struct nbdc_tls;
 
 /* One connection.  Fields after the handshake are read-only except where
  * noted; `lock` guards the in-flight list and the dead state, `send_lock`
  * serialises whole requests on the socket. */
 struct nbdc_conn {
     int fd;
-    gnutls_session_t tls;
-    gnutls_certificate_credentials_t x509;
-    gnutls_psk_client_credentials_t psk;
+    struct nbdc_tls *tls;          /* TLS session, or NULL (client-tls.c) */
     struct nbdc_info info;
     int64_t io_timeout_ms;
     const atomic_bool *cancel;

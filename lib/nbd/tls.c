@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: BSD-3-Clause */
-/* TLS for NBD with GnuTLS: credentials laid out as QEMU's tls-creds-x509
- * and tls-creds-psk objects expect them, the handshake with a deadline,
- * peer verification and the authz-simple identity check. */
+/* TLS for NBD with GnuTLS, in the module vdisk-crypto.so: credentials
+ * laid out as QEMU's tls-creds-x509 and tls-creds-psk objects expect them,
+ * the handshake with a deadline, peer verification and the authz-simple
+ * identity check. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -11,7 +12,7 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
-#include "nbd/tls.h"
+#include "crypto/crypto-lib.h"
 #include "nbd/wire.h"
 #include "vdisk/vdisk.h"
 
@@ -124,8 +125,8 @@ static int load_psk(struct vd_nbd_tls *t, const char *dir, const char *username)
                             gnutls_strerror(r)) : 0;
 }
 
-/* See tls.h. */
-int vd_nbd_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
+/* See tls.h (called through tls-load.c). */
+int vdcm_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
                    const char *dir, bool server, bool verify_peer,
                    const char *username, const char *key_password)
 {
@@ -141,23 +142,23 @@ int vd_nbd_tls_new(struct vd_nbd_tls **out, enum vd_nbd_tls_kind kind,
     r = kind == VD_NBD_TLS_X509 ? load_x509(t, dir, key_password)
                                 : load_psk(t, dir, username);
     if (r < 0) {
-        vd_nbd_tls_free(t);
+        vdcm_tls_free(t);
         return r;
     }
     *out = t;
     return 0;
 }
 
-/* See tls.h. */
-int vd_nbd_tls_set_authz(struct vd_nbd_tls *t, const char *identity)
+/* See tls.h (called through tls-load.c). */
+int vdcm_tls_set_authz(struct vd_nbd_tls *t, const char *identity)
 {
     free(t->authz);
     t->authz = identity ? strdup(identity) : NULL;
     return identity && !t->authz ? vd_error(ENOMEM, "out of memory") : 0;
 }
 
-/* See tls.h. */
-void vd_nbd_tls_free(struct vd_nbd_tls *t)
+/* See tls.h (called through tls-load.c). */
+void vdcm_tls_free(struct vd_nbd_tls *t)
 {
     if (!t)
         return;
@@ -171,8 +172,8 @@ void vd_nbd_tls_free(struct vd_nbd_tls *t)
     free(t);
 }
 
-/* See tls.h. */
-bool vd_nbd_tls_is_server(const struct vd_nbd_tls *t)
+/* See tls.h (called through tls-load.c). */
+bool vdcm_tls_is_server(const struct vd_nbd_tls *t)
 {
     return t->server;
 }
@@ -280,8 +281,8 @@ static int handshake(gnutls_session_t s, int64_t deadline_ms)
                             "TLS handshake failed: %s", gnutls_strerror(r)) : 0;
 }
 
-/* See tls.h. */
-int vd_nbd_tls_start(struct vd_nbd_tls *t, int fd, const char *hostname,
+/* See tls.h (called through tls-load.c). */
+int vdcm_tls_start(struct vd_nbd_tls *t, int fd, const char *hostname,
                      int64_t deadline_ms, struct vd_nbd_tls_session **out)
 {
     struct vd_nbd_tls_session *ts = calloc(1, sizeof(*ts));
@@ -311,8 +312,8 @@ int vd_nbd_tls_start(struct vd_nbd_tls *t, int fd, const char *hostname,
     return 0;
 }
 
-/* See tls.h. */
-ssize_t vd_nbd_tls_recv(struct vd_nbd_tls_session *ts, void *buf, size_t len)
+/* See tls.h (called through tls-load.c). */
+ssize_t vdcm_tls_recv(struct vd_nbd_tls_session *ts, void *buf, size_t len)
 {
     ssize_t r;
 
@@ -324,8 +325,8 @@ ssize_t vd_nbd_tls_recv(struct vd_nbd_tls_session *ts, void *buf, size_t len)
     return r < 0 ? vd_error(EIO, "TLS read failed: %s", gnutls_strerror((int)r)) : r;
 }
 
-/* See tls.h. */
-int vd_nbd_tls_send(struct vd_nbd_tls_session *ts, const void *buf, size_t len)
+/* See tls.h (called through tls-load.c). */
+int vdcm_tls_send(struct vd_nbd_tls_session *ts, const void *buf, size_t len)
 {
     const char *p = buf;
 
@@ -341,27 +342,27 @@ int vd_nbd_tls_send(struct vd_nbd_tls_session *ts, const void *buf, size_t len)
     return 0;
 }
 
-/* See tls.h. */
-void vd_nbd_tls_cork(struct vd_nbd_tls_session *ts)
+/* See tls.h (called through tls-load.c). */
+void vdcm_tls_cork(struct vd_nbd_tls_session *ts)
 {
     gnutls_record_cork(ts->s);
 }
 
-/* See tls.h. */
-int vd_nbd_tls_uncork(struct vd_nbd_tls_session *ts)
+/* See tls.h (called through tls-load.c). */
+int vdcm_tls_uncork(struct vd_nbd_tls_session *ts)
 {
     int r = gnutls_record_uncork(ts->s, GNUTLS_RECORD_WAIT);
     return r < 0 ? vd_error(EIO, "TLS write failed: %s", gnutls_strerror(r)) : 0;
 }
 
-/* See tls.h. */
-bool vd_nbd_tls_pending(struct vd_nbd_tls_session *ts)
+/* See tls.h (called through tls-load.c). */
+bool vdcm_tls_pending(struct vd_nbd_tls_session *ts)
 {
     return gnutls_record_check_pending(ts->s) > 0;
 }
 
-/* See tls.h. */
-void vd_nbd_tls_end(struct vd_nbd_tls_session *ts)
+/* See tls.h (called through tls-load.c). */
+void vdcm_tls_end(struct vd_nbd_tls_session *ts)
 {
     if (!ts)
         return;

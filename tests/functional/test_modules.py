@@ -1,6 +1,7 @@
 """Protocol drivers with heavy client libraries, the libxml2 parser of
-parallels' DiskDescriptor.xml and the decompressors only some images need
-(libbz2, liblzma, liblz4) are modules: libvdisk itself needs none of those
+parallels' DiskDescriptor.xml, the decompressors only some images need
+(libbz2, liblzma, liblz4) and the ciphers, hashes and TLS (libgcrypt,
+nettle, gnutls) are modules: libvdisk itself needs none of those
 libraries, a local image maps no module, and a name with the module's
 prefix (or a descriptor, or a block that needs the decompressor) loads
 it."""
@@ -233,3 +234,75 @@ def test_missing_modules_are_errors(tmp_path):
     r = subprocess.run([VDISK_IMG, "convert", "-O", "raw", "z.dmg", "out.raw"],
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
     assert r.returncode == 0 and (tmp_path / "out.raw").read_bytes() == DATA, r
+
+
+# libgcrypt, nettle and gnutls (and the dozen objects gnutls pulls in) are
+# mapped only by vdisk-crypto.so: encrypted images, secrets in base64 and
+# NBD over TLS load it.
+CRYPTO_LIBS = ("libgnutls", "libgcrypt", "libnettle", "libhogweed")
+VDISK_NBD = os.path.join(BUILD, "tools", "nbd", "vdisk-nbd")
+SECRET = ["--object", "secret,id=s,data=pw"]
+
+
+def luks_image(d):
+    """A LUKS image of DATA in d, made by vdisk-img (fast key slot)."""
+    (d / "plain.raw").write_bytes(DATA)
+    r = vimg("convert", "-q", "-O", "luks", *SECRET, "-o", "key-secret=s,iter-time=10",
+             d / "plain.raw", d / "a.luks")
+    assert r.returncode == 0, r.stderr
+    return "driver=luks,key-secret=s,file.filename=%s" % (d / "a.luks")
+
+
+def test_libvdisk_and_tools_need_no_crypto_library():
+    for path in (libvdisk(), os.path.realpath(VDISK_IMG), os.path.realpath(VDISK_NBD)):
+        libs = needed(path)
+        assert libs and not [n for n in libs if n.startswith(CRYPTO_LIBS)], (path, libs)
+    mod = os.path.join(LIB, "modules", "vdisk-crypto.so")
+    assert [n for n in needed(mod) if n.startswith("libgcrypt")], needed(mod)
+
+
+def test_plain_images_load_no_crypto_module(tmp_path):
+    assert vimg("create", "-q", "-f", "qcow2", tmp_path / "a.qcow2", "1M").returncode == 0
+    luks_image(tmp_path)
+    for args in (["convert", "-O", "raw", tmp_path / "a.qcow2", tmp_path / "out.raw"],
+                 ["info", tmp_path / "a.luks"], ["check", tmp_path / "a.qcow2"]):
+        r, objs = loaded_objects(*args)
+        assert r.returncode == 0, r.stderr
+        assert objs, "LD_DEBUG printed nothing"
+        assert not [o for o in objs if "vdisk-crypto" in o or
+                    any(lib in o for lib in CRYPTO_LIBS)], (args, objs)
+
+
+def test_encrypted_image_loads_crypto_module(tmp_path):
+    opts = luks_image(tmp_path)
+    r, objs = loaded_objects("convert", *SECRET, "--image-opts", opts, "-O", "raw",
+                             tmp_path / "out.raw")
+    assert r.returncode == 0, r.stderr
+    assert [o for o in objs if "vdisk-crypto.so" in o], objs
+    assert [o for o in objs if "libgcrypt" in o], objs
+    assert (tmp_path / "out.raw").read_bytes() == DATA
+    assert (tmp_path / "a.luks").read_bytes().find(DATA[:4096]) < 0
+
+
+def test_missing_crypto_module_is_an_error(tmp_path):
+    if os.path.exists(os.path.join(installed_module_dir(), "vdisk-crypto.so")):
+        pytest.skip("vdisk-crypto.so is installed")
+    opts = luks_image(tmp_path)
+    lib, empty = tmp_path / "lib", tmp_path / "empty"
+    lib.mkdir()
+    empty.mkdir()
+    shutil.copy(os.path.join(LIB, "libvdisk.so.0"), lib)
+    env = dict(os.environ, LD_LIBRARY_PATH=str(lib), VDISK_MODULE_DIR=str(empty))
+    missing = ("the module vdisk-crypto.so is not installed (looked in %s, %s/modules, "
+               "%s/vdisk, %s)" % (empty, lib, lib, installed_module_dir()))
+    r = subprocess.run([VDISK_IMG, "convert", *SECRET, "--image-opts", opts, "-O", "raw",
+                        "out.raw"], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=60)
+    assert r.returncode == 1, r
+    assert r.stderr == "vdisk-img: Could not open '%s': %s\n" % (opts, missing), r.stderr
+    assert not (tmp_path / "out.raw").exists()
+    r = subprocess.run([VDISK_IMG, "convert", "-O", "qcow2", "plain.raw", "b.qcow2"],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r
+    r = vimg("compare", tmp_path / "plain.raw", tmp_path / "b.qcow2")
+    assert r.returncode == 0, r.stdout

@@ -5,11 +5,11 @@
  * drivers look them up (an nbds:// image's tls-creds, an image's
  * key-secret); a secret also decrypts an x509 key (passwordid=). */
 #include <errno.h>
-#include <gnutls/gnutls.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "crypto/crypto-lib.h"
 #include "nbd.h"
 #include "vdisk/object.h"
 
@@ -158,24 +158,19 @@ static char *read_secret_file(const char *file, size_t *len)
 /* Decode base64 text in place: 0, or -1 with the error printed. */
 static int decode_base64(const char *id, char **val, size_t *len)
 {
-    gnutls_datum_t in = { (unsigned char *)*val, (unsigned)*len }, out;
-    char *p;
+    const struct vd_crypto_lib *l = vd_crypto_lib();
+    uint8_t *out;
+    size_t n;
 
-    if (gnutls_base64_decode2(&in, &out) < 0) {
+    if (!l)
+        return nbd_err("%s", vd_errmsg()), -1;
+    if (l->base64_decode(*val, *len, &out, &n) < 0) {
         nbd_err("Secret '%s' is not valid base64 data", id);
         return -1;
     }
-    p = malloc(out.size + 1);
-    if (p) {
-        memcpy(p, out.data, out.size);
-        p[out.size] = 0;
-    }
-    gnutls_free(out.data);
-    if (!p)
-        return nbd_err("out of memory"), -1;
     free(*val);
-    *val = p;
-    *len = strlen(p);
+    *val = (char *)out;
+    *len = strlen(*val);
     return 0;
 }
 
