@@ -128,13 +128,16 @@ from guest import guest  # noqa: E402,F401
 
 
 # Under the sanitizer build (VDISK_SANITIZED, set by scripts/check) a large
-# parameter matrix runs a fixed sample of its cases: the normal pass runs
-# every case, and what the sanitizers look for (memory and UB errors on the
-# code paths) is reached by a sample.  A test function with more than
-# SANITIZED_KEEP_ALL cases keeps every SANITIZED_STRIDE-th case by a stable
-# hash of its id (never fewer than SANITIZED_KEEP_ALL); the choice is the
-# same on every run.  VDISK_SANITIZED_ALL=1 runs everything.  The tests
-# that run once (below) run every case: the plain pass leaves them out.
+# parameter matrix runs a fixed sample of its cases: what the sanitizers
+# look for (memory and UB errors on the code paths) is reached by a
+# sample.  A test function with more than SANITIZED_KEEP_ALL cases keeps
+# every SANITIZED_STRIDE-th case by a stable hash of its id (never fewer
+# than SANITIZED_KEEP_ALL); the choice is the same on every run.
+# VDISK_SANITIZED_ALL=1 runs everything.  scripts/check's plain pass sets
+# VDISK_SKIP_SAMPLED=1 and leaves that sample out, so each case of a
+# matrix runs once per make check, against one build or the other.  The
+# tests that run once (below) run every case: the plain pass leaves them
+# out.
 SANITIZED_KEEP_ALL = 2
 SANITIZED_STRIDE = 8
 
@@ -164,22 +167,31 @@ def _deselect(config, items, drop):
         items[:] = [it for it in items if id(it) not in drop]
 
 
-def pytest_collection_modifyitems(config, items):
-    if os.environ.get("VDISK_SKIP_ONCE"):
-        _deselect(config, items, {id(it) for it in items if _once(it)})
-    if not os.environ.get("VDISK_SANITIZED") or os.environ.get("VDISK_SANITIZED_ALL"):
-        return
+def _matrix_sample(items):
+    """The ids of the matrix cases the sanitized pass runs, and of those
+    it leaves out."""
     groups = {}
     for item in items:
         if getattr(item, "callspec", None) is not None and not _once(item):
             groups.setdefault((item.fspath, item.originalname), []).append(item)
-    drop = set()
+    keep, drop = set(), set()
     for group in groups.values():
         if len(group) <= SANITIZED_KEEP_ALL:
             continue
         ranked = sorted(group, key=lambda it: _stable_hash(it.nodeid))
-        keep = [it for it in ranked if _stable_hash(it.nodeid) % SANITIZED_STRIDE == 0]
-        if len(keep) < SANITIZED_KEEP_ALL:
-            keep = ranked[:SANITIZED_KEEP_ALL]
-        drop.update(id(it) for it in group if it not in keep)
-    _deselect(config, items, drop)
+        kept = [it for it in ranked if _stable_hash(it.nodeid) % SANITIZED_STRIDE == 0]
+        if len(kept) < SANITIZED_KEEP_ALL:
+            kept = ranked[:SANITIZED_KEEP_ALL]
+        keep.update(id(it) for it in kept)
+        drop.update(id(it) for it in group if it not in kept)
+    return keep, drop
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("VDISK_SKIP_ONCE"):
+        _deselect(config, items, {id(it) for it in items if _once(it)})
+    if os.environ.get("VDISK_SKIP_SAMPLED") and not os.environ.get("VDISK_SANITIZED"):
+        _deselect(config, items, _matrix_sample(items)[0])
+    if not os.environ.get("VDISK_SANITIZED") or os.environ.get("VDISK_SANITIZED_ALL"):
+        return
+    _deselect(config, items, _matrix_sample(items)[1])
