@@ -497,6 +497,10 @@ def guest_programs():
     progs += [sbin_program(n) for n in ("cryptsetup", "losetup", "dmsetup")]
     from pool_guest import pool_guest_programs
     progs += pool_guest_programs()
+    # libvdisk loads its ciphers and TLS from this module (dlopen: ldd
+    # does not name it), beside itself as in the build tree.
+    from conftest import BUILD
+    progs.append(os.path.join(BUILD, "lib", "modules", "vdisk-crypto.so"))
     return [p for p in progs if p and os.path.exists(p)]
 
 
