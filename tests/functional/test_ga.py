@@ -365,4 +365,11 @@ def test_verbose_log(agents):
         text = re.sub(rb"(?m)^\d+\.\d+: ", b"", text)
         text = re.sub(rb"Guest agent version .* started", b"V", text)
         logs.append(text.replace(b"debug: received EOF\n", b""))
+    # qemu-ga 7.2 does not always log its SIGTERM (a make check saw its log
+    # end before the line; see agents()): vdisk-ga's line is checked, and
+    # compared with qemu-ga's only when qemu-ga wrote it.
+    quit_line = b"debug: received signal num 15, quitting\n"
+    assert logs[0].endswith(quit_line), logs[0][-300:]
+    if not logs[1].endswith(quit_line):
+        logs[0] = logs[0][:-len(quit_line)]
     assert logs[0] == logs[1]
