@@ -5,6 +5,7 @@ salvage, injected read/write errors, ENOSPC, and every usage error worded
 and exited as qemu-img does."""
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -337,6 +338,44 @@ def test_copy_offload_copies_inside_the_host(work):
     calls = [l for l in log.read_text().splitlines() if "copy_file_range(" in l]
     assert calls and all("= -1" not in l for l in calls)
     assert allocated(work / "c.raw") <= allocated(work / "m.raw")
+
+
+def traced_write_sizes(work, *args):
+    """Sizes of the pwrite64 calls a convert of d4.raw to t.raw makes."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    with open(work / "d4.raw", "wb") as f:
+        f.write(os.urandom(4 * MIB))
+    log = work / "wtrace"
+    p = subprocess.run([strace, "-f", "-s", "0", "-o", str(log), "-e", "trace=pwrite64",
+                        VDISK_IMG, "convert", *args, "-f", "raw", "-O", "raw",
+                        str(work / "d4.raw"), str(work / "t.raw")],
+                       capture_output=True, text=True,
+                       env=dict(os.environ, ASAN_OPTIONS=os.environ.get(
+                           "ASAN_OPTIONS", "") + ":detect_leaks=0"))
+    assert p.returncode == 0, p.stderr
+    assert same_content(work / "d4.raw", work / "t.raw")
+    # The size argument (a call another thread interrupts ends its line
+    # "<unfinished ...>"; its arguments are on that line).
+    sizes = [int(m.group(1)) for m in
+             re.finditer(r'pwrite64\(\d+, "[^"]*"(?:\.\.\.)?, (\d+), \d+', log.read_text())]
+    return sizes
+
+
+def test_buffered_writes_in_256k_pieces(work):
+    """Buffered writes to a regular file go in pieces of at most 256 KiB
+    (smaller page-cache folios); with -t none (O_DIRECT) they are not cut."""
+    sizes = traced_write_sizes(work)
+    # (the first block may be written once more at create)
+    assert sizes.count(256 << 10) == 16 and max(sizes) == 256 << 10
+    try:
+        fd = os.open(work / "probe", os.O_CREAT | os.O_WRONLY | os.O_DIRECT)
+        os.close(fd)
+    except OSError:
+        return
+    sizes = traced_write_sizes(work, "-t", "none")
+    assert sum(sizes) >= 4 * MIB and max(sizes) > 256 << 10
 
 
 def test_copy_offload_rejects_sparse_option(work, needs_qemu):
