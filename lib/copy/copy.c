@@ -52,6 +52,7 @@
 #include "vdisk/copy.h"
 #include "vdisk/driver.h"
 #include "util/checked.h"
+#include "util/iobuf.h"
 #include "holes.h"
 #include "sparse.h"
 
@@ -904,8 +905,8 @@ static void *worker(void *opaque)
     m->cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
     if (!(m->end = vd_calloc_array(m->cap, sizeof(*m->end))) ||
         !(m->zero = vd_calloc_array(m->cap, sizeof(*m->zero))) ||
-        posix_memalign(&buf, 4096, st->packed_off +
-                       (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0))) {
+        !(buf = vd_iobuf_alloc(st->packed_off +
+                               (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0)))) {
         free(m->end);
         free(m->zero);
         pthread_mutex_lock(&st->lock);
@@ -924,7 +925,7 @@ static void *worker(void *opaque)
     }
     free(m->end);
     free(m->zero);
-    free(buf);
+    vd_iobuf_free(buf);
     return NULL;
 }
 

@@ -10,10 +10,12 @@
  * up on.  Every cluster call is bounded: mount, monitor and OSD timeouts get
  * our defaults unless the configuration sets them. */
 #include <errno.h>
+#include <stdbool.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <gnutls/gnutls.h>
 
@@ -205,9 +207,11 @@ static int configure(rados_t c, const vd_opts *o)
     default_timeout(c, "rados_mon_op_timeout", "0", RBD_OP_TIMEOUT);
     default_timeout(c, "rados_osd_op_timeout", "0", RBD_OP_TIMEOUT);
     /* Each request goes straight to the OSDs (a name may turn the cache
-     * on); write data is copied when a request starts. */
+     * on), and write data is sent from the memory rbd.c gives librbd,
+     * not copied first (rbd.c keeps that memory as long as librbd may
+     * read it, whichever of the two a name picks). */
     rados_conf_set(c, "rbd_cache", "false");
-    rados_conf_set(c, "rbd_disable_zero_copy_writes", "true");
+    rados_conf_set(c, "rbd_disable_zero_copy_writes", "false");
     if ((r = set_keypairs(c, vd_opts_get(o, RBD_KEYPAIRS))) < 0 ||
         (r = mon_host(o, hosts, sizeof(hosts))) < 0)
         return r;
@@ -289,15 +293,22 @@ static void conn_free(struct rbd_conn *k)
     free(k);
 }
 
-/* Shut the idle connections down (at exit: librados's threads end before
- * its own static objects go). */
-static void shutdown_idle(void)
+/* At exit: shut the idle connections down, so librados's threads end
+ * before its own static objects go.  A dead connection's threads cannot be
+ * stopped (that would block): then the process ends here, with the exit
+ * status it was given, before the static objects those threads use are
+ * destroyed under them (and before a leak checker stops the world while
+ * they still start and stop threads). */
+static void exit_handler(int status, void *arg)
 {
     struct rbd_conn **pp = &conns, *k;
+    bool dead = false;
 
+    (void)arg;
     pthread_mutex_lock(&conn_lock);
     while ((k = *pp)) {
         if (k->refs || k->dead) {
+            dead |= k->dead;
             pp = &k->next;
             continue;
         }
@@ -306,11 +317,15 @@ static void shutdown_idle(void)
         conn_free(k);
     }
     pthread_mutex_unlock(&conn_lock);
+    if (dead) {
+        fflush(NULL);
+        _exit(status);
+    }
 }
 
 static void register_exit(void)
 {
-    atexit(shutdown_idle);
+    on_exit(exit_handler, NULL);
 }
 
 /* A new connection for o (not in the list yet). */

@@ -26,6 +26,7 @@
 
 #include "rbd-conn.h"
 #include "util/checked.h"
+#include "util/iobuf.h"
 #include "util/json.h"
 #include "vdisk/driver.h"
 #include "vdisk/object.h"
@@ -35,6 +36,9 @@
 #define RBD_POOL 16                       /* read buffers kept for reuse */
 #define RBD_POOL_MAX_OBJ (8u << 20)       /* ... when objects are this small */
 #define RBD_ZERO_BUF (1u << 20)            /* zeroes written as data at once */
+
+/* Zeroes written as data (parts of objects), sent from here. */
+static const char zero_buf[RBD_ZERO_BUF];
 
 struct rbd_state {
     struct rbd_conn *conn;
@@ -239,7 +243,8 @@ enum rbd_op { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO, OP_FLUSH };
  * buffer of the piece's own that the caller copies out once all are done
  * (on its own thread, so copies run in parallel), so a piece finishing
  * after a timeout never writes into memory the caller has reused.
- * (librbd copies write data when the request starts.) */
+ * Writes send from memory the piece keeps until it finishes
+ * (keep_write_data), so one finishing late never reads freed memory. */
 struct rbd_piece;
 
 struct rbd_req {
@@ -257,6 +262,8 @@ struct rbd_piece {
     char *bounce, *dst;       /* reads */
     uint64_t len;
     struct rbd_piece *next;
+    struct vd_iobuf *held;    /* writes: the caller's buffer, kept */
+    char *wcopy;              /* writes: our copy of the data otherwise */
 };
 
 /* Drop one reference (lock held); frees rq on the last, then unlocks. */
@@ -270,6 +277,15 @@ static void req_put(struct rbd_req *rq)
         pthread_cond_destroy(&rq->cond);
         free(rq);
     }
+}
+
+/* Free a piece and what it keeps (a read's bounce buffer, a write's data). */
+static void piece_free(struct rbd_piece *p)
+{
+    free(p->bounce);
+    free(p->wcopy);
+    vd_iobuf_release(p->held);
+    free(p);
 }
 
 /* librbd's completion callback. */
@@ -290,10 +306,8 @@ static void piece_done(rbd_completion_t c, void *arg)
     }
     if (--rq->pending == 0)
         pthread_cond_broadcast(&rq->cond);
-    if (p) {
-        free(p->bounce);
-        free(p);
-    }
+    if (p)
+        piece_free(p);
     req_put(rq);
 }
 
@@ -359,6 +373,24 @@ static int start_piece(struct rbd_state *s, enum rbd_op op, uint64_t off, uint64
     }
 }
 
+/* librbd sends a write's data from the caller's memory (zero-copy writes,
+ * rbd-conn.c), up to the piece's completion, which may come after the
+ * request was given up.  So it gets memory that lives that long: the
+ * caller's buffer when it is one a driver may hold (util/iobuf.h), the
+ * zeroes of a static buffer, else a copy of ours.  *buf is what to send. */
+static int keep_write_data(struct rbd_piece *p, char **buf)
+{
+    if (*buf == zero_buf)
+        return 0;
+    if ((p->held = vd_iobuf_hold(*buf, p->len)))
+        return 0;
+    if (!(p->wcopy = malloc(p->len)))
+        return -ENOMEM;
+    memcpy(p->wcopy, *buf, p->len);
+    *buf = p->wcopy;
+    return 0;
+}
+
 /* Start a piece of rq: 0 or -errno (nothing left in flight then). */
 static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint64_t off,
                   uint64_t len, char *buf)
@@ -369,14 +401,16 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
 
     if (!p)
         return -ENOMEM;
-    *p = (struct rbd_piece){ rq, NULL, buf, len };
-    if (op == OP_READ && !(p->bounce = bounce_get(s, len))) {
-        free(p);
+    *p = (struct rbd_piece){ .rq = rq, .dst = buf, .len = len };
+    if ((op == OP_READ && !(p->bounce = bounce_get(s, len))) ||
+        (op == OP_WRITE && (r = keep_write_data(p, &buf)) < 0)) {
+        piece_free(p);
         return -ENOMEM;
     }
     if ((r = rbd_aio_create_completion(p, piece_done, &c)) < 0) {
         bounce_put(s, p->bounce);
-        free(p);
+        p->bounce = NULL;
+        piece_free(p);
         return r;
     }
     pthread_mutex_lock(&rq->lock);
@@ -386,7 +420,8 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     if ((r = start_piece(s, op, off, len, op == OP_READ ? p->bounce : buf, c)) < 0) {
         rbd_aio_release(c);
         bounce_put(s, p->bounce);
-        free(p);
+        p->bounce = NULL;
+        piece_free(p);
         pthread_mutex_lock(&rq->lock);
         rq->pending--;
         rq->refs--;
@@ -400,12 +435,11 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
 static int submit_zero_buffer(struct rbd_state *s, struct rbd_req *rq, uint64_t off,
                               uint64_t len)
 {
-    static const char zero[RBD_ZERO_BUF];
     int r = 0;
 
     while (len && r >= 0) {
         uint64_t l = VD_MIN(len, (uint64_t)RBD_ZERO_BUF);
-        r = submit(s, rq, OP_WRITE, off, l, (char *)zero);
+        r = submit(s, rq, OP_WRITE, off, l, (char *)zero_buf);
         off += l;
         len -= l;
     }
