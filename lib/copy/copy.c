@@ -38,7 +38,12 @@
  *     as zeroes (holes of the file under a format, blocks a format's
  *     data_extent calls zero: holes.c); the scan counts those sectors zero
  *     and the parts that data runs write are zeroed in the buffer, so every
- *     decision is the one reading them would give. */
+ *     decision is the one reading them would give.
+ *  7. A worker's buffer comes from vd_iobuf_alloc, so a driver may keep it
+ *     past a request it gave up on (util/iobuf.h): after a failed request
+ *     the worker stops and only frees it.  With --salvage a failed read is
+ *     zeroed and the buffer used on, so there it is plain memory, and
+ *     drivers read and write through their own. */
 #include <errno.h>
 #include <stdatomic.h>
 #include <pthread.h>
@@ -889,6 +894,17 @@ static int run_job(struct copy_state *st, int id, struct copy_job *job, struct w
     return ordered_write(st, id, job, w->buf, &w->map);
 }
 
+/* A worker's buffer of len bytes, 4096-aligned (invariant 7); NULL when
+ * out of memory. */
+static void *worker_buf(const struct copy_state *st, size_t len)
+{
+    void *p = NULL;
+
+    if (!st->p->salvage)
+        return vd_iobuf_alloc(len);
+    return posix_memalign(&p, 4096, len) ? NULL : p;
+}
+
 /* Worker thread: take jobs until none are left or an error stops us. */
 static void *worker(void *opaque)
 {
@@ -905,8 +921,8 @@ static void *worker(void *opaque)
     m->cap = st->p->min_sparse ? sparse_map_slots(st->chunk) : 2;
     if (!(m->end = vd_calloc_array(m->cap, sizeof(*m->end))) ||
         !(m->zero = vd_calloc_array(m->cap, sizeof(*m->zero))) ||
-        !(buf = vd_iobuf_alloc(st->packed_off +
-                               (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0)))) {
+        !(buf = worker_buf(st, st->packed_off +
+                           (st->compress_ahead ? VD_COMPRESS_ROOM(st->cs) : 0)))) {
         free(m->end);
         free(m->zero);
         pthread_mutex_lock(&st->lock);
@@ -925,7 +941,10 @@ static void *worker(void *opaque)
     }
     free(m->end);
     free(m->zero);
-    vd_iobuf_free(buf);
+    if (st->p->salvage)
+        free(buf);
+    else
+        vd_iobuf_free(buf);
     return NULL;
 }
 

@@ -239,12 +239,12 @@ enum rbd_op { OP_READ, OP_WRITE, OP_DISCARD, OP_ZERO, OP_FLUSH };
 
 /* One request's pieces in flight.  The caller waits for them up to the
  * request timeout; when that passes it gives the request up (the node is
- * then dead) and the last piece to finish frees it.  Reads land in a
+ * then dead) and the last piece to finish frees it.  A piece finishing
+ * after that must not touch memory the caller has reused: a read lands in
+ * the caller's buffer when the piece can hold it (util/iobuf.h), else in a
  * buffer of the piece's own that the caller copies out once all are done
- * (on its own thread, so copies run in parallel), so a piece finishing
- * after a timeout never writes into memory the caller has reused.
- * Writes send from memory the piece keeps until it finishes
- * (keep_write_data), so one finishing late never reads freed memory. */
+ * (on its own thread, so copies run in parallel); a write sends from
+ * memory the piece keeps until it finishes (keep_write_data). */
 struct rbd_piece;
 
 struct rbd_req {
@@ -402,7 +402,8 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     if (!p)
         return -ENOMEM;
     *p = (struct rbd_piece){ .rq = rq, .dst = buf, .len = len };
-    if ((op == OP_READ && !(p->bounce = bounce_get(s, len))) ||
+    if ((op == OP_READ && !(p->held = vd_iobuf_hold(buf, len)) &&
+         !(p->bounce = bounce_get(s, len))) ||
         (op == OP_WRITE && (r = keep_write_data(p, &buf)) < 0)) {
         piece_free(p);
         return -ENOMEM;
@@ -417,7 +418,7 @@ static int submit(struct rbd_state *s, struct rbd_req *rq, enum rbd_op op, uint6
     rq->pending++;
     rq->refs++;
     pthread_mutex_unlock(&rq->lock);
-    if ((r = start_piece(s, op, off, len, op == OP_READ ? p->bounce : buf, c)) < 0) {
+    if ((r = start_piece(s, op, off, len, p->bounce ? p->bounce : buf, c)) < 0) {
         rbd_aio_release(c);
         bounce_put(s, p->bounce);
         p->bounce = NULL;

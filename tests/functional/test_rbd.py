@@ -396,15 +396,16 @@ def test_parallel_convert_many_objects(ceph, tmp_path):
 
 
 @pytest.mark.once      # the cluster's time: once per make check (conftest.py)
-@pytest.mark.parametrize("fmt,how", [("qcow2", "kill"), ("raw", "stop")])
+@pytest.mark.parametrize("fmt,how", [("qcow2", "kill"), ("raw", "stop"), ("raw", "stop-read")])
 def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path, fmt, how):
     """Its own cluster, killed while vdisk-img writes to it: a clear error
     and exit status 1, within the request bound of the OSD timeout given in
-    the name (twice it, plus 10 s).  Stopped
-    (SIGSTOP) instead, the OSD keeps the connection and never answers:
-    the requests are given up while librbd still holds the data of the
-    writes in flight, which it sends from the copy's own buffers, so those
-    outlive the copy (util/iobuf.h)."""
+    the name (twice it, plus 10 s).  Stopped (SIGSTOP) instead, the OSD
+    keeps the connection and never answers: the writes are given up while
+    librbd still holds their data, which it sends from the copy's own
+    buffers, so those outlive the copy (util/iobuf.h).  stop-read: reads
+    from the stopped cluster, which land in the copy's buffers, fail when
+    librados gives them up."""
     d = str(tmp_path_factory.mktemp("ceph-kill"))
     try:
         c = ceph_server.Ceph(d, device_bytes=1 << 30)
@@ -415,15 +416,23 @@ def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path, fmt,
         with open(src, "wb") as f:
             f.write(os.urandom(48 << 20))
         name = c.name("victim", extra=":rados_osd_op_timeout=3:rados_mon_op_timeout=3")
-        assert vimg("create", "-f", fmt, name, "48M").returncode == 0
-        p = subprocess.Popen([VDISK_IMG, "convert", "-n", "-r", "8M", "-O", fmt, src, name],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        # kill once the convert has written data objects (8 MiB/s: ~6 s in all)
-        end = time.monotonic() + 30
-        while time.monotonic() < end and p.poll() is None:
-            objs = c.cli(ceph_server.RADOS, "-p", c.pool, "ls", check=False).stdout
-            if objs.count("rbd_data.") >= 3:
-                break
+        if how == "stop-read":
+            assert vimg("convert", "-O", "raw", src, name, timeout=120).returncode == 0
+            p = subprocess.Popen([VDISK_IMG, "convert", "-r", "8M", "-f", "raw", "-O", "raw",
+                                  name, str(tmp_path / "out.raw")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            time.sleep(2)       # 8 MiB/s: ~6 s in all
+        else:
+            assert vimg("create", "-f", fmt, name, "48M").returncode == 0
+            p = subprocess.Popen([VDISK_IMG, "convert", "-n", "-r", "8M", "-O", fmt, src,
+                                  name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+            # kill once the convert has written data objects (8 MiB/s: ~6 s)
+            end = time.monotonic() + 30
+            while time.monotonic() < end and p.poll() is None:
+                objs = c.cli(ceph_server.RADOS, "-p", c.pool, "ls", check=False).stdout
+                if objs.count("rbd_data.") >= 3:
+                    break
         assert p.poll() is None, "convert ended before the cluster was killed"
         if how == "kill":
             c.kill("osd", "mon")
@@ -433,7 +442,8 @@ def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path, fmt,
         # The exit status the tool chose: the process ends before librados's
         # static objects (and a leak checker) meet the dead cluster's threads.
         assert p.returncode == 1, err
-        assert "error while writing" in err and "timed out" in err, err
+        what = "reading" if how == "stop-read" else "writing"
+        assert "error while %s" % what in err and "timed out" in err, err
     finally:
         c.stop()
 
