@@ -320,47 +320,42 @@ def test_qcow2_source_and_backing(work, needs_qemu):
     assert v.returncode == 0 and "backing file" in v.stderr
 
 
-def test_copy_offload_copies_inside_the_host(work):
-    """-C copies data ranges with copy_file_range and keeps holes."""
+def traced_convert(work, syscall, src, dst, *args):
+    """Convert src to dst (raw to raw, in work) under strace, tracing one
+    system call (strings cut short): the log's text."""
     strace = shutil.which("strace")
     if strace is None:
         pytest.skip("strace is not installed")
-    log = work / "trace"
-    p = subprocess.run([strace, "-f", "-o", str(log), "-e", "trace=copy_file_range",
-                        VDISK_IMG, "convert", "-C", "-f", "raw", "-O", "raw",
-                        str(work / "m.raw"), str(work / "c.raw")],
+    log = work / ("trace-" + syscall)
+    p = subprocess.run([strace, "-f", "-s", "0", "-o", str(log), "-e", "trace=" + syscall,
+                        VDISK_IMG, "convert", *args, "-f", "raw", "-O", "raw",
+                        str(work / src), str(work / dst)],
                        capture_output=True, text=True,
                        # LeakSanitizer cannot run under ptrace.
                        env=dict(os.environ, ASAN_OPTIONS=os.environ.get(
                            "ASAN_OPTIONS", "") + ":detect_leaks=0"))
     assert p.returncode == 0, p.stderr
-    assert same_content(work / "m.raw", work / "c.raw")
-    calls = [l for l in log.read_text().splitlines() if "copy_file_range(" in l]
+    assert same_content(work / src, work / dst)
+    return log.read_text()
+
+
+def test_copy_offload_copies_inside_the_host(work):
+    """-C copies data ranges with copy_file_range and keeps holes."""
+    log = traced_convert(work, "copy_file_range", "m.raw", "c.raw", "-C")
+    calls = [l for l in log.splitlines() if "copy_file_range(" in l]
     assert calls and all("= -1" not in l for l in calls)
     assert allocated(work / "c.raw") <= allocated(work / "m.raw")
 
 
 def traced_write_sizes(work, *args):
-    """Sizes of the pwrite64 calls a convert of d4.raw to t.raw makes."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
+    """Sizes of the pwrite64 calls a convert of 4 MiB of random data makes."""
     with open(work / "d4.raw", "wb") as f:
         f.write(os.urandom(4 * MIB))
-    log = work / "wtrace"
-    p = subprocess.run([strace, "-f", "-s", "0", "-o", str(log), "-e", "trace=pwrite64",
-                        VDISK_IMG, "convert", *args, "-f", "raw", "-O", "raw",
-                        str(work / "d4.raw"), str(work / "t.raw")],
-                       capture_output=True, text=True,
-                       env=dict(os.environ, ASAN_OPTIONS=os.environ.get(
-                           "ASAN_OPTIONS", "") + ":detect_leaks=0"))
-    assert p.returncode == 0, p.stderr
-    assert same_content(work / "d4.raw", work / "t.raw")
+    log = traced_convert(work, "pwrite64", "d4.raw", "t.raw", *args)
     # The size argument (a call another thread interrupts ends its line
     # "<unfinished ...>"; its arguments are on that line).
-    sizes = [int(m.group(1)) for m in
-             re.finditer(r'pwrite64\(\d+, "[^"]*"(?:\.\.\.)?, (\d+), \d+', log.read_text())]
-    return sizes
+    return [int(m.group(1)) for m in
+            re.finditer(r'pwrite64\(\d+, "[^"]*"(?:\.\.\.)?, (\d+), \d+', log)]
 
 
 def test_buffered_writes_in_256k_pieces(work):
