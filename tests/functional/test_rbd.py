@@ -395,56 +395,71 @@ def test_parallel_convert_many_objects(ceph, tmp_path):
     assert read(out) == read(src)
 
 
+def _until_objects(c, p, n):
+    """Wait until the pool holds n data objects (or p ended, or 30 s)."""
+    end = time.monotonic() + 30
+    while time.monotonic() < end and p.poll() is None:
+        objs = c.cli(ceph_server.RADOS, "-p", c.pool, "ls", check=False).stdout
+        if objs.count("rbd_data.") >= n:
+            return
+
+
 @pytest.mark.once      # the cluster's time: once per make check (conftest.py)
-@pytest.mark.parametrize("fmt,how", [("qcow2", "kill"), ("raw", "stop"), ("raw", "stop-read")])
-def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path, fmt, how):
-    """Its own cluster, killed while vdisk-img writes to it: a clear error
-    and exit status 1, within the request bound of the OSD timeout given in
-    the name (twice it, plus 10 s).  Stopped (SIGSTOP) instead, the OSD
-    keeps the connection and never answers: the writes are given up while
-    librbd still holds their data, which it sends from the copy's own
-    buffers, so those outlive the copy (util/iobuf.h).  stop-read: reads
-    from the stopped cluster, which land in the copy's buffers, fail when
-    librados gives them up."""
+@pytest.mark.parametrize("how", ["kill", "stop"])
+def test_cluster_killed_mid_convert(tmp_path_factory, rbd_driver, tmp_path, how):
+    """Its own cluster, killed while vdisk-img writes a qcow2 image to it: a
+    clear error and exit status 1, within the request bound of the OSD
+    timeout given in the name (twice it, plus 10 s).  Stopped (SIGSTOP)
+    instead, the OSD keeps the connection and never answers, while one
+    vdisk-img writes a raw image and another reads one: the writes are
+    given up while librbd still holds their data, which it sends from the
+    copy's own buffers, so those outlive the copy (util/iobuf.h); the
+    reads, which land in the copy's buffers, fail when librados gives them
+    up."""
     d = str(tmp_path_factory.mktemp("ceph-kill"))
     try:
         c = ceph_server.Ceph(d, device_bytes=1 << 30)
     except (ceph_server.StartError, OSError, subprocess.TimeoutExpired) as e:
         pytest.skip("the Ceph cluster did not start: %s" % e)
+    fmt = "qcow2" if how == "kill" else "raw"
+    procs = {}
     try:
         src = str(tmp_path / "src.raw")
         with open(src, "wb") as f:
             f.write(os.urandom(48 << 20))
         name = c.name("victim", extra=":rados_osd_op_timeout=3:rados_mon_op_timeout=3")
-        if how == "stop-read":
-            assert vimg("convert", "-O", "raw", src, name, timeout=120).returncode == 0
-            p = subprocess.Popen([VDISK_IMG, "convert", "-r", "8M", "-f", "raw", "-O", "raw",
-                                  name, str(tmp_path / "out.raw")],
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            time.sleep(2)       # 8 MiB/s: ~6 s in all
-        else:
-            assert vimg("create", "-f", fmt, name, "48M").returncode == 0
-            p = subprocess.Popen([VDISK_IMG, "convert", "-n", "-r", "8M", "-O", fmt, src,
-                                  name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
-            # kill once the convert has written data objects (8 MiB/s: ~6 s)
-            end = time.monotonic() + 30
-            while time.monotonic() < end and p.poll() is None:
-                objs = c.cli(ceph_server.RADOS, "-p", c.pool, "ls", check=False).stdout
-                if objs.count("rbd_data.") >= 3:
-                    break
-        assert p.poll() is None, "convert ended before the cluster was killed"
+        if how == "stop":
+            stored = c.name("stored", extra=":rados_osd_op_timeout=3:rados_mon_op_timeout=3")
+            assert vimg("convert", "-O", "raw", src, stored, timeout=120).returncode == 0
+            procs["reading"] = subprocess.Popen(
+                [VDISK_IMG, "convert", "-r", "4M", "-f", "raw", "-O", "raw", stored,
+                 str(tmp_path / "out.raw")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert vimg("create", "-f", fmt, name, "48M").returncode == 0
+        procs["writing"] = subprocess.Popen(
+            [VDISK_IMG, "convert", "-n", "-r", "8M", "-O", fmt, src, name],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # stop once the writer has stored data objects (8 MiB/s: ~6 s; the
+        # reader takes ~12 s)
+        _until_objects(c, procs["writing"], 15 if how == "stop" else 3)
+        for p in procs.values():
+            assert p.poll() is None, "convert ended before the cluster was stopped"
         if how == "kill":
             c.kill("osd", "mon")
         else:
             c.procs["osd"].send_signal(signal.SIGSTOP)
-        out, err = p.communicate(timeout=90)
-        # The exit status the tool chose: the process ends before librados's
-        # static objects (and a leak checker) meet the dead cluster's threads.
-        assert p.returncode == 1, err
-        what = "reading" if how == "stop-read" else "writing"
-        assert "error while %s" % what in err and "timed out" in err, err
+        for what, p in procs.items():
+            out, err = p.communicate(timeout=90)
+            # The exit status the tool chose: the process ends before
+            # librados's static objects (and a leak checker) meet the dead
+            # cluster's threads.
+            assert p.returncode == 1, err
+            assert "error while %s" % what in err and "timed out" in err, err
     finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         c.stop()
 
 
