@@ -262,7 +262,7 @@ struct rbd_piece {
     char *bounce, *dst;       /* reads */
     uint64_t len;
     struct rbd_piece *next;
-    struct vd_iobuf *held;    /* writes: the caller's buffer, kept */
+    struct vd_iobuf *held;    /* the caller's buffer, kept (reads, writes) */
     char *wcopy;              /* writes: our copy of the data otherwise */
 };
 
