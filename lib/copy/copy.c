@@ -905,6 +905,15 @@ static void *worker_buf(const struct copy_state *st, size_t len)
     return posix_memalign(&p, 4096, len) ? NULL : p;
 }
 
+/* Free a buffer from worker_buf. */
+static void worker_buf_free(const struct copy_state *st, void *buf)
+{
+    if (st->p->salvage)
+        free(buf);
+    else
+        vd_iobuf_free(buf);
+}
+
 /* Worker thread: take jobs until none are left or an error stops us. */
 static void *worker(void *opaque)
 {
@@ -941,10 +950,7 @@ static void *worker(void *opaque)
     }
     free(m->end);
     free(m->zero);
-    if (st->p->salvage)
-        free(buf);
-    else
-        vd_iobuf_free(buf);
+    worker_buf_free(st, buf);
     return NULL;
 }
 

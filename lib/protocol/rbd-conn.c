@@ -10,8 +10,8 @@
  * up on.  Every cluster call is bounded: mount, monitor and OSD timeouts get
  * our defaults unless the configuration sets them. */
 #include <errno.h>
-#include <stdbool.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

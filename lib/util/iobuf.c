@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "util/checked.h"
 #include "util/iobuf.h"
 
 struct vd_iobuf {
@@ -97,7 +98,7 @@ struct vd_iobuf *vd_iobuf_hold(const void *p, size_t len)
     uintptr_t a = (uintptr_t)p, e;
     struct vd_iobuf *found = NULL;
 
-    if (__builtin_add_overflow(a, len, &e))
+    if (ADD_OVERFLOW(a, len, &e))
         return NULL;
     pthread_mutex_lock(&iobuf_lock);
     for (struct vd_iobuf *b = iobufs; b; b = b->next) {
