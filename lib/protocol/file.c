@@ -9,6 +9,7 @@
 #include <linux/cdrom.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -43,6 +44,8 @@ struct file_state {
     bool use_lock;                 /* image locks are taken */
     bool force_share;              /* -U: share every permission */
     uint64_t perm, shared;         /* permissions the lock bytes express */
+    pthread_mutex_t write_lock;    /* one buffered write at a time (file_pwrite) */
+    bool write_lock_init;
     /* Operations found unsupported, not tried again. */
     atomic_bool no_zero_range, no_punch, no_zeroout, no_nowait;
 };
@@ -281,6 +284,8 @@ static int open_common(vd_node *n, vd_opts *opts, int flags, enum file_kind kind
 
     s->fd = -1;
     s->kind = kind;
+    pthread_mutex_init(&s->write_lock, NULL);
+    s->write_lock_init = true;
     if (!fn || !*fn)
         return vd_error(EINVAL, "The '%s' block driver requires a file name", n->drv->name);
     if ((r = parse_open_opts(s, opts, flags)) < 0)
@@ -325,6 +330,9 @@ static void file_close(vd_node *n)
     if (s->fd >= 0)
         close(s->fd);
     s->fd = -1;
+    if (s->write_lock_init)
+        pthread_mutex_destroy(&s->write_lock);
+    s->write_lock_init = false;
 }
 
 /* ---- data I/O ---- */
@@ -390,13 +398,23 @@ static int file_pread(vd_node *n, uint64_t off, uint64_t len, void *buf, int fla
  * system calls (one per 256 KiB) cost nothing measurable. */
 #define BUFFERED_WRITE_MAX (256u << 10)
 
-/* Write everything, then fdatasync for FUA. */
-static int file_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags)
-{
-    struct file_state *s = n->state;
-    uint64_t piece = s->regular && !s->direct ? BUFFERED_WRITE_MAX : SSIZE_MAX;
-    const char *p = buf;
+/* Large buffered writes to a regular file run one at a time: a request of
+ * at least WRITE_LOCK_MIN bytes is written under the file's write_lock.
+ * The kernel runs buffered writes to a file one at a time anyway (the inode
+ * lock is held over the page-cache copy), but a writer waiting for that
+ * lock spins on its CPU while the holder runs: with the copy engine's eight
+ * workers writing 1-2 MiB requests to one file, that spinning took a fifth
+ * of a convert's CPU, from the threads receiving the data (rbd -> raw on
+ * two cores: 1.7 instead of 2.2 CPU seconds, 10-16% less time).  Waiters on
+ * write_lock sleep instead.  Small writes (a server's 4 KiB writes) go
+ * straight to the kernel, whose spinning is cheaper than a sleep for such
+ * short holds (sleeping cost vdisk-nbd a fifth of its random-write IOPS).
+ * O_DIRECT writes and devices are never serialised. */
+#define WRITE_LOCK_MIN BUFFERED_WRITE_MAX
 
+static int pwrite_all(struct file_state *s, uint64_t off, uint64_t len, const char *p,
+                      uint64_t piece)
+{
     while (len) {
         ssize_t r = pwrite(s->fd, p, (size_t)VD_MIN(len, piece), (off_t)off);
         if (r < 0 && errno == EINTR)
@@ -409,6 +427,24 @@ static int file_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, 
         off += (uint64_t)r;
         len -= (uint64_t)r;
     }
+    return 0;
+}
+
+/* Write everything, then fdatasync for FUA. */
+static int file_pwrite(vd_node *n, uint64_t off, uint64_t len, const void *buf, int flags)
+{
+    struct file_state *s = n->state;
+    bool buffered = s->regular && !s->direct;
+    bool serial = buffered && len >= WRITE_LOCK_MIN;
+    int r;
+
+    if (serial)
+        pthread_mutex_lock(&s->write_lock);
+    r = pwrite_all(s, off, len, buf, buffered ? BUFFERED_WRITE_MAX : SSIZE_MAX);
+    if (serial)
+        pthread_mutex_unlock(&s->write_lock);
+    if (r < 0)
+        return r;
     if ((flags & VD_REQ_FUA) && !s->no_flush && fdatasync(s->fd) < 0)
         return io_error(errno);
     return 0;

@@ -373,6 +373,26 @@ def test_buffered_writes_in_256k_pieces(work):
     assert sum(sizes) >= 4 * MIB and max(sizes) > 256 << 10
 
 
+def test_buffered_writes_one_at_a_time(work):
+    """The copy engine's workers write a regular file one request at a time
+    (the kernel would serialise them anyway, spinning its waiters on the
+    CPU): no pwrite64 starts while another thread's is unfinished."""
+    with open(work / "d32.raw", "wb") as f:
+        f.write(os.urandom(32 * MIB))
+    log = traced_convert(work, "pwrite64", "d32.raw", "t.raw", "-m", "8")
+    busy, starts = set(), 0
+    for line in log.splitlines():
+        tid = line.split(None, 1)[0]
+        if re.match(r"\d+ +pwrite64\(", line):
+            assert not busy - {tid}, line
+            starts += 1
+            if line.endswith("<unfinished ...>"):
+                busy.add(tid)
+        elif "<... pwrite64 resumed>" in line:
+            busy.discard(tid)
+    assert starts >= 128
+
+
 def test_copy_offload_rejects_sparse_option(work, needs_qemu):
     differential("convert", "-C", "-S", "4k", "-O", "raw", "m.raw", "c.raw", cwd=work)
 
