@@ -20,7 +20,7 @@ struct vd_copy_params {
     uint64_t length;         /* bytes to copy; 0 = all from src_offset */
     vd_node *dst;
     uint64_t dst_offset;     /* where in dst the copy lands */
-    int workers;             /* -m, default 8 */
+    int workers;             /* -m; 0 = two per processor, at most 8 */
     bool out_of_order;       /* -W */
     uint64_t min_sparse;     /* -S in bytes; 0 = write every zero */
     bool target_is_zero;     /* --target-is-zero or a fresh zero-init target */

@@ -1005,11 +1005,23 @@ static int online_cpus(void)
     return (int)VD_MAX(1, VD_MIN(n, COPY_MAX_WORKERS));
 }
 
+/* Workers when the caller names no number: two per processor, at most
+ * COPY_DEFAULT_WORKERS (qemu-img's eight coroutines).  Each worker keeps a
+ * job of up to 2 MiB in flight; past two per core more of them only add
+ * memory traffic and wake-ups.  On two cores, four workers against eight:
+ * rbd -> raw 1.13 s instead of 1.23 s (CPU 1.11 s instead of 1.29 s),
+ * qcow2 -> raw 0.27 s instead of 0.31 s, raw -> qcow2 0.29 s instead of
+ * 0.32 s (the 2 GiB mixed image). */
+static int default_workers(void)
+{
+    return VD_MIN(COPY_DEFAULT_WORKERS, 2 * online_cpus());
+}
+
 /* Number of workers and bytes per job from the parameters. */
 static void choose_sizes(struct copy_state *st, int *nworkers)
 {
     const struct vd_copy_params *p = st->p;
-    int w = p->workers > 0 ? p->workers : COPY_DEFAULT_WORKERS;
+    int w = p->workers > 0 ? p->workers : default_workers();
     uint64_t chunk = p->chunk ? p->chunk : COPY_DEFAULT_CHUNK;
 
     w = VD_MIN(w, COPY_MAX_WORKERS);

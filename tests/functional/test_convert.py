@@ -393,6 +393,24 @@ def test_buffered_writes_one_at_a_time(work):
     assert starts >= 128
 
 
+def worker_threads(work, *args):
+    """Threads a convert of 32 MiB of random data starts."""
+    if not (work / "d32.raw").exists():
+        with open(work / "d32.raw", "wb") as f:
+            f.write(os.urandom(32 * MIB))
+    log = traced_convert(work, "clone,clone3", "d32.raw", "t.raw", *args)
+    return len(re.findall(r"\bclone3?\(", log))
+
+
+def test_default_workers_two_per_processor(work):
+    """Without -m the copy engine runs two workers per processor, at most
+    eight: the threads it starts are those of -m with that number."""
+    n = min(8, 2 * os.sysconf("SC_NPROCESSORS_ONLN"))
+    default = worker_threads(work)
+    assert default == worker_threads(work, "-m", str(n))
+    assert default < worker_threads(work, "-m", str(n + 1))
+
+
 def test_copy_offload_rejects_sparse_option(work, needs_qemu):
     differential("convert", "-C", "-S", "4k", "-O", "raw", "m.raw", "c.raw", cwd=work)
 

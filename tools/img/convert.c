@@ -28,7 +28,7 @@ struct convert_args {
     bool compress, progress, quiet, no_create, out_of_order, force_share;
     bool image_opts, target_image_opts, target_is_zero, salvage;
     bool bitmaps, skip_broken_bitmaps, copy_range, sparse_given;
-    int workers;
+    int workers;                    /* -m; 0: the copy engine chooses */
     uint64_t min_sparse, rate;
     char **srcs;                    /* source names (argv slice) */
     int nsrc;
@@ -537,7 +537,7 @@ static void convert_cleanup(struct convert_ctx *cx)
 /* vdisk-img convert [options] filename [filename2 [...]] output_filename */
 int img_convert(int argc, char **argv)
 {
-    struct convert_args ca = { .workers = 8, .min_sparse = 4096, .cache = "unsafe" };
+    struct convert_args ca = { .workers = 0, .min_sparse = 4096, .cache = "unsafe" };
     struct convert_ctx cx = { .ca = &ca };
     int ret = 1;
 

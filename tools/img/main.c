@@ -117,7 +117,7 @@ static const char help_subcommands[] =
 "Parameters to convert subcommand:\n"
 "  '--bitmaps' copies all top-level persistent bitmaps to destination\n"
 "  '-m' specifies how many coroutines work in parallel during the convert\n"
-"       process (defaults to 8)\n"
+"       process (defaults to 8, or two per processor when that is fewer)\n"
 "  '-W' allow to write to the target out of order rather than sequential\n"
 "\n"
 "Parameters to snapshot subcommand:\n"

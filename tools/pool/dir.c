@@ -375,7 +375,7 @@ int vol_copy_data(const struct vol_def *from, const struct vol_def *v)
         /* a block target may be larger than the source (extents, cylinders)
          * and holds old bytes: the source's length is written in full */
         struct vd_copy_params p = {
-            .src = &s, .nsrc = 1, .dst = t, .workers = 8, .min_sparse = 4096,
+            .src = &s, .nsrc = 1, .dst = t, .min_sparse = 4096,
             .length = (uint64_t)(slen < tlen ? slen : tlen),
             .target_is_zero = !v->backing_path && !is_block(v), .copy_offload = true,
         };
