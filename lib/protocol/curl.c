@@ -29,6 +29,9 @@
 /* FTP: each range costs a new control connection (libcurl closes it after
  * a transfer ended early), so fewer, larger ones. */
 #define CURL_FTP_MAX_XFER (8u << 20)
+/* libcurl receives into a buffer of this size (its default, 16 KiB, costs
+ * a recv and a poll per 16 KiB). */
+#define CURL_RECV_BUFFER (128u << 10)
 #define CURL_RA_LIMIT (1u << 20)       /* reads this long get no readahead */
 #define CURL_CACHE_SLOTS 8
 #define CURL_RETRIES 5                 /* default; backoff 0.1+0.2+0.4+0.8+1.6 s */
@@ -252,6 +255,7 @@ static int setup_easy(struct curl_state *s, CURL *c, char *errbuf)
     SET(CURLOPT_PROXYPASSWORD, s->proxy_password);
     SET(CURLOPT_WRITEFUNCTION, on_body);
     SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_BUFFERSIZE, (long)CURL_RECV_BUFFER);
 #undef SET
     if (e != CURLE_OK)
         return vd_error(EINVAL, "curl: %s", curl_easy_strerror(e));

@@ -77,7 +77,7 @@ def stop(proc):
 # Workers run as the user starting nginx (root here): pytest's temporary
 # directories are closed to nginx's usual worker user.
 NGINX_CONF = """user {user};
-worker_processes 1;
+worker_processes {workers};
 pid {d}/nginx.pid;
 error_log {d}/error.log info;
 daemon off;
@@ -90,6 +90,7 @@ http {{
   uwsgi_temp_path {d}/tmp/uwsgi;
   scgi_temp_path {d}/tmp/scgi;
   default_type application/octet-stream;
+  sendfile {sendfile};
   server {{
     listen 127.0.0.1:{http};
     listen 127.0.0.1:{https} ssl;
@@ -105,10 +106,14 @@ http {{
 
 
 class Nginx:
-    """nginx on two free ports: http and https, docroot self.root."""
+    """nginx on two free ports: http and https, docroot self.root.  One
+    worker copying through user space, unless debian_defaults: then as
+    Debian's nginx.conf sets it up, one worker per processor and sendfile
+    (what the benchmarks measure against)."""
 
-    def __init__(self, d):
+    def __init__(self, d, debian_defaults=False):
         self.dir = d
+        self.debian_defaults = debian_defaults
         self.root = os.path.join(d, "www")
         os.makedirs(os.path.join(self.root, "norange"))
         os.makedirs(os.path.join(d, "tmp"))
@@ -135,7 +140,9 @@ class Nginx:
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             f.write(NGINX_CONF.format(d=d, http=self.http_port, https=self.https_port,
-                                      user=pwd.getpwuid(os.geteuid()).pw_name))
+                                      user=pwd.getpwuid(os.geteuid()).pw_name,
+                                      workers="auto" if self.debian_defaults else 1,
+                                      sendfile="on" if self.debian_defaults else "off"))
         self.proc = subprocess.Popen([NGINX, "-e", os.path.join(d, "error.log"),
                                       "-p", d, "-c", conf],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
