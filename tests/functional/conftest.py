@@ -54,6 +54,19 @@ def vimg(*args, **kw):
     return run([VDISK_IMG] + [str(a) for a in args], **kw)
 
 
+def vimg_traced(log, syscall, *args, timeout=300):
+    """vdisk-img under strace -f, tracing syscall (a strace -e trace= list,
+    strings cut short) into the file log; skips the test without strace.
+    LeakSanitizer cannot run under ptrace, so leak checking is off."""
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed")
+    env = dict(os.environ)
+    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
+    return run([strace, "-f", "-qq", "-s", "0", "-o", str(log), "-e", "trace=" + syscall,
+                VDISK_IMG] + [str(a) for a in args], env=env, timeout=timeout)
+
+
 def qimg(*args, **kw):
     return run([QEMU_IMG] + [str(a) for a in args], **kw)
 

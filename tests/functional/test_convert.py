@@ -14,7 +14,7 @@ import time
 import pytest
 
 from filemap import allocated_bytes
-from conftest import QEMU_IMG, VDISK_IMG, qimg, vimg, needs_vdisk_format
+from conftest import QEMU_IMG, VDISK_IMG, qimg, vimg, vimg_traced, needs_vdisk_format
 from test_cli import differential, nobody_prefix
 
 MIB = 1 << 20
@@ -323,17 +323,9 @@ def test_qcow2_source_and_backing(work, needs_qemu):
 def traced_convert(work, syscall, src, dst, *args):
     """Convert src to dst (raw to raw, in work) under strace, tracing one
     system call (strings cut short): the log's text."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
     log = work / ("trace-" + syscall)
-    p = subprocess.run([strace, "-f", "-s", "0", "-o", str(log), "-e", "trace=" + syscall,
-                        VDISK_IMG, "convert", *args, "-f", "raw", "-O", "raw",
-                        str(work / src), str(work / dst)],
-                       capture_output=True, text=True,
-                       # LeakSanitizer cannot run under ptrace.
-                       env=dict(os.environ, ASAN_OPTIONS=os.environ.get(
-                           "ASAN_OPTIONS", "") + ":detect_leaks=0"))
+    p = vimg_traced(log, syscall, "convert", *args, "-f", "raw", "-O", "raw",
+                    work / src, work / dst)
     assert p.returncode == 0, p.stderr
     assert same_content(work / src, work / dst)
     return log.read_text()

@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from conftest import vimg, qimg, same_output, QEMU_IMG, VDISK_IMG
+from conftest import vimg, vimg_traced, qimg, same_output, QEMU_IMG
 from http_server import Nginx, Vsftpd, FaultServer, NGINX, VSFTPD, OPENSSL
 
 SANITIZED = bool(os.environ.get("VDISK_SANITIZED"))
@@ -302,15 +302,9 @@ def test_receives_in_large_pieces(curl_driver, web, images, tmp_path):
     receive and a poll per 16 KiB cost a convert from nginx a third of its
     time): the receives of a convert ask for up to 128 KiB (less when
     less of the answer is left; 64 bytes drain libcurl's wake-up socket)."""
-    strace = shutil.which("strace")
-    if strace is None:
-        pytest.skip("strace is not installed")
-    log = tmp_path / "strace.log"
-    out = str(tmp_path / "out.raw")
-    p = subprocess.run([strace, "-f", "-s", "0", "-o", str(log), "-e", "trace=recvfrom",
-                        VDISK_IMG,
-                        "convert", "-f", "raw", "-O", "raw", web.url("disk.raw"), out],
-                       capture_output=True, text=True, timeout=120)
+    log, out = tmp_path / "strace.log", tmp_path / "out.raw"
+    p = vimg_traced(log, "recvfrom", "convert", "-f", "raw", "-O", "raw", web.url("disk.raw"),
+                    out, timeout=120)
     assert p.returncode == 0, p.stderr
     assert read(out) == read(images["raw"])
     sizes = [int(m) for m in re.findall(r"recvfrom\(\d+, [^,]*, (\d+),", log.read_text())]

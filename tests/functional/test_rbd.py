@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from conftest import vimg, qimg, same_output, QEMU_IMG, VDISK_IMG
+from conftest import vimg, vimg_traced, qimg, same_output, QEMU_IMG, VDISK_IMG
 import ceph_server
 
 
@@ -176,10 +176,7 @@ def mon_connects(ceph, tmp_path, *args):
     """Run vdisk-img under strace: its result and how many sockets it
     connected to the monitor's ports."""
     log = tmp_path / "connects"
-    env = dict(os.environ)      # LeakSanitizer does not run under ptrace
-    env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
-    p = subprocess.run(["strace", "-f", "-qq", "-o", str(log), "-e", "trace=connect",
-                        VDISK_IMG, *args], capture_output=True, text=True, timeout=120, env=env)
+    p = vimg_traced(log, "connect", *args, timeout=120)
     ports = "htons(%d)" % ceph.v2, "htons(%d)" % ceph.v1
     with open(log) as f:
         n = sum(1 for line in f if any(port in line for port in ports))
