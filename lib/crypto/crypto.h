@@ -70,7 +70,9 @@ int vd_hash(enum vd_hash_alg h, const void *data, size_t len, uint8_t *out);
 /* PBKDF2 with HMAC over h. */
 int vd_pbkdf2(enum vd_hash_alg h, const uint8_t *pass, size_t pass_len, const uint8_t *salt,
               size_t salt_len, uint64_t iters, uint8_t *out, size_t out_len);
-/* Iterations of PBKDF2-HMAC-h per second on this machine (> 0), or -errno. */
+/* Iterations of PBKDF2-HMAC-h per second on this machine (> 0), or -errno,
+ * deriving one hash length of output: PBKDF2 runs its iterations once per
+ * hash length of the output it is asked for. */
 int64_t vd_pbkdf2_rate(enum vd_hash_alg h);
 
 /* The LUKS anti-forensic splitter (LUKS1 spec, AFsplit/AFmerge): split

@@ -136,6 +136,51 @@ def test_qemu_made_reads_in_vdisk(tmp_path):
     assert rv.stdout == rq.stdout
 
 
+def slot_and_digest_iters(tool, img):
+    """PBKDF2 iterations of key slot 0 and of the master key digest."""
+    p = tool("info", "--output=json", img)
+    assert p.returncode == 0, p.stderr
+    spec = json.loads(p.stdout)["format-specific"]["data"]
+    return spec["slots"][0]["iters"], spec["master-key-iters"]
+
+
+# PBKDF2 runs its iterations once per hash length of the output it makes:
+# the slot's key (the cipher's key bytes) and the 20-byte digest are timed
+# with their own lengths, so each takes its share of iter-time (the digest
+# an eighth).  slot / digest iterations = 8 / (hash lengths in the key).
+ITER_RATIOS = [
+    ("", 4),                            # aes-256-xts: 64 bytes, 2 of sha256
+    ("cipher-alg=aes-128", 8),          # 32 bytes, 1 of sha256
+    ("hash-alg=sha1", 2),               # 64 bytes, 4 of sha1 (the digest: 1)
+    ("hash-alg=sha512", 8),             # 64 bytes, 1 of sha512
+]
+
+
+@pytest.mark.parametrize("extra,ratio", ITER_RATIOS)
+def test_iterations_follow_key_length(tmp_path, extra, ratio):
+    """A slot of a 64-byte key from sha256 took twice iter-time to open
+    (the rate was timed deriving 32 bytes)."""
+    img = tmp_path / "v.luks"
+    p = vimg("create", "-f", "luks", "--object", SECRET,
+             "-o", create_opts(extra).replace("iter-time=10", "iter-time=200"), img, "1M")
+    assert p.returncode == 0, p.stderr
+    slot, digest = slot_and_digest_iters(vimg, img)
+    assert abs(slot / digest - ratio) < 0.02 * ratio, (slot, digest)
+
+
+@pytest.mark.once
+def test_iterations_as_qemu(tmp_path):
+    """qemu-img's slot and digest iterations for the default cipher
+    (aes-256-xts, sha256) stand in the same ratio as vdisk's: each tool
+    times its own rate, so only the ratio is compared."""
+    img = tmp_path / "q.luks"
+    p = qimg_retry("create", "-f", "luks", "--object", SECRET,
+                   "-o", create_opts("").replace("iter-time=10", "iter-time=200"), img, "1M")
+    assert p.returncode == 0, p.stderr
+    slot, digest = slot_and_digest_iters(qimg, img)
+    assert 2.5 < slot / digest < 6, (slot, digest)
+
+
 def test_create_prealloc_and_help(tmp_path):
     for prealloc in ("off", "metadata", "falloc", "full"):
         img = tmp_path / ("p-%s.luks" % prealloc)

@@ -294,15 +294,20 @@ int luks_unlock(const struct luks_header *h, const struct luks_algs *a, const ui
     return vd_error(EPERM, "Invalid password, cannot unlock any keyslot");
 }
 
-/* PBKDF2 iterations for iter_time ms (QEMU's arithmetic and messages),
- * divided by div, at least LUKS_MIN_ITERS. */
-static int count_iters(enum vd_hash_alg hash, uint64_t iter_time, unsigned div, uint32_t *out)
+/* PBKDF2 iterations for iter_time ms deriving out_len bytes (QEMU's
+ * arithmetic and messages), divided by div, at least LUKS_MIN_ITERS.  A
+ * longer output costs a run of the iterations per hash length: the rate
+ * is divided by that count, so a 64-byte key from sha256 takes iter_time,
+ * not twice that. */
+static int count_iters(enum vd_hash_alg hash, uint64_t iter_time, size_t out_len, unsigned div,
+                       uint32_t *out)
 {
     int64_t rate = vd_pbkdf2_rate(hash);
-    uint64_t it;
+    uint64_t it, blocks = (out_len + vd_hash_len(hash) - 1) / vd_hash_len(hash);
 
     if (rate < 0)
         return (int)rate;
+    rate /= (int64_t)VD_MAX(blocks, 1u);
     if (iter_time && (uint64_t)rate > UINT64_MAX / iter_time)
         return vd_error(ERANGE, "PBKDF iterations %" PRIu64 " too large to scale",
                         (uint64_t)rate);
@@ -329,7 +334,7 @@ int luks_store_slot(struct luks_header *h, const struct luks_algs *a, int i,
         return vd_error(ENOMEM, "out of memory");
     s->stripes = LUKS_STRIPES;
     if ((r = vd_random(s->salt, LUKS_SALT_LEN)) >= 0 &&
-        (r = count_iters(a->hash, iter_time, 1, &s->iters)) >= 0 &&
+        (r = count_iters(a->hash, iter_time, kb, 1, &s->iters)) >= 0 &&
         (r = vd_pbkdf2(a->hash, pass, pass_len, s->salt, LUKS_SALT_LEN, s->iters, key, kb)) >= 0 &&
         (r = vd_blockcrypt_new(&bc, &a->bc, key, kb)) >= 0 &&
         (r = vd_af_split(a->hash, kb, LUKS_STRIPES, mk, split)) >= 0 &&
@@ -459,7 +464,7 @@ int luks_new_header(struct luks_header *h, struct luks_create_params *cp, uint8_
     h->payload = LUKS_HEADER_SECTORS + LUKS_SLOTS * split;
     if ((r = new_uuid(h->uuid)) < 0 || (r = vd_random(mk, h->key_bytes)) < 0 ||
         (r = vd_random(h->mk_salt, LUKS_SALT_LEN)) < 0 ||
-        (r = count_iters(p.a.hash, p.iter_time, 8, &h->mk_iters)) < 0)
+        (r = count_iters(p.a.hash, p.iter_time, LUKS_DIGEST_LEN, 8, &h->mk_iters)) < 0)
         return r;
     return vd_pbkdf2(p.a.hash, mk, h->key_bytes, h->mk_salt, LUKS_SALT_LEN, h->mk_iters,
                      h->mk_digest, LUKS_DIGEST_LEN);
