@@ -4,6 +4,7 @@
 VDISK_BUILDDIR names the meson build directory whose programs are tested
 (default: build/ at the top of the tree)."""
 import os
+import re
 import shutil
 import subprocess
 import pytest
@@ -174,19 +175,62 @@ def _once(item):
         any(m.args and m.args[0] in GUEST_GROUPS for m in item.iter_markers("xdist_group"))
 
 
+# A single test (no parameters, or a matrix of at most SANITIZED_KEEP_ALL
+# cases) runs once too, in the sanitized pass: that run checks all the
+# plain one would, and memory errors besides.  But where the module's
+# tests do something else in one build than in the other, they run in
+# both passes: a module that reads VDISK_SANITIZED (SANITIZED, SAN), caps
+# a program's memory with prlimit (limited(), which only a plain build can
+# run under: the sanitizers reserve terabytes of address space) or uses
+# roformat_helpers (whose hostile_convert does).
+_BUILD_DEPENDENT = re.compile(r"VDISK_SANITIZED|\bSANITIZED\b|\bSAN\b|prlimit|PRLIMIT|"
+                              r"\blimited\(|roformat_helpers")
+_module_texts = {}
+
+
+def module_depends_on_build(path):
+    """Does the test module at path behave differently per build?"""
+    path = str(path)
+    if path not in _module_texts:
+        try:
+            with open(path) as f:
+                _module_texts[path] = bool(_BUILD_DEPENDENT.search(f.read()))
+        except OSError:
+            _module_texts[path] = False
+    return _module_texts[path]
+
+
+def _matrices(items):
+    """The parametrized tests (not once), each a list of its cases, by
+    (module, function)."""
+    groups = {}
+    for item in items:
+        if getattr(item, "callspec", None) is not None and not _once(item):
+            groups.setdefault((item.fspath, item.originalname), []).append(item)
+    return groups
+
+
+def _single_once(items, groups):
+    """The ids of the single tests that run in the sanitized pass only."""
+    out = set()
+    for item in items:
+        if _once(item) or module_depends_on_build(item.fspath):
+            continue
+        group = groups.get((item.fspath, item.originalname))
+        if group is None or len(group) <= SANITIZED_KEEP_ALL:
+            out.add(id(item))
+    return out
+
+
 def _deselect(config, items, drop):
     if drop:
         config.hook.pytest_deselected(items=[it for it in items if id(it) in drop])
         items[:] = [it for it in items if id(it) not in drop]
 
 
-def _matrix_sample(items):
+def _matrix_sample(groups):
     """The ids of the matrix cases the sanitized pass runs, and of those
     it leaves out."""
-    groups = {}
-    for item in items:
-        if getattr(item, "callspec", None) is not None and not _once(item):
-            groups.setdefault((item.fspath, item.originalname), []).append(item)
     keep, drop = set(), set()
     for group in groups.values():
         if len(group) <= SANITIZED_KEEP_ALL:
@@ -201,10 +245,12 @@ def _matrix_sample(items):
 
 
 def pytest_collection_modifyitems(config, items):
+    groups = _matrices(items)
     if os.environ.get("VDISK_SKIP_ONCE"):
-        _deselect(config, items, {id(it) for it in items if _once(it)})
+        _deselect(config, items, {id(it) for it in items if _once(it)} |
+                  _single_once(items, groups))
     if os.environ.get("VDISK_SKIP_SAMPLED") and not os.environ.get("VDISK_SANITIZED"):
-        _deselect(config, items, _matrix_sample(items)[0])
+        _deselect(config, items, _matrix_sample(groups)[0])
     if not os.environ.get("VDISK_SANITIZED") or os.environ.get("VDISK_SANITIZED_ALL"):
         return
-    _deselect(config, items, _matrix_sample(items)[1])
+    _deselect(config, items, _matrix_sample(groups)[1])

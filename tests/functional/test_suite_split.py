@@ -2,8 +2,10 @@
 """How make check splits the suite between its plain and sanitized passes
 (conftest.py): every collected test runs in at least one pass; a large
 matrix's sampled cases run only in the sanitized pass and the rest only in
-the plain one; non-parametrized tests and small matrices run in both; the
+the plain one; non-parametrized tests and small matrices run in the
+sanitized pass only, but in both where their module behaves per build; the
 tests that run once run in the sanitized pass only."""
+import os
 import types
 
 import conftest
@@ -37,7 +39,9 @@ def collection():
              FakeItem("test_b.py", "test_in_guest", group="guest"),
              FakeItem("test_b.py", "test_once_matrix", "p1", once=True),
              FakeItem("test_b.py", "test_once_matrix", "p2", once=True),
-             FakeItem("test_b.py", "test_once_matrix", "p3", once=True)]
+             FakeItem("test_b.py", "test_once_matrix", "p3", once=True),
+             FakeItem("test_c.py", "test_per_build"),
+             FakeItem("test_c.py", "test_per_build_small", "x")]
     items += [FakeItem("test_a.py", "test_big", "case%d" % i) for i in range(40)]
     items += [FakeItem("test_b.py", "test_wide", "w%d" % i) for i in range(5)]
     return items
@@ -50,6 +54,8 @@ def selected(monkeypatch, env):
         monkeypatch.delenv(k, raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    # test_c.py stands for a module whose tests behave per build
+    monkeypatch.setattr(conftest, "module_depends_on_build", lambda p: p == "test_c.py")
     items = collection()
     dropped = []
     config = types.SimpleNamespace(hook=types.SimpleNamespace(
@@ -74,12 +80,27 @@ def test_passes_cover_everything_once_per_matrix_case(monkeypatch):
     assert not plain & sanitized & big
     assert 2 <= len(sanitized & big) < len(big) / 2
     assert {i for i in sanitized if "test_wide[" in i}
-    # Tests that are not a large matrix run in both passes, the once ones
-    # and the guest's only in the sanitized pass.
+    # Tests that are not a large matrix run in the sanitized pass only,
+    # but in both where the module behaves per build; the once ones and
+    # the guest's in the sanitized pass only.
     for name in ("test_plain", "test_small[x]", "test_small[y]"):
-        assert "test_a.py::" + name in plain & sanitized
+        assert "test_a.py::" + name in sanitized - plain
+    for name in ("test_per_build", "test_per_build_small[x]"):
+        assert "test_c.py::" + name in plain & sanitized
     once = {i for i in everything if "once" in i or "guest" in i}
     assert once <= sanitized and not once & plain
+
+
+def test_modules_that_behave_per_build_are_found():
+    """The module text decides: prlimit caps, VDISK_SANITIZED and the
+    read-only format helpers (their hostile_convert) keep a module's single
+    tests in both passes."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name in ("test_vpc.py", "test_curl.py", "test_cloop.py", "test_vhdx_log.py",
+                 "test_qed_crash.py"):
+        assert conftest.module_depends_on_build(os.path.join(here, name)), name
+    for name in ("test_commit.py", "test_rebase.py", "test_qcow2_resize.py"):
+        assert not conftest.module_depends_on_build(os.path.join(here, name)), name
 
 
 def test_sample_is_stable_and_full_runs_keep_all(monkeypatch):
