@@ -216,7 +216,7 @@ def _single_once(items, groups):
     for item in items:
         if _once(item) or module_depends_on_build(item.fspath):
             continue
-        group = groups.get((item.fspath, item.originalname))
+        group = groups.get((item.fspath, getattr(item, "originalname", None)))
         if group is None or len(group) <= SANITIZED_KEEP_ALL:
             out.add(id(item))
     return out
